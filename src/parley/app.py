@@ -1,0 +1,77 @@
+"""The composition root: turns Settings into a running node, HTTP API and listener."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from dataclasses import dataclass
+
+from parley import __version__, logs
+from parley.core.node import Node
+from parley.core.session import Session
+from parley.http_api import ops, pusher
+from parley.http_api.routes import Router
+from parley.settings import Settings, describe
+from parley.transport.server import Server
+from typing import Any
+
+
+@dataclass
+class Running:
+    node: Node
+    server: Server
+    port: int
+
+
+async def start(settings: Settings) -> Running:
+    node = Node(settings)
+    router = Router(node)
+    ops.register(router)
+    pusher.register(router)
+
+    def ws_factory(path: str, query: str, headers: Any) -> Session | None:
+        if not path.startswith("/app/"):
+            return None
+        return Session(node, path, query, headers)
+
+    server = Server(
+        router,
+        ws_factory,
+        max_frame_bytes=max(1024 * 1024, settings.max_frame_bytes * 4),
+        max_body_bytes=settings.max_http_body_bytes,
+    )
+    port = await server.start(settings.host, settings.port)
+    node.start()
+    return Running(node, server, port)
+
+
+async def stop(running: Running) -> None:
+    await running.server.stop_listening()
+    await running.node.shutdown()
+    running.server.close_http()
+
+
+def announce(settings: Settings, port: int) -> None:
+    host = settings.host
+    print(f"Parley {__version__} listening on {host}:{port}", flush=True)
+    for app in settings.apps:
+        print(
+            f"  app {app.id}: WebSocket ws://{host}:{port}/app/{app.key}?protocol=7 | "
+            f"HTTP API http://{host}:{port}/apps/{app.id} | key={app.key} secret={app.secret}",
+            flush=True,
+        )
+    print(f"  health http://{host}:{port}/healthz | metrics http://{host}:{port}/metrics", flush=True)
+
+
+async def serve(settings: Settings) -> None:
+    running = await start(settings)
+    logs.info("listening", host=settings.host, port=running.port, settings=describe(settings))
+    announce(settings, running.port)
+    stop_event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop_event.set)
+    await stop_event.wait()
+    logs.info("shutting down")
+    await stop(running)
+    logs.info("stopped")

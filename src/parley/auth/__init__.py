@@ -1,0 +1,1 @@
+"""Pure authorization code: Pusher HMAC signatures. No I/O, no frameworks."""

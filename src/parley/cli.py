@@ -1,0 +1,54 @@
+"""The `parley` command line."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from parley import __version__, logs
+from parley.errors import ConfigError
+from parley.settings import load_settings
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="parley", description="Parley realtime server")
+    parser.add_argument("--version", action="version", version=f"parley {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the server")
+    serve.add_argument("--config", type=Path, help="TOML file ([server] and [[apps]])")
+    serve.add_argument("--host", help="address to listen on (default 127.0.0.1)")
+    serve.add_argument("--port", type=int, help="port (default 6001; 0 picks a free port)")
+    serve.add_argument("--data-dir", dest="data_dir", help="where state is kept")
+    serve.add_argument("--activity-timeout", dest="activity_timeout_s", type=int)
+    serve.add_argument("--pong-timeout", dest="pong_timeout_s", type=float)
+    serve.add_argument("--log-level", dest="log_level")
+    serve.add_argument("--log-format", dest="log_format", choices=["json", "text"])
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    if args.command == "serve":
+        flags = {
+            k: v
+            for k, v in vars(args).items()
+            if k not in ("command", "config") and v is not None
+        }
+        try:
+            settings = load_settings(flags, config_file=args.config)
+        except ConfigError as exc:
+            print(f"parley: configuration error: {exc.message}", file=sys.stderr)
+            return 2
+        logs.configure(settings.log_level, settings.log_format)
+        import uvloop
+
+        from parley.app import serve
+
+        try:
+            uvloop.run(serve(settings))
+        except OSError as exc:
+            print(f"parley: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+            return 1
+        return 0
+    return 2

@@ -1,0 +1,141 @@
+"""One WebSocket connection: pumps frames between the transport and the protocol machine.
+
+The session owns no protocol rules (those are in protocol.connection) and no shared state
+(that is the node's); it owns the socket, its liveness and its bounded outbound buffer:
+a client that cannot keep up with `max_outbound_bytes` queued is closed with 4100.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+from urllib.parse import parse_qsl
+
+from picows import WSListener, WSMsgType, WSTransport, WSCloseCode
+
+from parley import logs
+from parley.errors import ConnectionRefused
+from parley.protocol import frames
+from parley.protocol.codes import CloseCode
+from parley.protocol.connection import PusherConnection
+
+if TYPE_CHECKING:
+    from parley.core.hub import AppHub
+    from parley.core.node import Node
+
+_TEXT = WSMsgType.TEXT
+
+
+class Session(WSListener):  # type: ignore[misc]
+    __slots__ = (
+        "node",
+        "path",
+        "query",
+        "headers",
+        "hub",
+        "conn",
+        "socket_id",
+        "watchlist",
+        "transport",
+        "_raw",
+        "last_seen",
+        "pinged",
+        "closing",
+        "opened_at",
+    )
+
+    def __init__(self, node: Node, path: str, query: str, headers: Any) -> None:
+        self.node = node
+        self.path = path
+        self.query = dict(parse_qsl(query, keep_blank_values=True))
+        self.headers = headers
+        self.hub: AppHub | None = None
+        self.conn: PusherConnection | None = None
+        self.socket_id = ""
+        self.watchlist: tuple[str, ...] = ()
+        self.transport: WSTransport | None = None
+        self._raw: Any = None
+        self.last_seen = time.monotonic()
+        self.pinged = False
+        self.closing = False
+        self.opened_at = 0.0
+
+    @property
+    def user_id(self) -> str | None:
+        return self.conn.user_id if self.conn is not None else None
+
+    # -- picows callbacks --------------------------------------------------------------------
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.transport = transport
+        self._raw = transport.underlying_transport
+        try:
+            self.node.open_session(self)
+        except ConnectionRefused as exc:
+            self.node.count_error(self, exc.code)
+            logs.info("connection refused", code=exc.code, reason=exc.message, path=self.path)
+            self.send(frames.error_frame(exc.code, exc.message))
+            self.close(exc.code or CloseCode.UNAUTHORIZED, exc.message)
+
+    def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
+        self.last_seen = time.monotonic()
+        self.pinged = False
+        kind = frame.msg_type
+        if kind is _TEXT:
+            if self.conn is None or self.closing:
+                return
+            try:
+                self.node.receive(self, frame.get_payload_as_bytes(), self.last_seen)
+            except Exception:
+                logs.error("unexpected error handling a frame", socket_id=self.socket_id)
+                self.close(CloseCode.INTERNAL_ERROR, "Internal server error")
+        elif kind is WSMsgType.CLOSE:
+            transport.send_close(frame.get_close_code(), frame.get_close_message())
+            transport.disconnect()
+        elif kind is WSMsgType.BINARY:
+            self.send(frames.error_frame(None, "Binary frames are not supported: send JSON text"))
+        # PING is answered by picows; PONG only counts as activity.
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.closing = True
+        self.node.close_session(self)
+
+    # -- output ------------------------------------------------------------------------------
+
+    def send(self, data: bytes) -> None:
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        transport.send(_TEXT, data)
+        if self._raw.get_write_buffer_size() > self.node.max_outbound_bytes:
+            self.closing = True
+            self.node.loop.call_soon(self._slow_consumer)
+
+    def _slow_consumer(self) -> None:
+        logs.warning(
+            "slow consumer closed",
+            app_id=self.hub.app.id if self.hub else None,
+            socket_id=self.socket_id,
+            buffered=self._raw.get_write_buffer_size(),
+        )
+        self.node.count_error(self, CloseCode.OVER_CAPACITY)
+        transport = self.transport
+        if transport is None or transport.is_disconnected:
+            return
+        # The close frame queues behind what is buffered; a reader that never drains it is
+        # cut off without ceremony once the grace period is over.
+        transport.send_close(WSCloseCode(CloseCode.OVER_CAPACITY), b"Slow consumer: too much buffered")
+        transport.disconnect()
+        self.node.loop.call_later(5.0, self._abort)
+
+    def _abort(self) -> None:
+        if self.transport is not None and not self.transport.is_disconnected:
+            self.transport.disconnect(graceful=False)
+
+    def close(self, code: int, reason: str) -> None:
+        transport = self.transport
+        if transport is None or transport.is_close_frame_sent:
+            return
+        self.closing = True
+        transport.send_close(WSCloseCode(code), reason.encode()[:120])
+        transport.disconnect()

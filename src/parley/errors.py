@@ -1,0 +1,80 @@
+"""Every error Parley raises on purpose, each carrying what the two translators need.
+
+The session turns one into a `pusher:error` event (and a close when `close` is set);
+the HTTP API turns one into a status and a JSON body. Nothing else catches them.
+"""
+
+from __future__ import annotations
+
+
+class ParleyError(Exception):
+    """Base class. `code` is the Pusher error code (None for Pusher's non-fatal errors)."""
+
+    code: int | None = None
+    http_status: int = 400
+    close: bool = False
+
+    def __init__(self, message: str, *, code: int | None = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+
+
+class ProtocolError(ParleyError):
+    """A client frame was refused; the connection stays open (Pusher sends code null)."""
+
+
+class RateLimited(ProtocolError):
+    code = 4301
+    http_status = 429
+
+
+class WatchlistTooLong(ProtocolError):
+    code = 4302
+
+
+class ConnectionRefused(ParleyError):
+    """The connection must end: a `pusher:error` with `code`, then a close with the same code."""
+
+    close = True
+
+    def __init__(self, code: int, message: str) -> None:
+        super().__init__(message, code=code)
+
+
+class ConfigError(ParleyError):
+    """Bad settings; the message names the key."""
+
+
+class HttpError(ParleyError):
+    """An HTTP API request was refused."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.http_status = status
+
+
+class BadRequest(HttpError):
+    def __init__(self, message: str) -> None:
+        super().__init__(400, message)
+
+
+class Unauthorized(HttpError):
+    def __init__(self, message: str) -> None:
+        super().__init__(401, message)
+
+
+class Forbidden(HttpError):
+    def __init__(self, message: str) -> None:
+        super().__init__(403, message)
+
+
+class NotFound(HttpError):
+    def __init__(self, message: str) -> None:
+        super().__init__(404, message)
+
+
+class PayloadTooLarge(HttpError):
+    def __init__(self, message: str) -> None:
+        super().__init__(413, message)

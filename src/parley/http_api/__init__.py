@@ -1,0 +1,1 @@
+"""The HTTP API: Pusher's (signed) and Parley's operational endpoints."""

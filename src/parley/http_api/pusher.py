@@ -1,0 +1,198 @@
+"""Pusher's HTTP API (PUSHER.md §3.2): events, batch_events, channels, users, terminate."""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+
+from parley.core.node import Node
+from parley.errors import BadRequest, PayloadTooLarge
+from parley.http_api.routes import Call, Router
+from parley.protocol.channels import Kind, channel_name_problem, channel_type
+from parley.settings import AppConfig
+
+SOCKET_ID_RE = re.compile(r"\d+\.\d+")
+_EVENT_INFO = {"user_count", "subscription_count"}
+
+
+def _info_attrs(raw: Any, allowed: set[str]) -> list[str]:
+    if raw in (None, ""):
+        return []
+    if not isinstance(raw, str):
+        raise BadRequest("'info' must be a comma-separated string")
+    attrs = [a.strip() for a in raw.split(",") if a.strip()]
+    unknown = [a for a in attrs if a not in allowed]
+    if unknown:
+        raise BadRequest(f"Unknown info attribute(s): {', '.join(unknown)}")
+    return attrs
+
+
+def _validate_event(app: AppConfig, body: Any, *, batch_item: bool = False) -> dict[str, Any]:
+    """Check one event body; return {name, data, channels, socket_id, info}."""
+    if not isinstance(body, dict):
+        raise BadRequest("Event must be a JSON object")
+    name = body.get("name")
+    if not isinstance(name, str) or not name:
+        raise BadRequest("Missing event 'name'")
+    if len(name) > app.max_event_name_length:
+        raise BadRequest(f"Event name is longer than {app.max_event_name_length} characters")
+    if name.startswith(("pusher:", "pusher_internal:")):
+        raise BadRequest(f"Event name {name!r} is reserved (pusher: and pusher_internal:)")
+    if "data" not in body:
+        raise BadRequest("Missing event 'data'")
+    data = body["data"]
+    if not isinstance(data, str):
+        raise BadRequest("Event 'data' must be a string (JSON-encode objects first)")
+    size = len(data.encode())
+    if size > app.max_event_bytes:
+        raise PayloadTooLarge(f"Event data is {size} bytes, the limit is {app.max_event_bytes}")
+    if "channels" in body and not batch_item:
+        channels = body["channels"]
+        if not isinstance(channels, list) or not all(isinstance(c, str) for c in channels):
+            raise BadRequest("'channels' must be an array of channel names")
+    elif "channel" in body:
+        channels = [body["channel"]]
+    else:
+        raise BadRequest("Missing 'channel' or 'channels'")
+    if not channels:
+        raise BadRequest("'channels' must name at least one channel")
+    if len(channels) > app.max_channels_per_event:
+        raise BadRequest(
+            f"Too many channels: {len(channels)}, the limit is {app.max_channels_per_event}"
+        )
+    for channel in channels:
+        problem = channel_name_problem(channel)
+        if problem:
+            raise BadRequest(f"{problem}: {str(channel)[:210]!r}")
+    if len(channels) > 1 and any(channel_type(c).kind is Kind.ENCRYPTED for c in channels):
+        raise BadRequest("An event for an encrypted channel must go to that channel alone")
+    socket_id = body.get("socket_id")
+    if socket_id is not None and (
+        not isinstance(socket_id, str) or not SOCKET_ID_RE.fullmatch(socket_id)
+    ):
+        raise BadRequest("Invalid socket_id: expected digits.digits")
+    info = _info_attrs(body.get("info"), _EVENT_INFO)
+    return {
+        "name": name,
+        "data": data,
+        "channels": list(dict.fromkeys(channels)),
+        "socket_id": socket_id,
+        "info": info,
+    }
+
+
+def _channel_attrs(node: Node, app: AppConfig, channel: str, attrs: list[str]) -> dict[str, int]:
+    hub = node.hubs[app.id]
+    out: dict[str, int] = {}
+    for attr in attrs:
+        if attr == "user_count":
+            if channel_type(channel).kind is Kind.PRESENCE:
+                out["user_count"] = hub.user_count(channel)
+        elif attr == "subscription_count":
+            out["subscription_count"] = hub.subscription_count(channel)
+    return out
+
+
+def register(router: Router) -> None:
+    @router.route("POST", "/apps/{app_id}/events", "events")
+    def events(node: Node, call: Call) -> dict[str, Any]:
+        event = _validate_event(call.app, call.json())
+        node.publish(call.app, event["name"], event["data"], event["channels"], event["socket_id"])
+        if not event["info"]:
+            return {}
+        return {
+            "channels": {
+                c: _channel_attrs(node, call.app, c, event["info"]) for c in event["channels"]
+            }
+        }
+
+    @router.route("POST", "/apps/{app_id}/batch_events", "batch_events")
+    def batch_events(node: Node, call: Call) -> dict[str, Any]:
+        body = call.json()
+        batch = body.get("batch") if isinstance(body, dict) else None
+        if not isinstance(batch, list) or not batch:
+            raise BadRequest("Missing 'batch': expected a non-empty array of events")
+        if len(batch) > call.app.max_batch_size:
+            raise BadRequest(
+                f"Batch has {len(batch)} events, the limit is {call.app.max_batch_size}"
+            )
+        items = []
+        for index, item in enumerate(batch):
+            try:
+                items.append(_validate_event(call.app, item, batch_item=True))
+            except BadRequest as exc:
+                raise BadRequest(f"batch[{index}]: {exc.message}") from None
+            except PayloadTooLarge as exc:
+                raise PayloadTooLarge(f"batch[{index}]: {exc.message}") from None
+        for item in items:
+            node.publish(call.app, item["name"], item["data"], item["channels"], item["socket_id"])
+        if not any(item["info"] for item in items):
+            return {}
+        return {
+            "batch": [
+                _channel_attrs(node, call.app, item["channels"][0], item["info"]) for item in items
+            ]
+        }
+
+    @router.route("GET", "/apps/{app_id}/channels", "channels")
+    def channels(node: Node, call: Call) -> dict[str, Any]:
+        prefix = call.params.get("filter_by_prefix", "")
+        attrs = _info_attrs(call.params.get("info"), _EVENT_INFO)
+        if "user_count" in attrs and not prefix.startswith("presence-"):
+            raise BadRequest("info=user_count requires filter_by_prefix=presence-")
+        hub = node.hubs[call.app.id]
+        return {
+            "channels": {
+                name: _channel_attrs(node, call.app, name, attrs)
+                for name in sorted(hub.channels)
+                if name.startswith(prefix)
+            }
+        }
+
+    @router.route("GET", "/apps/{app_id}/channels/{channel}", "channel")
+    def channel(node: Node, call: Call) -> dict[str, Any]:
+        (name,) = call.args
+        problem = channel_name_problem(name)
+        if problem:
+            raise BadRequest(problem)
+        attrs = _info_attrs(call.params.get("info"), {"user_count", "subscription_count", "cache"})
+        ctype = channel_type(name)
+        hub = node.hubs[call.app.id]
+        out: dict[str, Any] = {"occupied": name in hub.channels}
+        for attr in attrs:
+            if attr == "user_count":
+                if ctype.kind is not Kind.PRESENCE:
+                    raise BadRequest("info=user_count is only available for presence channels")
+                out["user_count"] = hub.user_count(name)
+            elif attr == "subscription_count":
+                out["subscription_count"] = hub.subscription_count(name)
+            elif attr == "cache":
+                if not ctype.cache:
+                    raise BadRequest("info=cache is only available for cache channels")
+                cached = node.cached(call.app, name)
+                out["cache"] = (
+                    {"event": cached.event, "data": cached.data, "ttl": node.cache_ttl(cached)}
+                    if cached
+                    else None
+                )
+        return out
+
+    @router.route("GET", "/apps/{app_id}/channels/{channel}/users", "channel_users")
+    def channel_users(node: Node, call: Call) -> dict[str, Any]:
+        (name,) = call.args
+        if channel_type(name).kind is not Kind.PRESENCE:
+            raise BadRequest("Users are only available for presence channels")
+        channel = node.hubs[call.app.id].channels.get(name)
+        members = list(channel.members) if channel else []
+        return {"users": [{"id": uid} for uid in members]}
+
+    def terminate(node: Node, call: Call) -> dict[str, Any]:
+        (user_id,) = call.args
+        node.terminate_user(call.app, user_id)
+        return {}
+
+    router.route("POST", "/apps/{app_id}/users/{user_id}/terminate_connections", "terminate")(
+        terminate
+    )
+    # pusher==3.3.4 (PyPI) posts this path without /apps/{app_id}; the app comes from auth_key.
+    router.route("POST", "/users/{user_id}/terminate_connections", "terminate")(terminate)

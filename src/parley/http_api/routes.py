@@ -1,0 +1,143 @@
+"""Routing, signature checks and error translation for every HTTP request.
+
+Handlers get a verified `Call` and return JSON-able values; a ParleyError anywhere becomes a
+4xx with `{"error": message}`; anything unexpected a 500 with no details (logged).
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import parse_qsl, unquote
+
+import orjson
+
+from parley import logs
+from parley.auth.signatures import verify_api_request
+from parley.core.node import Node
+from parley.errors import Forbidden, HttpError, NotFound, ParleyError, Unauthorized
+from parley.settings import AppConfig
+from parley.transport.server import Request, Response
+
+
+@dataclass(slots=True)
+class Call:
+    request: Request
+    app: AppConfig
+    params: dict[str, str]
+    args: tuple[str, ...]
+
+    def json(self) -> Any:
+        from parley.errors import BadRequest
+
+        try:
+            return orjson.loads(self.request.body or b"{}")
+        except orjson.JSONDecodeError:
+            raise BadRequest("Request body is not valid JSON") from None
+
+
+Handler = Callable[[Node, Call], Awaitable[Any] | Any]
+
+
+class Router:
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.signed: list[tuple[str, re.Pattern[str], str, Handler]] = []
+        self.unsigned: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
+
+    def route(self, method: str, pattern: str, name: str) -> Callable[[Handler], Handler]:
+        """A signed route; `pattern` uses {app_id} and other {names} for path segments."""
+        regex = re.compile(
+            "^" + re.sub(r"\{(\w+)\}", lambda m: r"(?P<%s>[^/]+)" % m.group(1), pattern) + "$"
+        )
+
+        def register(handler: Handler) -> Handler:
+            self.signed.append((method, regex, name, handler))
+            return handler
+
+        return register
+
+    async def __call__(self, request: Request) -> Response:
+        route = "unmatched"
+        try:
+            if request.method == "OPTIONS":
+                route = "preflight"
+                response = Response(
+                    204,
+                    headers={
+                        "Access-Control-Allow-Methods": "GET, POST, DELETE, OPTIONS",
+                        "Access-Control-Allow-Headers": "Content-Type, Authorization, X-Socket-ID",
+                        "Access-Control-Max-Age": "600",
+                    },
+                )
+            elif (request.method, request.path) in self.unsigned:
+                route = request.path
+                response = await self.unsigned[(request.method, request.path)](request)
+            else:
+                route, response = await self._signed(request)
+        except HttpError as exc:
+            response = _error(exc.http_status, exc.message)
+        except ParleyError as exc:
+            response = _error(exc.http_status, exc.message)
+        except Exception:
+            logs.error("unexpected error in HTTP API", path=request.path, method=request.method)
+            response = _error(500, "Internal server error")
+        self.node.metrics.http_requests[(route, response.status)] += 1
+        if response.status >= 400 and route not in ("unmatched",):
+            logs.info("api request refused", route=route, status=response.status, peer=request.peer)
+        return response
+
+    async def _signed(self, request: Request) -> tuple[str, Response]:
+        path_matched = False
+        for method, regex, name, handler in self.signed:
+            match = regex.match(request.path)
+            if match is None:
+                continue
+            path_matched = True
+            if method != request.method:
+                continue
+            groups = match.groupdict()
+            params = parse_qsl(request.query, keep_blank_values=True)
+            app = self._find_app(groups.get("app_id"), params)
+            verify_api_request(
+                method=request.method,
+                path=request.path,
+                params=params,
+                body=request.body,
+                key=app.key,
+                secret=app.secret,
+                now=time.time(),
+            )
+            if not app.enabled:
+                raise Forbidden("Application is disabled")
+            args = tuple(unquote(v) for k, v in groups.items() if k != "app_id")
+            call = Call(request, app, {k.lower(): v for k, v in params}, args)
+            result = handler(self.node, call)
+            if hasattr(result, "__await__"):
+                result = await result
+            if isinstance(result, Response):
+                return name, result
+            return name, Response(200, orjson.dumps(result))
+        if path_matched:
+            return "unmatched", _error(405, f"Method {request.method} not allowed on {request.path}")
+        raise NotFound(f"No route for {request.method} {request.path}")
+
+    def _find_app(self, app_id: str | None, params: list[tuple[str, str]]) -> AppConfig:
+        if app_id is not None:
+            app = self.node.app(app_id)
+            if app is None:
+                raise NotFound(f"Unknown app {app_id!r}")
+            return app
+        # The PyPI SDK's unprefixed terminate path: the app comes from auth_key.
+        key = next((v for k, v in params if k.lower() == "auth_key"), None)
+        app = self.node.apps_by_key.get(key or "")
+        if app is None:
+            raise Unauthorized("Missing or unknown auth_key")
+        return app
+
+
+def _error(status: int, message: str) -> Response:
+    return Response(status, orjson.dumps({"error": message, "status": status}))

@@ -1,0 +1,64 @@
+"""Counters kept as plain integers on the hot path, exposed to Prometheus by a collector."""
+
+from __future__ import annotations
+
+from collections import Counter
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
+from prometheus_client.registry import CollectorRegistry
+from prometheus_client.exposition import generate_latest
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.messages_in: Counter[str] = Counter()  # by app id: frames received from clients
+        self.messages_out: Counter[str] = Counter()  # by app id: frames delivered to clients
+        self.api_events: Counter[str] = Counter()  # by app id: events published over HTTP
+        self.errors: Counter[tuple[str, str]] = Counter()  # by (app id, code)
+        self.http_requests: Counter[tuple[str, int]] = Counter()  # by (route, status)
+        self.connections_total: Counter[str] = Counter()
+        self.gauges: Callable[[], dict[str, dict[str, int]]] = lambda: {}
+
+    def render(self) -> bytes:
+        registry = CollectorRegistry()
+        registry.register(_Collector(self))
+        return generate_latest(registry)
+
+
+class _Collector:
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def collect(self) -> Iterator[Any]:
+        m = self.metrics
+        gauges = m.gauges()
+        for name, help_text in (
+            ("connections", "Open WebSocket connections"),
+            ("channels", "Occupied channels"),
+            ("subscriptions", "Channel subscriptions"),
+            ("users", "Signed-in users"),
+        ):
+            g = GaugeMetricFamily(f"parley_{name}", help_text, labels=["app_id"])
+            for app_id, value in gauges.get(name, {}).items():
+                g.add_metric([app_id], value)
+            yield g
+        for name, counter, help_text in (
+            ("connections_opened", m.connections_total, "WebSocket connections accepted"),
+            ("messages_in", m.messages_in, "Frames received from clients"),
+            ("messages_out", m.messages_out, "Frames delivered to clients"),
+            ("api_events", m.api_events, "Events published through the HTTP API"),
+        ):
+            c = CounterMetricFamily(f"parley_{name}", help_text, labels=["app_id"])
+            for app_id, value in counter.items():
+                c.add_metric([app_id], value)
+            yield c
+        c = CounterMetricFamily("parley_errors", "Errors sent to clients", labels=["app_id", "code"])
+        for (app_id, code), value in m.errors.items():
+            c.add_metric([app_id, code], value)
+        yield c
+        c = CounterMetricFamily("parley_http_requests", "HTTP requests", labels=["route", "status"])
+        for (route, status), value in m.http_requests.items():
+            c.add_metric([route, str(status)], value)
+        yield c

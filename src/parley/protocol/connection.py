@@ -1,0 +1,355 @@
+"""One Pusher connection as a pure state machine.
+
+Theory of operation: the session feeds every inbound text frame to `receive(text, now)`,
+which validates and authorizes it and returns commands: `Reply` bytes for this connection,
+or requests (`Subscribe`, `Unsubscribe`, `ClientEvent`, `Signin`) that need the node's
+shared state, or `Close`. Time is an argument; nothing here touches a socket or a clock.
+Errors a client causes come back as `Reply(pusher:error)`, never as exceptions.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+from typing import Any
+
+import orjson
+
+from parley.auth.signatures import channel_auth_string, token_problem, user_auth_string
+from parley.errors import ConnectionRefused, ParleyError, ProtocolError, RateLimited
+from parley.protocol import frames
+from parley.protocol.channels import (
+    ChannelType,
+    Kind,
+    USER_ID_RE,
+    channel_name_problem,
+    channel_type,
+    server_to_user_id,
+)
+from parley.protocol.codes import CloseCode
+from parley.settings import AppConfig
+
+
+@dataclass(frozen=True, slots=True)
+class Member:
+    user_id: str
+    user_info: Any
+
+
+@dataclass(frozen=True, slots=True)
+class Reply:
+    frame: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Close:
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Subscribe:
+    channel: str
+    type: ChannelType
+    member: Member | None
+
+
+@dataclass(frozen=True, slots=True)
+class Unsubscribe:
+    channel: str
+    member: Member | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ClientEvent:
+    channel: str
+    event: str
+    data: Any
+    user_id: str | None
+
+
+@dataclass(frozen=True, slots=True)
+class Signin:
+    user_id: str
+    user_info: Any
+    user_data: str
+    watchlist: tuple[str, ...]
+
+
+@dataclass(frozen=True, slots=True)
+class Extension:
+    """A `parley:*` request, handled by the session (history, resume, refresh)."""
+
+    event: str
+    data: dict[str, Any]
+
+
+Command = Reply | Close | Subscribe | Unsubscribe | ClientEvent | Signin | Extension
+
+
+class State(Enum):
+    CONNECTING = "connecting"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+_RESERVED_PREFIXES = ("pusher:", "pusher_internal:")
+
+
+class PusherConnection:
+    """The protocol state of one connection of one app."""
+
+    __slots__ = (
+        "app",
+        "socket_id",
+        "state",
+        "subscriptions",
+        "user_id",
+        "user_info",
+        "_tokens",
+        "_tokens_at",
+        "_max_frame_bytes",
+    )
+
+    def __init__(self, app: AppConfig, socket_id: str, *, max_frame_bytes: int = 65536) -> None:
+        self.app = app
+        self.socket_id = socket_id
+        self.state = State.CONNECTING
+        self.subscriptions: dict[str, Member | None] = {}
+        self.user_id: str | None = None
+        self.user_info: Any = None
+        self._tokens = app.client_event_rate
+        self._tokens_at = 0.0
+        self._max_frame_bytes = max_frame_bytes
+
+    # -- lifecycle -------------------------------------------------------------------------
+
+    def establish(self, activity_timeout: int, **extra: Any) -> bytes:
+        self.state = State.OPEN
+        return frames.connection_established(self.socket_id, activity_timeout, **extra)
+
+    def identify(self, user_id: str, user_info: Any = None) -> None:
+        """The connection is this user from now on (a verified signin or handshake token)."""
+        self.user_id = user_id
+        self.user_info = user_info
+
+    def forget(self, channel: str) -> None:
+        """The node refused a subscription this machine allowed (e.g. a full presence channel)."""
+        self.subscriptions.pop(channel, None)
+
+    def close(self) -> list[Command]:
+        """The transport is gone: leave every channel."""
+        self.state = State.CLOSED
+        left: list[Command] = [Unsubscribe(c, m) for c, m in self.subscriptions.items()]
+        self.subscriptions.clear()
+        return left
+
+    # -- input -------------------------------------------------------------------------------
+
+    def receive(self, text: str | bytes, now: float) -> list[Command]:
+        if self.state is State.CLOSED:
+            return []
+        try:
+            if len(text) > self._max_frame_bytes:
+                raise ProtocolError(
+                    f"Message too large: {len(text)} bytes, the limit is {self._max_frame_bytes}"
+                )
+            message = frames.decode(text)
+            event: str = message["event"]
+            if event == "pusher:ping":
+                return [Reply(frames.PONG)]
+            if event == "pusher:pong":
+                return []
+            if self.state is State.CONNECTING:
+                raise ConnectionRefused(
+                    CloseCode.UNAUTHORIZED,
+                    "Messages must be sent after the pusher:connection_established event",
+                )
+            if event == "pusher:subscribe":
+                return self._subscribe(frames.data_object(message))
+            if event == "pusher:unsubscribe":
+                return self._unsubscribe(frames.data_object(message))
+            if event == "pusher:signin":
+                return self._signin(frames.data_object(message))
+            if event.startswith("client-"):
+                return self._client_event(message, now)
+            if event.startswith("parley:"):
+                return [Extension(event, frames.data_object(message))]
+            if event.startswith(_RESERVED_PREFIXES):
+                raise ProtocolError(f"Unsupported event from client: {event!r} is reserved")
+            raise ProtocolError(
+                f"Unsupported event {event!r}: client events must start with 'client-'"
+            )
+        except ConnectionRefused as exc:
+            self.state = State.CLOSED
+            return [Reply(frames.error_frame(exc.code, exc.message)), Close(exc.code or 4009, exc.message)]
+        except ParleyError as exc:
+            return [Reply(frames.error_frame(exc.code, exc.message))]
+
+    # -- pusher:subscribe / unsubscribe ------------------------------------------------------
+
+    def _subscribe(self, data: dict[str, Any]) -> list[Command]:
+        channel = data.get("channel")
+        problem = channel_name_problem(channel)
+        if problem:
+            raise ProtocolError(problem)
+        assert isinstance(channel, str)
+        if channel in self.subscriptions:
+            raise ProtocolError(f"Existing subscription to channel {channel}")
+        ctype = channel_type(channel)
+        member: Member | None = None
+        if ctype.kind is Kind.SERVER_TO_USER:
+            if self.user_id is None or server_to_user_id(channel) != self.user_id:
+                raise ProtocolError(
+                    f"Cannot subscribe to {channel}: the connection is not signed in as that user"
+                )
+        elif ctype.needs_auth:
+            channel_data = data.get("channel_data")
+            if channel_data is not None and not isinstance(channel_data, str):
+                raise ProtocolError("Invalid channel_data: must be a JSON string")
+            if ctype.kind is not Kind.PRESENCE:
+                channel_data = None
+            message = channel_auth_string(self.socket_id, channel, channel_data)
+            problem = token_problem(data.get("auth"), self.app.key, self.app.secret, message)
+            if problem:
+                raise ProtocolError(problem)
+            if ctype.kind is Kind.PRESENCE:
+                member = self._presence_member(channel, channel_data)
+        self.subscriptions[channel] = member
+        return [Subscribe(channel, ctype, member)]
+
+    def _presence_member(self, channel: str, channel_data: str | None) -> Member:
+        if channel_data is None:
+            if self.user_id is None:
+                raise ProtocolError(
+                    f"Presence channel {channel} needs channel_data or a signed-in connection"
+                )
+            return Member(self.user_id, self.user_info)
+        try:
+            parsed = orjson.loads(channel_data)
+        except orjson.JSONDecodeError:
+            raise ProtocolError("Invalid channel_data: not valid JSON") from None
+        if not isinstance(parsed, dict) or "user_id" not in parsed:
+            raise ProtocolError("Invalid channel_data: must be an object with a user_id")
+        raw_id = parsed["user_id"]
+        if isinstance(raw_id, bool) or not isinstance(raw_id, str | int) or raw_id == "":
+            raise ProtocolError("Invalid channel_data: user_id must be a non-empty string")
+        user_id = str(raw_id)
+        if len(user_id) > self.app.max_user_id_length:
+            raise ProtocolError(
+                f"Invalid channel_data: user_id is longer than {self.app.max_user_id_length}"
+            )
+        user_info = parsed.get("user_info")
+        if user_info is not None:
+            size = len(orjson.dumps(user_info))
+            if size > self.app.max_presence_user_info_bytes:
+                raise ProtocolError(
+                    f"Presence user_info is {size} bytes, the limit is "
+                    f"{self.app.max_presence_user_info_bytes}"
+                )
+        if self.user_id is not None and user_id != self.user_id:
+            raise ProtocolError(
+                f"Cannot join {channel} as user {user_id!r}: "
+                f"the connection is signed in as {self.user_id!r}"
+            )
+        return Member(user_id, user_info)
+
+    def _unsubscribe(self, data: dict[str, Any]) -> list[Command]:
+        channel = data.get("channel")
+        if not isinstance(channel, str) or channel not in self.subscriptions:
+            raise ProtocolError(f"No current subscription to channel {channel}")
+        member = self.subscriptions.pop(channel)
+        return [Unsubscribe(channel, member)]
+
+    # -- pusher:signin -----------------------------------------------------------------------
+
+    def _signin(self, data: dict[str, Any]) -> list[Command]:
+        user_data = data.get("user_data")
+        if not isinstance(user_data, str):
+            raise ConnectionRefused(CloseCode.UNAUTHORIZED, "Invalid signin: user_data must be a string")
+        problem = token_problem(
+            data.get("auth"),
+            self.app.key,
+            self.app.secret,
+            user_auth_string(self.socket_id, user_data),
+        )
+        if problem:
+            raise ConnectionRefused(CloseCode.UNAUTHORIZED, f"Invalid signin: {problem}")
+        try:
+            parsed = orjson.loads(user_data)
+        except orjson.JSONDecodeError:
+            raise ConnectionRefused(CloseCode.UNAUTHORIZED, "Invalid signin: user_data is not JSON") from None
+        user_id = parsed.get("id") if isinstance(parsed, dict) else None
+        if not isinstance(user_id, str) or not user_id:
+            raise ConnectionRefused(
+                CloseCode.UNAUTHORIZED, "Invalid signin: user_data.id must be a non-empty string"
+            )
+        if len(user_id) > self.app.max_user_id_length or not USER_ID_RE.fullmatch(user_id):
+            raise ConnectionRefused(
+                CloseCode.UNAUTHORIZED,
+                "Invalid signin: user id must be at most "
+                f"{self.app.max_user_id_length} characters of [A-Za-z0-9_-=@,.;]",
+            )
+        if self.user_id is not None and self.user_id != user_id:
+            raise ProtocolError(f"Already signed in as {self.user_id!r}")
+        watchlist = parsed.get("watchlist") or []
+        if not isinstance(watchlist, list):
+            raise ProtocolError("Invalid signin: watchlist must be an array of user ids")
+        assert isinstance(parsed, dict)
+        self.identify(user_id, parsed.get("user_info"))
+        ids = tuple(str(w) for w in watchlist if isinstance(w, str | int) and not isinstance(w, bool))
+        commands: list[Command] = [
+            Signin(user_id, parsed.get("user_info"), user_data, ids[: self.app.max_watchlist])
+        ]
+        if len(ids) > self.app.max_watchlist:
+            commands.append(
+                Reply(
+                    frames.error_frame(
+                        CloseCode.WATCHLIST_LIMIT,
+                        f"Watchlist limit exceeded: only the first {self.app.max_watchlist} "
+                        "user ids are watched",
+                    )
+                )
+            )
+        return commands
+
+    # -- client events -----------------------------------------------------------------------
+
+    def _client_event(self, message: dict[str, Any], now: float) -> list[Command]:
+        event: str = message["event"]
+        channel = message.get("channel")
+        if not self.app.client_events:
+            raise ProtocolError("The app does not have client messaging enabled")
+        if len(event) > self.app.max_event_name_length:
+            raise ProtocolError(
+                f"Event name is longer than {self.app.max_event_name_length} characters"
+            )
+        if not isinstance(channel, str) or channel not in self.subscriptions:
+            raise ProtocolError(
+                f"Cannot broadcast client event (connection not subscribed to channel {channel})"
+            )
+        if not channel_type(channel).allows_client_events:
+            raise ProtocolError(
+                f"Cannot broadcast client event on {channel}: only private and presence "
+                "channels accept client events"
+            )
+        data = message.get("data")
+        size = len(data.encode()) if isinstance(data, str) else len(orjson.dumps(data))
+        if size > self.app.max_event_bytes:
+            raise ProtocolError(
+                f"Client event data is {size} bytes, the limit is {self.app.max_event_bytes}"
+            )
+        self._take_token(now)
+        member = self.subscriptions[channel]
+        sender = member.user_id if member is not None else self.user_id
+        return [ClientEvent(channel, event, data, sender)]
+
+    def _take_token(self, now: float) -> None:
+        rate = self.app.client_event_rate
+        if rate <= 0:
+            return
+        self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
+        self._tokens_at = now
+        if self._tokens < 1:
+            raise RateLimited("Client event rejected due to rate limit")
+        self._tokens -= 1

@@ -1,0 +1,108 @@
+"""The only JSON of the wire: encoding server frames and decoding client frames.
+
+Pusher double-encodes `data` for connection_established, pusher_internal:* and API events
+(a JSON string holding JSON); `pusher:error` data is an object (pysher indexes it).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from parley.errors import ProtocolError
+
+
+def dumps(value: Any) -> str:
+    return orjson.dumps(value).decode()
+
+
+def frame(
+    event: str,
+    data: Any = None,
+    channel: str | None = None,
+    *,
+    user_id: str | None = None,
+    parley: dict[str, Any] | None = None,
+) -> bytes:
+    out: dict[str, Any] = {"event": event}
+    if channel is not None:
+        out["channel"] = channel
+    if data is not None:
+        out["data"] = data
+    if user_id is not None:
+        out["user_id"] = user_id
+    if parley is not None:
+        out["parley"] = parley
+    return orjson.dumps(out)
+
+
+def error_frame(code: int | None, message: str, channel: str | None = None) -> bytes:
+    return frame("pusher:error", {"code": code, "message": message}, channel)
+
+
+def connection_established(socket_id: str, activity_timeout: int, **extra: Any) -> bytes:
+    data = {"socket_id": socket_id, "activity_timeout": activity_timeout, **extra}
+    return frame("pusher:connection_established", dumps(data))
+
+
+def subscription_succeeded(channel: str, presence: dict[str, Any] | None = None) -> bytes:
+    data = dumps({"presence": presence}) if presence is not None else "{}"
+    return frame("pusher_internal:subscription_succeeded", data, channel)
+
+
+def member_added(channel: str, user_id: str, user_info: Any) -> bytes:
+    body: dict[str, Any] = {"user_id": user_id}
+    if user_info is not None:
+        body["user_info"] = user_info
+    return frame("pusher_internal:member_added", dumps(body), channel)
+
+
+def member_removed(channel: str, user_id: str) -> bytes:
+    return frame("pusher_internal:member_removed", dumps({"user_id": user_id}), channel)
+
+
+def subscription_count(channel: str, count: int) -> bytes:
+    return frame(
+        "pusher_internal:subscription_count", dumps({"subscription_count": count}), channel
+    )
+
+
+def watchlist_events(online: list[str], offline: list[str]) -> bytes:
+    events = []
+    if online:
+        events.append({"name": "online", "user_ids": online})
+    if offline:
+        events.append({"name": "offline", "user_ids": offline})
+    return frame("pusher_internal:watchlist_events", dumps({"events": events}))
+
+
+PONG = frame("pusher:pong", {})
+PING = frame("pusher:ping", {})
+
+
+def decode(text: str | bytes) -> dict[str, Any]:
+    """A client frame as a dict with a string `event`, or ProtocolError saying why not."""
+    try:
+        message = orjson.loads(text)
+    except orjson.JSONDecodeError:
+        raise ProtocolError("Invalid message format: frame is not valid JSON") from None
+    if not isinstance(message, dict):
+        raise ProtocolError("Invalid message format: frame must be a JSON object")
+    event = message.get("event")
+    if not isinstance(event, str) or not event:
+        raise ProtocolError("Invalid message format: missing 'event'")
+    return message
+
+
+def data_object(message: dict[str, Any]) -> dict[str, Any]:
+    """The `data` of a pusher:* frame as an object; some clients send it JSON-encoded."""
+    data = message.get("data")
+    if isinstance(data, str):
+        try:
+            data = orjson.loads(data) if data else {}
+        except orjson.JSONDecodeError:
+            data = None
+    if not isinstance(data, dict):
+        raise ProtocolError(f"Invalid message format: {message['event']} needs an object 'data'")
+    return data

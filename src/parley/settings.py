@@ -1,0 +1,208 @@
+"""One frozen, validated `Settings`, read once: flags > PARLEY_* env > TOML file > defaults.
+
+The default app, when none is configured, comes wholly from PARLEY_APP_* variables or is
+generated once and kept in the data directory so its credentials survive restarts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import secrets
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import orjson
+
+from parley.errors import ConfigError
+
+
+@dataclass(frozen=True, slots=True)
+class AppConfig:
+    """One tenant: its credentials, switches and limits."""
+
+    id: str
+    key: str
+    secret: str
+    name: str = ""
+    enabled: bool = True
+    client_events: bool = False
+    client_event_rate: float = 10.0  # per connection per second; 0 lifts the limit
+    max_connections: int = 0  # 0: unlimited
+    max_presence_members: int = 100
+    max_presence_user_info_bytes: int = 1024
+    max_user_id_length: int = 128
+    max_event_bytes: int = 10240
+    max_event_name_length: int = 200
+    max_channels_per_event: int = 100
+    max_batch_size: int = 10
+    max_watchlist: int = 100
+    subscription_count: bool = False
+    cache_ttl_s: float = 1800.0
+
+    def __post_init__(self) -> None:
+        for name in ("id", "key", "secret"):
+            value = getattr(self, name)
+            if not isinstance(value, str) or not value:
+                raise ConfigError(f"app {name!r} must be a non-empty string")
+        if ":" in self.key:
+            raise ConfigError("app 'key' may not contain ':'")
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.type in ("int", "float") and (isinstance(value, bool) or value < 0):
+                raise ConfigError(f"app {self.id}: {f.name!r} must be a number >= 0")
+
+
+@dataclass(frozen=True, slots=True)
+class Settings:
+    host: str = "127.0.0.1"
+    port: int = 6001
+    data_dir: Path = Path("parley-data")
+    activity_timeout_s: int = 120  # sent to clients; the server pings after this much silence
+    pong_timeout_s: float = 30.0  # then closes with 4201 after this much more
+    max_frame_bytes: int = 65536  # larger WebSocket messages are refused with an error event
+    max_outbound_bytes: int = 4 * 1024 * 1024  # a slower reader is closed with 4100
+    max_http_body_bytes: int = 1024 * 1024
+    shutdown_grace_s: float = 5.0
+    log_level: str = "info"
+    log_format: str = "json"
+    apps: tuple[AppConfig, ...] = field(default_factory=tuple)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.port <= 65535:
+            raise ConfigError(f"'port' must be between 0 and 65535, got {self.port}")
+        if self.activity_timeout_s <= 0:
+            raise ConfigError("'activity_timeout_s' must be > 0 (pusher-js refuses 0)")
+        if self.log_level not in ("debug", "info", "warning", "error"):
+            raise ConfigError(f"'log_level' must be debug, info, warning or error")
+        if self.log_format not in ("json", "text"):
+            raise ConfigError("'log_format' must be json or text")
+        ids = [a.id for a in self.apps]
+        keys = [a.key for a in self.apps]
+        if len(set(ids)) != len(ids) or len(set(keys)) != len(keys):
+            raise ConfigError("apps must have distinct ids and keys")
+
+
+_APP_FIELDS = {f.name: f for f in fields(AppConfig)}
+_SERVER_FIELDS = {f.name: f for f in fields(Settings) if f.name != "apps"}
+
+
+def _coerce(kind: Any, value: Any, where: str) -> Any:
+    try:
+        if kind in ("bool", bool):
+            if isinstance(value, bool):
+                return value
+            text = str(value).strip().lower()
+            if text in ("1", "true", "yes", "on"):
+                return True
+            if text in ("0", "false", "no", "off"):
+                return False
+            raise ValueError(value)
+        if kind in ("int", int):
+            return int(value)
+        if kind in ("float", float):
+            return float(value)
+        if kind in ("Path",):
+            return Path(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"{where}: cannot read {value!r} as {kind}") from None
+
+
+def _app_from_mapping(raw: Mapping[str, Any], where: str) -> AppConfig:
+    values: dict[str, Any] = {}
+    for name, value in raw.items():
+        if name not in _APP_FIELDS:
+            raise ConfigError(f"{where}: unknown app setting {name!r}")
+        values[name] = _coerce(_APP_FIELDS[name].type, value, f"{where}.{name}")
+    for name in ("id", "key", "secret"):
+        if name not in values:
+            raise ConfigError(f"{where}: missing {name!r}")
+    return AppConfig(**values)
+
+
+def generate_app() -> dict[str, str]:
+    """Fresh credentials; the id is numeric because the PyPI SDK accepts no other."""
+    return {
+        "id": str(secrets.randbelow(9_000_000) + 1_000_000),
+        "key": secrets.token_hex(10),
+        "secret": secrets.token_hex(16),
+    }
+
+
+def _persisted_default_app(data_dir: Path) -> dict[str, str]:
+    path = data_dir / "default-app.json"
+    if path.exists():
+        try:
+            stored = orjson.loads(path.read_bytes())
+        except orjson.JSONDecodeError as exc:
+            raise ConfigError(f"{path}: not valid JSON ({exc})") from None
+        return {k: str(stored[k]) for k in ("id", "key", "secret")}
+    data_dir.mkdir(parents=True, exist_ok=True)
+    creds = generate_app()
+    tmp = path.with_suffix(".tmp")
+    tmp.write_bytes(orjson.dumps(creds))
+    os.chmod(tmp, 0o600)
+    tmp.replace(path)
+    return creds
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_file: Path | None = None,
+) -> Settings:
+    """Merge the sources into one Settings; every problem names the key that caused it."""
+    env = os.environ if env is None else env
+    flags = {k: v for k, v in (flags or {}).items() if v is not None}
+    file_data: dict[str, Any] = {}
+    path = config_file or (Path(env["PARLEY_CONFIG"]) if env.get("PARLEY_CONFIG") else None)
+    if path is not None:
+        try:
+            file_data = tomllib.loads(path.read_text())
+        except FileNotFoundError:
+            raise ConfigError(f"config file {path} does not exist") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"config file {path}: {exc}") from None
+
+    server: dict[str, Any] = {}
+    for name, value in (file_data.get("server") or {}).items():
+        if name not in _SERVER_FIELDS:
+            raise ConfigError(f"[server]: unknown setting {name!r}")
+        server[name] = _coerce(_SERVER_FIELDS[name].type, value, f"[server].{name}")
+    for name, f in _SERVER_FIELDS.items():
+        env_name = "PARLEY_" + name.upper()
+        if env_name in env:
+            server[name] = _coerce(f.type, env[env_name], env_name)
+    for name, value in flags.items():
+        if name not in _SERVER_FIELDS:
+            raise ConfigError(f"unknown flag --{name.replace('_', '-')}")
+        server[name] = _coerce(_SERVER_FIELDS[name].type, value, f"--{name}")
+
+    apps = [
+        _app_from_mapping(raw, f"[[apps]] #{i + 1}") for i, raw in enumerate(file_data.get("apps", []))
+    ]
+    env_app = {
+        name: env["PARLEY_APP_" + name.upper()]
+        for name in _APP_FIELDS
+        if "PARLEY_APP_" + name.upper() in env
+    }
+    if env_app or not apps:
+        data_dir = server.get("data_dir", Settings.data_dir)
+        base: dict[str, Any] = {}
+        if not all(k in env_app for k in ("id", "key", "secret")):
+            base = dict(_persisted_default_app(Path(data_dir)))
+        base.update(env_app)
+        apps.insert(0, _app_from_mapping(base, "default app (PARLEY_APP_*)"))
+    return Settings(**server, apps=tuple(apps))
+
+
+def describe(settings: Settings) -> dict[str, Any]:
+    """Settings without secrets, for the start-up log line."""
+    out = dataclasses.asdict(settings)
+    out["data_dir"] = str(settings.data_dir)
+    out["apps"] = [{"id": a.id, "key": a.key, "enabled": a.enabled} for a in settings.apps]
+    return out

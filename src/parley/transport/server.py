@@ -1,0 +1,245 @@
+"""One listening port for HTTP and WebSocket.
+
+Every connection starts in `FrontProtocol`. A request whose head asks for a WebSocket
+upgrade is handed, bytes and all, to a picows protocol (C framing, the fast path for
+fan-out); anything else is parsed by httptools and answered by the HTTP handler, with
+keep-alive. This layer knows nothing of channels, auth or storage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import httptools
+from picows.api import _resolve_logger
+from picows.picows import WSAutoPingStrategy, WSListener, WSProtocol
+
+MAX_HEAD_BYTES = 16 * 1024
+
+
+@dataclass(slots=True)
+class Request:
+    method: str
+    path: str
+    query: str
+    headers: dict[str, str]
+    body: bytes
+    peer: str
+
+
+@dataclass(slots=True)
+class Response:
+    status: int
+    body: bytes = b""
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+HttpHandler = Callable[[Request], Awaitable[Response]]
+WsFactory = Callable[[str, str, Any], WSListener | None]
+
+_REASONS = {
+    200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request",
+    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
+    409: "Conflict", 413: "Payload Too Large", 429: "Too Many Requests",
+    431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    503: "Service Unavailable",
+}
+
+
+class FrontProtocol(asyncio.Protocol):
+    def __init__(self, server: Server) -> None:
+        self.server = server
+        self.transport: asyncio.Transport | None = None
+        self.buf = bytearray()
+        self.in_request = False
+        self.parser = httptools.HttpRequestParser(self)
+        self._url = b""
+        self._headers: dict[str, str] = {}
+        self._body = bytearray()
+        self._queue: list[Request] = []
+        self._worker: asyncio.Task[None] | None = None
+        self._keep_alive = True
+        self.peer = ""
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        peer = transport.get_extra_info("peername")
+        self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
+        self.server.http_connections.add(self)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.server.http_connections.discard(self)
+        self.transport = None
+        if self._worker is not None:
+            self._worker.cancel()
+
+    def data_received(self, data: bytes) -> None:
+        if self.in_request:
+            self._feed(data)
+            return
+        self.buf += data
+        head_end = self.buf.find(b"\r\n\r\n")
+        if head_end < 0:
+            if len(self.buf) > MAX_HEAD_BYTES:
+                self._reply_and_close(431, b'{"error":"Request head too large"}')
+            return
+        head = bytes(self.buf[:head_end]).lower()
+        if b"\r\nupgrade:" in head and b"websocket" in head:
+            self._upgrade(bytes(self.buf))
+            return
+        data, self.buf = bytes(self.buf), bytearray()
+        self.in_request = True
+        self._feed(data)
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    def _feed(self, data: bytes) -> None:
+        try:
+            self.parser.feed_data(data)
+        except httptools.HttpParserUpgrade:
+            self._reply_and_close(400, b'{"error":"Unexpected upgrade request"}')
+        except httptools.HttpParserError as exc:
+            self._reply_and_close(400, b'{"error":"Malformed HTTP request: %s"}' % str(exc).encode()[:80].replace(b'"', b"'"))
+
+    def on_message_begin(self) -> None:
+        self._url = b""
+        self._headers = {}
+        self._body = bytearray()
+
+    def on_url(self, url: bytes) -> None:
+        self._url += url
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
+
+    def on_body(self, body: bytes) -> None:
+        self._body += body
+        if len(self._body) > self.server.max_body_bytes:
+            self._reply_and_close(413, b'{"error":"Request body too large"}')
+
+    def on_message_complete(self) -> None:
+        self.in_request = False
+        if self.transport is None or self.transport.is_closing():
+            return
+        url = httptools.parse_url(self._url)
+        self._keep_alive = self.parser.should_keep_alive()
+        request = Request(
+            method=self.parser.get_method().decode(),
+            path=(url.path or b"/").decode("utf-8", "replace"),
+            query=(url.query or b"").decode("utf-8", "replace"),
+            headers=self._headers,
+            body=bytes(self._body),
+            peer=self.peer,
+        )
+        self._queue.append(request)
+        if self._worker is None:
+            self._worker = asyncio.get_running_loop().create_task(self._work())
+
+    async def _work(self) -> None:
+        try:
+            while self._queue:
+                request = self._queue.pop(0)
+                response = await self.server.http_handler(request)
+                self._write(response, keep_alive=self._keep_alive)
+        finally:
+            self._worker = None
+
+    def _write(self, response: Response, keep_alive: bool = True) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        reason = _REASONS.get(response.status, "Unknown")
+        lines = [
+            f"HTTP/1.1 {response.status} {reason}",
+            f"Content-Type: {response.content_type}",
+            f"Content-Length: {len(response.body)}",
+            "Access-Control-Allow-Origin: *",
+        ]
+        lines += [f"{k}: {v}" for k, v in response.headers.items()]
+        if not keep_alive:
+            lines.append("Connection: close")
+        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode() + response.body)
+        if not keep_alive:
+            self.transport.close()
+
+    def _reply_and_close(self, status: int, body: bytes) -> None:
+        self._write(Response(status, body), keep_alive=False)
+
+    # -- WebSocket ---------------------------------------------------------------------------
+
+    def _upgrade(self, data: bytes) -> None:
+        transport = self.transport
+        assert transport is not None
+        self.server.http_connections.discard(self)
+        ws = self.server.make_ws_protocol()
+        transport.set_protocol(ws)
+        ws.connection_made(transport)
+        buffer = ws.get_buffer(len(data))
+        memoryview(buffer)[: len(data)] = data
+        ws.buffer_updated(len(data))
+
+
+class Server:
+    """The listening socket; `ws_factory(path, query, headers)` returns a listener or None."""
+
+    def __init__(
+        self,
+        http_handler: HttpHandler,
+        ws_factory: WsFactory,
+        *,
+        max_frame_bytes: int,
+        max_body_bytes: int,
+    ) -> None:
+        self.http_handler = http_handler
+        self.ws_factory = ws_factory
+        self.max_frame_bytes = max_frame_bytes
+        self.max_body_bytes = max_body_bytes
+        self.http_connections: set[FrontProtocol] = set()
+        self._server: asyncio.Server | None = None
+        self._logger = _resolve_logger("parley.ws", "server")
+
+    def _listener_factory(self, request: Any) -> WSListener | None:
+        raw_path = request.path.decode("latin-1")
+        path, _, query = raw_path.partition("?")
+        return self.ws_factory(path, query, request.headers)
+
+    def make_ws_protocol(self) -> WSProtocol:
+        return WSProtocol(
+            None,  # host+port: server side
+            None,  # ws_path
+            False,  # is_client_side
+            self._listener_factory,
+            self._logger,
+            True,  # disconnect_on_exception
+            5.0,  # handshake timeout
+            False,  # enable_auto_ping: the node sweeps idle sessions itself
+            20.0,
+            20.0,
+            WSAutoPingStrategy.PING_WHEN_IDLE,
+            True,  # enable_auto_pong
+            self.max_frame_bytes,
+            None,  # extra headers
+            4096,  # initial read buffer: small, memory per idle connection matters
+        )
+
+    async def start(self, host: str, port: int) -> int:
+        loop = asyncio.get_running_loop()
+        self._server = await loop.create_server(
+            lambda: FrontProtocol(self), host, port, reuse_address=True, backlog=4096
+        )
+        sockets = self._server.sockets
+        return int(sockets[0].getsockname()[1])
+
+    async def stop_listening(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+    def close_http(self) -> None:
+        for conn in list(self.http_connections):
+            if conn.transport is not None:
+                conn.transport.close()
