@@ -1,0 +1,66 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from parley.errors import ConfigError
+from parley.settings import load_settings
+
+
+def test_default_app_is_generated_once_and_kept(tmp_path: Path) -> None:
+    env = {"PARLEY_DATA_DIR": str(tmp_path)}
+    first = load_settings(env=env)
+    second = load_settings(env=env)
+    assert first.apps == second.apps
+    assert first.apps[0].id.isdigit()  # the PyPI SDK accepts numeric app ids only
+    assert first.port == 6001 and first.host == "127.0.0.1"
+
+
+def test_default_app_entirely_from_the_environment(tmp_path: Path) -> None:
+    env = {
+        "PARLEY_DATA_DIR": str(tmp_path),
+        "PARLEY_APP_ID": "7",
+        "PARLEY_APP_KEY": "k",
+        "PARLEY_APP_SECRET": "s",
+        "PARLEY_APP_CLIENT_EVENTS": "true",
+        "PARLEY_APP_CLIENT_EVENT_RATE": "0",
+    }
+    (app,) = load_settings(env=env).apps
+    assert (app.id, app.key, app.secret, app.client_events, app.client_event_rate) == ("7", "k", "s", True, 0)
+    assert not (tmp_path / "default-app.json").exists()
+
+
+def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
+    config = tmp_path / "parley.toml"
+    config.write_text(
+        '[server]\nport = 7000\nactivity_timeout_s = 60\n'
+        '[[apps]]\nid = "1"\nkey = "a"\nsecret = "x"\n'
+        '[[apps]]\nid = "2"\nkey = "b"\nsecret = "y"\nenabled = false\n'
+    )
+    settings = load_settings({"port": 7002}, env={"PARLEY_PORT": "7001", "PARLEY_ACTIVITY_TIMEOUT_S": "30"}, config_file=config)
+    assert settings.port == 7002 and settings.activity_timeout_s == 30
+    assert [a.id for a in settings.apps] == ["1", "2"] and not settings.apps[1].enabled
+
+
+@pytest.mark.parametrize(
+    ("toml", "env", "problem"),
+    [
+        ("[server]\nbogus = 1\n", {}, "unknown setting 'bogus'"),
+        ('[[apps]]\nid = "1"\nkey = "a"\n', {}, "missing 'secret'"),
+        ("", {"PARLEY_PORT": "x"}, "PARLEY_PORT"),
+        ("", {"PARLEY_ACTIVITY_TIMEOUT_S": "0"}, "activity_timeout_s"),
+        ('[[apps]]\nid = "1"\nkey = "a"\nsecret = "s"\n[[apps]]\nid = "1"\nkey = "b"\nsecret = "s"\n', {}, "distinct"),
+    ],
+)
+def test_bad_settings_name_the_key(tmp_path: Path, toml: str, env: dict[str, str], problem: str) -> None:
+    config = tmp_path / "parley.toml"
+    config.write_text(toml)
+    with pytest.raises(ConfigError, match=problem):
+        load_settings(env={"PARLEY_DATA_DIR": str(tmp_path), **env}, config_file=config)
+
+
+def test_settings_are_frozen(tmp_path: Path) -> None:
+    settings = load_settings(env={"PARLEY_DATA_DIR": str(tmp_path)})
+    with pytest.raises(AttributeError):
+        settings.port = 1  # type: ignore[misc]
