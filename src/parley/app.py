@@ -7,6 +7,7 @@ import signal
 from dataclasses import dataclass
 
 from parley import __version__, logs
+from parley.backends.history import HistoryStore
 from parley.core.node import Node
 from parley.core.session import Session
 from parley.http_api import ops, pusher
@@ -23,8 +24,26 @@ class Running:
     port: int
 
 
+def make_history(settings: Settings) -> HistoryStore:
+    """Turn the `store` setting into a history store."""
+    if settings.store == "memory":
+        from parley.backends.memory_history import MemoryHistoryStore
+
+        return MemoryHistoryStore()
+    if settings.store == "postgres":
+        from parley.backends.postgres_history import PostgresHistoryStore
+
+        return PostgresHistoryStore(settings.postgres_url)
+    from parley.backends.sqlite_history import SqliteHistoryStore
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    return SqliteHistoryStore(settings.data_dir / "parley.db")
+
+
 async def start(settings: Settings) -> Running:
-    node = Node(settings)
+    history = make_history(settings)
+    await history.start()
+    node = Node(settings, history)
     router = Router(node)
     ops.register(router)
     pusher.register(router)
@@ -37,7 +56,7 @@ async def start(settings: Settings) -> Running:
     server = Server(
         router,
         ws_factory,
-        max_frame_bytes=max(1024 * 1024, settings.max_frame_bytes * 4),
+        max_frame_bytes=node.max_message_bytes,
         max_body_bytes=settings.max_http_body_bytes,
     )
     port = await server.start(settings.host, settings.port)

@@ -57,6 +57,20 @@ class AppConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class HistoryRule:
+    """Retention for channels whose name matches `pattern` (fnmatch style, e.g. `presence-*`)."""
+
+    pattern: str
+    enabled: bool = True
+    max_count: int = 1000
+    max_age_s: float = 7 * 86400.0
+
+    def __post_init__(self) -> None:
+        if self.max_count < 1 or self.max_age_s <= 0:
+            raise ConfigError(f"[[history]] {self.pattern!r}: max_count and max_age_s must be > 0")
+
+
+@dataclass(frozen=True, slots=True)
 class Settings:
     host: str = "127.0.0.1"
     port: int = 6001
@@ -69,7 +83,13 @@ class Settings:
     shutdown_grace_s: float = 5.0
     log_level: str = "info"
     log_format: str = "json"
+    store: str = "sqlite"  # history and state: memory, sqlite (under data_dir) or postgres
+    postgres_url: str = "postgresql://postgres@127.0.0.1:5432/parley"
+    history_max_count: int = 1000
+    history_max_age_s: float = 7 * 86400.0
+    recovery_limit: int = 1000  # a resume needing more than this answers recovered: false
     apps: tuple[AppConfig, ...] = field(default_factory=tuple)
+    history: tuple[HistoryRule, ...] = field(default_factory=tuple)
 
     def __post_init__(self) -> None:
         if not 0 <= self.port <= 65535:
@@ -78,6 +98,10 @@ class Settings:
             raise ConfigError("'activity_timeout_s' must be > 0 (pusher-js refuses 0)")
         if self.log_level not in ("debug", "info", "warning", "error"):
             raise ConfigError(f"'log_level' must be debug, info, warning or error")
+        if self.store not in ("memory", "sqlite", "postgres"):
+            raise ConfigError("'store' must be memory, sqlite or postgres")
+        if self.history_max_count < 1 or self.history_max_age_s <= 0 or self.recovery_limit < 0:
+            raise ConfigError("history_max_count, history_max_age_s and recovery_limit must be > 0")
         if self.log_format not in ("json", "text"):
             raise ConfigError("'log_format' must be json or text")
         ids = [a.id for a in self.apps]
@@ -87,7 +111,8 @@ class Settings:
 
 
 _APP_FIELDS = {f.name: f for f in fields(AppConfig)}
-_SERVER_FIELDS = {f.name: f for f in fields(Settings) if f.name != "apps"}
+_SERVER_FIELDS = {f.name: f for f in fields(Settings) if f.name not in ("apps", "history")}
+_HISTORY_FIELDS = {f.name: f for f in fields(HistoryRule)}
 
 
 def _coerce(kind: Any, value: Any, where: str) -> Any:
@@ -197,7 +222,16 @@ def load_settings(
             base = dict(_persisted_default_app(Path(data_dir)))
         base.update(env_app)
         apps.insert(0, _app_from_mapping(base, "default app (PARLEY_APP_*)"))
-    return Settings(**server, apps=tuple(apps))
+    rules = []
+    for i, raw in enumerate(file_data.get("history", [])):
+        where = f"[[history]] #{i + 1}"
+        unknown = set(raw) - set(_HISTORY_FIELDS)
+        if unknown or "pattern" not in raw:
+            raise ConfigError(f"{where}: needs 'pattern'; unknown keys: {sorted(unknown)}")
+        rules.append(
+            HistoryRule(**{k: _coerce(_HISTORY_FIELDS[k].type, v, f"{where}.{k}") for k, v in raw.items()})
+        )
+    return Settings(**server, apps=tuple(apps), history=tuple(rules))
 
 
 def describe(settings: Settings) -> dict[str, Any]:

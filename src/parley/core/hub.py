@@ -30,7 +30,9 @@ class Peer(Protocol):
 class Channel:
     name: str
     type: ChannelType
-    subscribers: dict[Any, None] = field(default_factory=dict)  # ordered set of Peers
+    # Peers in join order; the value is None, or a list that holds (offset, frame) pairs for a
+    # peer whose resume is being replayed, so no live event overtakes the replay.
+    subscribers: dict[Any, list[tuple[int, bytes]] | None] = field(default_factory=dict)
     # presence: user_id -> [user_info, number of this user's connections here]
     members: dict[str, list[Any]] = field(default_factory=dict)
     count_pending: bool = False
@@ -111,7 +113,7 @@ class AppHub:
             "count": len(ids),
         }
 
-    def broadcast(self, name: str, data: bytes, exclude: Any = None) -> int:
+    def broadcast(self, name: str, data: bytes, exclude: Any = None, offset: int = 0) -> int:
         """Write `data` to every local subscriber of `name` but `exclude`; return the count.
 
         Peers never leave a channel synchronously inside `send` (a slow consumer's close is
@@ -121,15 +123,15 @@ class AppHub:
         if channel is None:
             return 0
         subscribers = channel.subscribers
-        if exclude is None or exclude not in subscribers:
-            for peer in subscribers:
-                peer.send(data)
-            return len(subscribers)
         sent = 0
-        for peer in subscribers:
-            if peer is not exclude:
+        for peer, held in subscribers.items():
+            if peer is exclude:
+                continue
+            if held is None:
                 peer.send(data)
-                sent += 1
+            else:
+                held.append((offset, data))
+            sent += 1
         return sent
 
     # -- users -------------------------------------------------------------------------------

@@ -8,15 +8,18 @@ the wire only through `protocol.frames`.
 from __future__ import annotations
 
 import asyncio
+import fnmatch
 import secrets
 import time
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Any
 
 from parley import logs
+from parley.backends.history import Entry, HistoryStore, NewEntry, Retention
 from parley.core.hub import AppHub, CachedEvent, Channel, PresenceFull
 from parley.core.session import Session
-from parley.errors import ConnectionRefused
+from parley.errors import BadRequest, ConnectionRefused, ParleyError
 from parley.metrics import Metrics
 from parley.protocol import frames
 from parley.protocol.channels import Kind, channel_type, server_to_user_id
@@ -43,17 +46,36 @@ class PublishResult:
     channels: dict[str, dict[str, int]]
 
 
+def parley_of(entry: Entry) -> dict[str, Any]:
+    """The `parley` object of a delivered event: who sent it and where it stands."""
+    return {
+        "publisher": entry.publisher,
+        "offset": entry.offset,
+        "epoch": entry.epoch,
+        "ts": entry.ts,
+        "id": entry.id,
+    }
+
+
+def entry_frame(channel: str, entry: Entry) -> bytes:
+    return frames.frame(entry.event, entry.data, channel, user_id=entry.user_id, parley=parley_of(entry))
+
+
 class Node:
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, history: HistoryStore) -> None:
         self.settings = settings
+        self.history = history
+        self.retention = lru_cache(maxsize=4096)(self._retention)
         self.hubs: dict[str, AppHub] = {app.id: AppHub(app) for app in settings.apps}
         self.apps_by_key: dict[str, AppConfig] = {app.key: app for app in settings.apps}
         self.max_outbound_bytes = settings.max_outbound_bytes
+        self.max_message_bytes = max(1024 * 1024, settings.max_frame_bytes * 4)
         self.metrics = Metrics()
         self.metrics.gauges = self._gauges
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._tasks: set[asyncio.Task[Any]] = set()
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -132,7 +154,7 @@ class Node:
                     self._count_error_frame(session, command.frame)
                 session.send(command.frame)
             elif type(command) is ClientEvent:
-                self._client_event(session, hub, command)
+                self._spawn(self._client_event(session, hub, command))
             elif type(command) is Subscribe:
                 self._subscribe(session, hub, conn, command)
             elif type(command) is Unsubscribe:
@@ -149,9 +171,7 @@ class Node:
                 )
                 session.close(command.code, command.reason)
             elif type(command) is Extension:
-                session.send(
-                    frames.error_frame(None, f"Unsupported event {command.event!r}")
-                )
+                self._extension(session, hub, conn, command)
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -204,20 +224,172 @@ class Node:
             count = len(channel.subscribers)
             hub.broadcast(channel.name, frames.subscription_count(channel.name, count))
 
-    def _client_event(self, session: Session, hub: AppHub, command: ClientEvent) -> None:
+    def _spawn(self, coro: Any) -> None:
+        task = self.loop.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[Any]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            exc = task.exception()
+            logs.logger.error("background task failed", exc_info=exc)
+
+    async def _client_event(self, session: Session, hub: AppHub, command: ClientEvent) -> None:
         publisher = (
             {"type": "user", "id": command.user_id}
             if command.user_id is not None
             else {"type": "connection", "socket_id": session.socket_id}
         )
-        data = frames.frame(
-            command.event,
-            command.data,
-            command.channel,
-            user_id=command.user_id,
-            parley={"publisher": publisher},
+        new = NewEntry(command.event, command.data, publisher, command.user_id)
+        await self._fan_out(hub, command.channel, new, session)
+
+    async def _fan_out(
+        self, hub: AppHub, name: str, new: NewEntry, exclude: Any = None, cache: bool = False
+    ) -> int:
+        """Append to the channel's history (when it keeps one), then deliver the same bytes to
+        every subscriber: nothing is delivered that is not durable in history."""
+        retention = self.retention(name)
+        if retention is None:
+            data = frames.frame(
+                new.event, new.data, name, user_id=new.user_id, parley={"publisher": new.publisher}
+            )
+            offset = 0
+        else:
+            entry = await self.history.append(hub.app.id, name, new, retention)
+            if entry.duplicate:
+                return 0
+            data, offset = entry_frame(name, entry), entry.offset
+        if cache:
+            hub.cache[name] = CachedEvent(
+                data, new.event, new.data, time.monotonic() + hub.app.cache_ttl_s
+            )
+        sent = hub.broadcast(name, data, exclude, offset)
+        self.metrics.messages_out[hub.app.id] += sent
+        return sent
+
+    def _retention(self, name: str) -> Retention | None:
+        """How long `name` keeps history, or None when it keeps none."""
+        if server_to_user_id(name) is not None:
+            return None
+        for rule in self.settings.history:
+            if fnmatch.fnmatchcase(name, rule.pattern):
+                if not rule.enabled:
+                    return None
+                return Retention(rule.max_count, rule.max_age_s)
+        return Retention(self.settings.history_max_count, self.settings.history_max_age_s)
+
+    # -- parley:* extensions -----------------------------------------------------------------
+
+    def _extension(
+        self, session: Session, hub: AppHub, conn: PusherConnection, command: Extension
+    ) -> None:
+        channel = command.data.get("channel")
+        if command.event not in ("parley:resume", "parley:history"):
+            session.send(frames.error_frame(None, f"Unsupported event {command.event!r}"))
+            return
+        if not isinstance(channel, str) or channel not in conn.subscriptions:
+            session.send(
+                frames.error_frame(
+                    None, f"{command.event} needs a channel this connection is subscribed to"
+                )
+            )
+            return
+        if self.retention(channel) is None:
+            session.send(frames.error_frame(None, f"Channel {channel} keeps no history"))
+            return
+        if command.event == "parley:resume":
+            since = command.data.get("since")
+            if (
+                not isinstance(since, dict)
+                or not isinstance(since.get("offset"), int)
+                or isinstance(since.get("offset"), bool)
+                or not isinstance(since.get("epoch"), str)
+            ):
+                session.send(
+                    frames.error_frame(None, "parley:resume needs since: {offset: int, epoch: str}")
+                )
+                return
+            self._spawn(self._resume(session, hub, channel, since["offset"], since["epoch"]))
+        else:
+            self._spawn(self._history_page(session, hub, channel, command.data))
+
+    async def _resume(
+        self, session: Session, hub: AppHub, name: str, offset: int, epoch: str
+    ) -> None:
+        channel = hub.channels.get(name)
+        if channel is None or session not in channel.subscribers:
+            return
+        channel.subscribers[session] = held = []
+        try:
+            entries = await self.history.since(
+                hub.app.id, name, offset, epoch, self.settings.recovery_limit
+            )
+        finally:
+            still_here = channel.subscribers.get(session, None) is held and session in channel.subscribers
+            if still_here:
+                channel.subscribers[session] = None
+        if not still_here:
+            return
+        last = offset
+        if entries is not None:
+            for entry in entries:
+                session.send(entry_frame(name, entry))
+            if entries:
+                last = entries[-1].offset
+        recovered = entries is not None
+        session.send(
+            frames.frame("parley:resumed", {"channel": name, "recovered": recovered}, name)
         )
-        self.metrics.messages_out[hub.app.id] += hub.broadcast(command.channel, data, session)
+        for held_offset, data in held:
+            if not recovered or held_offset > last:
+                session.send(data)
+        logs.debug(
+            "resumed", app_id=hub.app.id, socket_id=session.socket_id, channel=name,
+            recovered=recovered, replayed=len(entries or ()),
+        )
+
+    async def _history_page(
+        self, session: Session, hub: AppHub, name: str, data: dict[str, Any]
+    ) -> None:
+        try:
+            page = await self.read_history(hub.app, name, data)
+        except ParleyError as exc:
+            session.send(frames.error_frame(None, exc.message, name))
+            return
+        session.send(frames.frame("parley:history_page", page, name))
+
+    async def read_history(self, app: AppConfig, name: str, args: dict[str, Any]) -> dict[str, Any]:
+        """A page of history as the API and `parley:history` answer it."""
+        def number(key: str, default: int | None) -> int | None:
+            value = args.get(key)
+            if value in (None, ""):
+                return default
+            try:
+                parsed = int(value)
+            except (TypeError, ValueError):
+                raise BadRequest(f"{key!r} must be an integer") from None
+            if parsed < 0:
+                raise BadRequest(f"{key!r} must not be negative")
+            return parsed
+
+        limit = number("limit", 100) or 0
+        if not 1 <= limit <= 1000:
+            raise BadRequest("'limit' must be between 1 and 1000")
+        direction = args.get("direction") or "forward"
+        if direction not in ("forward", "backward"):
+            raise BadRequest("'direction' must be forward or backward")
+        page = await self.history.read(
+            app.id, name, after=number("after", None), before=number("before", None),
+            limit=limit, direction=direction,
+        )
+        events = []
+        for entry in page.entries:
+            item: dict[str, Any] = {"event": entry.event, "data": entry.data, "parley": parley_of(entry)}
+            if entry.user_id is not None:
+                item["user_id"] = entry.user_id
+            events.append(item)
+        return {"channel": name, "epoch": page.epoch, "events": events, "next": page.next}
 
     def _signin(self, session: Session, hub: AppHub, command: Signin) -> None:
         session.watchlist = command.watchlist
@@ -235,32 +407,36 @@ class Node:
 
     # -- the HTTP API's operations -----------------------------------------------------------
 
-    def publish(
+    async def publish(
         self,
         app: AppConfig,
         event: str,
         data: str,
         channels: list[str],
         socket_id: str | None = None,
+        idempotency_key: str | None = None,
     ) -> None:
-        """Deliver an API event to each channel: encoded once per channel, cached if asked."""
+        """Store, then deliver an API event to each channel: encoded once per channel, cached
+        on cache channels; a repeated idempotency key stores and delivers nothing."""
         hub = self.hubs[app.id]
         exclude = hub.sessions.get(socket_id) if socket_id else None
-        parley = {"publisher": {"type": "server", "app_id": app.id}}
-        delivered = 0
+        publisher = {"type": "server", "app_id": app.id}
+        new = NewEntry(event, data, publisher, None, idempotency_key)
+        jobs = []
         for name in channels:
-            encoded = frames.frame(event, data, name, parley=parley)
             user_id = server_to_user_id(name)
             if user_id is not None:
-                delivered += hub.send_to_user(user_id, encoded, exclude)
+                encoded = frames.frame(event, data, name, parley={"publisher": publisher})
+                self.metrics.messages_out[app.id] += hub.send_to_user(user_id, encoded, exclude)
                 continue
-            if channel_type(name).cache:
-                hub.cache[name] = CachedEvent(
-                    encoded, event, data, time.monotonic() + app.cache_ttl_s
-                )
-            delivered += hub.broadcast(name, encoded, exclude)
+            jobs.append(self._fan_out(hub, name, new, exclude, cache=channel_type(name).cache))
+        await asyncio.gather(*jobs)
         self.metrics.api_events[app.id] += 1
-        self.metrics.messages_out[app.id] += delivered
+
+    async def delete_history(self, app: AppConfig, name: str) -> str:
+        epoch = await self.history.delete(app.id, name)
+        logs.info("history deleted", app_id=app.id, channel=name)
+        return epoch
 
     @staticmethod
     def cache_ttl(cached: CachedEvent) -> int:
@@ -335,6 +511,9 @@ class Node:
         deadline = time.monotonic() + self.settings.shutdown_grace_s
         while any(hub.sessions for hub in self.hubs.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
+        if self._tasks:
+            await asyncio.wait(list(self._tasks), timeout=self.settings.shutdown_grace_s)
+        await self.history.close()
         logs.info("drained", connections=len(sessions))
 
     def _gauges(self) -> dict[str, dict[str, int]]:

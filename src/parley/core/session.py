@@ -42,6 +42,7 @@ class Session(WSListener):  # type: ignore[misc]
         "pinged",
         "closing",
         "opened_at",
+        "_fragments",
     )
 
     def __init__(self, node: Node, path: str, query: str, headers: Any) -> None:
@@ -59,6 +60,7 @@ class Session(WSListener):  # type: ignore[misc]
         self.pinged = False
         self.closing = False
         self.opened_at = 0.0
+        self._fragments: bytearray | None = None
 
     @property
     def user_id(self) -> str | None:
@@ -81,20 +83,44 @@ class Session(WSListener):  # type: ignore[misc]
         self.last_seen = time.monotonic()
         self.pinged = False
         kind = frame.msg_type
-        if kind is _TEXT:
+        if kind is _TEXT or kind is WSMsgType.CONTINUATION:
             if self.conn is None or self.closing:
                 return
+            payload = frame.get_payload_as_bytes()
+            if kind is WSMsgType.CONTINUATION or not frame.fin:
+                payload = self._reassemble(kind, payload, frame.fin)
+                if payload is None:
+                    return
             try:
-                self.node.receive(self, frame.get_payload_as_bytes(), self.last_seen)
+                self.node.receive(self, payload, self.last_seen)
             except Exception:
                 logs.error("unexpected error handling a frame", socket_id=self.socket_id)
                 self.close(CloseCode.INTERNAL_ERROR, "Internal server error")
         elif kind is WSMsgType.CLOSE:
             transport.send_close(frame.get_close_code(), frame.get_close_message())
             transport.disconnect()
+        elif kind is WSMsgType.PING:
+            transport.send_pong(frame.get_payload_as_bytes())
         elif kind is WSMsgType.BINARY:
             self.send(frames.error_frame(None, "Binary frames are not supported: send JSON text"))
-        # PING is answered by picows; PONG only counts as activity.
+        # A PONG only counts as activity, which is recorded above.
+
+    def _reassemble(self, kind: Any, payload: bytes, fin: bool) -> bytes | None:
+        """A fragmented text message, whole once its last frame arrives (bounded in size)."""
+        if kind is _TEXT:
+            self._fragments = bytearray(payload)
+        elif self._fragments is None:
+            return None  # a continuation of a binary or unknown message: ignored
+        else:
+            self._fragments += payload
+        if len(self._fragments) > self.node.max_message_bytes:
+            self._fragments = None
+            self.close(CloseCode.MESSAGE_TOO_BIG, "Message too big")
+            return None
+        if not fin:
+            return None
+        whole, self._fragments = bytes(self._fragments), None
+        return whole
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         self.closing = True

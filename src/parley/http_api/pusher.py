@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from parley.core.node import Node
-from parley.errors import BadRequest, PayloadTooLarge
+from parley.errors import BadRequest, NotFound, PayloadTooLarge
 from parley.http_api.routes import Call, Router
 from parley.protocol.channels import Kind, channel_name_problem, channel_type
 from parley.settings import AppConfig
@@ -72,7 +72,13 @@ def _validate_event(app: AppConfig, body: Any, *, batch_item: bool = False) -> d
     ):
         raise BadRequest("Invalid socket_id: expected digits.digits")
     info = _info_attrs(body.get("info"), _EVENT_INFO)
+    idempotency_key = body.get("idempotency_key")
+    if idempotency_key is not None and (
+        not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
+    ):
+        raise BadRequest("'idempotency_key' must be a string of 1 to 200 characters")
     return {
+        "idempotency_key": idempotency_key,
         "name": name,
         "data": data,
         "channels": list(dict.fromkeys(channels)),
@@ -93,11 +99,22 @@ def _channel_attrs(node: Node, app: AppConfig, channel: str, attrs: list[str]) -
     return out
 
 
+def _history_channel(node: Node, name: str) -> None:
+    problem = channel_name_problem(name)
+    if problem:
+        raise BadRequest(problem)
+    if node.retention(name) is None:
+        raise NotFound(f"Channel {name} keeps no history")
+
+
 def register(router: Router) -> None:
     @router.route("POST", "/apps/{app_id}/events", "events")
-    def events(node: Node, call: Call) -> dict[str, Any]:
+    async def events(node: Node, call: Call) -> dict[str, Any]:
         event = _validate_event(call.app, call.json())
-        node.publish(call.app, event["name"], event["data"], event["channels"], event["socket_id"])
+        await node.publish(
+            call.app, event["name"], event["data"], event["channels"], event["socket_id"],
+            event["idempotency_key"],
+        )
         if not event["info"]:
             return {}
         return {
@@ -107,7 +124,7 @@ def register(router: Router) -> None:
         }
 
     @router.route("POST", "/apps/{app_id}/batch_events", "batch_events")
-    def batch_events(node: Node, call: Call) -> dict[str, Any]:
+    async def batch_events(node: Node, call: Call) -> dict[str, Any]:
         body = call.json()
         batch = body.get("batch") if isinstance(body, dict) else None
         if not isinstance(batch, list) or not batch:
@@ -125,7 +142,10 @@ def register(router: Router) -> None:
             except PayloadTooLarge as exc:
                 raise PayloadTooLarge(f"batch[{index}]: {exc.message}") from None
         for item in items:
-            node.publish(call.app, item["name"], item["data"], item["channels"], item["socket_id"])
+            await node.publish(
+                call.app, item["name"], item["data"], item["channels"], item["socket_id"],
+                item["idempotency_key"],
+            )
         if not any(item["info"] for item in items):
             return {}
         return {
@@ -185,6 +205,18 @@ def register(router: Router) -> None:
         channel = node.hubs[call.app.id].channels.get(name)
         members = list(channel.members) if channel else []
         return {"users": [{"id": uid} for uid in members]}
+
+    @router.route("GET", "/apps/{app_id}/channels/{channel}/history", "history")
+    async def history(node: Node, call: Call) -> dict[str, Any]:
+        (name,) = call.args
+        _history_channel(node, name)
+        return await node.read_history(call.app, name, call.params)
+
+    @router.route("DELETE", "/apps/{app_id}/channels/{channel}/history", "history_delete")
+    async def delete_history(node: Node, call: Call) -> dict[str, Any]:
+        (name,) = call.args
+        _history_channel(node, name)
+        return {"channel": name, "epoch": await node.delete_history(call.app, name)}
 
     def terminate(node: Node, call: Call) -> dict[str, Any]:
         (user_id,) = call.args

@@ -221,7 +221,7 @@ class Server:
             20.0,
             20.0,
             WSAutoPingStrategy.PING_WHEN_IDLE,
-            True,  # enable_auto_pong
+            False,  # enable_auto_pong: the session answers PINGs so they count as activity
             self.max_frame_bytes,
             None,  # extra headers
             4096,  # initial read buffer: small, memory per idle connection matters
