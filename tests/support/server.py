@@ -70,8 +70,12 @@ class ParleyServer:
             for line in self.process.stderr:
                 self.stderr_lines.append(line)
 
-        threading.Thread(target=pump_stdout, daemon=True).start()
-        threading.Thread(target=pump_stderr, daemon=True).start()
+        self._pumps = [
+            threading.Thread(target=pump_stdout, daemon=True),
+            threading.Thread(target=pump_stderr, daemon=True),
+        ]
+        for pump in self._pumps:
+            pump.start()
         if not ready.wait(TIMEOUT) or not self.port:
             self.kill()
             raise RuntimeError("parley did not start:\n" + "".join(self.stderr_lines[-20:]))
@@ -90,12 +94,32 @@ class ParleyServer:
         assert self.process is not None
         if self.process.poll() is None:
             self.process.send_signal(signal.SIGTERM)
-        return self.process.wait(timeout)
+        code = self.process.wait(timeout)
+        self._close_pipes()
+        return code
+
+    def _close_pipes(self) -> None:
+        """Once the process is gone the pumps reach EOF; then the pipes can be closed."""
+        for pump in getattr(self, "_pumps", []):
+            pump.join(TIMEOUT)
+        if self.process is not None:
+            for pipe in (self.process.stdout, self.process.stderr):
+                if pipe is not None and not pipe.closed:
+                    pipe.close()
+
+    def restart(self, timeout: float = TIMEOUT) -> ParleyServer:
+        """Drain (SIGTERM: clients get 4200), then start again on the same port and data dir."""
+        port = self.port
+        self.stop(timeout)
+        self.port = port
+        return self.start()
 
     def kill(self) -> None:
         if self.process is not None and self.process.poll() is None:
             os.killpg(self.process.pid, signal.SIGKILL)
             self.process.wait(TIMEOUT)
+        if self.process is not None:
+            self._close_pipes()
 
     def cleanup(self) -> None:
         self.kill()

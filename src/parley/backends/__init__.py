@@ -1,0 +1,2 @@
+"""Pluggable engines: one small interface per role and its implementations, named <Tech><Role>
+(`history.HistoryStore` -> `MemoryHistoryStore`, `SqliteHistoryStore`, `PostgresHistoryStore`)."""

@@ -1,0 +1,388 @@
+"""The per-channel history role: what a store must promise (`HistoryStore`), the values it
+trades in, and the group commit that the durable stores share.
+
+It knows nothing of the wire, the hub or sessions; callers validate user input before asking.
+
+Theory of operation. Every channel has a row-like state: an epoch (a random string) and the
+last offset handed out. An append takes the next offset, and the entry is acknowledged only once
+it is durable, so whatever a subscriber was sent is in history. The epoch changes only when the
+channel's history is deleted; offsets then restart at 1, and a client holding a position in the
+old epoch learns that it cannot recover. Retention (count and age) is remembered per channel from
+the latest append, and reads never show an entry beyond it, whether or not it is physically gone.
+"""
+
+from __future__ import annotations
+
+import abc
+import asyncio
+import secrets
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Generic, Literal, TypeVar
+
+import orjson
+
+Direction = Literal["forward", "backward"]
+
+IDEMPOTENCY_WINDOW_S = 300.0
+IDEMPOTENCY_WINDOW_MS = int(IDEMPOTENCY_WINDOW_S * 1000)
+MAX_PAGE = 1000
+# Stands for "no limit" in SQL columns, so queries need no NULL branches; fits in a signed
+# 64-bit integer even when subtracted from a millisecond timestamp.
+UNLIMITED = 2**62
+
+
+@dataclass(frozen=True, slots=True)
+class NewEntry:
+    """What the node appends: an event as it will be delivered, with its stamped sender."""
+
+    event: str
+    data: Any  # str for HTTP API events, any JSON value for client events
+    publisher: dict[str, Any]  # {"type": "user", "id": "42"}, {"type": "server", "app_id": "1"}
+    user_id: str | None = None
+    idempotency_key: str | None = None  # a repeat within 5 minutes returns the first Entry
+
+
+@dataclass(frozen=True, slots=True)
+class Entry:
+    """One stored event and where it stands in its channel."""
+
+    offset: int
+    epoch: str
+    ts: int  # server time, milliseconds since the Unix epoch
+    id: str  # message id, unique
+    event: str
+    data: Any
+    publisher: dict[str, Any]
+    user_id: str | None
+    # True only on what `append` returns for a repeated idempotency key: it was stored (and
+    # delivered) before, so the caller must not fan it out again. Not part of equality.
+    duplicate: bool = field(default=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Page:
+    """One page of a read; `next` is the offset to pass as `after` (forward) or `before`
+    (backward) to continue, None when there is nothing further in that direction."""
+
+    channel: str
+    epoch: str
+    entries: list[Entry]
+    next: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Retention:
+    """How much of a channel's history is kept; None means no limit on that axis."""
+
+    max_count: int | None = 1000
+    max_age_s: float | None = 7 * 86400
+
+    def __post_init__(self) -> None:
+        if self.max_count is not None and self.max_count < 1:
+            raise ValueError("Retention.max_count must be at least 1 (or None)")
+        if self.max_age_s is not None and self.max_age_s <= 0:
+            raise ValueError("Retention.max_age_s must be positive (or None)")
+
+    @property
+    def count_or_unlimited(self) -> int:
+        return UNLIMITED if self.max_count is None else self.max_count
+
+    @property
+    def age_ms_or_unlimited(self) -> int:
+        return UNLIMITED if self.max_age_s is None else int(self.max_age_s * 1000)
+
+
+class HistoryStore(abc.ABC):
+    """Append-only, per-channel history with (offset, epoch) positions.
+
+    Channels are keyed by (app_id, channel). Every method may be called concurrently from many
+    tasks. Implementations: `MemoryHistoryStore`, `SqliteHistoryStore`, `PostgresHistoryStore`.
+    """
+
+    @abc.abstractmethod
+    async def start(self) -> None:
+        """Open connections, create the schema if missing, start background work."""
+
+    @abc.abstractmethod
+    async def close(self) -> None:
+        """Finish every append already submitted, then release everything.
+
+        Nothing acknowledged is ever lost; appends submitted after `close` raise RuntimeError.
+        """
+
+    @abc.abstractmethod
+    async def append(
+        self, app_id: str, channel: str, entry: NewEntry, retention: Retention
+    ) -> Entry:
+        """Store `entry` with the channel's next offset; durable when it returns.
+
+        Concurrent appends to one channel get strictly increasing, gapless offsets in the order
+        they were called, and return in that order. Many appends share one commit. If
+        `entry.idempotency_key` was seen on this channel (in this epoch) within 5 minutes, the
+        first Entry is returned again with `duplicate=True` and nothing is stored. `retention`
+        becomes the channel's retention; entries beyond it are trimmed or hidden from then on.
+        A cancelled append may still be stored.
+        """
+
+    @abc.abstractmethod
+    async def read(
+        self,
+        app_id: str,
+        channel: str,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+        direction: Direction = "forward",
+    ) -> Page:
+        """A page of entries with `after < offset < before` (both exclusive, both optional).
+
+        Forward pages run oldest first from just after `after` (or the oldest kept entry);
+        backward pages run newest first from just before `before` (or the newest). `limit` is
+        1..1000 (ValueError otherwise). A channel never written reads as empty, with its epoch.
+        """
+
+    @abc.abstractmethod
+    async def position(self, app_id: str, channel: str) -> tuple[int, str]:
+        """(last offset or 0, epoch). Asking fixes the epoch of a channel never written."""
+
+    @abc.abstractmethod
+    async def delete(self, app_id: str, channel: str) -> str:
+        """Remove the channel's history (entries and idempotency keys) and return its new
+        epoch, which differs from the old one; offsets restart at 1."""
+
+    @abc.abstractmethod
+    async def since(
+        self, app_id: str, channel: str, offset: int, epoch: str, limit: int
+    ) -> list[Entry] | None:
+        """Recovery: every entry after `offset`, in order (empty when nothing was missed).
+
+        None when it cannot be done: `epoch` is not the channel's epoch, `offset` is ahead of
+        the channel, the entry `offset + 1` is no longer kept, or more than `limit` entries
+        would be needed.
+        """
+
+    @abc.abstractmethod
+    async def sweep(self) -> int:
+        """Physically remove entries past their age and expired idempotency keys; return how
+        many rows went. Stores call it periodically themselves; reads never depend on it."""
+
+
+def new_epoch(old: str | None = None) -> str:
+    """A fresh random epoch, never equal to `old`."""
+    while True:
+        epoch = secrets.token_urlsafe(6)
+        if epoch != old:
+            return epoch
+
+
+def new_message_id() -> str:
+    return secrets.token_hex(16)
+
+
+def check_read_args(after: int | None, before: int | None, limit: int, direction: str) -> None:
+    if not 1 <= limit <= MAX_PAGE:
+        raise ValueError(f"limit must be between 1 and {MAX_PAGE}, got {limit}")
+    if direction not in ("forward", "backward"):
+        raise ValueError(f"direction must be 'forward' or 'backward', got {direction!r}")
+    if after is not None and after < 0:
+        raise ValueError("after must not be negative")
+    if before is not None and before < 0:
+        raise ValueError("before must not be negative")
+
+
+def page_of(channel: str, epoch: str, rows: list[Entry], limit: int) -> Page:
+    """Build a page from up to `limit + 1` entries fetched in the page's direction."""
+    if len(rows) > limit:
+        rows = rows[:limit]
+        return Page(channel, epoch, rows, rows[-1].offset)
+    return Page(channel, epoch, rows, None)
+
+
+def recovered(rows: Sequence[Entry], offset: int, last: int) -> list[Entry] | None:
+    """The answer to `since` given the kept entries after `offset` (in order, up to `last`):
+    all of them when they are exactly offset+1..last, None when any is missing."""
+    if len(rows) != last - offset or (rows and rows[0].offset != offset + 1):
+        return None
+    return list(rows)
+
+
+# -- shared by the durable stores ---------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class PendingAppend:
+    """An append as queued for a batch: stamped, named and serialized on the caller's task, so
+    an entry that is not JSON fails its own caller and never the batch."""
+
+    app_id: str
+    channel: str
+    entry: NewEntry
+    retention: Retention
+    ts: int
+    id: str
+    data_json: str
+    publisher_json: str
+
+    @classmethod
+    def stamp(
+        cls, app_id: str, channel: str, entry: NewEntry, retention: Retention, now_ms: int
+    ) -> PendingAppend:
+        return cls(
+            app_id,
+            channel,
+            entry,
+            retention,
+            now_ms,
+            new_message_id(),
+            orjson.dumps(entry.data).decode(),
+            orjson.dumps(entry.publisher).decode(),
+        )
+
+
+@dataclass(slots=True)
+class ChannelCursor:
+    """A channel's state inside a batch's transaction, its row locked."""
+
+    epoch: str
+    last: int
+    retention: Retention = field(default_factory=Retention)
+
+
+ChannelKey = tuple[str, str]  # (app_id, channel)
+IdempotencyKey = tuple[str, str, str]  # (app_id, channel, key)
+
+
+@dataclass(slots=True)
+class BatchPlan:
+    """What one batch writes, in the column order of the parley_history_* tables."""
+
+    results: list[Entry]  # one per submitted append, in order
+    entries: list[tuple[Any, ...]]  # app_id, channel, seq, ts, expires_ms, id, event, data,
+    # publisher, user_id
+    keys: list[tuple[Any, ...]]  # app_id, channel, key, seq, epoch, ts, id, event, data,
+    # publisher, user_id
+
+
+def plan_batch(
+    items: Sequence[PendingAppend],
+    channels: dict[ChannelKey, ChannelCursor],
+    firsts: dict[IdempotencyKey, Entry],
+) -> BatchPlan:
+    """Give each append its offset, in order, or its first Entry when its idempotency key was
+    seen within the window. `channels` (every channel of the batch, locked) and `firsts` (the
+    stored entries of the batch's keys) are updated as the batch goes."""
+    plan = BatchPlan([], [], [])
+    for item in items:
+        where = (item.app_id, item.channel)
+        cursor = channels[where]
+        cursor.retention = item.retention
+        key = item.entry.idempotency_key
+        if key is not None:
+            first = firsts.get((*where, key))
+            if first is not None and first.ts >= item.ts - IDEMPOTENCY_WINDOW_MS:
+                plan.results.append(replace(first, duplicate=True))
+                continue
+        cursor.last += 1
+        entry = Entry(
+            offset=cursor.last,
+            epoch=cursor.epoch,
+            ts=item.ts,
+            id=item.id,
+            event=item.entry.event,
+            data=item.entry.data,
+            publisher=item.entry.publisher,
+            user_id=item.entry.user_id,
+        )
+        plan.results.append(entry)
+        stored = (item.id, item.entry.event, item.data_json, item.publisher_json)
+        user_id = item.entry.user_id
+        expires_ms = item.ts + item.retention.age_ms_or_unlimited
+        plan.entries.append((*where, cursor.last, item.ts, expires_ms, *stored, user_id))
+        if key is not None:
+            firsts[(*where, key)] = entry
+            plan.keys.append((*where, key, cursor.last, cursor.epoch, item.ts, *stored, user_id))
+    return plan
+
+
+def entry_from_row(epoch: str, row: Sequence[Any]) -> Entry:
+    """An Entry from the columns seq, ts, id, event, data, publisher, user_id."""
+    seq, ts, id_, event, data, publisher, user_id = row
+    return Entry(
+        offset=seq,
+        epoch=epoch,
+        ts=ts,
+        id=id_,
+        event=event,
+        data=orjson.loads(data),
+        publisher=orjson.loads(publisher),
+        user_id=user_id,
+    )
+
+
+T = TypeVar("T")
+R = TypeVar("R")
+
+
+class GroupCommit(Generic[T, R]):
+    """Hands items submitted by many tasks to `commit` in batches, in submission order.
+
+    There is no timer: while one batch is being committed the next one collects, so an idle
+    store commits a lone append at once and a busy one commits up to `max_batch` per round.
+    `commit` returns one result per item, in order; the submitters are woken in that order.
+    """
+
+    def __init__(
+        self, commit: Callable[[list[T]], Awaitable[list[R]]], *, max_batch: int = 512
+    ) -> None:
+        self._commit = commit
+        self._max_batch = max_batch
+        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._wake = asyncio.Event()
+        self._closing = False
+        self._task: asyncio.Task[None] | None = None
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="parley-history-group-commit")
+
+    async def submit(self, item: T) -> R:
+        if self._closing or self._task is None:
+            raise RuntimeError("history store is not running")
+        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
+        self._pending.append((item, future))
+        self._wake.set()
+        return await future
+
+    async def close(self) -> None:
+        """Commit everything submitted so far, then stop."""
+        self._closing = True
+        self._wake.set()
+        if self._task is not None:
+            await self._task
+
+    async def _run(self) -> None:
+        while True:
+            if not self._pending:
+                if self._closing:
+                    return
+                self._wake.clear()
+                await self._wake.wait()
+                continue
+            batch = self._pending[: self._max_batch]
+            del self._pending[: self._max_batch]
+            try:
+                results = await self._commit([item for item, _ in batch])
+            except asyncio.CancelledError:
+                for _, future in batch + self._pending:
+                    future.cancel()  # no submitter waits forever on a store torn down
+                raise
+            except Exception as exc:  # noqa: BLE001 - handed to every submitter of the batch
+                # The batch may or may not have been committed; each caller learns it failed.
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(exc)
+                continue
+            for (_, future), result in zip(batch, results, strict=True):
+                if not future.done():
+                    future.set_result(result)

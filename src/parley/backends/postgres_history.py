@@ -1,0 +1,484 @@
+"""`PostgresHistoryStore`: channel history in PostgreSQL, shared by every node of a cluster.
+
+Offsets come from a per-channel row locked FOR UPDATE inside each batch's transaction, so nodes
+sharing one database still hand out gapless, strictly increasing offsets. It knows nothing of
+the hub or the wire.
+
+A batch is four round trips whatever its size: lock the channel rows (sorted, so two nodes
+never wait on each other in a cycle), look up idempotency keys, write everything in one
+statement, commit. PostgreSQL's own commit (synchronous_commit) is what makes it durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+import orjson
+
+from parley import logs
+from parley.backends.history import (
+    IDEMPOTENCY_WINDOW_MS,
+    Direction,
+    Entry,
+    GroupCommit,
+    HistoryStore,
+    NewEntry,
+    Page,
+    Retention,
+    check_read_args,
+    new_epoch,
+    new_message_id,
+    page_of,
+    recovered,
+)
+
+SCHEMA_LOCK = 0x7061726C6579  # "parley": serializes schema creation between starting nodes
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS parley_history_channels (
+    app_id     text NOT NULL,
+    channel    text NOT NULL,
+    epoch      text NOT NULL,
+    last_seq   bigint NOT NULL,  -- the last offset handed out in this epoch
+    max_count  bigint NOT NULL,  -- retention given by the latest append
+    max_age_ms bigint NOT NULL,
+    PRIMARY KEY (app_id, channel)
+);
+CREATE TABLE IF NOT EXISTS parley_history_entries (
+    app_id     text NOT NULL,
+    channel    text NOT NULL,
+    seq        bigint NOT NULL,  -- the entry's offset
+    ts         bigint NOT NULL,
+    expires_ms bigint NOT NULL,  -- for the periodic sweep; reads use the channel's max_age_ms
+    id         text NOT NULL,
+    event      text NOT NULL,
+    data       text NOT NULL,    -- JSON, kept as text so it is delivered byte for byte
+    publisher  text NOT NULL,    -- JSON
+    user_id    text,
+    PRIMARY KEY (app_id, channel, seq)
+);
+CREATE INDEX IF NOT EXISTS parley_history_entries_expires
+    ON parley_history_entries (expires_ms);
+CREATE TABLE IF NOT EXISTS parley_history_keys (
+    app_id    text NOT NULL,
+    channel   text NOT NULL,
+    key       text NOT NULL,
+    seq       bigint NOT NULL,
+    epoch     text NOT NULL,
+    ts        bigint NOT NULL,   -- when the key was first seen: the entry's ts
+    id        text NOT NULL,
+    event     text NOT NULL,
+    data      text NOT NULL,
+    publisher text NOT NULL,
+    user_id   text,
+    PRIMARY KEY (app_id, channel, key)
+);
+CREATE INDEX IF NOT EXISTS parley_history_keys_ts ON parley_history_keys (ts);
+"""
+
+ENTRY_COLUMNS = "seq, ts, id, event, data, publisher, user_id"
+
+LOCK_CHANNELS = """
+SELECT c.app_id, c.channel, c.epoch, c.last_seq
+FROM parley_history_channels c
+JOIN unnest($1::text[], $2::text[]) AS u(app_id, channel)
+  ON c.app_id = u.app_id AND c.channel = u.channel
+ORDER BY c.app_id, c.channel
+FOR UPDATE OF c
+"""
+
+INSERT_CHANNELS = """
+INSERT INTO parley_history_channels (app_id, channel, epoch, last_seq, max_count, max_age_ms)
+SELECT u.app_id, u.channel, u.epoch, 0, $4, $5
+FROM unnest($1::text[], $2::text[], $3::text[]) AS u(app_id, channel, epoch)
+ON CONFLICT (app_id, channel) DO NOTHING
+"""
+
+FIND_KEYS = f"""
+SELECT k.app_id, k.channel, k.key, k.epoch, {", ".join("k." + c for c in ENTRY_COLUMNS.split(", "))}
+FROM parley_history_keys k
+JOIN unnest($1::text[], $2::text[], $3::text[]) AS u(app_id, channel, key)
+  ON k.app_id = u.app_id AND k.channel = u.channel AND k.key = u.key
+"""
+
+# Data-modifying CTEs share one snapshot: the DELETE cannot see this statement's INSERT, which
+# is why entries already beyond the count are never inserted in the first place.
+WRITE_BATCH = """
+WITH new_entries AS (
+    INSERT INTO parley_history_entries
+        (app_id, channel, seq, ts, expires_ms, id, event, data, publisher, user_id)
+    SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
+                         $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
+), new_keys AS (
+    INSERT INTO parley_history_keys
+        (app_id, channel, key, seq, epoch, ts, id, event, data, publisher, user_id)
+    SELECT * FROM unnest($11::text[], $12::text[], $13::text[], $14::bigint[], $15::text[],
+                         $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[],
+                         $21::text[])
+    ON CONFLICT (app_id, channel, key) DO UPDATE SET
+        seq = EXCLUDED.seq, epoch = EXCLUDED.epoch, ts = EXCLUDED.ts, id = EXCLUDED.id,
+        event = EXCLUDED.event, data = EXCLUDED.data, publisher = EXCLUDED.publisher,
+        user_id = EXCLUDED.user_id
+), moved AS (
+    UPDATE parley_history_channels c
+    SET last_seq = u.last_seq, max_count = u.max_count, max_age_ms = u.max_age_ms
+    FROM unnest($22::text[], $23::text[], $24::bigint[], $25::bigint[], $26::bigint[])
+        AS u(app_id, channel, last_seq, max_count, max_age_ms)
+    WHERE c.app_id = u.app_id AND c.channel = u.channel
+)
+DELETE FROM parley_history_entries e
+USING unnest($22::text[], $23::text[], $24::bigint[], $25::bigint[])
+    AS u(app_id, channel, last_seq, max_count)
+WHERE e.app_id = u.app_id AND e.channel = u.channel AND e.seq <= u.last_seq - u.max_count
+"""
+
+
+def _select_sql(order: str) -> str:
+    """The channel row and a slice of its kept entries in one statement, hence one snapshot.
+    No row: the channel does not exist. Entry columns NULL: it has no entry in the slice."""
+    return f"""
+SELECT c.epoch, c.last_seq, e.seq, e.ts, e.id, e.event, e.data, e.publisher, e.user_id
+FROM parley_history_channels c
+LEFT JOIN LATERAL (
+    SELECT {ENTRY_COLUMNS} FROM parley_history_entries x
+    WHERE x.app_id = c.app_id AND x.channel = c.channel
+      AND x.seq > GREATEST($3::bigint, c.last_seq - c.max_count) AND x.seq < $4::bigint
+      AND x.ts >= $5::bigint - c.max_age_ms
+    ORDER BY x.seq {order} LIMIT $6
+) e ON true
+WHERE c.app_id = $1 AND c.channel = $2
+"""
+
+
+SELECT = {"forward": _select_sql("ASC"), "backward": _select_sql("DESC")}
+SWEEP_CHUNK = 5000
+SWEEPS = (
+    (
+        "DELETE FROM parley_history_entries WHERE ctid = ANY(ARRAY("
+        " SELECT ctid FROM parley_history_entries WHERE expires_ms < $1 LIMIT $2))",
+        0,
+    ),
+    (
+        "DELETE FROM parley_history_keys WHERE ctid = ANY(ARRAY("
+        " SELECT ctid FROM parley_history_keys WHERE ts < $1 LIMIT $2))",
+        IDEMPOTENCY_WINDOW_MS,
+    ),
+)
+
+
+@dataclass(frozen=True, slots=True)
+class _Append:
+    app_id: str
+    channel: str
+    entry: NewEntry
+    retention: Retention
+    ts: int
+    id: str
+    data_json: str
+    publisher_json: str
+
+
+@dataclass(slots=True)
+class _ChannelWrite:
+    epoch: str
+    last: int
+    retention: Retention
+
+
+def _entry(epoch: str, row: Sequence[Any]) -> Entry:
+    seq, ts, id_, event, data, publisher, user_id = row
+    return Entry(
+        offset=seq,
+        epoch=epoch,
+        ts=ts,
+        id=id_,
+        event=event,
+        data=orjson.loads(data),
+        publisher=orjson.loads(publisher),
+        user_id=user_id,
+    )
+
+
+class PostgresHistoryStore(HistoryStore):
+    def __init__(
+        self,
+        url: str,
+        *,
+        clock: Callable[[], float] = time.time,
+        max_batch: int = 512,
+        pool_size: int = 4,
+        sweep_interval_s: float = 60.0,
+    ) -> None:
+        self.url = url
+        self._clock = clock
+        self._max_batch = max_batch
+        self._pool_size = pool_size
+        self._sweep_interval_s = sweep_interval_s
+        self._pool: Any = None  # asyncpg.Pool; asyncpg ships no types
+        self._commits: GroupCommit[_Append, Entry] | None = None
+        self._sweeper: asyncio.Task[None] | None = None
+
+    # -- lifecycle ---------------------------------------------------------------------------
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size)
+        async with self._pool.acquire() as conn, conn.transaction():
+            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+            await conn.execute(SCHEMA)
+        self._commits = GroupCommit(self._commit, max_batch=self._max_batch)
+        self._commits.start()
+        if self._sweep_interval_s > 0:
+            self._sweeper = asyncio.create_task(self._sweep_loop(), name="parley-history-sweep")
+
+    async def close(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._commits is not None:
+            await self._commits.close()
+            self._commits = None
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> Any:
+        if self._pool is None:
+            raise RuntimeError("history store is not running")
+        return self._pool
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    # -- appends -----------------------------------------------------------------------------
+
+    async def append(
+        self, app_id: str, channel: str, entry: NewEntry, retention: Retention
+    ) -> Entry:
+        if self._commits is None:
+            raise RuntimeError("history store is not running")
+        item = _Append(
+            app_id=app_id,
+            channel=channel,
+            entry=entry,
+            retention=retention,
+            ts=self._now_ms(),
+            id=new_message_id(),
+            data_json=orjson.dumps(entry.data).decode(),
+            publisher_json=orjson.dumps(entry.publisher).decode(),
+        )
+        return await self._commits.submit(item)
+
+    async def _commit(self, items: list[_Append]) -> list[Entry]:
+        for attempt in range(5):
+            try:
+                async with self.pool.acquire() as conn, conn.transaction():
+                    return await self._write_batch(conn, items)
+            except asyncpg.exceptions.DeadlockDetectedError:
+                # Rolled back, nothing acknowledged: safe to run the whole batch again.
+                logs.warning("history_batch_deadlock", attempt=attempt)
+        async with self.pool.acquire() as conn, conn.transaction():
+            return await self._write_batch(conn, items)
+
+    async def _write_batch(self, conn: Any, items: list[_Append]) -> list[Entry]:
+        wanted = sorted({(i.app_id, i.channel) for i in items})
+        channels = await self._lock_channels(conn, wanted)
+
+        firsts: dict[tuple[str, str, str], tuple[int, Entry]] = {}  # key -> (seen ms, Entry)
+        keyed = [(i.app_id, i.channel, i.entry.idempotency_key) for i in items]
+        asked = sorted({k for k in keyed if k[2] is not None})
+        if asked:
+            for r in await conn.fetch(FIND_KEYS, *_columns(asked, 3)):
+                firsts[(r[0], r[1], r[2])] = (r[5], _entry(r[3], list(r)[4:]))
+
+        results: list[Entry] = []
+        rows: list[tuple[Any, ...]] = []
+        key_rows: list[tuple[Any, ...]] = []
+        for item, (_, _, key) in zip(items, keyed, strict=True):
+            state = channels[(item.app_id, item.channel)]
+            state.retention = item.retention
+            if key is not None:
+                seen = firsts.get((item.app_id, item.channel, key))
+                if seen is not None and seen[0] >= item.ts - IDEMPOTENCY_WINDOW_MS:
+                    results.append(replace(seen[1], duplicate=True))
+                    continue
+            state.last += 1
+            entry = Entry(
+                offset=state.last,
+                epoch=state.epoch,
+                ts=item.ts,
+                id=item.id,
+                event=item.entry.event,
+                data=item.entry.data,
+                publisher=item.entry.publisher,
+                user_id=item.entry.user_id,
+            )
+            results.append(entry)
+            stored = (item.id, item.entry.event, item.data_json, item.publisher_json)
+            age_ms = item.retention.age_ms_or_unlimited
+            where = (item.app_id, item.channel)
+            rows.append((*where, state.last, item.ts, item.ts + age_ms, *stored, item.entry.user_id))
+            if key is not None:
+                firsts[(item.app_id, item.channel, key)] = (item.ts, entry)
+                key_rows.append(
+                    (*where, key, state.last, state.epoch, item.ts, *stored, item.entry.user_id)
+                )
+
+        # Entries that the count already drops are not written at all (see WRITE_BATCH).
+        floor = {
+            where: s.last - s.retention.count_or_unlimited for where, s in channels.items()
+        }
+        rows = [r for r in rows if r[2] > floor[(r[0], r[1])]]
+        moves = [
+            (a, c, s.last, s.retention.count_or_unlimited, s.retention.age_ms_or_unlimited)
+            for (a, c), s in channels.items()
+        ]
+        await conn.execute(
+            WRITE_BATCH, *_columns(rows, 10), *_columns(key_rows, 11), *_columns(moves, 5)
+        )
+        return results
+
+    async def _lock_channels(
+        self, conn: Any, wanted: list[tuple[str, str]]
+    ) -> dict[tuple[str, str], _ChannelWrite]:
+        """Lock the channels' rows in sorted order, creating the missing ones first."""
+        default = Retention()
+        apps, names = _columns(wanted, 2)
+        found = await conn.fetch(LOCK_CHANNELS, apps, names)
+        if len(found) < len(wanted):
+            have = {(r[0], r[1]) for r in found}
+            missing = [w for w in wanted if w not in have]
+            await conn.execute(
+                INSERT_CHANNELS,
+                *_columns(missing, 2),
+                [new_epoch() for _ in missing],
+                default.count_or_unlimited,
+                default.age_ms_or_unlimited,
+            )
+            found = await conn.fetch(LOCK_CHANNELS, apps, names)
+        return {(r[0], r[1]): _ChannelWrite(r[2], r[3], default) for r in found}
+
+    # -- channel state -----------------------------------------------------------------------
+
+    async def position(self, app_id: str, channel: str) -> tuple[int, str]:
+        row = await self.pool.fetchrow(
+            "SELECT last_seq, epoch FROM parley_history_channels"
+            " WHERE app_id = $1 AND channel = $2",
+            app_id,
+            channel,
+        )
+        if row is None:
+            async with self.pool.acquire() as conn, conn.transaction():
+                channels = await self._lock_channels(conn, [(app_id, channel)])
+            state = channels[(app_id, channel)]
+            return state.last, state.epoch
+        return int(row[0]), str(row[1])
+
+    async def delete(self, app_id: str, channel: str) -> str:
+        async with self.pool.acquire() as conn, conn.transaction():
+            old = (await self._lock_channels(conn, [(app_id, channel)]))[(app_id, channel)]
+            epoch = new_epoch(old.epoch)
+            await conn.execute(
+                "UPDATE parley_history_channels SET epoch = $3, last_seq = 0"
+                " WHERE app_id = $1 AND channel = $2",
+                app_id,
+                channel,
+                epoch,
+            )
+            for table in ("parley_history_entries", "parley_history_keys"):
+                await conn.execute(
+                    f"DELETE FROM {table} WHERE app_id = $1 AND channel = $2", app_id, channel
+                )
+        return epoch
+
+    # -- reads -------------------------------------------------------------------------------
+
+    async def _select(
+        self,
+        app_id: str,
+        channel: str,
+        after: int,
+        before: int | None,
+        limit: int,
+        direction: Direction,
+    ) -> tuple[str, int, list[Entry]] | None:
+        found = await self.pool.fetch(
+            SELECT[direction],
+            app_id,
+            channel,
+            after,
+            2**62 if before is None else before,
+            self._now_ms(),
+            limit,
+        )
+        if not found:
+            return None
+        epoch, last = str(found[0][0]), int(found[0][1])
+        return epoch, last, [_entry(epoch, list(r)[2:]) for r in found if r[2] is not None]
+
+    async def read(
+        self,
+        app_id: str,
+        channel: str,
+        *,
+        after: int | None = None,
+        before: int | None = None,
+        limit: int = 100,
+        direction: Direction = "forward",
+    ) -> Page:
+        check_read_args(after, before, limit, direction)
+        found = await self._select(app_id, channel, after or 0, before, limit + 1, direction)
+        if found is None:
+            _, epoch = await self.position(app_id, channel)
+            return Page(channel, epoch, [], None)
+        epoch, _, rows = found
+        return page_of(channel, epoch, rows, limit)
+
+    async def since(
+        self, app_id: str, channel: str, offset: int, epoch: str, limit: int
+    ) -> list[Entry] | None:
+        if offset < 0 or limit < 0:
+            return None
+        found = await self._select(app_id, channel, offset, None, limit + 1, "forward")
+        if found is None or found[0] != epoch:
+            return None
+        _, last, rows = found
+        if offset > last or last - offset > limit:
+            return None
+        return recovered(rows, offset, last)
+
+    # -- retention ---------------------------------------------------------------------------
+
+    async def sweep(self) -> int:
+        now_ms = self._now_ms()
+        removed = 0
+        for sql, window in SWEEPS:
+            while True:
+                status = await self.pool.execute(sql, now_ms - window, SWEEP_CHUNK)
+                count = int(status.split()[-1])
+                removed += count
+                if count < SWEEP_CHUNK:
+                    break
+        return removed
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval_s)
+            try:
+                await self.sweep()
+            except Exception:
+                logs.error("history_sweep_failed", store="postgres")
+
+
+def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
+    """Rows to columns, for unnest(); `width` keeps the shape when there are no rows."""
+    if not rows:
+        return [[] for _ in range(width)]
+    return [list(col) for col in zip(*rows, strict=True)]
