@@ -49,7 +49,7 @@ async def start(settings: Settings) -> Running:
     pusher.register(router)
 
     def ws_factory(path: str, query: str, headers: Any) -> Session | None:
-        if not path.startswith("/app/"):
+        if not path.startswith(("/app/", "/token/")):
             return None
         return Session(node, path, query, headers)
 

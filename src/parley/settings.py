@@ -42,6 +42,11 @@ class AppConfig:
     max_watchlist: int = 100
     subscription_count: bool = False
     cache_ttl_s: float = 1800.0
+    # Handshake JWTs: HS256 with `secret`, or RS256/ES256/EdDSA with these PEM files
+    # (comma-separated paths); `aud` must be jwt_audience (default: the app key).
+    jwt_public_keys: str = ""
+    jwt_issuer: str = ""
+    jwt_audience: str = ""
 
     def __post_init__(self) -> None:
         for name in ("id", "key", "secret"):

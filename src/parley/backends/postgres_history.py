@@ -4,9 +4,10 @@ Offsets come from a per-channel row locked FOR UPDATE inside each batch's transa
 sharing one database still hand out gapless, strictly increasing offsets. It knows nothing of
 the hub or the wire.
 
-A batch is four round trips whatever its size: lock the channel rows (sorted, so two nodes
-never wait on each other in a cycle), look up idempotency keys, write everything in one
-statement, commit. PostgreSQL's own commit (synchronous_commit) is what makes it durable.
+A batch costs the same round trips whatever its size: BEGIN, lock the channel rows (in sorted
+order, so two nodes never wait on each other in a cycle), look up idempotency keys (only when
+the batch has any), write everything in one statement, COMMIT. PostgreSQL's own commit
+(synchronous_commit, on by default) is what makes an append durable.
 """
 
 from __future__ import annotations
@@ -15,26 +16,30 @@ import asyncio
 import contextlib
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
-import orjson
 
 from parley import logs
 from parley.backends.history import (
     IDEMPOTENCY_WINDOW_MS,
+    UNLIMITED,
+    ChannelCursor,
+    ChannelKey,
     Direction,
     Entry,
     GroupCommit,
     HistoryStore,
+    IdempotencyKey,
     NewEntry,
     Page,
+    PendingAppend,
     Retention,
     check_read_args,
+    entry_from_row,
     new_epoch,
-    new_message_id,
     page_of,
+    plan_batch,
     recovered,
 )
 
@@ -157,51 +162,15 @@ WHERE c.app_id = $1 AND c.channel = $2
 
 SELECT = {"forward": _select_sql("ASC"), "backward": _select_sql("DESC")}
 SWEEP_CHUNK = 5000
+SWEEP_SQL = """
+DELETE FROM parley_history_{table} WHERE ctid = ANY(ARRAY(
+    SELECT ctid FROM parley_history_{table} WHERE {column} < $1 LIMIT $2))
+"""
+# (statement, how far before now its cutoff lies)
 SWEEPS = (
-    (
-        "DELETE FROM parley_history_entries WHERE ctid = ANY(ARRAY("
-        " SELECT ctid FROM parley_history_entries WHERE expires_ms < $1 LIMIT $2))",
-        0,
-    ),
-    (
-        "DELETE FROM parley_history_keys WHERE ctid = ANY(ARRAY("
-        " SELECT ctid FROM parley_history_keys WHERE ts < $1 LIMIT $2))",
-        IDEMPOTENCY_WINDOW_MS,
-    ),
+    (SWEEP_SQL.format(table="entries", column="expires_ms"), 0),
+    (SWEEP_SQL.format(table="keys", column="ts"), IDEMPOTENCY_WINDOW_MS),
 )
-
-
-@dataclass(frozen=True, slots=True)
-class _Append:
-    app_id: str
-    channel: str
-    entry: NewEntry
-    retention: Retention
-    ts: int
-    id: str
-    data_json: str
-    publisher_json: str
-
-
-@dataclass(slots=True)
-class _ChannelWrite:
-    epoch: str
-    last: int
-    retention: Retention
-
-
-def _entry(epoch: str, row: Sequence[Any]) -> Entry:
-    seq, ts, id_, event, data, publisher, user_id = row
-    return Entry(
-        offset=seq,
-        epoch=epoch,
-        ts=ts,
-        id=id_,
-        event=event,
-        data=orjson.loads(data),
-        publisher=orjson.loads(publisher),
-        user_id=user_id,
-    )
 
 
 class PostgresHistoryStore(HistoryStore):
@@ -220,7 +189,7 @@ class PostgresHistoryStore(HistoryStore):
         self._pool_size = pool_size
         self._sweep_interval_s = sweep_interval_s
         self._pool: Any = None  # asyncpg.Pool; asyncpg ships no types
-        self._commits: GroupCommit[_Append, Entry] | None = None
+        self._commits: GroupCommit[PendingAppend, Entry] | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -264,97 +233,52 @@ class PostgresHistoryStore(HistoryStore):
     ) -> Entry:
         if self._commits is None:
             raise RuntimeError("history store is not running")
-        item = _Append(
-            app_id=app_id,
-            channel=channel,
-            entry=entry,
-            retention=retention,
-            ts=self._now_ms(),
-            id=new_message_id(),
-            data_json=orjson.dumps(entry.data).decode(),
-            publisher_json=orjson.dumps(entry.publisher).decode(),
-        )
-        return await self._commits.submit(item)
+        pending = PendingAppend.stamp(app_id, channel, entry, retention, self._now_ms())
+        return await self._commits.submit(pending)
 
-    async def _commit(self, items: list[_Append]) -> list[Entry]:
-        for attempt in range(5):
+    async def _commit(self, items: list[PendingAppend]) -> list[Entry]:
+        for attempt in range(1, 6):
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
                     return await self._write_batch(conn, items)
             except asyncpg.exceptions.DeadlockDetectedError:
-                # Rolled back, nothing acknowledged: safe to run the whole batch again.
+                # Rolled back, so nothing of it was acknowledged: safe to run it again.
                 logs.warning("history_batch_deadlock", attempt=attempt)
         async with self.pool.acquire() as conn, conn.transaction():
             return await self._write_batch(conn, items)
 
-    async def _write_batch(self, conn: Any, items: list[_Append]) -> list[Entry]:
-        wanted = sorted({(i.app_id, i.channel) for i in items})
-        channels = await self._lock_channels(conn, wanted)
-
-        firsts: dict[tuple[str, str, str], tuple[int, Entry]] = {}  # key -> (seen ms, Entry)
-        keyed = [(i.app_id, i.channel, i.entry.idempotency_key) for i in items]
-        asked = sorted({k for k in keyed if k[2] is not None})
+    async def _write_batch(self, conn: Any, items: list[PendingAppend]) -> list[Entry]:
+        channels = await self._lock_channels(conn, sorted({(i.app_id, i.channel) for i in items}))
+        firsts: dict[IdempotencyKey, Entry] = {}
+        asked = sorted(
+            {(i.app_id, i.channel, k) for i in items if (k := i.entry.idempotency_key) is not None}
+        )
         if asked:
             for r in await conn.fetch(FIND_KEYS, *_columns(asked, 3)):
-                firsts[(r[0], r[1], r[2])] = (r[5], _entry(r[3], list(r)[4:]))
-
-        results: list[Entry] = []
-        rows: list[tuple[Any, ...]] = []
-        key_rows: list[tuple[Any, ...]] = []
-        for item, (_, _, key) in zip(items, keyed, strict=True):
-            state = channels[(item.app_id, item.channel)]
-            state.retention = item.retention
-            if key is not None:
-                seen = firsts.get((item.app_id, item.channel, key))
-                if seen is not None and seen[0] >= item.ts - IDEMPOTENCY_WINDOW_MS:
-                    results.append(replace(seen[1], duplicate=True))
-                    continue
-            state.last += 1
-            entry = Entry(
-                offset=state.last,
-                epoch=state.epoch,
-                ts=item.ts,
-                id=item.id,
-                event=item.entry.event,
-                data=item.entry.data,
-                publisher=item.entry.publisher,
-                user_id=item.entry.user_id,
-            )
-            results.append(entry)
-            stored = (item.id, item.entry.event, item.data_json, item.publisher_json)
-            age_ms = item.retention.age_ms_or_unlimited
-            where = (item.app_id, item.channel)
-            rows.append((*where, state.last, item.ts, item.ts + age_ms, *stored, item.entry.user_id))
-            if key is not None:
-                firsts[(item.app_id, item.channel, key)] = (item.ts, entry)
-                key_rows.append(
-                    (*where, key, state.last, state.epoch, item.ts, *stored, item.entry.user_id)
-                )
-
+                firsts[(r[0], r[1], r[2])] = entry_from_row(r[3], list(r)[4:])
+        plan = plan_batch(items, channels, firsts)
         # Entries that the count already drops are not written at all (see WRITE_BATCH).
-        floor = {
-            where: s.last - s.retention.count_or_unlimited for where, s in channels.items()
-        }
-        rows = [r for r in rows if r[2] > floor[(r[0], r[1])]]
+        floor = {w: c.last - c.retention.count_or_unlimited for w, c in channels.items()}
+        entries = [r for r in plan.entries if r[2] > floor[(r[0], r[1])]]
         moves = [
-            (a, c, s.last, s.retention.count_or_unlimited, s.retention.age_ms_or_unlimited)
-            for (a, c), s in channels.items()
+            (a, c, cur.last, cur.retention.count_or_unlimited, cur.retention.age_ms_or_unlimited)
+            for (a, c), cur in channels.items()
         ]
         await conn.execute(
-            WRITE_BATCH, *_columns(rows, 10), *_columns(key_rows, 11), *_columns(moves, 5)
+            WRITE_BATCH, *_columns(entries, 10), *_columns(plan.keys, 11), *_columns(moves, 5)
         )
-        return results
+        return plan.results
 
     async def _lock_channels(
-        self, conn: Any, wanted: list[tuple[str, str]]
-    ) -> dict[tuple[str, str], _ChannelWrite]:
+        self, conn: Any, wanted: list[ChannelKey]
+    ) -> dict[ChannelKey, ChannelCursor]:
         """Lock the channels' rows in sorted order, creating the missing ones first."""
-        default = Retention()
         apps, names = _columns(wanted, 2)
         found = await conn.fetch(LOCK_CHANNELS, apps, names)
         if len(found) < len(wanted):
             have = {(r[0], r[1]) for r in found}
             missing = [w for w in wanted if w not in have]
+            default = Retention()
             await conn.execute(
                 INSERT_CHANNELS,
                 *_columns(missing, 2),
@@ -363,7 +287,7 @@ class PostgresHistoryStore(HistoryStore):
                 default.age_ms_or_unlimited,
             )
             found = await conn.fetch(LOCK_CHANNELS, apps, names)
-        return {(r[0], r[1]): _ChannelWrite(r[2], r[3], default) for r in found}
+        return {(r[0], r[1]): ChannelCursor(r[2], r[3]) for r in found}
 
     # -- channel state -----------------------------------------------------------------------
 
@@ -414,14 +338,14 @@ class PostgresHistoryStore(HistoryStore):
             app_id,
             channel,
             after,
-            2**62 if before is None else before,
+            UNLIMITED if before is None else before,
             self._now_ms(),
             limit,
         )
         if not found:
             return None
         epoch, last = str(found[0][0]), int(found[0][1])
-        return epoch, last, [_entry(epoch, list(r)[2:]) for r in found if r[2] is not None]
+        return epoch, last, [entry_from_row(epoch, list(r)[2:]) for r in found if r[2] is not None]
 
     async def read(
         self,
@@ -473,7 +397,7 @@ class PostgresHistoryStore(HistoryStore):
             await asyncio.sleep(self._sweep_interval_s)
             try:
                 await self.sweep()
-            except Exception:
+            except Exception:  # noqa: BLE001 - logged with its traceback; the next round retries
                 logs.error("history_sweep_failed", store="postgres")
 
 

@@ -116,7 +116,8 @@ def _transaction(conn: sqlite3.Connection, begin: str = "BEGIN") -> Iterator[Non
     try:
         yield
     except BaseException:
-        conn.execute("ROLLBACK")
+        if conn.in_transaction:  # SQLite may have rolled back already (a full disk, say)
+            conn.execute("ROLLBACK")
         raise
     conn.execute("COMMIT")
 

@@ -13,9 +13,11 @@ import secrets
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 from parley import logs
+from parley.auth.tokens import Identity, TokenRejected, verify_token
 from parley.backends.history import Entry, HistoryStore, NewEntry, Retention
 from parley.core.hub import AppHub, CachedEvent, Channel, PresenceFull
 from parley.core.session import Session
@@ -76,6 +78,7 @@ class Node:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._key_cache: dict[str, tuple[str, ...]] = {}
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -93,7 +96,14 @@ class Node:
         """Validate the handshake, register the session and send connection_established."""
         if self.draining:
             raise ConnectionRefused(CloseCode.RECONNECT, "Server is shutting down, reconnect")
-        parts = session.path.split("/")
+        path, token = session.path, session.query.get("token")
+        if path.startswith("/token/"):
+            _, _, token, rest = path.split("/", 3)
+            path = "/" + rest
+        authorization = session.headers.get("authorization", "") if session.headers else ""
+        if token is None and authorization.lower().startswith("bearer "):
+            token = authorization[7:].strip()
+        parts = path.split("/")
         if len(parts) != 3 or parts[1] != "app" or not parts[2]:
             raise ConnectionRefused(CloseCode.PATH_NOT_FOUND, f"Path not found: {session.path}")
         app = self.apps_by_key.get(parts[2])
@@ -115,6 +125,7 @@ class Node:
                 CloseCode.OVER_CONNECTION_QUOTA,
                 f"Application is over its connection quota of {app.max_connections}",
             )
+        identity = self._verify_token(app, token) if token else None
         socket_id = f"{secrets.randbelow(10**10)}.{secrets.randbelow(10**10)}"
         while socket_id in hub.sessions:
             socket_id = f"{secrets.randbelow(10**10)}.{secrets.randbelow(10**10)}"
@@ -123,7 +134,14 @@ class Node:
         session.conn = PusherConnection(app, socket_id, max_frame_bytes=self.settings.max_frame_bytes)
         hub.sessions[socket_id] = session
         self.metrics.connections_total[app.id] += 1
-        session.send(session.conn.establish(self.settings.activity_timeout_s))
+        extra: dict[str, Any] = {}
+        if identity is not None:
+            session.conn.identify(identity.user_id, identity.info)
+            session.token_expires_at = identity.expires_at
+            if hub.sign_in(session):
+                hub.notify_watchers(identity.user_id, online=True)
+            extra["user_id"] = identity.user_id
+        session.send(session.conn.establish(self.settings.activity_timeout_s, **extra))
         logs.info(
             "connection opened",
             app_id=app.id,
@@ -131,6 +149,45 @@ class Node:
             client=session.query.get("client"),
             protocol=raw_protocol,
         )
+
+    def _verify_token(self, app: AppConfig, token: str) -> Identity:
+        try:
+            return verify_token(
+                token,
+                secret=app.secret,
+                audience=app.jwt_audience or app.key,
+                public_keys=self._public_keys(app),
+                issuer=app.jwt_issuer or None,
+                now=time.time(),
+            )
+        except TokenRejected as exc:
+            raise ConnectionRefused(CloseCode.UNAUTHORIZED, str(exc)) from None
+
+    def _public_keys(self, app: AppConfig) -> tuple[str, ...]:
+        cached = self._key_cache.get(app.id)
+        if cached is None:
+            paths = [p.strip() for p in app.jwt_public_keys.split(",") if p.strip()]
+            cached = tuple(Path(p).read_text() for p in paths)
+            self._key_cache[app.id] = cached
+        return cached
+
+    def _refresh(self, session: Session, hub: AppHub, conn: PusherConnection, data: dict[str, Any]) -> None:
+        token = data.get("token")
+        try:
+            if not isinstance(token, str) or not token:
+                raise TokenRejected("parley:refresh needs a token")
+            identity = verify_token(
+                token, secret=hub.app.secret, audience=hub.app.jwt_audience or hub.app.key,
+                public_keys=self._public_keys(hub.app), issuer=hub.app.jwt_issuer or None,
+                now=time.time(),
+            )
+            if identity.user_id != conn.user_id:
+                raise TokenRejected("the refreshed token is for another user")
+        except TokenRejected as exc:
+            session.send(frames.error_frame(None, f"Refresh refused: {exc}"))
+            return
+        session.token_expires_at = identity.expires_at
+        session.send(frames.frame("parley:refresh_succeeded", {"expires_at": identity.expires_at}))
 
     def close_session(self, session: Session) -> None:
         hub, conn = session.hub, session.conn
@@ -284,6 +341,9 @@ class Node:
     def _extension(
         self, session: Session, hub: AppHub, conn: PusherConnection, command: Extension
     ) -> None:
+        if command.event == "parley:refresh":
+            self._refresh(session, hub, conn, command.data)
+            return
         channel = command.data.get("channel")
         if command.event not in ("parley:resume", "parley:history"):
             session.send(frames.error_frame(None, f"Unsupported event {command.event!r}"))
@@ -475,12 +535,20 @@ class Node:
         """Ping connections silent for activity_timeout; close those silent 30 s more (4201)."""
         idle_after = self.settings.activity_timeout_s
         dead_after = idle_after + self.settings.pong_timeout_s
-        interval = max(0.2, min(idle_after, self.settings.pong_timeout_s) / 4)
+        interval = max(0.2, min(1.0, idle_after / 4, self.settings.pong_timeout_s / 4))
         while True:
             await asyncio.sleep(interval)
             now = time.monotonic()
             for hub in self.hubs.values():
+                wall = time.time()
                 for session in list(hub.sessions.values()):
+                    expires = session.token_expires_at
+                    if expires is not None and wall > expires and not session.closing:
+                        logs.info("token expired", app_id=hub.app.id, socket_id=session.socket_id)
+                        self.count_error(session, CloseCode.UNAUTHORIZED)
+                        session.send(frames.error_frame(CloseCode.UNAUTHORIZED, "token expired"))
+                        session.close(CloseCode.UNAUTHORIZED, "token expired")
+                        continue
                     silent = now - session.last_seen
                     if silent > dead_after:
                         logs.info("pong not received", app_id=hub.app.id, socket_id=session.socket_id)

@@ -24,6 +24,7 @@ if TYPE_CHECKING:
     from parley.core.node import Node
 
 _TEXT = WSMsgType.TEXT
+_MAX_FRAME_PAYLOAD = 8192  # picows copies frames up to this size (see send)
 
 
 class Session(WSListener):  # type: ignore[misc]
@@ -43,6 +44,7 @@ class Session(WSListener):  # type: ignore[misc]
         "closing",
         "opened_at",
         "_fragments",
+        "token_expires_at",
     )
 
     def __init__(self, node: Node, path: str, query: str, headers: Any) -> None:
@@ -61,6 +63,7 @@ class Session(WSListener):  # type: ignore[misc]
         self.closing = False
         self.opened_at = 0.0
         self._fragments: bytearray | None = None
+        self.token_expires_at: float | None = None
 
     @property
     def user_id(self) -> str | None:
@@ -132,7 +135,17 @@ class Session(WSListener):  # type: ignore[misc]
         transport = self.transport
         if transport is None or self.closing:
             return
-        transport.send(_TEXT, data)
+        if len(data) <= _MAX_FRAME_PAYLOAD:
+            transport.send(_TEXT, data)
+        else:
+            # picows 2.3.1 hands uvloop a view of its reused header buffer for payloads over
+            # 8 KiB; while the socket is backed up that header is overwritten by the next send
+            # and the stream is corrupted. Fragments of at most 8 KiB are copied whole.
+            view = memoryview(data)
+            last = len(data) - _MAX_FRAME_PAYLOAD
+            for start in range(0, len(data), _MAX_FRAME_PAYLOAD):
+                kind = _TEXT if start == 0 else WSMsgType.CONTINUATION
+                transport.send(kind, view[start : start + _MAX_FRAME_PAYLOAD], start >= last)
         if self._raw.get_write_buffer_size() > self.node.max_outbound_bytes:
             self.closing = True
             self.node.loop.call_soon(self._slow_consumer)
