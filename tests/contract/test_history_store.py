@@ -56,7 +56,7 @@ async def _postgres_problem() -> str | None:
                 conn = await asyncpg.connect(PG_URL, timeout=3)
                 await conn.close()
                 _pg_problem.append(None)
-            except (OSError, asyncio.TimeoutError, asyncpg.PostgresError) as exc:
+            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
                 _pg_problem.append(f"PostgreSQL unreachable at {PG_URL}: {exc!r}")
     return _pg_problem[0]
 
@@ -160,7 +160,9 @@ async def test_append_assigns_offsets_and_reads_back_in_order(
         await store.append(
             app,
             "room",
-            NewEntry("client-typing", {"nested": [1, "x", None]}, {"type": "user", "id": "42"}, "42"),
+            NewEntry(
+                "client-typing", {"nested": [1, "x", None]}, {"type": "user", "id": "42"}, "42"
+            ),
             Retention(),
         ),
         await store.append(app, "room", NewEntry("e", 7, SERVER), Retention()),
@@ -411,8 +413,11 @@ async def test_history_survives_close_and_reopen(durable: Backend) -> None:
     app = durable.app_id
     store = await durable.open()
     keyed = await store.append(app, "s", msg(0, idempotency_key="k"), Retention())
+    quiet = await store.position(app, "quiet")  # never written: its epoch must stick anyway
     # Submitted but not yet committed when close starts: close must finish them.
-    pending = [asyncio.ensure_future(store.append(app, "s", msg(i), Retention())) for i in range(50)]
+    pending = [
+        asyncio.ensure_future(store.append(app, "s", msg(i), Retention())) for i in range(50)
+    ]
     await asyncio.sleep(0)
     await store.close()
     written = [keyed, *[await p for p in pending]]
@@ -420,10 +425,32 @@ async def test_history_survives_close_and_reopen(durable: Backend) -> None:
 
     reopened = await durable.open()
     assert await read_all(reopened, app, "s") == written
+    assert await reopened.position(app, "quiet") == quiet
     assert await reopened.position(app, "s") == (51, keyed.epoch)
     again = await reopened.append(app, "s", msg(9, idempotency_key="k"), Retention())
     assert again == keyed and again.duplicate
     assert (await reopened.append(app, "s", msg(52), Retention())).offset == 52
+
+
+async def test_two_nodes_on_one_database_share_each_channel_sequence(durable: Backend) -> None:
+    app = durable.app_id
+    nodes = [await durable.open(), await durable.open()]
+    channels = ["x", "y", "z"]
+    acked: list[tuple[str, int, str]] = []
+
+    async def writer(task: int) -> None:
+        node = nodes[task % 2]
+        order = channels if task % 2 else channels[::-1]  # the nodes lock in opposite orders
+        for i in range(12):
+            entry = await node.append(app, order[i % 3], msg(task * 100 + i), Retention())
+            acked.append((order[i % 3], entry.offset, entry.id))
+
+    await asyncio.gather(*(writer(t) for t in range(20)))
+    assert len({(c, o) for c, o, _ in acked}) == 240  # no offset handed out twice
+    for channel in channels:
+        stored = await read_all(nodes[1], app, channel)
+        assert [e.offset for e in stored] == list(range(1, 81))
+        assert {(e.offset, e.id) for e in stored} == {(o, i) for c, o, i in acked if c == channel}
 
 
 CHILD = r"""
@@ -479,9 +506,9 @@ async def test_acknowledged_appends_survive_sigkill(durable: Backend) -> None:
     finally:
         proc.send_signal(signal.SIGKILL)
     # Lines written before the kill are acknowledged too; a torn last line is not.
-    for line in (await proc.stdout.read()).decode().splitlines(keepends=True):
-        if line.endswith("\n"):
-            offset, id_ = line.split()
+    for rest in (await proc.stdout.read()).decode().splitlines(keepends=True):
+        if rest.endswith("\n"):
+            offset, id_ = rest.split()
             acked[int(offset)] = id_
     assert await proc.wait() == -signal.SIGKILL
 
