@@ -10,7 +10,10 @@ from parley import __version__, logs
 from parley.backends.history import HistoryStore
 from parley.core.node import Node
 from parley.core.session import Session
-from parley.http_api import ops, pusher
+from parley.backends.grants import GrantStore
+from parley.backends.users import UserStore
+from parley.core.access import Access
+from parley.http_api import builtin, ops, pusher
 from parley.http_api.routes import Router
 from parley.settings import Settings, describe
 from parley.transport.server import Server
@@ -40,13 +43,39 @@ def make_history(settings: Settings) -> HistoryStore:
     return SqliteHistoryStore(settings.data_dir / "parley.db")
 
 
+def make_access_stores(settings: Settings) -> tuple[UserStore, GrantStore]:
+    """The user and grant stores named by the `store` setting."""
+    if settings.store == "memory":
+        from parley.backends.memory_grants import MemoryGrantStore
+        from parley.backends.memory_users import MemoryUserStore
+
+        return MemoryUserStore(), MemoryGrantStore()
+    if settings.store == "postgres":
+        from parley.backends.postgres_grants import PostgresGrantStore
+        from parley.backends.postgres_users import PostgresUserStore
+
+        return PostgresUserStore(settings.postgres_url), PostgresGrantStore(settings.postgres_url)
+    from parley.backends.sqlite_grants import SqliteGrantStore
+    from parley.backends.sqlite_users import SqliteUserStore
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    path = settings.data_dir / "parley.db"
+    return SqliteUserStore(path), SqliteGrantStore(path)
+
+
 async def start(settings: Settings) -> Running:
     history = make_history(settings)
     await history.start()
+    users, grants = make_access_stores(settings)
+    await users.start()
+    await grants.start()
     node = Node(settings, history)
+    node.access = Access(node, grants, users)
+    await node.access.start()
     router = Router(node)
     ops.register(router)
     pusher.register(router)
+    builtin.register(router)
 
     def ws_factory(path: str, query: str, headers: Any) -> Session | None:
         if not path.startswith(("/app/", "/token/")):
@@ -68,6 +97,11 @@ async def stop(running: Running) -> None:
     await running.server.stop_listening()
     await running.node.shutdown()
     running.server.close_http()
+    access = running.node.access
+    if access is not None:
+        await access.close()
+        await access.users.close()
+        await access.grants.close()
 
 
 def announce(settings: Settings, port: int) -> None:

@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from parley import __version__, logs
+from parley import __version__, cli_users, logs
 from parley.errors import ConfigError
 from parley.settings import load_settings
 
@@ -24,11 +24,14 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--pong-timeout", dest="pong_timeout_s", type=float)
     serve.add_argument("--log-level", dest="log_level")
     serve.add_argument("--log-format", dest="log_format", choices=["json", "text"])
+    cli_users.add_parser(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
+    if args.command == "users":
+        return cli_users.run(args)
     if args.command == "serve":
         flags = {
             k: v

@@ -47,6 +47,19 @@ class AppConfig:
     jwt_public_keys: str = ""
     jwt_issuer: str = ""
     jwt_audience: str = ""
+    # "pusher": the app's own backend signs channel auth (Pusher's model). "builtin": Parley
+    # authorizes by identity and grants, issues tokens from its user store and serves the
+    # pusher-js auth endpoints itself.
+    auth: str = "pusher"
+    token_ttl_s: float = 3600.0
+    read_only_channels: str = ""  # comma-separated patterns; client events refused there
+    encryption_master_key_base64: str = ""  # for the built-in authorizer's shared_secret
+    allowed_origins: str = ""  # comma-separated; checked when a session cookie identifies
+    session_cookie: str = ""  # cookie name that identifies the user at the handshake
+    session_secret: str = ""  # itsdangerous URLSafeTimedSerializer secret
+    session_salt: str = "parley-session"
+    session_max_age_s: float = 86400.0
+    session_introspection_url: str = ""  # or ask the app: POST {cookie} -> {user_id, info}
 
     def __post_init__(self) -> None:
         for name in ("id", "key", "secret"):
@@ -55,10 +68,20 @@ class AppConfig:
                 raise ConfigError(f"app {name!r} must be a non-empty string")
         if ":" in self.key:
             raise ConfigError("app 'key' may not contain ':'")
+        if self.auth not in ("pusher", "builtin"):
+            raise ConfigError(f"app {self.id}: 'auth' must be pusher or builtin")
+        if self.session_cookie and not (self.session_secret or self.session_introspection_url):
+            raise ConfigError(
+                f"app {self.id}: 'session_cookie' needs 'session_secret' or "
+                "'session_introspection_url'"
+            )
         for f in fields(self):
             value = getattr(self, f.name)
             if f.type in ("int", "float") and (isinstance(value, bool) or value < 0):
                 raise ConfigError(f"app {self.id}: {f.name!r} must be a number >= 0")
+
+
+DEFAULT_DATA_DIR = Path("parley-data")
 
 
 @dataclass(frozen=True, slots=True)
@@ -79,7 +102,7 @@ class HistoryRule:
 class Settings:
     host: str = "127.0.0.1"
     port: int = 6001
-    data_dir: Path = Path("parley-data")
+    data_dir: Path = DEFAULT_DATA_DIR
     activity_timeout_s: int = 120  # sent to clients; the server pings after this much silence
     pong_timeout_s: float = 30.0  # then closes with 4201 after this much more
     max_frame_bytes: int = 65536  # larger WebSocket messages are refused with an error event
@@ -221,7 +244,7 @@ def load_settings(
         if "PARLEY_APP_" + name.upper() in env
     }
     if env_app or not apps:
-        data_dir = server.get("data_dir", Settings.data_dir)
+        data_dir = server.get("data_dir", DEFAULT_DATA_DIR)
         base: dict[str, Any] = {}
         if not all(k in env_app for k in ("id", "key", "secret")):
             base = dict(_persisted_default_app(Path(data_dir)))

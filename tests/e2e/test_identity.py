@@ -72,11 +72,15 @@ def test_identified_connection_is_stamped_and_reachable_as_that_user(srv: Parley
     ],
 )
 def test_bad_tokens_are_refused_with_4009_and_a_reason(srv: ParleyServer, make, reason: str) -> None:  # type: ignore[no-untyped-def]
-    with RawClient(f"{srv.ws_url}&token={make(srv)}", established=False) as client:
-        error = client.expect_error(4009)
-        assert reason in error["message"]
-        code, close_reason = client.expect_close()
-        assert code == 4009 and reason in close_reason
+    bad = make(srv)
+    base = f"ws://{srv.host}:{srv.port}"
+    for url in (f"{srv.ws_url}&token={bad}", f"{base}/token/{bad}/app/{srv.key}?protocol=7"):
+        with RawClient(url, established=False) as client:
+            error = client.expect_error(4009)
+            assert reason in error["message"]
+            code, close_reason = client.expect_close()
+            assert code == 4009 and reason in close_reason
+    assert not [line for line in srv.stderr_lines if bad in line], "a token reached the log"
 
 
 def test_token_expiring_while_connected_ends_the_connection_unless_refreshed(srv: ParleyServer) -> None:

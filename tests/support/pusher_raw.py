@@ -45,7 +45,11 @@ def hmac_hex(secret: str, message: str) -> str:
 def channel_auth(
     key: str, secret: str, socket_id: str, channel: str, channel_data: str | None = None
 ) -> str:
-    message = f"{socket_id}:{channel}" if channel_data is None else f"{socket_id}:{channel}:{channel_data}"
+    message = (
+        f"{socket_id}:{channel}"
+        if channel_data is None
+        else f"{socket_id}:{channel}:{channel_data}"
+    )
     return f"{key}:{hmac_hex(secret, message)}"
 
 
@@ -140,7 +144,9 @@ class RawClient:
             ) from None
         except ConnectionClosed as exc:
             rcvd = exc.rcvd
-            raise Closed(rcvd.code if rcvd else None, rcvd.reason if rcvd else "", self.seen) from None
+            raise Closed(
+                rcvd.code if rcvd else None, rcvd.reason if rcvd else "", self.seen
+            ) from None
         frame = json.loads(raw)
         assert isinstance(frame, dict), f"server frame is not an object: {raw!r}"
         self.seen.append(frame)
@@ -237,7 +243,9 @@ class RawClient:
             channel,
             forbid=lambda f: f.get("event") == "pusher:error",
         )
-        assert isinstance(frame["data"], str), f"subscription_succeeded data must be a string: {frame}"
+        assert isinstance(frame["data"], str), (
+            f"subscription_succeeded data must be a string: {frame}"
+        )
         return frame
 
     def close(self) -> None:
@@ -283,6 +291,7 @@ def sign_query(
     *,
     timestamp: int | None = None,
     always_md5: bool = True,
+    body_md5: str | None = None,
 ) -> dict[str, str]:
     """PUSHER.md §3.1: auth_* params and the signature over METHOD\\nPATH\\nsorted query."""
     query = dict(params)
@@ -291,9 +300,13 @@ def sign_query(
         auth_timestamp=str(int(time.time()) if timestamp is None else timestamp),
         auth_version="1.0",
     )
-    if body or always_md5:
+    if body_md5 is not None:
+        query["body_md5"] = body_md5  # signed as given, right or wrong
+    elif body or always_md5:
         query["body_md5"] = hashlib.md5(body).hexdigest()
-    to_sign = "&".join(f"{k.lower()}={v}" for k, v in sorted(query.items(), key=lambda kv: kv[0].lower()))
+    to_sign = "&".join(
+        f"{k.lower()}={v}" for k, v in sorted(query.items(), key=lambda kv: kv[0].lower())
+    )
     query["auth_signature"] = hmac_hex(secret, f"{method.upper()}\n{path}\n{to_sign}")
     return query
 
@@ -334,6 +347,7 @@ def signed_request(
     key: str | None = None,
     secret: str | None = None,
     timestamp: int | None = None,
+    body_md5: str | None = None,
     tamper: Callable[[dict[str, str]], None] | None = None,
 ) -> ApiResponse:
     """A request signed by hand; `tamper` may edit the signed query before it is sent."""
@@ -346,14 +360,20 @@ def signed_request(
         key or server.key,
         secret or server.secret,
         timestamp=timestamp,
+        body_md5=body_md5,
     )
     if tamper is not None:
         tamper(query)
     return http_request(server, method, path, query, raw)
 
 
-def sdk(server: ParleyServer, app_id: str | None = None, key: str | None = None,
-        secret: str | None = None) -> pusher.Pusher:
+def sdk(
+    server: ParleyServer,
+    app_id: str | None = None,
+    key: str | None = None,
+    secret: str | None = None,
+    **options: Any,
+) -> pusher.Pusher:
     """The official PyPI SDK pointed at the test server."""
     return pusher.Pusher(
         app_id=app_id or server.app_id,
@@ -363,6 +383,7 @@ def sdk(server: ParleyServer, app_id: str | None = None, key: str | None = None,
         port=server.port,
         ssl=False,
         timeout=TIMEOUT,
+        **options,
     )
 
 
@@ -419,7 +440,9 @@ def shutdown(server: ParleyServer) -> None:
 
 
 @contextmanager
-def running(env: Mapping[str, str] | None = None, args: list[str] | None = None) -> Iterator[ParleyServer]:
+def running(
+    env: Mapping[str, str] | None = None, args: list[str] | None = None
+) -> Iterator[ParleyServer]:
     """A ParleyServer for one test, shut down cleanly after it."""
     srv = ParleyServer(env=dict(env or {}), args=list(args or []))
     try:

@@ -22,7 +22,8 @@ from parley.protocol.channels import ChannelType, Kind, channel_type
 from parley.settings import AppConfig
 
 if TYPE_CHECKING:
-    from parley.backends.grants import Grant, GrantStore
+    from parley.auth.grants import Grant
+    from parley.backends.grants import GrantStore
     from parley.backends.users import UserStore
     from parley.core.node import Node
     from parley.core.session import Session

@@ -13,11 +13,16 @@ import secrets
 import time
 from dataclasses import dataclass
 from functools import lru_cache
+from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import Any
 
 from parley import logs
-from parley.auth.tokens import Identity, TokenRejected, verify_token
+from typing import TYPE_CHECKING
+
+from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
+
+from parley.auth.tokens import USER_ID_RE, Identity, TokenRejected, verify_token
 from parley.backends.history import Entry, HistoryStore, NewEntry, Retention
 from parley.core.hub import AppHub, CachedEvent, Channel, PresenceFull
 from parley.core.session import Session
@@ -38,6 +43,9 @@ from parley.protocol.connection import (
     Unsubscribe,
 )
 from parley.settings import AppConfig, Settings
+
+if TYPE_CHECKING:
+    from parley.core.access import Access
 
 SUPPORTED_PROTOCOLS = range(5, 8)
 SUBSCRIPTION_COUNT_THROTTLE_S = 5.0
@@ -79,6 +87,7 @@ class Node:
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._key_cache: dict[str, tuple[str, ...]] = {}
+        self.access: Access | None = None  # set by the composition root
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -105,7 +114,7 @@ class Node:
             token = authorization[7:].strip()
         parts = path.split("/")
         if len(parts) != 3 or parts[1] != "app" or not parts[2]:
-            raise ConnectionRefused(CloseCode.PATH_NOT_FOUND, f"Path not found: {session.path}")
+            raise ConnectionRefused(CloseCode.PATH_NOT_FOUND, f"Path not found: {path}")
         app = self.apps_by_key.get(parts[2])
         if app is None:
             raise ConnectionRefused(CloseCode.APP_NOT_FOUND, "Application does not exist")
@@ -126,6 +135,9 @@ class Node:
                 f"Application is over its connection quota of {app.max_connections}",
             )
         identity = self._verify_token(app, token) if token else None
+        cookie = None if identity is not None else self._session_cookie(app, session)
+        if cookie is not None and app.session_secret:
+            identity = self._signed_session(app, cookie)
         socket_id = f"{secrets.randbelow(10**10)}.{secrets.randbelow(10**10)}"
         while socket_id in hub.sessions:
             socket_id = f"{secrets.randbelow(10**10)}.{secrets.randbelow(10**10)}"
@@ -134,6 +146,33 @@ class Node:
         session.conn = PusherConnection(app, socket_id, max_frame_bytes=self.settings.max_frame_bytes)
         hub.sessions[socket_id] = session
         self.metrics.connections_total[app.id] += 1
+        if cookie is not None and identity is None:
+            # The app's introspection URL decides; connection_established waits for it.
+            self._spawn(self._introspect_then_admit(session, hub, cookie, raw_protocol))
+            return
+        if identity is not None and app.auth == "builtin" and self.access is not None:
+            # A token outlives a `parley users disable`: the user store has the last word.
+            self._spawn(self._check_user_then_admit(session, hub, identity, raw_protocol))
+            return
+        self._admit(session, hub, identity, raw_protocol)
+
+    async def _check_user_then_admit(
+        self, session: Session, hub: AppHub, identity: Identity, protocol: str
+    ) -> None:
+        assert self.access is not None
+        user = await self.access.users.get(hub.app.id, identity.user_id)
+        if session.closing or hub.sessions.get(session.socket_id) is not session:
+            return
+        if user is not None and user.disabled:
+            self.count_error(session, CloseCode.UNAUTHORIZED)
+            logs.info("connection refused", app_id=hub.app.id, code=4009, reason="user disabled")
+            session.send(frames.error_frame(CloseCode.UNAUTHORIZED, "user disabled"))
+            session.close(CloseCode.UNAUTHORIZED, "user disabled")
+            return
+        self._admit(session, hub, identity, protocol)
+
+    def _admit(self, session: Session, hub: AppHub, identity: Identity | None, protocol: str) -> None:
+        assert session.conn is not None
         extra: dict[str, Any] = {}
         if identity is not None:
             session.conn.identify(identity.user_id, identity.info)
@@ -144,22 +183,101 @@ class Node:
         session.send(session.conn.establish(self.settings.activity_timeout_s, **extra))
         logs.info(
             "connection opened",
-            app_id=app.id,
-            socket_id=socket_id,
+            app_id=hub.app.id,
+            socket_id=session.socket_id,
+            user_id=identity.user_id if identity else None,
             client=session.query.get("client"),
-            protocol=raw_protocol,
+            protocol=protocol,
+        )
+
+    def _session_cookie(self, app: AppConfig, session: Session) -> str | None:
+        """The app's session cookie from the handshake, once the Origin is allowed."""
+        if not app.session_cookie or not session.headers:
+            return None
+        raw = session.headers.get("cookie")
+        if not raw:
+            return None
+        jar = SimpleCookie()
+        try:
+            jar.load(raw)
+        except CookieError:
+            return None
+        morsel = jar.get(app.session_cookie)
+        if morsel is None:
+            return None
+        origin = session.headers.get("origin", "")
+        allowed = [o.strip() for o in app.allowed_origins.split(",") if o.strip()]
+        if origin not in allowed:
+            raise ConnectionRefused(
+                CloseCode.UNAUTHORIZED, f"Origin {origin or '(none)'} is not allowed for cookie sessions"
+            )
+        return morsel.value
+
+    def _signed_session(self, app: AppConfig, cookie: str) -> Identity:
+        serializer = URLSafeTimedSerializer(app.session_secret, salt=app.session_salt)
+        try:
+            payload = serializer.loads(cookie, max_age=app.session_max_age_s)
+        except SignatureExpired:
+            raise ConnectionRefused(CloseCode.UNAUTHORIZED, "session expired") from None
+        except BadSignature:
+            raise ConnectionRefused(CloseCode.UNAUTHORIZED, "session cookie signature is invalid") from None
+        return self._session_identity(payload)
+
+    @staticmethod
+    def _session_identity(payload: Any) -> Identity:
+        info = None
+        if isinstance(payload, dict):
+            info = payload.get("info")
+            payload = payload.get("user_id", payload.get("id"))
+        if isinstance(payload, int) and not isinstance(payload, bool):
+            payload = str(payload)
+        if not isinstance(payload, str) or not USER_ID_RE.fullmatch(payload):
+            raise ConnectionRefused(CloseCode.UNAUTHORIZED, "session holds no valid user id")
+        return Identity(payload, info, None)
+
+    async def _introspect_then_admit(
+        self, session: Session, hub: AppHub, cookie: str, protocol: str
+    ) -> None:
+        try:
+            identity = await self._introspect(hub.app, cookie)
+        except ConnectionRefused as exc:
+            if not session.closing:
+                self.count_error(session, exc.code)
+                logs.info("connection refused", app_id=hub.app.id, code=exc.code, reason=exc.message)
+                session.send(frames.error_frame(exc.code, exc.message))
+                session.close(exc.code or CloseCode.UNAUTHORIZED, exc.message)
+            return
+        if not session.closing and hub.sessions.get(session.socket_id) is session:
+            self._admit(session, hub, identity, protocol)
+
+    async def _introspect(self, app: AppConfig, cookie: str) -> Identity:
+        import aiohttp
+
+        try:
+            timeout = aiohttp.ClientTimeout(total=5)
+            async with aiohttp.ClientSession(timeout=timeout) as client:
+                async with client.post(app.session_introspection_url, json={"cookie": cookie}) as reply:
+                    if reply.status != 200:
+                        raise ConnectionRefused(CloseCode.UNAUTHORIZED, "session not recognized")
+                    payload = await reply.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            raise ConnectionRefused(CloseCode.UNAUTHORIZED, "session introspection failed") from None
+        return self._session_identity(payload)
+
+    def verify_token(self, app: AppConfig, token: str) -> Identity:
+        """The identity a JWT gives in `app`; TokenRejected says why not."""
+        return verify_token(
+            token,
+            secret=app.secret,
+            audience=app.jwt_audience or app.key,
+            public_keys=self._public_keys(app),
+            issuer=app.jwt_issuer or None,
+            now=time.time(),
         )
 
     def _verify_token(self, app: AppConfig, token: str) -> Identity:
         try:
-            return verify_token(
-                token,
-                secret=app.secret,
-                audience=app.jwt_audience or app.key,
-                public_keys=self._public_keys(app),
-                issuer=app.jwt_issuer or None,
-                now=time.time(),
-            )
+            return self.verify_token(app, token)
         except TokenRejected as exc:
             raise ConnectionRefused(CloseCode.UNAUTHORIZED, str(exc)) from None
 
@@ -176,11 +294,7 @@ class Node:
         try:
             if not isinstance(token, str) or not token:
                 raise TokenRejected("parley:refresh needs a token")
-            identity = verify_token(
-                token, secret=hub.app.secret, audience=hub.app.jwt_audience or hub.app.key,
-                public_keys=self._public_keys(hub.app), issuer=hub.app.jwt_issuer or None,
-                now=time.time(),
-            )
+            identity = self.verify_token(hub.app, token)
             if identity.user_id != conn.user_id:
                 raise TokenRejected("the refreshed token is for another user")
         except TokenRejected as exc:
@@ -239,6 +353,18 @@ class Node:
         if command.type.kind is Kind.SERVER_TO_USER:
             session.send(frames.subscription_succeeded(name))
             return
+        problem = (
+            self.access.subscribe_problem(hub.app, conn.user_id, name, command.type)
+            if self.access is not None
+            else None
+        )
+        if problem is not None:
+            conn.forget(name)
+            self.count_error(session, None)
+            logs.info("subscription refused", app_id=hub.app.id, socket_id=session.socket_id,
+                      channel=name, reason=problem)
+            session.send(frames.error_frame(None, problem, name))
+            return
         try:
             channel = hub.join(session, name, command.type, command.member)
         except PresenceFull as exc:
@@ -259,7 +385,10 @@ class Node:
         logs.debug("subscribed", app_id=hub.app.id, socket_id=session.socket_id, channel=name)
 
     def _unsubscribe(self, session: Session, hub: AppHub, command: Unsubscribe) -> None:
-        channel = hub.leave(session, command.channel, command.member)
+        self.leave(session, hub, command.channel, command.member)
+
+    def leave(self, session: Session, hub: AppHub, name: str, member: Any) -> None:
+        channel = hub.leave(session, name, member)
         if channel is not None:
             self._count_changed(hub, channel)
 
@@ -293,6 +422,12 @@ class Node:
             logs.logger.error("background task failed", exc_info=exc)
 
     async def _client_event(self, session: Session, hub: AppHub, command: ClientEvent) -> None:
+        if self.access is not None:
+            problem = self.access.write_problem(hub.app, session.user_id, command.channel)
+            if problem is not None:
+                self.count_error(session, None)
+                session.send(frames.error_frame(None, problem, command.channel))
+                return
         publisher = (
             {"type": "user", "id": command.user_id}
             if command.user_id is not None
@@ -508,13 +643,15 @@ class Node:
             return None
         return cached
 
-    def terminate_user(self, app: AppConfig, user_id: str) -> int:
+    def terminate_user(
+        self, app: AppConfig, user_id: str, reason: str = "Connection terminated by the server"
+    ) -> int:
         hub = self.hubs[app.id]
         peers = list(hub.users.get(user_id, {}))
         for session in peers:
-            session.send(frames.error_frame(CloseCode.UNAUTHORIZED, "Connection terminated by the server"))
-            session.close(CloseCode.UNAUTHORIZED, "Connection terminated by the server")
-        logs.info("user terminated", app_id=app.id, user_id=user_id, connections=len(peers))
+            session.send(frames.error_frame(CloseCode.UNAUTHORIZED, reason))
+            session.close(CloseCode.UNAUTHORIZED, reason)
+        logs.info("user terminated", app_id=app.id, user_id=user_id, connections=len(peers), reason=reason)
         return len(peers)
 
     # -- liveness, errors, shutdown ----------------------------------------------------------
@@ -561,7 +698,7 @@ class Node:
 
     def count_error(self, session: Session, code: int | None) -> None:
         app_id = session.hub.app.id if session.hub else "unknown"
-        self.metrics.errors[(app_id, str(code))] += 1
+        self.metrics.errors[(app_id, "none" if code is None else str(code))] += 1
 
     def _count_error_frame(self, session: Session, frame: bytes) -> None:
         code = frames.decode(frame)["data"]["code"]

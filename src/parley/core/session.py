@@ -78,7 +78,8 @@ class Session(WSListener):  # type: ignore[misc]
             self.node.open_session(self)
         except ConnectionRefused as exc:
             self.node.count_error(self, exc.code)
-            logs.info("connection refused", code=exc.code, reason=exc.message, path=self.path)
+            path = self.path if not self.path.startswith("/token/") else "/token/<redacted>"
+            logs.info("connection refused", code=exc.code, reason=exc.message, path=path)
             self.send(frames.error_frame(exc.code, exc.message))
             self.close(exc.code or CloseCode.UNAUTHORIZED, exc.message)
 

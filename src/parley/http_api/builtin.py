@@ -34,10 +34,12 @@ SOCKET_ID_RE = re.compile(r"\d+\.\d+")
 
 class LoginThrottle:
     """Failed logins per key (a user, an address): `limit` in `window_s` locks the key until
-    the oldest of them leaves the window."""
+    the oldest of them leaves the window. Addresses get a larger allowance than users, since
+    many people may share one."""
 
-    def __init__(self, limit: int = 5, window_s: float = 60.0) -> None:
+    def __init__(self, limit: int = 5, address_limit: int = 20, window_s: float = 60.0) -> None:
         self.limit = limit
+        self.address_limit = address_limit
         self.window_s = window_s
         self._failures: dict[str, deque[float]] = {}
 
@@ -49,7 +51,8 @@ class LoginThrottle:
                 continue
             while failures and failures[0] <= now - self.window_s:
                 failures.popleft()
-            if len(failures) >= self.limit:
+            limit = self.address_limit if key.startswith("addr:") else self.limit
+            if len(failures) >= limit:
                 wait = max(wait, failures[0] + self.window_s - now)
         return wait
 

@@ -17,8 +17,9 @@ import orjson
 
 from parley import logs
 from parley.auth.signatures import verify_api_request
+from parley.auth.tokens import Identity, TokenRejected
 from parley.core.node import Node
-from parley.errors import Forbidden, HttpError, NotFound, ParleyError, Unauthorized
+from parley.errors import BadRequest, Forbidden, HttpError, NotFound, ParleyError, Unauthorized
 from parley.settings import AppConfig
 from parley.transport.server import Request, Response
 
@@ -29,10 +30,21 @@ class Call:
     app: AppConfig
     params: dict[str, str]
     args: tuple[str, ...]
+    # Who is calling: None for a request signed with the app secret (the app's backend) or an
+    # unauthenticated route; the verified JWT identity for a Bearer call.
+    user: Identity | None = None
+
+    def form(self) -> dict[str, str]:
+        """A form-encoded body (what pusher-js's auth requests send), or a JSON object."""
+        ctype = self.request.headers.get("content-type", "")
+        if "json" in ctype:
+            body = self.json()
+            if not isinstance(body, dict):
+                raise BadRequest("Request body must be a JSON object")
+            return {k: str(v) for k, v in body.items()}
+        return dict(parse_qsl(self.request.body.decode("utf-8", "replace"), keep_blank_values=True))
 
     def json(self) -> Any:
-        from parley.errors import BadRequest
-
         try:
             return orjson.loads(self.request.body or b"{}")
         except orjson.JSONDecodeError:
@@ -45,17 +57,21 @@ Handler = Callable[[Node, Call], Awaitable[Any] | Any]
 class Router:
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.signed: list[tuple[str, re.Pattern[str], str, Handler]] = []
+        self.signed: list[tuple[str, re.Pattern[str], str, Handler, str]] = []
         self.unsigned: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
 
-    def route(self, method: str, pattern: str, name: str) -> Callable[[Handler], Handler]:
-        """A signed route; `pattern` uses {app_id} and other {names} for path segments."""
+    def route(
+        self, method: str, pattern: str, name: str, auth: str = "signed"
+    ) -> Callable[[Handler], Handler]:
+        """A route; `pattern` uses {app_id} and other {names} for path segments. `auth` is
+        "signed" (Pusher's request signature), "bearer" (a JWT for the app), "signed_or_bearer",
+        or "none"."""
         regex = re.compile(
             "^" + re.sub(r"\{(\w+)\}", lambda m: r"(?P<%s>[^/]+)" % m.group(1), pattern) + "$"
         )
 
         def register(handler: Handler) -> Handler:
-            self.signed.append((method, regex, name, handler))
+            self.signed.append((method, regex, name, handler, auth))
             return handler
 
         return register
@@ -80,6 +96,9 @@ class Router:
                 route, response = await self._signed(request)
         except HttpError as exc:
             response = _error(exc.http_status, exc.message)
+            retry_after = getattr(exc, "retry_after", None)
+            if retry_after is not None:
+                response.headers["Retry-After"] = str(retry_after)
         except ParleyError as exc:
             response = _error(exc.http_status, exc.message)
         except Exception:
@@ -92,7 +111,7 @@ class Router:
 
     async def _signed(self, request: Request) -> tuple[str, Response]:
         path_matched = False
-        for method, regex, name, handler in self.signed:
+        for method, regex, name, handler, auth in self.signed:
             match = regex.match(request.path)
             if match is None:
                 continue
@@ -102,19 +121,24 @@ class Router:
             groups = match.groupdict()
             params = parse_qsl(request.query, keep_blank_values=True)
             app = self._find_app(groups.get("app_id"), params)
-            verify_api_request(
-                method=request.method,
-                path=request.path,
-                params=params,
-                body=request.body,
-                key=app.key,
-                secret=app.secret,
-                now=time.time(),
-            )
+            user: Identity | None = None
+            signed = any(k.lower() == "auth_signature" for k, _ in params)
+            if auth == "signed" or (auth == "signed_or_bearer" and signed):
+                verify_api_request(
+                    method=request.method,
+                    path=request.path,
+                    params=params,
+                    body=request.body,
+                    key=app.key,
+                    secret=app.secret,
+                    now=time.time(),
+                )
+            elif auth in ("bearer", "signed_or_bearer"):
+                user = self._bearer(request, app)
             if not app.enabled:
                 raise Forbidden("Application is disabled")
             args = tuple(unquote(v) for k, v in groups.items() if k != "app_id")
-            call = Call(request, app, {k.lower(): v for k, v in params}, args)
+            call = Call(request, app, {k.lower(): v for k, v in params}, args, user)
             result = handler(self.node, call)
             if hasattr(result, "__await__"):
                 result = await result
@@ -124,6 +148,15 @@ class Router:
         if path_matched:
             return "unmatched", _error(405, f"Method {request.method} not allowed on {request.path}")
         raise NotFound(f"No route for {request.method} {request.path}")
+
+    def _bearer(self, request: Request, app: AppConfig) -> Identity:
+        header = request.headers.get("authorization", "")
+        if not header.lower().startswith("bearer "):
+            raise Unauthorized("Missing 'Authorization: Bearer <token>' (or a signed request)")
+        try:
+            return self.node.verify_token(app, header[7:].strip())
+        except TokenRejected as exc:
+            raise Unauthorized(f"Invalid bearer token: {exc}") from None
 
     def _find_app(self, app_id: str | None, params: list[tuple[str, str]]) -> AppConfig:
         if app_id is not None:

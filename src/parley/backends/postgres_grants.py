@@ -1,0 +1,167 @@
+"""`PostgresGrantStore`: grants in the `parley_grants` table of PostgreSQL, shared by every node
+of a cluster; each node follows the others' creations and revocations with `changes_since`.
+
+Each call is one statement; nothing here holds a lock across round trips.
+"""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import asyncpg  # type: ignore[import-untyped]
+
+from parley.auth.grants import Grant
+from parley.backends.grants import (
+    GRANT_COLUMNS,
+    SWEEP_EVERY_MS,
+    TOMBSTONE_KEEP_MS,
+    GrantChange,
+    GrantStore,
+    changes_from_rows,
+    grant_from_row,
+    grant_row,
+    new_grant,
+)
+from parley.backends.postgres_history import SCHEMA_LOCK
+
+SCHEMA = """
+CREATE TABLE IF NOT EXISTS parley_grants (
+    id         text NOT NULL,
+    app_id     text NOT NULL,
+    subject    text NOT NULL,    -- a user id, or '*'
+    resource   text NOT NULL,    -- a channel name, or a pattern with '*'
+    operations text NOT NULL,    -- sorted, comma-separated
+    created_at bigint NOT NULL,  -- milliseconds since the Unix epoch
+    expires_at bigint,           -- NULL: until revoked
+    granted_by text,
+    deleted_at bigint,           -- set when revoked: the row is a tombstone for an hour
+    PRIMARY KEY (app_id, id)
+);
+CREATE INDEX IF NOT EXISTS parley_grants_created ON parley_grants (created_at);
+CREATE INDEX IF NOT EXISTS parley_grants_deleted
+    ON parley_grants (deleted_at) WHERE deleted_at IS NOT NULL;
+CREATE INDEX IF NOT EXISTS parley_grants_expires
+    ON parley_grants (expires_at) WHERE expires_at IS NOT NULL;
+"""
+
+# $1 app_id, $2 now; "live": neither revoked nor expired.
+SELECT_LIVE = f"""
+SELECT {GRANT_COLUMNS} FROM parley_grants
+WHERE app_id = $1 AND deleted_at IS NULL AND (expires_at IS NULL OR expires_at > $2)
+"""
+ORDER = ' ORDER BY created_at, id COLLATE "C"'
+
+DELETE = f"""
+UPDATE parley_grants SET deleted_at = GREATEST($3, created_at)
+WHERE app_id = $1 AND id = $2 AND deleted_at IS NULL AND (expires_at IS NULL OR expires_at > $3)
+RETURNING {GRANT_COLUMNS}
+"""
+
+CHANGES = f"""
+SELECT {GRANT_COLUMNS}, deleted_at FROM parley_grants
+WHERE (created_at >= $1 OR deleted_at >= $1) AND ($2::text IS NULL OR app_id = $2)
+"""
+
+
+class PostgresGrantStore(GrantStore):
+    def __init__(
+        self, url: str, *, clock: Callable[[], float] = time.time, pool_size: int = 2
+    ) -> None:
+        self.url = url
+        self._clock = clock
+        self._pool_size = pool_size
+        self._pool: Any = None  # asyncpg.Pool; asyncpg ships no types
+        self._swept_at = 0
+
+    async def start(self) -> None:
+        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size)
+        try:
+            async with self._pool.acquire() as conn, conn.transaction():
+                await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+                await conn.execute(SCHEMA)
+            await self.sweep()
+        except BaseException:
+            await self._pool.close()
+            self._pool = None
+            raise
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            await self._pool.close()
+            self._pool = None
+
+    @property
+    def pool(self) -> Any:
+        if self._pool is None:
+            raise RuntimeError("grant store is not running")
+        return self._pool
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    async def create(
+        self,
+        app_id: str,
+        subject: str,
+        resource: str,
+        operations: Iterable[str],
+        ttl_s: float | None = None,
+        granted_by: str | None = None,
+    ) -> Grant:
+        now = self._now_ms()
+        grant = new_grant(app_id, subject, resource, operations, ttl_s, granted_by, now)
+        await self.pool.execute(
+            f"INSERT INTO parley_grants ({GRANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            *grant_row(grant),
+        )
+        await self._sweep_when_due(now)
+        return grant
+
+    async def get(self, app_id: str, grant_id: str) -> Grant | None:
+        row = await self.pool.fetchrow(
+            SELECT_LIVE + " AND id = $3", app_id, self._now_ms(), grant_id
+        )
+        return None if row is None else grant_from_row(list(row))
+
+    async def list(
+        self, app_id: str, subject: str | None = None, resource: str | None = None
+    ) -> builtins.list[Grant]:
+        rows = await self.pool.fetch(
+            SELECT_LIVE
+            + " AND ($3::text IS NULL OR subject = $3) AND ($4::text IS NULL OR resource = $4)"
+            + ORDER,
+            app_id,
+            self._now_ms(),
+            subject,
+            resource,
+        )
+        return [grant_from_row(list(r)) for r in rows]
+
+    async def active(self, app_id: str) -> builtins.list[Grant]:
+        rows = await self.pool.fetch(SELECT_LIVE + ORDER, app_id, self._now_ms())
+        return [grant_from_row(list(r)) for r in rows]
+
+    async def delete(self, app_id: str, grant_id: str) -> Grant | None:
+        now = self._now_ms()
+        row = await self.pool.fetchrow(DELETE, app_id, grant_id, now)
+        await self._sweep_when_due(now)
+        return None if row is None else grant_from_row(list(row))
+
+    async def changes_since(self, app_id: str | None, since_ms: int) -> builtins.list[GrantChange]:
+        rows = await self.pool.fetch(CHANGES, since_ms, app_id)
+        return changes_from_rows((list(r) for r in rows), since_ms)
+
+    async def _sweep_when_due(self, now_ms: int) -> None:
+        if now_ms - self._swept_at >= SWEEP_EVERY_MS:
+            await self.sweep()
+
+    async def sweep(self) -> int:
+        self._swept_at = self._now_ms()
+        cutoff = self._swept_at - TOMBSTONE_KEEP_MS
+        status = await self.pool.execute(
+            "DELETE FROM parley_grants WHERE deleted_at < $1 OR expires_at < $1", cutoff
+        )
+        return int(status.split()[-1])
