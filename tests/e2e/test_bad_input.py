@@ -786,7 +786,7 @@ def test_healthz_readyz_and_metrics(launch: Launch, pool: ClientPool) -> None:
         r'^parley_errors_total\{app_id="[^"]*",code="4001"\} 1\.0$', text, re.MULTILINE
     ), text
     assert re.search(
-        r'^parley_errors_total\{app_id="4242",code="(None|null)"\} [1-9]', text, re.MULTILINE
+        r'^parley_errors_total\{app_id="4242",code="none"\} [1-9]', text, re.MULTILINE
     ), text
 
 
