@@ -5,19 +5,19 @@ from __future__ import annotations
 import asyncio
 import signal
 from dataclasses import dataclass
+from typing import Any
 
 from parley import __version__, logs
-from parley.backends.history import HistoryStore
-from parley.core.node import Node
-from parley.core.session import Session
 from parley.backends.grants import GrantStore
+from parley.backends.history import HistoryStore
 from parley.backends.users import UserStore
 from parley.core.access import Access
+from parley.core.node import Node
+from parley.core.session import Session
 from parley.http_api import builtin, ops, pusher
 from parley.http_api.routes import Router
 from parley.settings import Settings, describe
 from parley.transport.server import Server
-from typing import Any
 
 
 @dataclass

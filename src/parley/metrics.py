@@ -7,8 +7,8 @@ from collections.abc import Callable, Iterator
 from typing import Any
 
 from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
-from prometheus_client.registry import CollectorRegistry
 from prometheus_client.exposition import generate_latest
+from prometheus_client.registry import CollectorRegistry
 
 
 class Metrics:
@@ -19,7 +19,7 @@ class Metrics:
         self.errors: Counter[tuple[str, str]] = Counter()  # by (app id, code)
         self.http_requests: Counter[tuple[str, int]] = Counter()  # by (route, status)
         self.connections_total: Counter[str] = Counter()
-        self.gauges: Callable[[], dict[str, dict[str, int]]] = lambda: {}
+        self.gauges: Callable[[], dict[str, dict[str, int]]] = dict
 
     def render(self) -> bytes:
         registry = CollectorRegistry()

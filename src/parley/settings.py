@@ -125,7 +125,7 @@ class Settings:
         if self.activity_timeout_s <= 0:
             raise ConfigError("'activity_timeout_s' must be > 0 (pusher-js refuses 0)")
         if self.log_level not in ("debug", "info", "warning", "error"):
-            raise ConfigError(f"'log_level' must be debug, info, warning or error")
+            raise ConfigError("'log_level' must be debug, info, warning or error")
         if self.store not in ("memory", "sqlite", "postgres"):
             raise ConfigError("'store' must be memory, sqlite or postgres")
         if self.history_max_count < 1 or self.history_max_age_s <= 0 or self.recovery_limit < 0:

@@ -20,8 +20,10 @@ class Peer(Protocol):
     """What the hub needs of a session."""
 
     socket_id: str
-    user_id: str | None
     watchlist: tuple[str, ...]
+
+    @property
+    def user_id(self) -> str | None: ...
 
     def send(self, data: bytes) -> None: ...
 

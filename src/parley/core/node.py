@@ -15,13 +15,11 @@ from dataclasses import dataclass
 from functools import lru_cache
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
-from typing import Any
-
-from parley import logs
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
+from parley import logs
 from parley.auth.tokens import USER_ID_RE, Identity, TokenRejected, verify_token
 from parley.backends.history import Entry, HistoryStore, NewEntry, Retention
 from parley.core.hub import AppHub, CachedEvent, Channel, PresenceFull
@@ -34,7 +32,6 @@ from parley.protocol.codes import CloseCode
 from parley.protocol.connection import (
     ClientEvent,
     Close,
-    Command,
     Extension,
     PusherConnection,
     Reply,
@@ -216,7 +213,7 @@ class Node:
     def _signed_session(self, app: AppConfig, cookie: str) -> Identity:
         serializer = URLSafeTimedSerializer(app.session_secret, salt=app.session_salt)
         try:
-            payload = serializer.loads(cookie, max_age=app.session_max_age_s)
+            payload = serializer.loads(cookie, max_age=int(app.session_max_age_s))
         except SignatureExpired:
             raise ConnectionRefused(CloseCode.UNAUTHORIZED, "session expired") from None
         except BadSignature:
@@ -515,7 +512,8 @@ class Node:
         channel = hub.channels.get(name)
         if channel is None or session not in channel.subscribers:
             return
-        channel.subscribers[session] = held = []
+        held: list[tuple[int, bytes]] = []
+        channel.subscribers[session] = held
         try:
             entries = await self.history.since(
                 hub.app.id, name, offset, epoch, self.settings.recovery_limit
@@ -576,7 +574,7 @@ class Node:
             raise BadRequest("'direction' must be forward or backward")
         page = await self.history.read(
             app.id, name, after=number("after", None), before=number("before", None),
-            limit=limit, direction=direction,
+            limit=limit, direction="backward" if direction == "backward" else "forward",
         )
         events = []
         for entry in page.entries:

@@ -11,7 +11,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from picows import WSListener, WSMsgType, WSTransport, WSCloseCode
+from picows import WSCloseCode, WSListener, WSMsgType, WSTransport
 
 from parley import logs
 from parley.errors import ConnectionRefused
@@ -27,24 +27,24 @@ _TEXT = WSMsgType.TEXT
 _MAX_FRAME_PAYLOAD = 8192  # picows copies frames up to this size (see send)
 
 
-class Session(WSListener):  # type: ignore[misc]
+class Session(WSListener):
     __slots__ = (
-        "node",
-        "path",
-        "query",
+        "_fragments",
+        "_raw",
+        "closing",
+        "conn",
         "headers",
         "hub",
-        "conn",
-        "socket_id",
-        "watchlist",
-        "transport",
-        "_raw",
         "last_seen",
-        "pinged",
-        "closing",
+        "node",
         "opened_at",
-        "_fragments",
+        "path",
+        "pinged",
+        "query",
+        "socket_id",
         "token_expires_at",
+        "transport",
+        "watchlist",
     )
 
     def __init__(self, node: Node, path: str, query: str, headers: Any) -> None:

@@ -19,9 +19,9 @@ from parley.auth.signatures import channel_auth_string, token_problem, user_auth
 from parley.errors import ConnectionRefused, ParleyError, ProtocolError, RateLimited
 from parley.protocol import frames
 from parley.protocol.channels import (
+    USER_ID_RE,
     ChannelType,
     Kind,
-    USER_ID_RE,
     channel_name_problem,
     channel_type,
     server_to_user_id,
@@ -100,15 +100,15 @@ class PusherConnection:
     """The protocol state of one connection of one app."""
 
     __slots__ = (
+        "_max_frame_bytes",
+        "_tokens",
+        "_tokens_at",
         "app",
         "socket_id",
         "state",
         "subscriptions",
         "user_id",
         "user_info",
-        "_tokens",
-        "_tokens_at",
-        "_max_frame_bytes",
     )
 
     def __init__(self, app: AppConfig, socket_id: str, *, max_frame_bytes: int = 65536) -> None:

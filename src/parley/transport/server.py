@@ -15,7 +15,7 @@ from typing import Any
 
 import httptools
 from picows.api import _resolve_logger
-from picows.picows import WSAutoPingStrategy, WSListener, WSProtocol
+from picows.picows import WSAutoPingStrategy, WSListener, WSProtocol  # type: ignore[attr-defined]
 
 MAX_HEAD_BYTES = 16 * 1024
 
