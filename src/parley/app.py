@@ -70,6 +70,7 @@ async def start(settings: Settings) -> Running:
     await users.start()
     await grants.start()
     node = Node(settings, history)
+    await node.load_jwks()
     node.access = Access(node, grants, users)
     await node.access.start()
     router = Router(node)

@@ -45,6 +45,7 @@ class AppConfig:
     # Handshake JWTs: HS256 with `secret`, or RS256/ES256/EdDSA with these PEM files
     # (comma-separated paths); `aud` must be jwt_audience (default: the app key).
     jwt_public_keys: str = ""
+    jwt_jwks: str = ""  # a JWKS file path or http(s) URL (fetched at start, then every 5 min)
     jwt_issuer: str = ""
     jwt_audience: str = ""
     # "pusher": the app's own backend signs channel auth (Pusher's model). "builtin": Parley

@@ -65,6 +65,7 @@ def test_identified_connection_is_stamped_and_reachable_as_that_user(srv: Parley
     ("make", "reason"),
     [
         (lambda s: token(s, ttl=-5), "expired"),
+        (lambda s: token(s, nbf=int(time.time()) + 600), "not valid yet"),
         (lambda s: token(s, aud="someone-else"), "audience"),
         (lambda s: jwt.encode({"sub": "a", "aud": s.key, "exp": int(time.time()) + 60}, "another-secret-0123456789abcdef-xyz", algorithm="HS256"), "signature"),
         (lambda s: jwt.encode({"sub": "a", "aud": s.key, "exp": int(time.time()) + 60}, None, algorithm="none"), "not accepted"),
@@ -74,8 +75,13 @@ def test_identified_connection_is_stamped_and_reachable_as_that_user(srv: Parley
 def test_bad_tokens_are_refused_with_4009_and_a_reason(srv: ParleyServer, make, reason: str) -> None:  # type: ignore[no-untyped-def]
     bad = make(srv)
     base = f"ws://{srv.host}:{srv.port}"
-    for url in (f"{srv.ws_url}&token={bad}", f"{base}/token/{bad}/app/{srv.key}?protocol=7"):
-        with RawClient(url, established=False) as client:
+    forms = [
+        (f"{srv.ws_url}&token={bad}", {}),
+        (f"{base}/token/{bad}/app/{srv.key}?protocol=7", {}),
+        (srv.ws_url, {"additional_headers": {"Authorization": f"Bearer {bad}"}}),
+    ]
+    for url, extra in forms:
+        with RawClient(url, established=False, **extra) as client:
             error = client.expect_error(4009)
             assert reason in error["message"]
             code, close_reason = client.expect_close()
@@ -95,3 +101,68 @@ def test_token_expiring_while_connected_ends_the_connection_unless_refreshed(srv
         assert error["message"] == "token expired"
         assert lapsed.expect_close()[0] == 4009
         refreshed.ping()  # still connected after the other one's token ran out
+
+
+def _hs256_with(claims: dict, secret: str) -> str:  # type: ignore[type-arg]
+    """An HS256 token keyed with `secret` by hand (PyJWT refuses key material that looks
+    public, which is exactly the algorithm-confusion attack)."""
+    import base64
+    import hashlib
+    import hmac
+
+    def b64(raw: bytes) -> str:
+        return base64.urlsafe_b64encode(raw).rstrip(b"=").decode()
+
+    head = b64(json.dumps({"alg": "HS256", "typ": "JWT", "kid": "k1"}).encode())
+    body = b64(json.dumps(claims).encode())
+    sig = hmac.new(secret.encode(), f"{head}.{body}".encode(), hashlib.sha256).digest()
+    return f"{head}.{body}.{b64(sig)}"
+
+
+def _ec_jwks(kid: str) -> tuple[object, str]:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    key = ec.generate_private_key(ec.SECP256R1())
+    jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(key.public_key()))
+    jwk.update(kid=kid, use="sig", alg="ES256")
+    return key, json.dumps({"keys": [jwk]})
+
+
+@pytest.mark.parametrize("source", ["file", "url"])
+def test_asymmetric_tokens_verified_with_a_jwks(source: str, tmp_path) -> None:  # type: ignore[no-untyped-def]
+    import threading
+    from http.server import BaseHTTPRequestHandler, HTTPServer
+
+    key, jwks = _ec_jwks("k1")
+
+    class Serve(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:  # noqa: N802
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.end_headers()
+            self.wfile.write(jwks.encode())
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    http = HTTPServer(("127.0.0.1", 0), Serve)
+    threading.Thread(target=http.serve_forever, daemon=True).start()
+    path = tmp_path / "jwks.json"
+    path.write_text(jwks)
+    where = str(path) if source == "file" else f"http://127.0.0.1:{http.server_port}/jwks.json"
+    try:
+        with ParleyServer(secret=SECRET, env={"PARLEY_APP_JWT_JWKS": where}) as server:
+            claims = {"sub": "erin", "aud": server.key, "exp": int(time.time()) + 60}
+            good = jwt.encode(claims, key, algorithm="ES256", headers={"kid": "k1"})
+            with RawClient(f"{server.ws_url}&token={good}") as client:
+                assert established_user(client) == "erin"
+            other, _ = _ec_jwks("k1")
+            forged = jwt.encode(claims, other, algorithm="ES256", headers={"kid": "k1"})
+            unknown = jwt.encode(claims, key, algorithm="ES256", headers={"kid": "k9"})
+            confused = _hs256_with(claims, jwks)  # the published key used as an HMAC secret
+            for bad, reason in [(forged, "signature"), (unknown, "key id"), (confused, "signature")]:
+                with RawClient(f"{server.ws_url}&token={bad}", established=False) as refused:
+                    assert reason in refused.expect_error(4009)["message"]
+    finally:
+        http.shutdown()
+        http.server_close()

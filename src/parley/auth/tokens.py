@@ -1,7 +1,7 @@
 """Verifying the JWT a client presents at the handshake (pure: no I/O, the clock is an argument).
 
 HS256 is keyed with the app secret; RS256, ES256 and EdDSA use the app's configured public keys
-(PEM). Only the algorithms that match the configured keys are accepted, so `alg: none` and
+(PEM, or keys of a JWKS). Only the algorithms that match the configured keys are accepted, so `alg: none` and
 algorithm confusion (an HS256 token "signed" with a public key) are refused.
 """
 
@@ -33,7 +33,7 @@ def verify_token(
     *,
     secret: str,
     audience: str,
-    public_keys: tuple[str, ...] = (),
+    public_keys: tuple[Any, ...] = (),
     issuer: str | None = None,
     now: float,
     leeway_s: float = 0,
@@ -46,7 +46,13 @@ def verify_token(
     if alg == "HS256":
         keys: tuple[Any, ...] = (secret,)
     elif alg in ASYMMETRIC and public_keys:
-        keys = public_keys
+        kid = header.get("kid")
+        keys = tuple(
+            k for k in public_keys
+            if not isinstance(k, jwt.PyJWK) or kid is None or k.key_id in (None, kid)
+        )
+        if not keys:
+            raise TokenRejected(f"token key id {kid!r} is not among the app's keys")
     else:
         raise TokenRejected(f"token algorithm {alg!r} is not accepted")
     claims: dict[str, Any] | None = None

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import urllib.request
 import secrets
 import time
 from dataclasses import dataclass
@@ -17,6 +18,7 @@ from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import jwt
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from parley import logs
@@ -45,6 +47,14 @@ if TYPE_CHECKING:
     from parley.core.access import Access
 
 SUPPORTED_PROTOCOLS = range(5, 8)
+JWKS_REFRESH_S = 300.0
+
+
+def _read_jwks(source: str) -> str:
+    if source.startswith(("http://", "https://")):
+        with urllib.request.urlopen(source, timeout=10) as reply:  # noqa: S310 (configured URL)
+            return reply.read().decode()  # type: ignore[no-any-return]
+    return Path(source).read_text()
 SUBSCRIPTION_COUNT_THROTTLE_S = 5.0
 
 
@@ -84,6 +94,8 @@ class Node:
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self._key_cache: dict[str, tuple[str, ...]] = {}
+        self._jwks: dict[str, tuple[Any, ...]] = {}
+        self._jwks_task: asyncio.Task[None] | None = None
         self.access: Access | None = None  # set by the composition root
 
     @property
@@ -278,13 +290,33 @@ class Node:
         except TokenRejected as exc:
             raise ConnectionRefused(CloseCode.UNAUTHORIZED, str(exc)) from None
 
-    def _public_keys(self, app: AppConfig) -> tuple[str, ...]:
+    def _public_keys(self, app: AppConfig) -> tuple[Any, ...]:
         cached = self._key_cache.get(app.id)
         if cached is None:
             paths = [p.strip() for p in app.jwt_public_keys.split(",") if p.strip()]
             cached = tuple(Path(p).read_text() for p in paths)
             self._key_cache[app.id] = cached
-        return cached
+        return cached + self._jwks.get(app.id, ())
+
+    async def load_jwks(self) -> None:
+        """Read every app's JWKS (file or URL); a failure keeps the keys already known."""
+        for hub in self.hubs.values():
+            source = hub.app.jwt_jwks
+            if not source:
+                continue
+            try:
+                text = await asyncio.to_thread(_read_jwks, source)
+                keys = tuple(jwt.PyJWKSet.from_json(text).keys)
+            except (OSError, ValueError, jwt.PyJWTError) as exc:
+                logs.warning("jwks not loaded", app_id=hub.app.id, source=source, error=str(exc))
+                continue
+            self._jwks[hub.app.id] = keys
+            logs.info("jwks loaded", app_id=hub.app.id, keys=len(keys))
+
+    async def _refresh_jwks(self) -> None:
+        while True:
+            await asyncio.sleep(JWKS_REFRESH_S)
+            await self.load_jwks()
 
     def _refresh(self, session: Session, hub: AppHub, conn: PusherConnection, data: dict[str, Any]) -> None:
         token = data.get("token")
@@ -656,6 +688,8 @@ class Node:
 
     def start(self) -> None:
         self._sweeper = self.loop.create_task(self._sweep_idle())
+        if any(hub.app.jwt_jwks.startswith(("http://", "https://")) for hub in self.hubs.values()):
+            self._jwks_task = self.loop.create_task(self._refresh_jwks())
         for hub in self.hubs.values():
             self.loop.call_later(60, self._expire_cache, hub)
 
@@ -705,8 +739,9 @@ class Node:
     async def shutdown(self) -> None:
         """Drain: every connection is closed with 4200 so clients reconnect elsewhere at once."""
         self.draining = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        for background in (self._sweeper, self._jwks_task):
+            if background is not None:
+                background.cancel()
         sessions = [s for hub in self.hubs.values() for s in hub.sessions.values()]
         for session in sessions:
             session.send(frames.error_frame(CloseCode.RECONNECT, "Server is shutting down, reconnect"))
