@@ -196,6 +196,26 @@ async def test_unwritten_channel_has_offset_zero_and_a_stable_epoch(
     assert await store.since(app, "quiet", 0, epoch, 10) == [first]
 
 
+async def test_append_many_is_appends_in_order_with_one_await(
+    store: HistoryStore, backend: Backend
+) -> None:
+    app = backend.app_id
+    await fill(store, app, "x", 2)
+    items = [
+        (app, "x", msg(3), Retention()),
+        (app, "y", msg(1), Retention()),
+        (app, "x", msg(4, idempotency_key="k"), Retention()),
+        (app, "x", msg(4, idempotency_key="k"), Retention()),
+        (app, "y", msg(2), Retention()),
+    ]
+    entries = await store.append_many(items)
+    assert [(e.offset, e.data["i"]) for e in entries] == [(3, 3), (1, 1), (4, 4), (4, 4), (2, 2)]
+    assert [e.duplicate for e in entries] == [False, False, False, True, False]
+    assert len({e.id for e in entries[:3]} | {entries[4].id}) == 4
+    assert [e.offset for e in await read_all(store, app, "x")] == [1, 2, 3, 4]
+    assert [e.offset for e in await read_all(store, app, "y")] == [1, 2]
+
+
 async def test_channels_and_apps_are_independent(store: HistoryStore, backend: Backend) -> None:
     app, other_app = backend.app_id, backend.app_id + "-other"
     try:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 
 from parley.backends.history import (
@@ -73,6 +73,11 @@ class MemoryHistoryStore(HistoryStore):
             state.entries.popleft()
             dropped += 1
         return dropped
+
+    async def append_many(
+        self, items: Sequence[tuple[str, str, NewEntry, Retention]]
+    ) -> list[Entry]:
+        return [await self.append(*item) for item in items]  # never suspends: no tasks needed
 
     async def append(
         self, app_id: str, channel: str, entry: NewEntry, retention: Retention

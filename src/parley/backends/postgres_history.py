@@ -236,6 +236,16 @@ class PostgresHistoryStore(HistoryStore):
         pending = PendingAppend.stamp(app_id, channel, entry, retention, self._now_ms())
         return await self._commits.submit(pending)
 
+    async def append_many(
+        self, items: Sequence[tuple[str, str, NewEntry, Retention]]
+    ) -> list[Entry]:
+        if self._commits is None:
+            raise RuntimeError("history store is not running")
+        now_ms = self._now_ms()
+        return await self._commits.submit_many(
+            [PendingAppend.stamp(a, c, e, r, now_ms) for a, c, e, r in items]
+        )
+
     async def _commit(self, items: list[PendingAppend]) -> list[Entry]:
         for attempt in range(1, 6):
             try:

@@ -18,7 +18,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -223,6 +223,16 @@ class SqliteHistoryStore(HistoryStore):
             raise RuntimeError("history store is not running")
         pending = PendingAppend.stamp(app_id, channel, entry, retention, self._now_ms())
         return await self._commits.submit(pending)
+
+    async def append_many(
+        self, items: Sequence[tuple[str, str, NewEntry, Retention]]
+    ) -> list[Entry]:
+        if self._commits is None:
+            raise RuntimeError("history store is not running")
+        now_ms = self._now_ms()
+        return await self._commits.submit_many(
+            [PendingAppend.stamp(a, c, e, r, now_ms) for a, c, e, r in items]
+        )
 
     async def _commit(self, items: list[PendingAppend]) -> list[Entry]:
         return await self._write(partial(self._write_batch, items))

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import urllib.request
-import secrets
+import os
 import time
+import urllib.request
 from dataclasses import dataclass
 from functools import lru_cache
 from http.cookies import CookieError, SimpleCookie
@@ -50,9 +50,14 @@ SUPPORTED_PROTOCOLS = range(5, 8)
 JWKS_REFRESH_S = 300.0
 
 
+def new_socket_id() -> str:
+    """Two CSPRNG integers below 10^10 joined by a dot, from one system call."""
+    raw = int.from_bytes(os.urandom(10), "big")
+    return f"{(raw >> 40) % 10**10}.{(raw & (2**40 - 1)) % 10**10}"
+
 def _read_jwks(source: str) -> str:
     if source.startswith(("http://", "https://")):
-        with urllib.request.urlopen(source, timeout=10) as reply:  # noqa: S310 (configured URL)
+        with urllib.request.urlopen(source, timeout=10) as reply:
             return reply.read().decode()  # type: ignore[no-any-return]
     return Path(source).read_text()
 SUBSCRIPTION_COUNT_THROTTLE_S = 5.0
@@ -93,6 +98,8 @@ class Node:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
+        self._outbox: list[tuple[Any, ...]] = []
+        self._pump: asyncio.Task[None] | None = None
         self._key_cache: dict[str, tuple[str, ...]] = {}
         self._jwks: dict[str, tuple[Any, ...]] = {}
         self._jwks_task: asyncio.Task[None] | None = None
@@ -147,9 +154,9 @@ class Node:
         cookie = None if identity is not None else self._session_cookie(app, session)
         if cookie is not None and app.session_secret:
             identity = self._signed_session(app, cookie)
-        socket_id = f"{secrets.randbelow(10**10)}.{secrets.randbelow(10**10)}"
+        socket_id = new_socket_id()
         while socket_id in hub.sessions:
-            socket_id = f"{secrets.randbelow(10**10)}.{secrets.randbelow(10**10)}"
+            socket_id = new_socket_id()
         session.socket_id = socket_id
         session.hub = hub
         session.conn = PusherConnection(app, socket_id, max_frame_bytes=self.settings.max_frame_bytes)
@@ -190,7 +197,9 @@ class Node:
                 hub.notify_watchers(identity.user_id, online=True)
             extra["user_id"] = identity.user_id
         session.send(session.conn.establish(self.settings.activity_timeout_s, **extra))
-        logs.info(
+        # Per-connection lines are debug: at thousands of connections a second they would be
+        # the server's main work. Refusals, sign-ins and errors stay at info and above.
+        logs.debug(
             "connection opened",
             app_id=hub.app.id,
             socket_id=session.socket_id,
@@ -342,7 +351,7 @@ class Node:
             self._unsubscribe(session, hub, command)
         if hub.sign_out(session):
             hub.notify_watchers(conn.user_id or "", online=False)
-        logs.info("connection closed", app_id=hub.app.id, socket_id=session.socket_id)
+        logs.debug("connection closed", app_id=hub.app.id, socket_id=session.socket_id)
 
     def receive(self, session: Session, text: bytes, now: float) -> None:
         hub, conn = session.hub, session.conn
@@ -354,7 +363,7 @@ class Node:
                     self._count_error_frame(session, command.frame)
                 session.send(command.frame)
             elif type(command) is ClientEvent:
-                self._spawn(self._client_event(session, hub, command))
+                self._client_event(session, hub, command)
             elif type(command) is Subscribe:
                 self._subscribe(session, hub, conn, command)
             elif type(command) is Unsubscribe:
@@ -450,7 +459,7 @@ class Node:
             exc = task.exception()
             logs.logger.error("background task failed", exc_info=exc)
 
-    async def _client_event(self, session: Session, hub: AppHub, command: ClientEvent) -> None:
+    def _client_event(self, session: Session, hub: AppHub, command: ClientEvent) -> None:
         if self.access is not None:
             problem = self.access.write_problem(hub.app, session.user_id, command.channel)
             if problem is not None:
@@ -463,31 +472,62 @@ class Node:
             else {"type": "connection", "socket_id": session.socket_id}
         )
         new = NewEntry(command.event, command.data, publisher, command.user_id)
-        await self._fan_out(hub, command.channel, new, session)
+        self._fan_out(hub, command.channel, new, session)
 
-    async def _fan_out(
-        self, hub: AppHub, name: str, new: NewEntry, exclude: Any = None, cache: bool = False
-    ) -> int:
-        """Append to the channel's history (when it keeps one), then deliver the same bytes to
-        every subscriber: nothing is delivered that is not durable in history."""
-        retention = self.retention(name)
-        if retention is None:
-            data = frames.frame(
-                new.event, new.data, name, user_id=new.user_id, parley={"publisher": new.publisher}
-            )
-            offset = 0
-        else:
-            entry = await self.history.append(hub.app.id, name, new, retention)
-            if entry.duplicate:
-                return 0
-            data, offset = entry_frame(name, entry), entry.offset
-        if cache:
-            hub.cache[name] = CachedEvent(
-                data, new.event, new.data, time.monotonic() + hub.app.cache_ttl_s
-            )
-        sent = hub.broadcast(name, data, exclude, offset)
-        self.metrics.messages_out[hub.app.id] += sent
-        return sent
+    def _fan_out(
+        self, hub: AppHub, name: str, new: NewEntry, exclude: Any = None, cache: bool = False,
+        done: asyncio.Future[None] | None = None,
+    ) -> None:
+        """Queue an event for `name`: it is appended to the channel's history (when it keeps
+        one) and then the same bytes go to every subscriber, so nothing is delivered that is
+        not durable. One pump serves the queue in order, a batch per commit; `done` resolves
+        once this event is delivered."""
+        self._outbox.append((hub, name, new, exclude, cache, self.retention(name), done))
+        if self._pump is None:
+            self._pump = self.loop.create_task(self._pump_outbox())
+
+    async def _pump_outbox(self) -> None:
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                appends = [
+                    (hub.app.id, name, new, retention)
+                    for hub, name, new, _, _, retention, _ in batch
+                    if retention is not None
+                ]
+                try:
+                    stored = iter(await self.history.append_many(appends) if appends else ())
+                except Exception as exc:
+                    logs.error("history append failed: events not delivered", events=len(batch))
+                    for *_, done in batch:
+                        if done is not None and not done.done():
+                            done.set_exception(exc)
+                    continue
+                for hub, name, new, exclude, cache, retention, done in batch:
+                    if retention is None:
+                        data = frames.frame(
+                            new.event, new.data, name, user_id=new.user_id,
+                            parley={"publisher": new.publisher},
+                        )
+                        offset = 0
+                    else:
+                        entry = next(stored)
+                        if entry.duplicate:
+                            data = b""
+                        else:
+                            data, offset = entry_frame(name, entry), entry.offset
+                    if data:
+                        if cache:
+                            hub.cache[name] = CachedEvent(
+                                data, new.event, new.data, time.monotonic() + hub.app.cache_ttl_s
+                            )
+                        self.metrics.messages_out[hub.app.id] += hub.broadcast(
+                            name, data, exclude, offset
+                        )
+                    if done is not None and not done.done():
+                        done.set_result(None)
+        finally:
+            self._pump = None
 
     def _retention(self, name: str) -> Retention | None:
         """How long `name` keeps history, or None when it keeps none."""
@@ -647,16 +687,24 @@ class Node:
         exclude = hub.sessions.get(socket_id) if socket_id else None
         publisher = {"type": "server", "app_id": app.id}
         new = NewEntry(event, data, publisher, None, idempotency_key)
-        jobs = []
+        queued = []
         for name in channels:
             user_id = server_to_user_id(name)
             if user_id is not None:
                 encoded = frames.frame(event, data, name, parley={"publisher": publisher})
                 self.metrics.messages_out[app.id] += hub.send_to_user(user_id, encoded, exclude)
-                continue
-            jobs.append(self._fan_out(hub, name, new, exclude, cache=channel_type(name).cache))
-        await asyncio.gather(*jobs)
+            else:
+                queued.append(name)
         self.metrics.api_events[app.id] += 1
+        if not queued:
+            return
+        # All of one publish join the same batch (nothing yields in between), which is served
+        # in order: once the last is delivered, all are; a failed batch fails the last.
+        last: asyncio.Future[None] = self.loop.create_future()
+        for name in queued:
+            done = last if name is queued[-1] else None
+            self._fan_out(hub, name, new, exclude, channel_type(name).cache, done)
+        await last
 
     async def delete_history(self, app: AppConfig, name: str) -> str:
         epoch = await self.history.delete(app.id, name)
@@ -749,8 +797,9 @@ class Node:
         deadline = time.monotonic() + self.settings.shutdown_grace_s
         while any(hub.sessions for hub in self.hubs.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        if self._tasks:
-            await asyncio.wait(list(self._tasks), timeout=self.settings.shutdown_grace_s)
+        pending = [t for t in (*self._tasks, self._pump) if t is not None]
+        if pending:
+            await asyncio.wait(pending, timeout=self.settings.shutdown_grace_s)
         await self.history.close()
         logs.info("drained", connections=len(sessions))
 
