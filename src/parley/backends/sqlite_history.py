@@ -57,6 +57,10 @@ CREATE TABLE IF NOT EXISTS parley_history_channels (
     PRIMARY KEY (app_id, channel)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS parley_history_entries (
+    -- Rows in append order: a commit of entries for many channels writes a few sequential
+    -- pages instead of one page per channel (the WAL writes whole pages); the unique index
+    -- below, with small keys, finds a channel's entries.
+    row        INTEGER PRIMARY KEY,
     app_id     TEXT NOT NULL,
     channel    TEXT NOT NULL,
     seq        INTEGER NOT NULL,  -- the entry's offset
@@ -66,9 +70,10 @@ CREATE TABLE IF NOT EXISTS parley_history_entries (
     event      TEXT NOT NULL,
     data       TEXT NOT NULL,     -- JSON
     publisher  TEXT NOT NULL,     -- JSON
-    user_id    TEXT,
-    PRIMARY KEY (app_id, channel, seq)
-) WITHOUT ROWID;
+    user_id    TEXT
+);
+CREATE UNIQUE INDEX IF NOT EXISTS parley_history_entries_position
+    ON parley_history_entries (app_id, channel, seq);
 CREATE INDEX IF NOT EXISTS parley_history_entries_expires
     ON parley_history_entries (expires_ms);
 CREATE TABLE IF NOT EXISTS parley_history_keys (
@@ -91,8 +96,8 @@ CREATE INDEX IF NOT EXISTS parley_history_keys_ts ON parley_history_keys (ts);
 ENTRY_COLUMNS = "seq, ts, id, event, data, publisher, user_id"
 SWEEP_CHUNK = 5000
 SWEEP_ENTRIES = """
-DELETE FROM parley_history_entries WHERE (app_id, channel, seq) IN
-    (SELECT app_id, channel, seq FROM parley_history_entries WHERE expires_ms < ? LIMIT ?)
+DELETE FROM parley_history_entries WHERE row IN
+    (SELECT row FROM parley_history_entries WHERE expires_ms < ? LIMIT ?)
 """
 SWEEP_KEYS = """
 DELETE FROM parley_history_keys WHERE rowid IN
@@ -144,6 +149,8 @@ class SqliteHistoryStore(HistoryStore):
         self._local = threading.local()
         self._commits: GroupCommit[PendingAppend, Entry] | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        self._cursors: dict[ChannelKey, tuple[str, int]] = {}  # writer thread only
+        self._cursor_version = -1
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -241,13 +248,31 @@ class SqliteHistoryStore(HistoryStore):
         """In the writer thread: one transaction for the whole batch."""
         conn = self._wconn
         assert conn is not None
+        try:
+            return self._write_batch_in(conn, items)
+        except BaseException:
+            self._cursors.clear()
+            raise
+
+    def _write_batch_in(self, conn: sqlite3.Connection, items: list[PendingAppend]) -> list[Entry]:
         with _transaction(conn, "BEGIN IMMEDIATE"):
+            # Channel positions are cached between batches; another connection's commit
+            # (another process on this file) bumps data_version and empties the cache.
+            version = conn.execute("PRAGMA data_version").fetchone()[0]
+            if version != self._cursor_version or len(self._cursors) > 100_000:
+                self._cursors.clear()
+                self._cursor_version = version
             channels: dict[ChannelKey, ChannelCursor] = {}
             firsts: dict[IdempotencyKey, Entry] = {}
             for item in items:
                 where = (item.app_id, item.channel)
                 if where not in channels:
-                    channels[where] = self._channel_for_write(conn, *where)
+                    cached = self._cursors.get(where)
+                    channels[where] = (
+                        ChannelCursor(*cached)
+                        if cached is not None
+                        else self._channel_for_write(conn, *where)
+                    )
                 key = item.entry.idempotency_key
                 if key is not None and (*where, key) not in firsts:
                     first = self._first_with_key(conn, *where, key)
@@ -280,6 +305,8 @@ class SqliteHistoryStore(HistoryStore):
                         " WHERE app_id = ? AND channel = ? AND seq <= ?",
                         (app_id, channel, cursor.last - max_count),
                     )
+        for where, cursor in channels.items():
+            self._cursors[where] = (cursor.epoch, cursor.last)
         return plan.results
 
     def _channel_for_write(
@@ -358,6 +385,7 @@ class SqliteHistoryStore(HistoryStore):
                 conn.execute(
                     f"DELETE FROM {table} WHERE app_id = ? AND channel = ?", (app_id, channel)
                 )
+        self._cursors[(app_id, channel)] = (epoch, 0)
         return epoch
 
     # -- reads -------------------------------------------------------------------------------
