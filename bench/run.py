@@ -1,0 +1,615 @@
+#!/usr/bin/env python3
+"""Benchmark runner: Parley against soketi, python-socketio, websockets and picows.
+
+Every server under test is started here, pinned to core 0 (``taskset -c 0``) in its
+own process group, and killed (whole group) after each run, even on error. The load
+generator (bench/loadgen.py) runs pinned to core 1. Scenarios and peers alternate
+within each repeat; the table gives medians over repeats with min-max, and the
+Parley/peer ratio per repeat (median, min-max).
+
+    python bench/run.py --smoke
+    python bench/run.py --scenario fanout --subscribers 1000 --repeats 3 \
+        --peers parley,soketi,socketio,websockets,picows
+    python bench/run.py --scenario all --repeats 3
+
+See bench/README.md.
+"""
+from __future__ import annotations
+
+import argparse
+import atexit
+import datetime as _dt
+import json
+import os
+import platform
+import resource
+import shutil
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+BENCH = Path(__file__).resolve().parent
+ROOT = BENCH.parent
+VENV_BIN = Path(os.environ.get("PARLEY_BENCH_VENV", ROOT / ".venv")) / "bin"
+PY = str(VENV_BIN / "python") if (VENV_BIN / "python").exists() else sys.executable
+SERVER_CORE = os.environ.get("BENCH_SERVER_CORE", "0")
+LOADGEN_CORE = os.environ.get("BENCH_LOADGEN_CORE", "1")
+
+APP_ID, APP_KEY, APP_SECRET = "1", "benchkey", "benchsecret"
+
+# --------------------------------------------------------------------------- peers
+
+
+@dataclass
+class Peer:
+    name: str
+    proto: str                       # pusher | socketio | raw
+    port: int
+    cmd: list[str]
+    env: dict = field(default_factory=dict)
+    ready_line: str | None = None    # wait for this on stdout (else: wait for the port)
+    cwd: Path = BENCH
+    extra_ports: tuple = ()          # other TCP ports it binds (checked free first)
+
+    def available(self) -> str | None:
+        """None if it can be started, else why not."""
+        exe = self.cmd[0]
+        if not (Path(exe).exists() or shutil.which(exe)):
+            return "%s not found" % exe
+        if self.name == "soketi" and not (BENCH / "node_modules/@soketi/soketi").exists():
+            return "bench/node_modules missing: run `npm ci --prefix bench`"
+        return None
+
+
+PARLEY_CMD = [str(VENV_BIN / "parley"), "serve"]
+
+
+def make_peers(scenario: str) -> dict[str, Peer]:
+    soketi_env = {
+        "SOKETI_HOST": "127.0.0.1",
+        "SOKETI_PORT": "6101",
+        "SOKETI_METRICS_HOST": "127.0.0.1",
+        "SOKETI_METRICS_SERVER_PORT": "9611",
+        "SOKETI_CLUSTER_HOST": "127.0.0.1",
+        "SOKETI_CLUSTER_PORT": "11102",
+        "SOKETI_CLUSTER_UNICAST_ADDRESSES": '["127.0.0.1"]',
+        "SOKETI_CLUSTER_BROADCAST_ADDRESS": "127.255.255.255",
+        "SOKETI_DEFAULT_APP_ID": APP_ID,
+        "SOKETI_DEFAULT_APP_KEY": APP_KEY,
+        "SOKETI_DEFAULT_APP_SECRET": APP_SECRET,
+        "SOKETI_DEFAULT_APP_ENABLE_CLIENT_MESSAGES": "true",
+        # the names soketi 1.6.1 really reads (src/cli/cli.ts): *_PER_SEC, not *_PER_SECOND
+        "SOKETI_DEFAULT_APP_MAX_CLIENT_EVENTS_PER_SEC": "-1",
+        "SOKETI_DEFAULT_APP_MAX_BACKEND_EVENTS_PER_SEC": "-1",
+        "SOKETI_DEFAULT_APP_MAX_READ_REQ_PER_SEC": "-1",
+        "SOKETI_DEFAULT_APP_MAX_CONNS": "-1",
+        "SOKETI_DEBUG": "false",
+    }
+    if scenario == "chat":
+        # soketi ignores pusher:signin unless user authentication is on for the app;
+        # only the chat scenario signs in (others would be cut off after 30 s unsigned).
+        soketi_env["SOKETI_DEFAULT_APP_USER_AUTHENTICATION"] = "true"
+    peers = [
+        Peer("parley", "pusher", 6001,
+             [*PARLEY_CMD, "--host", "127.0.0.1", "--port", "6001"],
+             {"PARLEY_APP_ID": APP_ID, "PARLEY_APP_KEY": APP_KEY, "PARLEY_APP_SECRET": APP_SECRET,
+              "PARLEY_APP_CLIENT_EVENTS": "true", "PARLEY_APP_CLIENT_EVENT_RATE": "0"},
+             ready_line="listening on 127.0.0.1:6001"),
+        # opt-in: Parley with history/state in memory instead of SQLite under the data dir,
+        # to show what durability costs (not part of the default peer list)
+        Peer("parley-mem", "pusher", 6011,
+             [*PARLEY_CMD, "--host", "127.0.0.1", "--port", "6011"],
+             {"PARLEY_APP_ID": APP_ID, "PARLEY_APP_KEY": APP_KEY, "PARLEY_APP_SECRET": APP_SECRET,
+              "PARLEY_APP_CLIENT_EVENTS": "true", "PARLEY_APP_CLIENT_EVENT_RATE": "0", "PARLEY_STORE": "memory"},
+             ready_line="listening on 127.0.0.1:6011"),
+        Peer("soketi", "pusher", 6101,
+             ["node", str(BENCH / "node_modules/@soketi/soketi/bin/server.js"), "start",
+              "--config=" + str(BENCH / "peers/soketi.json")],
+             soketi_env, extra_ports=(9611,)),
+        Peer("socketio", "socketio", 6401, [PY, str(BENCH / "peers/socketio_server.py"), "--port", "6401"]),
+        Peer("websockets", "raw", 6301, [PY, str(BENCH / "peers/websockets_server.py"), "--port", "6301"]),
+        Peer("picows", "raw", 6201, [PY, str(BENCH / "peers/picows_server.py"), "--port", "6201"]),
+    ]
+    return {p.name: p for p in peers}
+
+
+# --------------------------------------------------------------------------- process control
+
+RUNNING: dict[int, subprocess.Popen] = {}   # pgid -> process
+
+
+def kill_group(pgid: int, grace: float = 3.0) -> None:
+    proc = RUNNING.pop(pgid, None)
+    for sig, wait in ((signal.SIGTERM, grace), (signal.SIGKILL, 2.0)):
+        try:
+            os.killpg(pgid, sig)
+        except ProcessLookupError:
+            break
+        t_end = time.monotonic() + wait
+        while time.monotonic() < t_end:
+            if proc is not None and proc.poll() is None:
+                time.sleep(0.05)
+                continue
+            try:
+                os.killpg(pgid, 0)          # anyone left in the group?
+            except ProcessLookupError:
+                return
+            time.sleep(0.05)
+    if proc is not None:
+        try:
+            proc.wait(timeout=1)
+        except subprocess.TimeoutExpired:
+            pass
+
+
+def kill_all() -> None:
+    for pgid in list(RUNNING):
+        kill_group(pgid, grace=1.0)
+
+
+def _on_signal(signum, frame):
+    kill_all()
+    sys.exit(128 + signum)
+
+
+atexit.register(kill_all)
+signal.signal(signal.SIGTERM, _on_signal)
+signal.signal(signal.SIGINT, _on_signal)
+signal.signal(signal.SIGHUP, _on_signal)
+
+
+def raise_nofile() -> None:
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    if soft < hard:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
+
+
+def port_free(port: int) -> bool:
+    s = socket.socket()
+    try:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        s.bind(("127.0.0.1", port))
+        return True
+    except OSError:
+        return False
+    finally:
+        s.close()
+
+
+def port_open(port: int) -> bool:
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+class Server:
+    """A peer started pinned to SERVER_CORE in its own process group."""
+
+    def __init__(self, peer: Peer, logdir: Path):
+        self.peer = peer
+        self.logdir = logdir
+        self.proc: subprocess.Popen | None = None
+        self.tmp: str | None = None
+        self.log_path = logdir / ("%s.log" % peer.name)
+
+    def start(self, timeout: float = 30.0) -> None:
+        p = self.peer
+        for port in (p.port, *p.extra_ports):
+            t_end = time.monotonic() + 10
+            while not port_free(port):
+                if time.monotonic() > t_end:
+                    raise RuntimeError("port %d is busy; another server is running?" % port)
+                time.sleep(0.2)
+        env = dict(os.environ)
+        env.update(p.env)
+        if p.name.startswith("parley"):
+            self.tmp = tempfile.mkdtemp(prefix="parley-bench-")
+            env["PARLEY_DATA_DIR"] = self.tmp
+        env["PYTHONUNBUFFERED"] = "1"
+        cmd = ["taskset", "-c", SERVER_CORE, *p.cmd]
+        self.logf = open(self.log_path, "ab")
+        self.logf.write(("\n==== %s %s\n" % (_dt.datetime.now().isoformat(timespec="seconds"), " ".join(cmd))).encode())
+        self.logf.flush()
+        self.proc = subprocess.Popen(cmd, cwd=p.cwd, env=env, stdin=subprocess.DEVNULL,
+                                     stdout=self.logf, stderr=subprocess.STDOUT,
+                                     start_new_session=True, preexec_fn=raise_nofile)
+        RUNNING[self.proc.pid] = self.proc
+        t_end = time.monotonic() + timeout
+        while True:
+            if self.proc.poll() is not None:
+                raise RuntimeError("%s exited with %s during start-up; see %s" % (p.name, self.proc.returncode, self.log_path))
+            if p.ready_line:
+                with open(self.log_path, "rb") as f:
+                    f.seek(max(0, os.path.getsize(self.log_path) - 65536))
+                    if p.ready_line.encode() in f.read():
+                        # the line is printed by the process itself; also make sure the port answers
+                        if port_open(p.port):
+                            break
+            elif port_open(p.port):
+                break
+            if time.monotonic() > t_end:
+                raise RuntimeError("%s not ready after %.0f s; see %s" % (p.name, timeout, self.log_path))
+            time.sleep(0.1)
+        time.sleep(0.3)
+
+    @property
+    def pgid(self) -> int:
+        return self.proc.pid
+
+    def stop(self) -> None:
+        if self.proc is not None:
+            kill_group(self.proc.pid)
+            self.logf.close()
+            self.proc = None
+        if self.tmp:
+            shutil.rmtree(self.tmp, ignore_errors=True)
+            self.tmp = None
+
+
+# --------------------------------------------------------------------------- scenarios
+
+
+@dataclass
+class Scenario:
+    name: str
+    spec: dict
+    protos: tuple                    # which client protocols it applies to
+    metrics: list                    # (label, path in result, higher_is_better)
+    timeout: float = 120.0
+
+
+def scenarios(args) -> list[Scenario]:
+    smoke = args.smoke
+    d = args.duration or (1.0 if smoke else 10.0)
+    wu = 0.3 if smoke else 2.0
+    subs = args.subscribers or ([50] if smoke else [1000, 100])
+    allp = ("pusher", "socketio", "raw")
+    out = []
+    for n in subs:
+        out.append(Scenario("fanout-%d" % n,
+                            {"scenario": "fanout", "subscribers": n, "warmup": wu, "duration": d,
+                             "publish": "ws"},
+                            allp, [("deliveries/s", "deliveries_per_s", True),
+                                   ("p50 ms", "latency_ms.p50", False), ("p99 ms", "latency_ms.p99", False)]))
+        if args.http_fanout or smoke:
+            out.append(Scenario("fanout-http-%d" % n,
+                                {"scenario": "fanout", "subscribers": n, "warmup": wu, "duration": d,
+                                 "publish": "http", "http_conns": 8},
+                                ("pusher",), [("deliveries/s", "deliveries_per_s", True),
+                                              ("p50 ms", "latency_ms.p50", False), ("p99 ms", "latency_ms.p99", False)]))
+    rn = 50 if smoke else 1000
+    out.append(Scenario("rate-%dx10" % rn,
+                        {"scenario": "fanout", "subscribers": rn, "rate": 10, "warmup": 0.3 if smoke else 1.0,
+                         "duration": d if smoke else max(d, 10.0), "publish": "ws", "sample_every": 1},
+                        allp, [("p50 ms", "latency_ms.p50", False), ("p99 ms", "latency_ms.p99", False),
+                               ("server cpu", "server_cpu", False)]))
+    n_idle = args.idle_connections or (200 if smoke else 10000)
+    out.append(Scenario("idle-%d" % n_idle,
+                        {"scenario": "idle", "connections": n_idle, "settle": 0.3 if smoke else 1.5,
+                         "hold": 0.3 if smoke else 2.0, "concurrency": 200, "local_ips": 1},
+                        allp, [("KiB/conn", "rss_per_conn_kb", False), ("RSS MiB", "rss_after_mb", False)],
+                        timeout=240))
+    n_storm = args.storm_connections or (200 if smoke else 5000)
+    out.append(Scenario("storm-%d" % n_storm,
+                        {"scenario": "storm", "connections": n_storm, "concurrency": 100},
+                        allp, [("conn/s", "connections_per_s", True), ("p99 ms", "connect_latency_ms.p99", False)],
+                        timeout=180))
+    cu = 50 if smoke else 1000
+    out.append(Scenario("chat-%d" % cu,
+                        {"scenario": "chat", "users": cu, "warmup": wu, "duration": d, "inflight": 1},
+                        ("pusher", "socketio"), [("msgs/s", "messages_per_s", True),
+                                                 ("p50 ms", "latency_ms.p50", False), ("p99 ms", "latency_ms.p99", False)]))
+    nch = 10 if smoke else 100
+    out.append(Scenario("httpapi-%d" % nch,
+                        {"scenario": "httpapi", "channels": nch, "warmup": wu, "duration": d, "http_conns": 8},
+                        ("pusher",), [("publishes/s", "publishes_per_s", True),
+                                      ("p50 ms", "latency_ms.p50", False), ("p99 ms", "latency_ms.p99", False)]))
+    wanted = set(args.scenario.split(","))
+    if "all" in wanted:
+        return out
+    return [s for s in out if s.name.split("-")[0] in wanted or s.name in wanted
+            or ("fanout-http" in wanted and s.name.startswith("fanout-http"))]
+
+
+# --------------------------------------------------------------------------- one run
+
+
+def run_loadgen(peer: Peer, server: Server, sc: Scenario) -> dict:
+    spec = dict(sc.spec)
+    spec.update({"proto": peer.proto, "host": "127.0.0.1", "port": peer.port, "key": APP_KEY,
+                 "secret": APP_SECRET, "app_id": APP_ID, "server_pgid": server.pgid,
+                 "connect_timeout": 10.0, "timeout": sc.timeout})
+    cmd = ["taskset", "-c", LOADGEN_CORE, PY, str(BENCH / "loadgen.py")]
+    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            start_new_session=True, preexec_fn=raise_nofile)
+    RUNNING[proc.pid] = proc
+    try:
+        out, err = proc.communicate(json.dumps(spec).encode(), timeout=sc.timeout + 20)
+    except subprocess.TimeoutExpired:
+        kill_group(proc.pid, grace=1)
+        return {"ok": False, "error": "load generator timed out after %.0f s" % (sc.timeout + 20)}
+    finally:
+        RUNNING.pop(proc.pid, None)
+    try:
+        res = json.loads(out.decode().strip().splitlines()[-1])
+    except (IndexError, ValueError):
+        return {"ok": False, "error": "load generator printed no result (rc=%s): %s" % (proc.returncode, err.decode()[-800:])}
+    return res
+
+
+def problems(res: dict) -> list[str]:
+    """Why a run does not count (empty list = fine)."""
+    p = []
+    if not res.get("ok"):
+        p.append(res.get("error", "failed"))
+        return p
+    r = res.get("result", {})
+    if res.get("errors"):
+        p.append("errors: %s" % "; ".join("%s x%d" % kv for kv in list(res["errors"].items())[:3]))
+    if r.get("missing_deliveries"):
+        p.append("%d deliveries missing" % r["missing_deliveries"])
+    if r.get("failed"):
+        p.append("%d connections failed" % r["failed"])
+    if r.get("echoed_to_publisher"):
+        p.append("%d frames echoed to the publisher" % r["echoed_to_publisher"])
+    return p
+
+
+def dig(d: dict, path: str):
+    for k in path.split("."):
+        if not isinstance(d, dict) or k not in d:
+            return None
+        d = d[k]
+    return d
+
+
+# --------------------------------------------------------------------------- report
+
+
+def fmt(v) -> str:
+    if v is None:
+        return "-"
+    if abs(v) >= 1000:
+        return "{:,.0f}".format(v)
+    if abs(v) >= 100:
+        return "%.0f" % v
+    if abs(v) >= 10:
+        return "%.1f" % v
+    return "%.2f" % v
+
+
+def summarize(results: dict, scs: list[Scenario], peers: list[str], base: str | None) -> str:
+    """results[scenario][peer] = list of result dicts (one per repeat)."""
+    lines = []
+    for sc in scs:
+        per = results.get(sc.name, {})
+        if not per:
+            continue
+        lines.append("")
+        lines.append("## %s" % sc.name)
+        hdr = "| metric | " + " | ".join(peers) + " |"
+        if base:
+            hdr += " " + " | ".join("%s/%s" % (base, p) for p in peers if p != base) + " |"
+        lines.append(hdr)
+        lines.append("|" + "---|" * (hdr.count("|") - 1))
+        for label, path, higher in sc.metrics:
+            row = ["| %s%s " % (label, " (higher=better)" if higher else "")]
+            vals = {}
+            for p in peers:
+                runs = per.get(p)
+                if runs is None:
+                    row.append(" n/a ")
+                    continue
+                v = [dig(r, path) for r in runs]
+                v = [x for x in v if isinstance(x, (int, float))]
+                vals[p] = [dig(r, path) if isinstance(dig(r, path), (int, float)) else None for r in runs]
+                if not v:
+                    row.append(" failed ")
+                    continue
+                med = statistics.median(v)
+                row.append(" %s [%s–%s] " % (fmt(med), fmt(min(v)), fmt(max(v))) if len(v) > 1 else " %s " % fmt(med))
+            if base:
+                for p in peers:
+                    if p == base:
+                        continue
+                    a, b = vals.get(base), vals.get(p)
+                    if not a or not b:
+                        row.append(" - ")
+                        continue
+                    ratios = [x / y for x, y in zip(a, b) if x is not None and y]
+                    if not ratios:
+                        row.append(" - ")
+                        continue
+                    med = statistics.median(ratios)
+                    row.append(" %.2f [%.2f–%.2f] " % (med, min(ratios), max(ratios)) if len(ratios) > 1
+                               else " %.2f " % med)
+            lines.append("|".join(row) + "|")
+        # saturation hints
+        cpu = []
+        for p in peers:
+            runs = per.get(p) or []
+            lc = [r["loadgen_cpu"] for r in runs if isinstance(r.get("loadgen_cpu"), (int, float))]
+            scpu = [r["server_cpu"] for r in runs if isinstance(r.get("server_cpu"), (int, float))]
+            fc = [r["foreign_cpu"] for r in runs if isinstance(r.get("foreign_cpu"), (int, float))]
+            sq = [r["softirq_cpu"] for r in runs if isinstance(r.get("softirq_cpu"), (int, float))]
+            if lc or scpu:
+                cpu.append("%s %s / %s / %s%s" % (
+                    p, fmt(statistics.median(scpu)) if scpu else "-", fmt(statistics.median(lc)) if lc else "-",
+                    fmt(statistics.median(sq)) if sq else "-",
+                    " (other %s)" % fmt(max(fc)) if fc and max(fc) > 0.05 else ""))
+        if cpu:
+            lines.append("")
+            lines.append("CPU in cores, median, server / loadgen / irq+softirq of both cores"
+                         " (other = max used by other processes or stolen): " + "; ".join(cpu))
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--scenario", default="all",
+                    help="comma list of fanout,fanout-http,rate,idle,storm,chat,httpapi or all (default)")
+    ap.add_argument("--peers", default="parley,soketi,socketio,websockets,picows")
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--subscribers", type=lambda s: [int(x) for x in s.split(",")], default=None,
+                    help="fan-out subscriber counts (default 1000,100)")
+    ap.add_argument("--duration", type=float, default=None, help="measured seconds per run (default 10)")
+    ap.add_argument("--idle-connections", type=int, default=None, help="default 10000")
+    ap.add_argument("--storm-connections", type=int, default=None, help="default 5000")
+    ap.add_argument("--http-fanout", action="store_true",
+                    help="also run fan-out with HTTP API publishing (Pusher peers only)")
+    ap.add_argument("--baseline", default="parley", help="ratios are baseline/peer (default parley)")
+    ap.add_argument("--smoke", action="store_true", help="a few seconds, small counts, Parley only (CI)")
+    ap.add_argument("--json-out", default=None, help="write all raw results here")
+    ap.add_argument("--serve", metavar="PEER", default=None,
+                    help="just start PEER pinned like in a run and wait (for profiling by hand)")
+    ap.add_argument("--serve-scenario", default="", help="with --serve: the scenario's peer settings")
+    ap.add_argument("--max-foreign", type=float, default=0.15,
+                    help="re-run a run during which other processes used more than this many cores (default 0.15)")
+    ap.add_argument("--retries", type=int, default=1, help="re-runs allowed per noisy run (default 1)")
+    ap.add_argument("--parley-O", dest="parley_O", action="store_true",
+                    help="start Parley as `python -O -m parley serve` (asserts off) instead of `parley serve`")
+    args = ap.parse_args()
+    raise_nofile()
+    if args.parley_O:
+        PARLEY_CMD[:] = [PY, "-O", "-m", "parley", "serve"]
+
+    if args.serve:
+        peer = make_peers(args.serve_scenario)[args.serve]
+        srv = Server(peer, BENCH / "results" / "logs")
+        (BENCH / "results" / "logs").mkdir(parents=True, exist_ok=True)
+        srv.start()
+        print("%s ready: proto=%s port=%d pgid=%d (Ctrl-C stops it)" % (peer.name, peer.proto, peer.port, srv.pgid),
+              flush=True)
+        try:
+            while srv.proc.poll() is None:
+                time.sleep(0.5)
+        finally:
+            srv.stop()
+        return 0
+
+    if args.smoke:
+        args.repeats = 1
+        if args.peers == ap.get_default("peers"):
+            args.peers = "parley"
+
+    wanted_peers = [p.strip() for p in args.peers.split(",") if p.strip()]
+    scs = scenarios(args)
+    if not scs:
+        print("no scenario matches %r" % args.scenario, file=sys.stderr)
+        return 2
+    logdir = BENCH / "results" / "logs"
+    logdir.mkdir(parents=True, exist_ok=True)
+
+    # which peers can start at all
+    peers_ok = []
+    for name in wanted_peers:
+        peer = make_peers("")[name] if name in make_peers("") else None
+        if peer is None:
+            print("unknown peer %r" % name, file=sys.stderr)
+            return 2
+        why = peer.available()
+        if why is None:
+            srv = Server(peer, logdir)
+            try:
+                srv.start()
+            except Exception as e:  # noqa: BLE001
+                why = str(e)
+            finally:
+                srv.stop()
+        if why:
+            print("# peer %s unavailable: %s" % (name, why), flush=True)
+        else:
+            peers_ok.append(name)
+    if args.smoke and "parley" in wanted_peers and "parley" not in peers_ok:
+        print("# smoke: Parley cannot start; falling back to the raw peers", flush=True)
+        for name in ("picows", "websockets"):
+            if make_peers("")[name].available() is None and name not in peers_ok:
+                peers_ok.append(name)
+    if not peers_ok:
+        print("no peer could start", file=sys.stderr)
+        return 1
+
+    base = args.baseline if args.baseline in peers_ok else None
+    results: dict = {}
+    raw: list = []
+    failures: list[str] = []
+    t_start = time.time()
+    print("# %s, %s, cores: server %s, loadgen %s; peers: %s; %d repeat(s)" % (
+        _dt.datetime.now().isoformat(timespec="seconds"), platform.node(), SERVER_CORE, LOADGEN_CORE,
+        ",".join(peers_ok), args.repeats), flush=True)
+    for rep in range(args.repeats):
+        for sc in scs:
+            order = peers_ok[rep % len(peers_ok):] + peers_ok[:rep % len(peers_ok)]   # rotate per repeat
+            for name in order:
+                peer = make_peers(sc.spec["scenario"])[name]
+                if peer.proto not in sc.protos:
+                    continue
+                t0 = time.time()
+                best = None
+                for attempt in range(1 + args.retries):
+                    srv = Server(peer, logdir)
+                    try:
+                        srv.start()
+                        res = run_loadgen(peer, srv, sc)
+                    except Exception as e:  # noqa: BLE001
+                        res = {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
+                    finally:
+                        srv.stop()
+                    foreign = (res.get("result") or {}).get("foreign_cpu") or 0.0
+                    res["attempts"] = attempt + 1
+                    if best is None or (res.get("ok") and (not best.get("ok") or foreign <
+                                        (best.get("result") or {}).get("foreign_cpu", 0.0))):
+                        best = res
+                    if not res.get("ok") or foreign <= args.max_foreign or attempt == args.retries:
+                        break
+                    print("    %s/%s: %.2f core used by other processes during the run; again" % (
+                        sc.name, name, foreign), flush=True)
+                    time.sleep(2)
+                res = best
+                r = res.get("result", {})
+                if "rss_after_kb" in r:
+                    r["rss_after_mb"] = round(r["rss_after_kb"] / 1024, 1)
+                bad = problems(res)
+                raw.append({**res, "repeat": rep, "scenario": sc.name, "peer": name, "spec": sc.spec})
+                key = sc.metrics[0][1]
+                print("[%d/%d] %-14s %-10s %6.1fs  %s %s%s" % (
+                    rep + 1, args.repeats, sc.name, name, time.time() - t0, sc.metrics[0][0],
+                    fmt(dig(r, key)) if r else "-",
+                    ("   !! " + " | ".join(bad)) if bad else ""), flush=True)
+                if bad:
+                    failures.append("%s/%s: %s" % (sc.name, name, " | ".join(bad)))
+                if res.get("ok"):
+                    results.setdefault(sc.name, {}).setdefault(name, []).append(r)
+                else:
+                    results.setdefault(sc.name, {}).setdefault(name, [])
+    table = summarize(results, scs, peers_ok, base)
+    print("\n# Results (median [min–max] over %d repeat(s)%s)" % (
+        args.repeats, "; ratios are %s/peer per repeat" % base if base else ""))
+    print(table)
+    out_path = Path(args.json_out) if args.json_out else BENCH / "results" / (
+        "%s%s.json" % ("smoke-" if args.smoke else "", _dt.datetime.now().strftime("%Y%m%d-%H%M%S")))
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps({"started": t_start, "args": vars(args), "peers": peers_ok,
+                                    "runs": raw, "table": table}, indent=1))
+    print("\n# raw results: %s" % out_path)
+    if failures:
+        print("\n# %d run(s) had problems:" % len(failures))
+        for f in failures:
+            print("#   " + f)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
