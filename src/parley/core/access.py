@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from parley import logs
 from parley.auth.grants import GrantIndex, resource_matches, subject_matches
 from parley.protocol import frames
-from parley.protocol.channels import ChannelType, Kind, channel_type
+from parley.protocol.channels import ChannelType, channel_type
 from parley.settings import AppConfig
 
 if TYPE_CHECKING:
@@ -68,7 +68,7 @@ class Access:
     ) -> str | None:
         """Why `user_id` may not subscribe to `channel`, or None. Pusher-mode apps decide by
         their signature alone (already checked)."""
-        if app.auth != "builtin" or ctype.kind in (Kind.PUBLIC, Kind.SERVER_TO_USER):
+        if app.auth != "builtin" or not ctype.needs_auth:
             return None
         if user_id is None:
             return f"Subscribing to {channel} needs an identified connection (a token or signin)"
@@ -76,7 +76,7 @@ class Access:
             if channel[len(USER_CHANNEL_PREFIX) :] == user_id:
                 return None
             return f"{channel} is another user's notification channel"
-        operation = "presence" if ctype.kind is Kind.PRESENCE else "read"
+        operation = "presence" if ctype.is_presence else "read"
         if self.index[app.id].allowed(user_id, channel, operation, _now_ms()) is None:
             return f"No grant allows {user_id!r} to {operation} {channel}"
         return None

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 from parley.protocol import frames
-from parley.protocol.channels import ChannelType, Kind
+from parley.protocol.channels import ChannelType
 from parley.protocol.connection import Member
 from parley.settings import AppConfig
 
@@ -196,4 +196,4 @@ class AppHub:
 
     def is_presence(self, name: str) -> bool:
         channel = self.channels.get(name)
-        return channel is not None and channel.type.kind is Kind.PRESENCE
+        return channel is not None and channel.type.is_presence

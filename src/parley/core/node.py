@@ -29,7 +29,7 @@ from parley.core.session import Session
 from parley.errors import BadRequest, ConnectionRefused, ParleyError
 from parley.metrics import Metrics
 from parley.protocol import frames
-from parley.protocol.channels import Kind, channel_type, server_to_user_id
+from parley.protocol.channels import channel_type, server_to_user_id
 from parley.protocol.codes import CloseCode
 from parley.protocol.connection import (
     ClientEvent,
@@ -388,7 +388,7 @@ class Node:
         self, session: Session, hub: AppHub, conn: PusherConnection, command: Subscribe
     ) -> None:
         name = command.channel
-        if command.type.kind is Kind.SERVER_TO_USER:
+        if command.type.is_server_to_user:
             session.send(frames.subscription_succeeded(name))
             return
         problem = (
@@ -409,7 +409,7 @@ class Node:
             conn.forget(name)
             session.send(frames.error_frame(None, str(exc)))
             return
-        if command.type.kind is Kind.PRESENCE:
+        if command.type.is_presence:
             session.send(frames.subscription_succeeded(name, hub.presence_data(channel)))
         else:
             session.send(frames.subscription_succeeded(name))
@@ -431,7 +431,7 @@ class Node:
             self._count_changed(hub, channel)
 
     def _count_changed(self, hub: AppHub, channel: Channel) -> None:
-        if not hub.app.subscription_count or channel.type.kind is Kind.PRESENCE:
+        if not hub.app.subscription_count or channel.type.is_presence:
             return
         count = len(channel.subscribers)
         if count == 0:

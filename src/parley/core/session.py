@@ -76,6 +76,7 @@ class Session(WSListener):
         self._raw = transport.underlying_transport
         try:
             self.node.open_session(self)
+            self.headers = None  # read once at the handshake; not kept per connection
         except ConnectionRefused as exc:
             self.node.count_error(self, exc.code)
             path = self.path if not self.path.startswith("/token/") else "/token/<redacted>"

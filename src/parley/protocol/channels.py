@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 
 MAX_CHANNEL_NAME = 200
@@ -23,16 +23,22 @@ class Kind(Enum):
 
 @dataclass(frozen=True, slots=True)
 class ChannelType:
+    """A channel's kind, with the questions asked of it on every frame answered once (an
+    Enum member lookup is a descriptor call in Python 3.11: too slow for the hot path)."""
+
     kind: Kind
     cache: bool
+    needs_auth: bool = field(init=False)
+    allows_client_events: bool = field(init=False)
+    is_presence: bool = field(init=False)
+    is_server_to_user: bool = field(init=False)
 
-    @property
-    def needs_auth(self) -> bool:
-        return self.kind in (Kind.PRIVATE, Kind.ENCRYPTED, Kind.PRESENCE)
-
-    @property
-    def allows_client_events(self) -> bool:
-        return self.kind in (Kind.PRIVATE, Kind.PRESENCE)
+    def __post_init__(self) -> None:
+        set_ = object.__setattr__
+        set_(self, "needs_auth", self.kind in (Kind.PRIVATE, Kind.ENCRYPTED, Kind.PRESENCE))
+        set_(self, "allows_client_events", self.kind in (Kind.PRIVATE, Kind.PRESENCE))
+        set_(self, "is_presence", self.kind is Kind.PRESENCE)
+        set_(self, "is_server_to_user", self.kind is Kind.SERVER_TO_USER)
 
 
 # Most specific first: the order matters.

@@ -21,7 +21,6 @@ from parley.protocol import frames
 from parley.protocol.channels import (
     USER_ID_RE,
     ChannelType,
-    Kind,
     channel_name_problem,
     channel_type,
     server_to_user_id,
@@ -198,7 +197,7 @@ class PusherConnection:
             raise ProtocolError(f"Existing subscription to channel {channel}")
         ctype = channel_type(channel)
         member: Member | None = None
-        if ctype.kind is Kind.SERVER_TO_USER:
+        if ctype.is_server_to_user:
             if self.user_id is None or server_to_user_id(channel) != self.user_id:
                 raise ProtocolError(
                     f"Cannot subscribe to {channel}: the connection is not signed in as that user"
@@ -207,13 +206,13 @@ class PusherConnection:
             channel_data = data.get("channel_data")
             if channel_data is not None and not isinstance(channel_data, str):
                 raise ProtocolError("Invalid channel_data: must be a JSON string")
-            if ctype.kind is not Kind.PRESENCE:
+            if not ctype.is_presence:
                 channel_data = None
             message = channel_auth_string(self.socket_id, channel, channel_data)
             problem = token_problem(data.get("auth"), self.app.key, self.app.secret, message)
             if problem:
                 raise ProtocolError(problem)
-            if ctype.kind is Kind.PRESENCE:
+            if ctype.is_presence:
                 member = self._presence_member(channel, channel_data)
         self.subscriptions[channel] = member
         return [Subscribe(channel, ctype, member)]

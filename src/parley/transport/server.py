@@ -56,7 +56,8 @@ class FrontProtocol(asyncio.Protocol):
         self.transport: asyncio.Transport | None = None
         self.buf = bytearray()
         self.in_request = False
-        self.parser = httptools.HttpRequestParser(self)
+        # Made on the first plain HTTP request: a WebSocket upgrade never needs one.
+        self.parser: httptools.HttpRequestParser | None = None
         self._url = b""
         self._headers: dict[str, str] = {}
         self._body = bytearray()
@@ -69,8 +70,6 @@ class FrontProtocol(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        peer = transport.get_extra_info("peername")
-        self.peer = f"{peer[0]}:{peer[1]}" if peer else ""
         self.server.http_connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -100,6 +99,8 @@ class FrontProtocol(asyncio.Protocol):
     # -- HTTP --------------------------------------------------------------------------------
 
     def _feed(self, data: bytes) -> None:
+        if self.parser is None:
+            self.parser = httptools.HttpRequestParser(self)
         try:
             self.parser.feed_data(data)
         except httptools.HttpParserUpgrade:
@@ -127,7 +128,11 @@ class FrontProtocol(asyncio.Protocol):
         self.in_request = False
         if self.transport is None or self.transport.is_closing():
             return
+        if not self.peer:  # asked only for HTTP requests: uvloop builds a socket object for it
+            peer = self.transport.get_extra_info("peername")
+            self.peer = f"{peer[0]}:{peer[1]}" if peer else "unknown"
         url = httptools.parse_url(self._url)
+        assert self.parser is not None
         self._keep_alive = self.parser.should_keep_alive()
         request = Request(
             method=self.parser.get_method().decode(),
@@ -224,7 +229,7 @@ class Server:
             False,  # enable_auto_pong: the session answers PINGs so they count as activity
             self.max_frame_bytes,
             None,  # extra headers
-            4096,  # initial read buffer: small, memory per idle connection matters
+            1024,  # initial read buffer: small (it grows), memory per idle connection matters
         )
 
     async def start(self, host: str, port: int) -> int:
