@@ -581,7 +581,8 @@ def main() -> int:
                 if "rss_after_kb" in r:
                     r["rss_after_mb"] = round(r["rss_after_kb"] / 1024, 1)
                 bad = problems(res)
-                raw.append({**res, "repeat": rep, "scenario": sc.name, "peer": name, "spec": sc.spec})
+                raw.append({**res, "repeat": rep, "scenario": sc.name, "peer": name, "spec": sc.spec,
+                            "started": _dt.datetime.fromtimestamp(t0).isoformat(timespec="seconds")})
                 key = sc.metrics[0][1]
                 print("[%d/%d] %-14s %-10s %6.1fs  %s %s%s" % (
                     rep + 1, args.repeats, sc.name, name, time.time() - t0, sc.metrics[0][0],
