@@ -413,3 +413,32 @@ class GroupCommit(Generic[T, R]):
             for (_, future), result in zip(batch, results, strict=True):
                 if not future.done():
                     future.set_result(result)
+
+
+class BatchedHistoryStore(HistoryStore):
+    """The durable stores' shared append path: every append is stamped on the caller's task
+    and handed to a `GroupCommit`, which commits what has collected in one transaction."""
+
+    _commits: GroupCommit[PendingAppend, Entry] | None
+    _clock: Callable[[], float]
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+    async def append(
+        self, app_id: str, channel: str, entry: NewEntry, retention: Retention
+    ) -> Entry:
+        if self._commits is None:
+            raise RuntimeError("history store is not running")
+        pending = PendingAppend.stamp(app_id, channel, entry, retention, self._now_ms())
+        return await self._commits.submit(pending)
+
+    async def append_many(
+        self, items: Sequence[tuple[str, str, NewEntry, Retention]]
+    ) -> list[Entry]:
+        if self._commits is None:
+            raise RuntimeError("history store is not running")
+        now_ms = self._now_ms()
+        return await self._commits.submit_many(
+            [PendingAppend.stamp(a, c, e, r, now_ms) for a, c, e, r in items]
+        )

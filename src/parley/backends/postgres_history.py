@@ -24,14 +24,13 @@ from parley import logs
 from parley.backends.history import (
     IDEMPOTENCY_WINDOW_MS,
     UNLIMITED,
+    BatchedHistoryStore,
     ChannelCursor,
     ChannelKey,
     Direction,
     Entry,
     GroupCommit,
-    HistoryStore,
     IdempotencyKey,
-    NewEntry,
     Page,
     PendingAppend,
     Retention,
@@ -173,7 +172,7 @@ SWEEPS = (
 )
 
 
-class PostgresHistoryStore(HistoryStore):
+class PostgresHistoryStore(BatchedHistoryStore):
     def __init__(
         self,
         url: str,
@@ -223,28 +222,7 @@ class PostgresHistoryStore(HistoryStore):
             raise RuntimeError("history store is not running")
         return self._pool
 
-    def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
-
-    # -- appends -----------------------------------------------------------------------------
-
-    async def append(
-        self, app_id: str, channel: str, entry: NewEntry, retention: Retention
-    ) -> Entry:
-        if self._commits is None:
-            raise RuntimeError("history store is not running")
-        pending = PendingAppend.stamp(app_id, channel, entry, retention, self._now_ms())
-        return await self._commits.submit(pending)
-
-    async def append_many(
-        self, items: Sequence[tuple[str, str, NewEntry, Retention]]
-    ) -> list[Entry]:
-        if self._commits is None:
-            raise RuntimeError("history store is not running")
-        now_ms = self._now_ms()
-        return await self._commits.submit_many(
-            [PendingAppend.stamp(a, c, e, r, now_ms) for a, c, e, r in items]
-        )
+    # -- appends (append and append_many come from BatchedHistoryStore) ----------------------
 
     async def _commit(self, items: list[PendingAppend]) -> list[Entry]:
         for attempt in range(1, 6):

@@ -18,7 +18,7 @@ import contextlib
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
@@ -27,17 +27,15 @@ from typing import TypeVar
 from parley import logs
 from parley.backends.history import (
     IDEMPOTENCY_WINDOW_MS,
+    BatchedHistoryStore,
     ChannelCursor,
     ChannelKey,
     Direction,
     Entry,
     GroupCommit,
-    HistoryStore,
     IdempotencyKey,
-    NewEntry,
     Page,
     PendingAppend,
-    Retention,
     check_read_args,
     entry_from_row,
     new_epoch,
@@ -127,7 +125,7 @@ def _transaction(conn: sqlite3.Connection, begin: str = "BEGIN") -> Iterator[Non
     conn.execute("COMMIT")
 
 
-class SqliteHistoryStore(HistoryStore):
+class SqliteHistoryStore(BatchedHistoryStore):
     def __init__(
         self,
         path: str | Path,
@@ -218,28 +216,7 @@ class SqliteHistoryStore(HistoryStore):
         with _transaction(conn):  # one snapshot for the channel row and its entries
             return fn(conn)
 
-    def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
-
-    # -- appends -----------------------------------------------------------------------------
-
-    async def append(
-        self, app_id: str, channel: str, entry: NewEntry, retention: Retention
-    ) -> Entry:
-        if self._commits is None:
-            raise RuntimeError("history store is not running")
-        pending = PendingAppend.stamp(app_id, channel, entry, retention, self._now_ms())
-        return await self._commits.submit(pending)
-
-    async def append_many(
-        self, items: Sequence[tuple[str, str, NewEntry, Retention]]
-    ) -> list[Entry]:
-        if self._commits is None:
-            raise RuntimeError("history store is not running")
-        now_ms = self._now_ms()
-        return await self._commits.submit_many(
-            [PendingAppend.stamp(a, c, e, r, now_ms) for a, c, e, r in items]
-        )
+    # -- appends (append and append_many come from BatchedHistoryStore) ----------------------
 
     async def _commit(self, items: list[PendingAppend]) -> list[Entry]:
         return await self._write(partial(self._write_batch, items))
