@@ -23,7 +23,8 @@ if TYPE_CHECKING:
     from parley.core.hub import AppHub
     from parley.core.node import Node
 
-_TEXT = WSMsgType.TEXT
+_TEXT = WSMsgType.TEXT  # Enum members looked up once, not on every frame
+_CONTINUATION = WSMsgType.CONTINUATION
 _MAX_FRAME_PAYLOAD = 8192  # picows copies frames up to this size (see send)
 
 
@@ -88,11 +89,11 @@ class Session(WSListener):
         self.last_seen = time.monotonic()
         self.pinged = False
         kind = frame.msg_type
-        if kind is _TEXT or kind is WSMsgType.CONTINUATION:
+        if kind is _TEXT or kind is _CONTINUATION:
             if self.conn is None or self.closing:
                 return
             payload = frame.get_payload_as_bytes()
-            if kind is WSMsgType.CONTINUATION or not frame.fin:
+            if kind is _CONTINUATION or not frame.fin:
                 payload = self._reassemble(kind, payload, frame.fin)
                 if payload is None:
                     return

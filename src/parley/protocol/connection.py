@@ -93,6 +93,8 @@ class State(Enum):
 
 
 _RESERVED_PREFIXES = ("pusher:", "pusher_internal:")
+# Enum members looked up once: a `State.X` lookup on every frame is a descriptor call.
+_CONNECTING, _OPEN, _CLOSED = State.CONNECTING, State.OPEN, State.CLOSED
 
 
 class PusherConnection:
@@ -113,7 +115,7 @@ class PusherConnection:
     def __init__(self, app: AppConfig, socket_id: str, *, max_frame_bytes: int = 65536) -> None:
         self.app = app
         self.socket_id = socket_id
-        self.state = State.CONNECTING
+        self.state = _CONNECTING
         self.subscriptions: dict[str, Member | None] = {}
         self.user_id: str | None = None
         self.user_info: Any = None
@@ -124,7 +126,7 @@ class PusherConnection:
     # -- lifecycle -------------------------------------------------------------------------
 
     def establish(self, activity_timeout: int, **extra: Any) -> bytes:
-        self.state = State.OPEN
+        self.state = _OPEN
         return frames.connection_established(self.socket_id, activity_timeout, **extra)
 
     def identify(self, user_id: str, user_info: Any = None) -> None:
@@ -138,7 +140,7 @@ class PusherConnection:
 
     def close(self) -> list[Command]:
         """The transport is gone: leave every channel."""
-        self.state = State.CLOSED
+        self.state = _CLOSED
         left: list[Command] = [Unsubscribe(c, m) for c, m in self.subscriptions.items()]
         self.subscriptions.clear()
         return left
@@ -146,7 +148,7 @@ class PusherConnection:
     # -- input -------------------------------------------------------------------------------
 
     def receive(self, text: str | bytes, now: float) -> list[Command]:
-        if self.state is State.CLOSED:
+        if self.state is _CLOSED:
             return []
         try:
             if len(text) > self._max_frame_bytes:
@@ -159,7 +161,7 @@ class PusherConnection:
                 return [Reply(frames.PONG)]
             if event == "pusher:pong":
                 return []
-            if self.state is State.CONNECTING:
+            if self.state is _CONNECTING:
                 raise ConnectionRefused(
                     CloseCode.UNAUTHORIZED,
                     "Messages must be sent after the pusher:connection_established event",
@@ -180,7 +182,7 @@ class PusherConnection:
                 f"Unsupported event {event!r}: client events must start with 'client-'"
             )
         except ConnectionRefused as exc:
-            self.state = State.CLOSED
+            self.state = _CLOSED
             return [Reply(frames.error_frame(exc.code, exc.message)), Close(exc.code or 4009, exc.message)]
         except ParleyError as exc:
             return [Reply(frames.error_frame(exc.code, exc.message))]
