@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import abc
 import asyncio
+import contextlib
 import itertools
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
@@ -22,6 +23,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Generic, Literal, TypeVar
 
 import orjson
+
+from parley import logs
 
 Direction = Literal["forward", "backward"]
 
@@ -421,6 +424,39 @@ class BatchedHistoryStore(HistoryStore):
 
     _commits: GroupCommit[PendingAppend, Entry] | None
     _clock: Callable[[], float]
+    _max_batch: int
+    _sweep_interval_s: float
+    _sweeper: asyncio.Task[None] | None
+
+    def _start_batching(self) -> None:
+        """Start the group commit and, if asked for, the periodic sweep (end of `start`)."""
+        self._commits = GroupCommit(self._commit, max_batch=self._max_batch)
+        self._commits.start()
+        if self._sweep_interval_s > 0:
+            self._sweeper = asyncio.create_task(self._sweep_loop(), name="parley-history-sweep")
+
+    async def _stop_batching(self) -> None:
+        """Stop sweeping and commit everything submitted (start of `close`)."""
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._sweeper
+            self._sweeper = None
+        if self._commits is not None:
+            await self._commits.close()
+            self._commits = None
+
+    async def _sweep_loop(self) -> None:
+        while True:
+            await asyncio.sleep(self._sweep_interval_s)
+            try:
+                await self.sweep()
+            except Exception:  # noqa: BLE001 - logged with its traceback; the next round retries
+                logs.error("history_sweep_failed", store=type(self).__name__)
+
+    @abc.abstractmethod
+    async def _commit(self, items: list[PendingAppend]) -> list[Entry]:
+        """Write one batch in one transaction; one Entry per item, in order."""
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)

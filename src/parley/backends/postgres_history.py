@@ -13,7 +13,6 @@ the batch has any), write everything in one statement, COMMIT. PostgreSQL's own 
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -198,20 +197,10 @@ class PostgresHistoryStore(BatchedHistoryStore):
         async with self._pool.acquire() as conn, conn.transaction():
             await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
             await conn.execute(SCHEMA)
-        self._commits = GroupCommit(self._commit, max_batch=self._max_batch)
-        self._commits.start()
-        if self._sweep_interval_s > 0:
-            self._sweeper = asyncio.create_task(self._sweep_loop(), name="parley-history-sweep")
+        self._start_batching()
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
-        if self._commits is not None:
-            await self._commits.close()
-            self._commits = None
+        await self._stop_batching()
         if self._pool is not None:
             await self._pool.close()
             self._pool = None
@@ -380,13 +369,6 @@ class PostgresHistoryStore(BatchedHistoryStore):
                     break
         return removed
 
-    async def _sweep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._sweep_interval_s)
-            try:
-                await self.sweep()
-            except Exception:  # noqa: BLE001 - logged with its traceback; the next round retries
-                logs.error("history_sweep_failed", store="postgres")
 
 
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:

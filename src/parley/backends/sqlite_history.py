@@ -24,7 +24,6 @@ from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
-from parley import logs
 from parley.backends.history import (
     IDEMPOTENCY_WINDOW_MS,
     BatchedHistoryStore,
@@ -156,20 +155,10 @@ class SqliteHistoryStore(BatchedHistoryStore):
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="parley-history-writer")
         self._reader = ThreadPoolExecutor(self._readers, thread_name_prefix="parley-history-read")
         await self._write(self._open_writer)
-        self._commits = GroupCommit(self._commit, max_batch=self._max_batch)
-        self._commits.start()
-        if self._sweep_interval_s > 0:
-            self._sweeper = asyncio.create_task(self._sweep_loop(), name="parley-history-sweep")
+        self._start_batching()
 
     async def close(self) -> None:
-        if self._sweeper is not None:
-            self._sweeper.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._sweeper
-            self._sweeper = None
-        if self._commits is not None:
-            await self._commits.close()
-            self._commits = None
+        await self._stop_batching()
         if self._reader is not None:
             self._reader.shutdown(wait=True)
             self._reader = None
@@ -470,10 +459,3 @@ class SqliteHistoryStore(BatchedHistoryStore):
         with _transaction(conn, "BEGIN IMMEDIATE"):
             return conn.execute(sql, (cutoff, SWEEP_CHUNK)).rowcount
 
-    async def _sweep_loop(self) -> None:
-        while True:
-            await asyncio.sleep(self._sweep_interval_s)
-            try:
-                await self.sweep()
-            except Exception:  # noqa: BLE001 - logged with its traceback; the next round retries
-                logs.error("history_sweep_failed", store="sqlite", path=self.path)

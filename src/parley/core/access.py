@@ -61,7 +61,7 @@ class Access:
     def read_only(self, app: AppConfig, channel: str) -> bool:
         if app.auth == "builtin" and channel.startswith(USER_CHANNEL_PREFIX):
             return True  # notification channels: only the server writes there
-        patterns = self._read_only.get(app.id)
+        patterns = self._read_only.get(app.id, ())
         return bool(patterns) and any(fnmatch.fnmatchcase(channel, p) for p in patterns)
 
     def subscribe_problem(
