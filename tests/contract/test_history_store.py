@@ -6,7 +6,6 @@ PostgreSQL cases skip loudly when the server is unreachable, and fail under CI=t
 from __future__ import annotations
 
 import asyncio
-import os
 import signal
 import sys
 import uuid
@@ -22,43 +21,13 @@ from parley.backends.memory_history import MemoryHistoryStore
 from parley.backends.sqlite_history import SqliteHistoryStore
 from tests.conftest import require
 from tests.support.server import TIMEOUT
+from tests.support.stores import PG_URL, FakeClock, postgres_problem
 
-PG_URL = os.environ.get("PARLEY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 T0 = 1_700_000_000.0
 SERVER = {"type": "server", "app_id": "1"}
 
 ALL = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 DURABLE = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-
-
-class FakeClock:
-    def __init__(self) -> None:
-        self.now = T0
-
-    def __call__(self) -> float:
-        return self.now
-
-    def advance(self, seconds: float) -> None:
-        self.now += seconds
-
-
-_pg_problem: list[str | None] = []  # memoized: None when reachable, else the reason
-
-
-async def _postgres_problem() -> str | None:
-    if not _pg_problem:
-        try:
-            import asyncpg  # type: ignore[import-untyped]
-        except ImportError:
-            _pg_problem.append("asyncpg is not installed")
-        else:
-            try:
-                conn = await asyncpg.connect(PG_URL, timeout=3)
-                await conn.close()
-                _pg_problem.append(None)
-            except (TimeoutError, OSError, asyncpg.PostgresError) as exc:
-                _pg_problem.append(f"PostgreSQL unreachable at {PG_URL}: {exc!r}")
-    return _pg_problem[0]
 
 
 @dataclass
@@ -68,7 +37,7 @@ class Backend:
     kind: str
     target: str  # SQLite path or PostgreSQL URL
     app_id: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:12]}")
-    clock: FakeClock = field(default_factory=FakeClock)
+    clock: FakeClock = field(default_factory=lambda: FakeClock(T0))
     opened: list[HistoryStore] = field(default_factory=list)
     memory: MemoryHistoryStore | None = None
 
@@ -89,7 +58,7 @@ class Backend:
 
 async def _backend(kind: str, tmp_path: Path) -> AsyncIterator[Backend]:
     if kind == "postgres":
-        problem = await _postgres_problem()
+        problem = await postgres_problem()
         require(problem is None, problem or "")
     target = str(tmp_path / "history.db") if kind == "sqlite" else PG_URL
     backend = Backend(kind, target)

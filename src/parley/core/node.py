@@ -12,7 +12,6 @@ import fnmatch
 import os
 import time
 import urllib.request
-from dataclasses import dataclass
 from functools import lru_cache
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
@@ -61,11 +60,6 @@ def _read_jwks(source: str) -> str:
             return reply.read().decode()  # type: ignore[no-any-return]
     return Path(source).read_text()
 SUBSCRIPTION_COUNT_THROTTLE_S = 5.0
-
-
-@dataclass(frozen=True, slots=True)
-class PublishResult:
-    channels: dict[str, dict[str, int]]
 
 
 def parley_of(entry: Entry) -> dict[str, Any]:
@@ -359,8 +353,8 @@ class Node:
         self.metrics.messages_in[hub.app.id] += 1
         for command in conn.receive(text, now):
             if type(command) is Reply:
-                if command.frame.startswith(b'{"event":"pusher:error"'):
-                    self._count_error_frame(session, command.frame)
+                if command.error:
+                    self.count_error(session, command.code)
                 session.send(command.frame)
             elif type(command) is ClientEvent:
                 self._client_event(session, hub, command)
@@ -779,10 +773,6 @@ class Node:
     def count_error(self, session: Session, code: int | None) -> None:
         app_id = session.hub.app.id if session.hub else "unknown"
         self.metrics.errors[(app_id, "none" if code is None else str(code))] += 1
-
-    def _count_error_frame(self, session: Session, frame: bytes) -> None:
-        code = frames.decode(frame)["data"]["code"]
-        self.count_error(session, code)
 
     async def shutdown(self) -> None:
         """Drain: every connection is closed with 4200 so clients reconnect elsewhere at once."""

@@ -38,7 +38,6 @@ class Session(WSListener):
         "hub",
         "last_seen",
         "node",
-        "opened_at",
         "path",
         "pinged",
         "query",
@@ -62,7 +61,6 @@ class Session(WSListener):
         self.last_seen = time.monotonic()
         self.pinged = False
         self.closing = False
-        self.opened_at = 0.0
         self._fragments: bytearray | None = None
         self.token_expires_at: float | None = None
 

@@ -38,6 +38,12 @@ class Member:
 @dataclass(frozen=True, slots=True)
 class Reply:
     frame: bytes
+    error: bool = False  # a pusher:error: the node counts it by `code` without decoding it
+    code: int | None = None
+
+
+def error_reply(code: int | None, message: str) -> Reply:
+    return Reply(frames.error_frame(code, message), True, code)
 
 
 @dataclass(frozen=True, slots=True)
@@ -183,9 +189,9 @@ class PusherConnection:
             )
         except ConnectionRefused as exc:
             self.state = _CLOSED
-            return [Reply(frames.error_frame(exc.code, exc.message)), Close(exc.code or 4009, exc.message)]
+            return [error_reply(exc.code, exc.message), Close(exc.code or 4009, exc.message)]
         except ParleyError as exc:
-            return [Reply(frames.error_frame(exc.code, exc.message))]
+            return [error_reply(exc.code, exc.message)]
 
     # -- pusher:subscribe / unsubscribe ------------------------------------------------------
 
@@ -304,12 +310,10 @@ class PusherConnection:
         ]
         if len(ids) > self.app.max_watchlist:
             commands.append(
-                Reply(
-                    frames.error_frame(
-                        CloseCode.WATCHLIST_LIMIT,
-                        f"Watchlist limit exceeded: only the first {self.app.max_watchlist} "
-                        "user ids are watched",
-                    )
+                error_reply(
+                    CloseCode.WATCHLIST_LIMIT,
+                    f"Watchlist limit exceeded: only the first {self.app.max_watchlist} "
+                    "user ids are watched",
                 )
             )
         return commands
