@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 import signal
 from dataclasses import dataclass
 from typing import Any
@@ -119,6 +120,11 @@ def announce(settings: Settings, port: int) -> None:
 
 async def serve(settings: Settings) -> None:
     running = await start(settings)
+    # What was built at start (settings, apps, modules) lives as long as the process: the
+    # cycle collector need not walk it again, and a higher first threshold makes its rounds
+    # rarer under a high allocation rate (1-4 % of the CPU of a busy server otherwise).
+    gc.freeze()
+    gc.set_threshold(10_000, 50, 100)
     logs.info("listening", host=settings.host, port=running.port, settings=describe(settings))
     announce(settings, running.port)
     stop_event = asyncio.Event()

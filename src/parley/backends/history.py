@@ -36,7 +36,7 @@ MAX_PAGE = 1000
 UNLIMITED = 2**62
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message, and frozen __init__ is slower
 class NewEntry:
     """What the node appends: an event as it will be delivered, with its stamped sender."""
 
@@ -47,7 +47,7 @@ class NewEntry:
     idempotency_key: str | None = None  # a repeat within 5 minutes returns the first Entry
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message, and frozen __init__ is slower
 class Entry:
     """One stored event and where it stands in its channel."""
 
@@ -228,7 +228,7 @@ def recovered(rows: Sequence[Entry], offset: int, last: int) -> list[Entry] | No
 # -- shared by the durable stores ---------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message, and frozen __init__ is slower
 class PendingAppend:
     """An append as queued for a batch: stamped, named and serialized on the caller's task, so
     an entry that is not JSON fails its own caller and never the batch."""
@@ -342,12 +342,24 @@ T = TypeVar("T")
 R = TypeVar("R")
 
 
+class _Waiter(Generic[R]):
+    """The caller of one `submit`/`submit_many`: one future for all of its items."""
+
+    __slots__ = ("future", "results", "count")
+
+    def __init__(self, future: asyncio.Future[list[R]], count: int) -> None:
+        self.future = future
+        self.results: list[R] = []
+        self.count = count
+
+
 class GroupCommit(Generic[T, R]):
     """Hands items submitted by many tasks to `commit` in batches, in submission order.
 
     There is no timer: while one batch is being committed the next one collects, so an idle
     store commits a lone append at once and a busy one commits up to `max_batch` per round.
-    `commit` returns one result per item, in order; the submitters are woken in that order.
+    `commit` returns one result per item, in order; the submitters are woken in that order,
+    each once (one future per call, not per item).
     """
 
     def __init__(
@@ -355,7 +367,7 @@ class GroupCommit(Generic[T, R]):
     ) -> None:
         self._commit = commit
         self._max_batch = max_batch
-        self._pending: list[tuple[T, asyncio.Future[R]]] = []
+        self._pending: list[tuple[T, _Waiter[R]]] = []
         self._wake = asyncio.Event()
         self._closing = False
         self._task: asyncio.Task[None] | None = None
@@ -364,25 +376,18 @@ class GroupCommit(Generic[T, R]):
         self._task = asyncio.create_task(self._run(), name="parley-history-group-commit")
 
     async def submit(self, item: T) -> R:
-        if self._closing or self._task is None:
-            raise RuntimeError("history store is not running")
-        future: asyncio.Future[R] = asyncio.get_running_loop().create_future()
-        self._pending.append((item, future))
-        self._wake.set()
-        return await future
+        return (await self.submit_many((item,)))[0]
 
     async def submit_many(self, items: Sequence[T]) -> list[R]:
         """Submit several items at once, in order; their results in the same order."""
         if self._closing or self._task is None:
             raise RuntimeError("history store is not running")
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[R]] = []
-        for item in items:
-            future: asyncio.Future[R] = loop.create_future()
-            self._pending.append((item, future))
-            futures.append(future)
+        if not items:
+            return []
+        waiter = _Waiter[R](asyncio.get_running_loop().create_future(), len(items))
+        self._pending.extend((item, waiter) for item in items)
         self._wake.set()
-        return [await future for future in futures]
+        return await waiter.future
 
     async def close(self) -> None:
         """Commit everything submitted so far, then stop."""
@@ -404,18 +409,19 @@ class GroupCommit(Generic[T, R]):
             try:
                 results = await self._commit([item for item, _ in batch])
             except asyncio.CancelledError:
-                for _, future in batch + self._pending:
-                    future.cancel()  # no submitter waits forever on a store torn down
+                for _, waiter in batch + self._pending:
+                    waiter.future.cancel()  # no submitter waits forever on a store torn down
                 raise
             except Exception as exc:  # noqa: BLE001 - handed to every submitter of the batch
                 # The batch may or may not have been committed; each caller learns it failed.
-                for _, future in batch:
-                    if not future.done():
-                        future.set_exception(exc)
+                for _, waiter in batch:
+                    if not waiter.future.done():
+                        waiter.future.set_exception(exc)
                 continue
-            for (_, future), result in zip(batch, results, strict=True):
-                if not future.done():
-                    future.set_result(result)
+            for (_, waiter), result in zip(batch, results, strict=True):
+                waiter.results.append(result)
+                if len(waiter.results) == waiter.count and not waiter.future.done():
+                    waiter.future.set_result(waiter.results)
 
 
 class BatchedHistoryStore(HistoryStore):

@@ -35,7 +35,7 @@ class Member:
     user_info: Any
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message, and frozen __init__ is slower
 class Reply:
     frame: bytes
     error: bool = False  # a pusher:error: the node counts it by `code` without decoding it
@@ -65,7 +65,7 @@ class Unsubscribe:
     member: Member | None = None
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)  # not frozen: built per message, and frozen __init__ is slower
 class ClientEvent:
     channel: str
     event: str
