@@ -421,7 +421,16 @@ async def test_history_survives_close_and_reopen(durable: Backend) -> None:
     assert (await reopened.append(app, "s", msg(52), Retention())).offset == 52
 
 
-async def test_two_nodes_on_one_database_share_each_channel_sequence(durable: Backend) -> None:
+@pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
+async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    """Stores that several nodes may share (a SQLite history has one owner process: see
+    test_sqlite_history.py)."""
+    async for b in _backend(request.param, tmp_path):
+        yield b
+
+
+async def test_two_nodes_on_one_database_share_each_channel_sequence(shared: Backend) -> None:
+    durable = shared
     app = durable.app_id
     nodes = [await durable.open(), await durable.open()]
     channels = ["x", "y", "z"]

@@ -96,6 +96,11 @@ class Retention:
     def age_ms_or_unlimited(self) -> int:
         return UNLIMITED if self.max_age_s is None else int(self.max_age_s * 1000)
 
+    @property
+    def count_and_age_ms(self) -> tuple[int, int]:
+        """(max_count, max_age_ms) as stored, UNLIMITED standing for None."""
+        return self.count_or_unlimited, self.age_ms_or_unlimited
+
 
 class HistoryStore(abc.ABC):
     """Append-only, per-channel history with (offset, epoch) positions.

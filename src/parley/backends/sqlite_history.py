@@ -1,45 +1,60 @@
 """`SqliteHistoryStore`: channel history in one SQLite file, the embedded default.
 
-One dedicated writer thread owns the only writing connection and commits appends in batches
-(one transaction each); reads go through their own connections on reader threads. It knows
-nothing of the hub or the wire.
+Theory of operation: log first, index in bulk. A batch of appends is durable once its records
+are in the history log, an append-only segment file beside the database
+(`<db>.history-log/<n>.jsonl`), written with one write() on the event loop: no thread hop, no
+lock, no B-tree page rewritten. The entries are readable at once from the channel's tail in
+memory. An indexer moves the logged operations into SQLite on a writer thread every
+`index_interval_s`, in one transaction per round with the entries sorted by channel: a round
+that touches a channel's index page writes it once, where a commit per batch used to rewrite
+one index page per channel per commit (most of an append's cost with many channels). A
+segment is deleted once everything it holds is in SQLite; at start, what the remaining
+segments hold is replayed into SQLite (idempotently: a replayed entry already indexed is
+ignored, one of an epoch since deleted is dropped) before anything is served.
 
-Durability: the database runs in WAL mode with synchronous=NORMAL. A commit appends its pages to
-the WAL with write() before COMMIT returns, so an acknowledged append survives the process being
-killed (SIGKILL) at any moment; only an OS crash or power loss can take the last commits back,
-because NORMAL does not fsync the WAL on every commit. That is the trade the group commit needs
-(no disk sync per message).
+Offsets and epochs are handed out from memory, so one process owns a history file: a lock
+file refuses a second one (several nodes share PostgreSQL, not SQLite). Reads merge SQLite
+(reader threads, their own connections) with the tail; a channel whose history was deleted
+reads only its tail until the indexer has applied the delete.
+
+Durability: write() puts the records in the OS page cache before the append is acknowledged,
+so an acknowledged append survives the process being killed (SIGKILL) at any moment; like the
+database itself (WAL, synchronous=NORMAL), an OS crash or power loss can take back the last
+records, because nothing is fsynced per append. That is the trade the group commit needs.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
+import os
 import sqlite3
 import threading
 import time
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
-from typing import TypeVar
+from typing import Any, TypeVar
 
+import orjson
+
+from parley import logs
 from parley.backends.history import (
     IDEMPOTENCY_WINDOW_MS,
     BatchedHistoryStore,
-    ChannelCursor,
-    ChannelKey,
     Direction,
     Entry,
-    GroupCommit,
-    IdempotencyKey,
     Page,
     PendingAppend,
+    Retention,
     check_read_args,
     entry_from_row,
     new_epoch,
     page_of,
-    plan_batch,
     recovered,
 )
 
@@ -58,8 +73,7 @@ CREATE TABLE IF NOT EXISTS parley_history_channels (
     PRIMARY KEY (app_id, channel)
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS parley_history_entries (
-    -- Rows in append order: a commit of entries for many channels writes a few sequential
-    -- pages instead of one page per channel (the WAL writes whole pages); the unique index
+    -- Rows as the indexer inserts them (each round sorted by channel); the unique index
     -- below, with small keys, finds a channel's entries.
     row        INTEGER PRIMARY KEY,
     app_id     TEXT NOT NULL,
@@ -106,8 +120,8 @@ KEEP_LAST_OFFSETS = f"""UPDATE parley_history_channels AS c SET last_seq = {LAST
     WHERE (app_id, channel) IN
         (SELECT app_id, channel FROM parley_history_entries INDEXED BY
             parley_history_entries_expires WHERE expires_ms < ?)"""
-# Trimming by count runs every TRIM_EVERY-th append of a channel (a quarter of max_count),
-# not on every commit; reads never show what is beyond max_count anyway.
+# Trimming by count runs when a channel passes a multiple of a quarter of its max_count, not
+# on every round; reads never show what is beyond max_count anyway.
 TRIM_FRACTION = 4
 SWEEP_CHUNK = 5000
 SWEEP_ENTRIES = """
@@ -119,8 +133,19 @@ DELETE FROM parley_history_keys WHERE rowid IN
     (SELECT rowid FROM parley_history_keys WHERE ts < ? LIMIT ?)
 """
 
+# Logged operations, as tuples (the same in memory, in the log and to the indexer):
+#   ("e", app_id, channel, epoch, seq, ts, expires_ms, id, event, data_json, publisher_json,
+#    user_id, idempotency_key, max_count, max_age_ms)            an appended entry
+#   ("c", app_id, channel, epoch, max_count, max_age_ms)        a channel's first epoch
+#   ("d", app_id, channel, new_epoch)                           its history deleted
+Op = tuple[Any, ...]
+ChannelKey = tuple[str, str]
+
+SEGMENT_BYTES = 16 * 1024 * 1024  # a new log segment after this many bytes
+MAX_UNINDEXED = 200_000  # appends wait for the indexer beyond this many logged operations
+MAX_IDLE_CHANNELS = 100_000  # channel states kept in memory with nothing pending
+
 T = TypeVar("T")
-_Cached = tuple[str, int, int, int]  # a channel's epoch, last offset, max_count, max_age_ms
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -143,51 +168,130 @@ def _transaction(conn: sqlite3.Connection, begin: str = "BEGIN") -> Iterator[Non
     conn.execute("COMMIT")
 
 
+@dataclass(slots=True)
+class _Channel:
+    """A channel as this process hands out its offsets (authoritative while it is loaded)."""
+
+    epoch: str
+    last: int
+    max_count: int
+    max_age_ms: int
+    durable: bool  # False until something logged names this epoch
+    tail: deque[Entry] = field(default_factory=deque)  # logged, not yet in SQLite, in order
+    keys: dict[str, Entry] = field(default_factory=dict)  # idempotency keys of the tail
+    pending: int = 0  # logged operations of this channel not yet indexed
+    deletes: int = 0  # deletes not yet applied in SQLite: its rows there are of an old epoch
+
+
 class SqliteHistoryStore(BatchedHistoryStore):
     def __init__(
         self,
         path: str | Path,
         *,
         clock: Callable[[], float] = time.time,
-        max_batch: int = 512,
+        max_batch: int = 4096,
         readers: int = 2,
         sweep_interval_s: float = 60.0,
+        index_interval_s: float = 0.05,
     ) -> None:
         self.path = str(path)
+        self.log_dir = Path(self.path + ".history-log")
         self._clock = clock
         self._max_batch = max_batch
         self._readers = readers
         self._sweep_interval_s = sweep_interval_s
+        self._index_interval_s = index_interval_s
         self._writer: ThreadPoolExecutor | None = None
         self._reader: ThreadPoolExecutor | None = None
-        self._wconn: sqlite3.Connection | None = None
+        self._wconn: sqlite3.Connection | None = None  # writer thread: indexer, sweep
+        self._lconn: sqlite3.Connection | None = None  # event loop: channel rows, keys
         self._rconns: list[sqlite3.Connection] = []
         self._local = threading.local()
-        self._commits: GroupCommit[PendingAppend, Entry] | None = None
+        self._commits = None
         self._sweeper: asyncio.Task[None] | None = None
-        self._cursors: dict[ChannelKey, _Cached] = {}  # writer thread only
-        self._cursor_version = -1
+        self._lock_fd: int | None = None
+        self._channels: dict[ChannelKey, _Channel] = {}
+        # the log: the open segment, and the closed ones with the operation count they end at
+        self._segment_fd: int | None = None
+        self._segment_no = 0
+        self._segment_bytes = 0
+        self._closed_segments: deque[tuple[int, Path]] = deque()
+        self._logged = 0  # operations logged since start
+        self._indexed = 0  # of which the indexer has committed
+        self._ops: list[Op] = []  # logged, waiting for the indexer
+        self._ops_ready = asyncio.Event()
+        self._caught_up = asyncio.Event()
+        self._indexer: asyncio.Task[None] | None = None
+        self._rounds: list[asyncio.Future[None]] = []  # woken after each indexing round
+        self._hurry = asyncio.Event()  # index now, without waiting for the round to collect
+        self._closing = False
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
+        self._lock()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="parley-history-writer")
         self._reader = ThreadPoolExecutor(self._readers, thread_name_prefix="parley-history-read")
         await self._write(self._open_writer)
+        self.log_dir.mkdir(parents=True, exist_ok=True)
+        numbers = []
+        for segment in self._segments():
+            ops = self._read_segment(segment)
+            await self._write(partial(self._apply, ops))
+            segment.unlink()
+            numbers.append(int(segment.stem))
+            if ops:
+                logs.info("history log replayed", segment=segment.name, operations=len(ops))
+        self._segment_no = max(numbers, default=-1) + 1
+        self._open_segment()
+        self._lconn = _connect(self.path)
+        self._caught_up.set()
+        self._indexer = asyncio.create_task(self._index_loop(), name="parley-history-indexer")
         self._start_batching()
 
     async def close(self) -> None:
         await self._stop_batching()
+        self._closing = True
+        self._ops_ready.set()
+        self._hurry.set()
+        if self._indexer is not None:
+            await self._indexer
+            self._indexer = None
+        if self._segment_fd is not None:
+            os.close(self._segment_fd)
+            self._segment_fd = None
+            if not self._ops:  # everything is in SQLite: the log is not needed any more
+                for segment in self._segments():
+                    segment.unlink()
         if self._reader is not None:
             self._reader.shutdown(wait=True)
             self._reader = None
         for conn in self._rconns:
             conn.close()
         self._rconns.clear()
+        if self._lconn is not None:
+            self._lconn.close()
+            self._lconn = None
         if self._writer is not None:
             await self._write(self._close_writer)
             self._writer.shutdown(wait=True)
             self._writer = None
+        self._channels.clear()
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)  # releases the lock
+            self._lock_fd = None
+
+    def _lock(self) -> None:
+        fd = os.open(self.path + ".history-lock", os.O_RDWR | os.O_CREAT, 0o644)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            os.close(fd)
+            raise RuntimeError(
+                f"the history in {self.path} is in use by another Parley process; one process "
+                "owns a SQLite history (several nodes share PostgreSQL: store = \"postgres\")"
+            ) from None
+        self._lock_fd = fd
 
     def _open_writer(self) -> None:
         conn = _connect(self.path)
@@ -197,10 +301,9 @@ class SqliteHistoryStore(BatchedHistoryStore):
             conn.close()
             raise RuntimeError(f"SQLite refused WAL mode for {self.path} (got {mode})")
         conn.executescript(SCHEMA)
-        # A bigger page cache than the default 2 MiB keeps the position index's hot pages
-        # in memory; checkpointing every 4,000 WAL pages instead of 1,000 writes a page that
-        # many commits touched once, and syncs a quarter as often (about 30 % less CPU per
-        # append in bench/, at up to 16 MiB of WAL).
+        # A bigger page cache than the default 2 MiB keeps the position index's hot pages in
+        # memory; checkpointing every 4,000 WAL pages instead of 1,000 writes a page that many
+        # rounds touched once, and syncs a quarter as often.
         conn.execute("PRAGMA cache_size = -32768")
         conn.execute("PRAGMA wal_autocheckpoint = 4000")
         self._wconn = conn
@@ -227,144 +330,346 @@ class SqliteHistoryStore(BatchedHistoryStore):
         if conn is None:
             conn = self._local.conn = _connect(self.path)
             self._rconns.append(conn)
-        with _transaction(conn):  # one snapshot for the channel row and its entries
+        with _transaction(conn):  # one snapshot
             return fn(conn)
 
-    # -- appends (append and append_many come from BatchedHistoryStore) ----------------------
+    # -- the log -----------------------------------------------------------------------------
 
-    async def _commit(self, items: list[PendingAppend]) -> list[Entry]:
-        return await self._write(partial(self._write_batch, items))
+    def _segments(self) -> list[Path]:
+        found = [p for p in self.log_dir.glob("*.jsonl") if p.stem.isdigit()]
+        return sorted(found, key=lambda p: int(p.stem))
 
-    def _write_batch(self, items: list[PendingAppend]) -> list[Entry]:
-        """In the writer thread: one transaction for the whole batch."""
+    def _open_segment(self) -> None:
+        path = self.log_dir / f"{self._segment_no:08d}.jsonl"
+        self._segment_fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+        self._segment_bytes = 0
+
+    @staticmethod
+    def _read_segment(path: Path) -> list[Op]:
+        """The operations of a segment; a torn or damaged line (a write cut short by a crash,
+        never acknowledged) is skipped."""
+        ops: list[Op] = []
+        for line in path.read_bytes().split(b"\n"):
+            if not line:
+                continue
+            try:
+                op = orjson.loads(line)
+            except orjson.JSONDecodeError:
+                logs.warning("history log line skipped", segment=path.name, bytes=len(line))
+                continue
+            if isinstance(op, list) and op and op[0] in ("e", "c", "d"):
+                ops.append(tuple(op))
+        return ops
+
+    def _log(self, ops: list[Op]) -> None:
+        """Make `ops` durable (one write), then hand them to the indexer. Raises on an I/O
+        error, having changed nothing."""
+        if self._segment_fd is None:
+            raise RuntimeError("history store is not running")
+        data = b"".join([orjson.dumps(op) + b"\n" for op in ops])
+        view = memoryview(data)
+        while view:
+            written = os.write(self._segment_fd, view)
+            view = view[written:]
+        self._segment_bytes += len(data)
+        self._logged += len(ops)
+        self._ops.extend(ops)
+        self._ops_ready.set()
+        if self._segment_bytes >= SEGMENT_BYTES:
+            os.close(self._segment_fd)
+            path = self.log_dir / f"{self._segment_no:08d}.jsonl"
+            self._closed_segments.append((self._logged, path))
+            self._segment_no += 1
+            self._open_segment()
+
+    # -- the indexer -------------------------------------------------------------------------
+
+    async def _index_loop(self) -> None:
+        while True:
+            await self._ops_ready.wait()
+            if not self._closing and not self._hurry.is_set():
+                with contextlib.suppress(TimeoutError):  # let a round collect
+                    await asyncio.wait_for(self._hurry.wait(), self._index_interval_s)
+            self._hurry.clear()
+            self._ops_ready.clear()
+            ops, self._ops = self._ops, []
+            if ops:
+                try:
+                    await self._write(partial(self._apply, ops))
+                except Exception:  # noqa: BLE001 - kept in the log and in memory; retried
+                    logs.error("history indexing failed, retrying", operations=len(ops))
+                    self._ops[:0] = ops
+                    self._ops_ready.set()
+                    if self._closing:
+                        return
+                    await asyncio.sleep(1.0)
+                    continue
+                self._after_indexing(ops)
+            if len(self._ops) < MAX_UNINDEXED // 2:
+                self._caught_up.set()
+            if self._closing and not self._ops:
+                return
+
+    def _after_indexing(self, ops: list[Op]) -> None:
+        """On the loop: drop from the tails what SQLite now holds, delete finished segments."""
+        self._indexed += len(ops)
+        newest: dict[ChannelKey, tuple[str, int]] = {}
+        for op in ops:
+            key = (op[1], op[2])
+            state = self._channels.get(key)
+            if state is None:
+                continue
+            state.pending -= 1
+            if op[0] == "e":
+                newest[key] = (op[3], op[4])
+            elif op[0] == "d":
+                state.deletes -= 1
+        for key, (epoch, offset) in newest.items():
+            state = self._channels[key]
+            if state.epoch != epoch:
+                continue
+            tail = state.tail
+            while tail and tail[0].offset <= offset:
+                tail.popleft()
+            if state.keys:
+                for k in [k for k, e in state.keys.items() if e.offset <= offset]:
+                    del state.keys[k]
+        while self._closed_segments and self._closed_segments[0][0] <= self._indexed:
+            _, path = self._closed_segments.popleft()
+            with contextlib.suppress(FileNotFoundError):
+                path.unlink()
+        for waiter in self._rounds:
+            if not waiter.done():
+                waiter.set_result(None)
+        self._rounds.clear()
+        if len(self._channels) > MAX_IDLE_CHANNELS:
+            for key in [k for k, s in self._channels.items() if not s.pending and not s.tail]:
+                del self._channels[key]
+
+    async def _flush(self) -> None:
+        """Wait until everything logged so far is in SQLite."""
+        target = self._logged
+        while self._indexed < target:
+            if self._indexer is None or self._indexer.done():
+                raise RuntimeError("history store is not running")
+            waiter = asyncio.get_running_loop().create_future()
+            self._rounds.append(waiter)
+            self._hurry.set()
+            await waiter
+
+    def _apply(self, ops: Sequence[Op]) -> None:
+        """In the writer thread: apply logged operations to SQLite in one transaction. Safe to
+        repeat (replay after a crash): entries already there are ignored, and entries of an
+        epoch that a delete has replaced are dropped."""
         conn = self._wconn
         assert conn is not None
-        try:
-            return self._write_batch_in(conn, items)
-        except BaseException:
-            self._cursors.clear()
-            raise
-
-    def _write_batch_in(self, conn: sqlite3.Connection, items: list[PendingAppend]) -> list[Entry]:
         with _transaction(conn, "BEGIN IMMEDIATE"):
-            # Channel positions are cached between batches; another connection's commit
-            # (another process on this file) bumps data_version and empties the cache.
-            version = conn.execute("PRAGMA data_version").fetchone()[0]
-            if version != self._cursor_version or len(self._cursors) > 100_000:
-                self._cursors.clear()
-                self._cursor_version = version
-            channels: dict[ChannelKey, ChannelCursor] = {}
-            stored: dict[ChannelKey, _Cached] = {}
-            firsts: dict[IdempotencyKey, Entry] = {}
-            for item in items:
-                where = (item.app_id, item.channel)
-                if where not in channels:
-                    cached = self._cursors.get(where)
-                    if cached is None:
-                        cached = self._channel_for_write(conn, *where)
-                    stored[where] = cached
-                    channels[where] = ChannelCursor(cached[0], cached[1])
-                key = item.entry.idempotency_key
-                if key is not None and (*where, key) not in firsts:
-                    first = self._first_with_key(conn, *where, key)
-                    if first is not None:
-                        firsts[(*where, key)] = first
-            plan = plan_batch(items, channels, firsts)
-            conn.executemany(
-                "INSERT INTO parley_history_entries (app_id, channel, seq, ts, expires_ms,"
-                " id, event, data, publisher, user_id) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                plan.entries,
-            )
-            if plan.keys:
+            known: dict[ChannelKey, list[Any] | None] = {}  # epoch, max_count, max_age_ms
+
+            def row_of(key: ChannelKey) -> list[Any] | None:
+                if key not in known:
+                    row = conn.execute(
+                        "SELECT epoch, max_count, max_age_ms FROM parley_history_channels"
+                        " WHERE app_id = ? AND channel = ?",
+                        key,
+                    ).fetchone()
+                    known[key] = list(row) if row is not None else None
+                return known[key]
+
+            def create(key: ChannelKey, epoch: str, count: int, age_ms: int) -> None:
+                conn.execute(
+                    "INSERT INTO parley_history_channels VALUES (?, ?, ?, 0, ?, ?)",
+                    (*key, epoch, count, age_ms),
+                )
+                known[key] = [epoch, count, age_ms]
+
+            entries: list[tuple[Any, ...]] = []
+            keys: list[tuple[Any, ...]] = []
+            spans: dict[ChannelKey, list[int]] = {}  # lowest seq, highest seq, max_count
+
+            def flush() -> None:
+                entries.sort()
+                conn.executemany(
+                    "INSERT OR IGNORE INTO parley_history_entries (app_id, channel, seq, ts,"
+                    " expires_ms, id, event, data, publisher, user_id)"
+                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                    entries,
+                )
                 conn.executemany(
                     "INSERT OR REPLACE INTO parley_history_keys (app_id, channel, key, seq,"
                     " epoch, ts, id, event, data, publisher, user_id)"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    plan.keys,
+                    keys,
                 )
-            for where, cursor in channels.items():
-                _, before, old_count, old_age_ms = stored[where]
-                max_count = cursor.retention.count_or_unlimited
-                max_age_ms = cursor.retention.age_ms_or_unlimited
-                if (max_count, max_age_ms) != (old_count, old_age_ms):
-                    conn.execute(
-                        "UPDATE parley_history_channels SET max_count = ?, max_age_ms = ?"
-                        " WHERE app_id = ? AND channel = ?",
-                        (max_count, max_age_ms, *where),
-                    )
-                every = max(1, max_count // TRIM_FRACTION)
-                if cursor.last > max_count and cursor.last // every > before // every:
-                    conn.execute(
-                        "DELETE FROM parley_history_entries"
-                        " WHERE app_id = ? AND channel = ? AND seq <= ?",
-                        (*where, cursor.last - max_count),
-                    )
-                self._cursors[where] = (cursor.epoch, cursor.last, max_count, max_age_ms)
-        return plan.results
+                for key, (low, high, count) in spans.items():
+                    every = max(1, count // TRIM_FRACTION)
+                    if high > count and high // every > (low - 1) // every:
+                        conn.execute(
+                            "DELETE FROM parley_history_entries"
+                            " WHERE app_id = ? AND channel = ? AND seq <= ?",
+                            (*key, high - count),
+                        )
+                entries.clear()
+                keys.clear()
+                spans.clear()
 
-    def _channel_for_write(self, conn: sqlite3.Connection, app_id: str, channel: str) -> _Cached:
-        row = self._channel_row(app_id, channel, conn)
+            for op in ops:
+                kind, app_id, channel = op[0], op[1], op[2]
+                key = (app_id, channel)
+                row = row_of(key)
+                if kind == "e":
+                    (epoch, seq, ts, expires_ms, id_, event, data, publisher, user_id,
+                     idem, count, age_ms) = op[3:]
+                    if row is None:
+                        create(key, epoch, count, age_ms)
+                    elif row[0] != epoch:
+                        continue  # its history was deleted since
+                    elif (row[1], row[2]) != (count, age_ms):
+                        conn.execute(
+                            "UPDATE parley_history_channels SET max_count = ?, max_age_ms = ?"
+                            " WHERE app_id = ? AND channel = ?",
+                            (count, age_ms, *key),
+                        )
+                        row[1], row[2] = count, age_ms
+                    stored = (id_, event, data, publisher)
+                    entries.append((*key, seq, ts, expires_ms, *stored, user_id))
+                    if idem is not None:
+                        keys.append((*key, idem, seq, epoch, ts, *stored, user_id))
+                    span = spans.get(key)
+                    if span is None:
+                        spans[key] = [seq, seq, count]
+                    else:
+                        span[1], span[2] = seq, count
+                elif kind == "c":
+                    if row is None:
+                        create(key, op[3], op[4], op[5])
+                elif kind == "d":
+                    new = op[3]
+                    if row is not None and row[0] == new:
+                        continue  # applied before (a replay)
+                    flush()  # what came before the delete goes first
+                    if row is None:
+                        create(key, new, *Retention().count_and_age_ms)
+                    else:
+                        conn.execute(
+                            "UPDATE parley_history_channels SET epoch = ?, last_seq = 0"
+                            " WHERE app_id = ? AND channel = ?",
+                            (new, *key),
+                        )
+                        row[0] = new
+                        for table in ("parley_history_entries", "parley_history_keys"):
+                            conn.execute(
+                                f"DELETE FROM {table} WHERE app_id = ? AND channel = ?", key
+                            )
+            flush()
+
+    # -- appends (append and append_many come from BatchedHistoryStore) ----------------------
+
+    def _state(self, app_id: str, channel: str) -> _Channel:
+        """The channel as loaded in memory: from SQLite the first time, or new."""
+        key = (app_id, channel)
+        state = self._channels.get(key)
+        if state is not None:
+            return state
+        conn = self._lconn
+        if conn is None:
+            raise RuntimeError("history store is not running")
+        row = conn.execute(CHANNEL_ROW, key).fetchone()
         if row is not None:
-            return row
-        cursor = ChannelCursor(new_epoch(), 0)
-        count, age_ms = cursor.retention.count_or_unlimited, cursor.retention.age_ms_or_unlimited
-        conn.execute(
-            "INSERT INTO parley_history_channels VALUES (?, ?, ?, 0, ?, ?)",
-            (app_id, channel, cursor.epoch, count, age_ms),
-        )
-        return (cursor.epoch, 0, count, age_ms)
+            state = _Channel(row[0], row[1], row[2], row[3], durable=True)
+        else:
+            state = _Channel(new_epoch(), 0, *Retention().count_and_age_ms, durable=False)
+        self._channels[key] = state
+        return state
 
-    @staticmethod
-    def _first_with_key(
-        conn: sqlite3.Connection, app_id: str, channel: str, key: str
-    ) -> Entry | None:
-        row = conn.execute(
+    def _stored_key(self, app_id: str, channel: str, state: _Channel, key: str) -> Entry | None:
+        """The first entry of an idempotency key, from the tail or else from SQLite."""
+        first = state.keys.get(key)
+        if first is not None or state.deletes or self._lconn is None:
+            return first
+        row = self._lconn.execute(
             f"SELECT epoch, {ENTRY_COLUMNS} FROM parley_history_keys"
             " WHERE app_id = ? AND channel = ? AND key = ?",
             (app_id, channel, key),
         ).fetchone()
-        return None if row is None else entry_from_row(row[0], row[1:])
+        if row is None or row[0] != state.epoch:
+            return None
+        return entry_from_row(row[0], row[1:])
+
+    async def _commit(self, items: list[PendingAppend]) -> list[Entry]:
+        if not self._caught_up.is_set():
+            await self._caught_up.wait()  # the indexer is far behind: let it catch up
+        results: list[Entry] = []
+        ops: list[Op] = []
+        added: list[tuple[_Channel, Entry, str | None, int, int]] = []
+        lasts: dict[ChannelKey, int] = {}
+        seen: dict[tuple[str, str, str], Entry] = {}  # keys first used in this batch
+        for item in items:
+            key = (item.app_id, item.channel)
+            state = self._state(*key)
+            idem = item.entry.idempotency_key
+            if idem is not None:
+                first = seen.get((*key, idem)) or self._stored_key(*key, state, idem)
+                if first is not None and first.ts >= item.ts - IDEMPOTENCY_WINDOW_MS:
+                    results.append(replace(first, duplicate=True))
+                    continue
+            seq = lasts[key] = lasts.get(key, state.last) + 1
+            entry = Entry(
+                seq, state.epoch, item.ts, item.id, item.entry.event, item.entry.data,
+                item.entry.publisher, item.entry.user_id,
+            )
+            count, age_ms = item.retention.count_and_age_ms
+            ops.append((
+                "e", *key, state.epoch, seq, item.ts, item.ts + age_ms, item.id,
+                item.entry.event, item.data_json, item.publisher_json, item.entry.user_id,
+                idem, count, age_ms,
+            ))
+            results.append(entry)
+            added.append((state, entry, idem, count, age_ms))
+            if idem is not None:
+                seen[(*key, idem)] = entry
+        if ops:
+            self._log(ops)  # raises on an I/O error: then nothing below has happened
+        for state, entry, idem, count, age_ms in added:
+            state.tail.append(entry)
+            state.last = entry.offset
+            state.max_count, state.max_age_ms = count, age_ms
+            state.durable = True
+            state.pending += 1
+            if idem is not None:
+                state.keys[idem] = entry
+        return results
+
+    def _make_durable(self, app_id: str, channel: str, state: _Channel) -> None:
+        """Log the epoch of a channel never written, so that it sticks."""
+        if not state.durable:
+            self._log([("c", app_id, channel, state.epoch, state.max_count, state.max_age_ms)])
+            state.durable = True
+            state.pending += 1
 
     # -- channel state -----------------------------------------------------------------------
 
     async def position(self, app_id: str, channel: str) -> tuple[int, str]:
-        row = await self._read(partial(self._channel_row, app_id, channel))
-        if row is not None:
-            return row[1], row[0]
-        return await self._write(partial(self._ensure_channel, app_id, channel))
-
-    def _ensure_channel(self, app_id: str, channel: str) -> tuple[int, str]:
-        conn = self._wconn
-        assert conn is not None
-        with _transaction(conn, "BEGIN IMMEDIATE"):
-            epoch, last, *_ = self._channel_for_write(conn, app_id, channel)
-        return last, epoch
-
-    @staticmethod
-    def _channel_row(app_id: str, channel: str, conn: sqlite3.Connection) -> _Cached | None:
-        """(epoch, last offset, max_count, max_age_ms) of a channel, None if never written."""
-        row = conn.execute(CHANNEL_ROW, (app_id, channel)).fetchone()
-        return None if row is None else (row[0], row[1], row[2], row[3])
+        self._check_running()
+        state = self._state(app_id, channel)
+        self._make_durable(app_id, channel, state)
+        return state.last, state.epoch
 
     async def delete(self, app_id: str, channel: str) -> str:
-        return await self._write(partial(self._delete, app_id, channel))
-
-    def _delete(self, app_id: str, channel: str) -> str:
-        conn = self._wconn
-        assert conn is not None
-        with _transaction(conn, "BEGIN IMMEDIATE"):
-            epoch = new_epoch(self._channel_for_write(conn, app_id, channel)[0])
-            conn.execute(
-                "UPDATE parley_history_channels SET epoch = ?, last_seq = 0"
-                " WHERE app_id = ? AND channel = ?",
-                (epoch, app_id, channel),
-            )
-            for table in ("parley_history_entries", "parley_history_keys"):
-                conn.execute(
-                    f"DELETE FROM {table} WHERE app_id = ? AND channel = ?", (app_id, channel)
-                )
-        self._cursors.pop((app_id, channel), None)  # its retention is read again next time
+        self._check_running()
+        state = self._state(app_id, channel)
+        epoch = new_epoch(state.epoch)
+        self._log([("d", app_id, channel, epoch)])
+        state.epoch, state.last, state.durable = epoch, 0, True
+        state.tail.clear()
+        state.keys.clear()
+        state.pending += 1
+        state.deletes += 1
         return epoch
+
+    def _check_running(self) -> None:
+        if self._segment_fd is None or self._closing:
+            raise RuntimeError("history store is not running")
 
     # -- reads -------------------------------------------------------------------------------
 
@@ -379,79 +684,80 @@ class SqliteHistoryStore(BatchedHistoryStore):
         direction: Direction = "forward",
     ) -> Page:
         check_read_args(after, before, limit, direction)
-        found = await self._read(
-            partial(
-                self._select,
-                app_id,
-                channel,
-                after or 0,
-                before,
-                limit + 1,
-                direction,
-                self._now_ms(),
-            )
-        )
-        if found is None:
-            _, epoch = await self.position(app_id, channel)
-            return Page(channel, epoch, [], None)
-        epoch, _, rows = found
+        self._check_running()
+        state = self._state(app_id, channel)
+        self._make_durable(app_id, channel, state)
+        epoch = state.epoch
+        rows = await self._fetch(app_id, channel, state, after or 0, before, limit + 1, direction)
         return page_of(channel, epoch, rows, limit)
 
     async def since(
         self, app_id: str, channel: str, offset: int, epoch: str, limit: int
     ) -> list[Entry] | None:
+        self._check_running()
         if offset < 0 or limit < 0:
             return None
-        found = await self._read(
-            partial(
-                self._select, app_id, channel, offset, None, limit + 1, "forward", self._now_ms()
-            )
-        )
-        if found is None or found[0] != epoch:
+        state = self._state(app_id, channel)
+        last = state.last
+        if state.epoch != epoch or offset > last or last - offset > limit:
             return None
-        _, last, rows = found
-        if offset > last or last - offset > limit:
-            return None
+        rows = await self._fetch(app_id, channel, state, offset, None, limit + 1, "forward")
         return recovered(rows, offset, last)
 
-    def _select(
+    async def _fetch(
         self,
         app_id: str,
         channel: str,
+        state: _Channel,
         after: int,
         before: int | None,
         limit: int,
         direction: Direction,
-        now_ms: int,
+    ) -> list[Entry]:
+        """Up to `limit` entries kept by retention with after < offset < before, in
+        `direction`: the tail as it is now, merged with what SQLite holds."""
+        lowest = max(after, state.last - state.max_count)
+        upper = state.last + 1 if before is None else min(before, state.last + 1)
+        oldest_ms = self._now_ms() - state.max_age_ms
+        # The tail is taken before SQLite is asked: whatever leaves the tail meanwhile is in
+        # SQLite by the time the query runs, so nothing falls between the two.
+        found = {
+            e.offset: e for e in state.tail if lowest < e.offset < upper and e.ts >= oldest_ms
+        }
+        if not state.deletes and lowest + 1 < upper:
+            args = (app_id, channel, lowest, upper, oldest_ms, limit, direction, state.epoch)
+            for e in await self._read(partial(self._select, *args)):
+                found.setdefault(e.offset, e)
+        rows = sorted(found.values(), key=_offset, reverse=direction == "backward")
+        return rows[:limit]
+
+    @staticmethod
+    def _select(
+        app_id: str,
+        channel: str,
+        lowest: int,
+        upper: int,
+        oldest_ms: int,
+        limit: int,
+        direction: Direction,
+        epoch: str,
         conn: sqlite3.Connection,
-    ) -> tuple[str, int, list[Entry]] | None:
-        """In a reader thread, inside one read transaction: (epoch, last offset, entries kept
-        by the channel's retention with after < offset < before, in `direction`)."""
-        row = self._channel_row(app_id, channel, conn)
-        if row is None:
-            return None
-        epoch, last, max_count, max_age_ms = row
+    ) -> list[Entry]:
         order = "ASC" if direction == "forward" else "DESC"
         cursor = conn.execute(
             f"SELECT {ENTRY_COLUMNS} FROM parley_history_entries"
             " WHERE app_id = ? AND channel = ? AND seq > ? AND seq < ? AND ts >= ?"
             f" ORDER BY seq {order} LIMIT ?",
-            (
-                app_id,
-                channel,
-                max(after, last - max_count),
-                last + 1 if before is None else before,
-                now_ms - max_age_ms,
-                limit,
-            ),
+            (app_id, channel, lowest, upper, oldest_ms, limit),
         )
-        return epoch, last, [entry_from_row(epoch, r) for r in cursor]
+        return [entry_from_row(epoch, r) for r in cursor]
 
     # -- retention ---------------------------------------------------------------------------
 
     async def sweep(self) -> int:
-        # One short transaction per chunk, each its own writer job, so batches of appends
+        # One short transaction per chunk, each its own writer job, so indexing rounds
         # interleave with a long sweep instead of waiting for it.
+        await self._flush()  # what is only in the tail is young: it would not be swept
         now_ms = self._now_ms()
         removed = 0
         await self._write(partial(self._keep_last_offsets, now_ms))
@@ -478,3 +784,6 @@ class SqliteHistoryStore(BatchedHistoryStore):
         with _transaction(conn, "BEGIN IMMEDIATE"):
             return conn.execute(sql, (cutoff, SWEEP_CHUNK)).rowcount
 
+
+def _offset(entry: Entry) -> int:
+    return entry.offset

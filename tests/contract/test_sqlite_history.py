@@ -1,0 +1,120 @@
+"""What is particular to the SQLite history: the log written before the index, its replay
+after a crash, and the one process that owns a history file."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+import sys
+from pathlib import Path
+
+import pytest
+
+from parley.backends.history import NewEntry, Retention
+from parley.backends.sqlite_history import SqliteHistoryStore
+from tests.support.server import TIMEOUT
+
+SERVER = {"type": "server", "app_id": "1"}
+
+
+def msg(i: int) -> NewEntry:
+    return NewEntry(event="message", data={"i": i}, publisher=SERVER)
+
+
+async def test_a_second_store_on_the_same_file_is_refused(tmp_path: Path) -> None:
+    first = SqliteHistoryStore(tmp_path / "h.db")
+    await first.start()
+    second = SqliteHistoryStore(tmp_path / "h.db")
+    with pytest.raises(RuntimeError, match="in use by another Parley process"):
+        await second.start()
+    await first.append("1", "c", msg(1), Retention())
+    await first.close()
+    third = SqliteHistoryStore(tmp_path / "h.db")  # the lock goes with the owner
+    await third.start()
+    assert (await third.position("1", "c"))[0] == 1
+    await third.close()
+
+
+async def test_reads_merge_what_is_indexed_with_the_tail(tmp_path: Path) -> None:
+    # A long interval: only an explicit flush indexes, so part is in SQLite, part in memory.
+    store = SqliteHistoryStore(tmp_path / "h.db", index_interval_s=3600)
+    await store.start()
+    try:
+        written = [await store.append("1", "m", msg(i), Retention()) for i in range(10)]
+        await store._flush()
+        assert not store._channels[("1", "m")].tail  # all of it is in SQLite now
+        written += [await store.append("1", "m", msg(i), Retention()) for i in range(10, 15)]
+        assert len(store._channels[("1", "m")].tail) == 5
+        forward, after = [], None
+        while True:
+            page = await store.read("1", "m", after=after, limit=4)
+            forward += page.entries
+            if page.next is None:
+                break
+            after = page.next
+        assert forward == written
+        backward = await store.read("1", "m", limit=6, direction="backward")
+        assert backward.entries == written[::-1][:6] and backward.next == 10
+        _, epoch = await store.position("1", "m")
+        assert await store.since("1", "m", 3, epoch, 100) == written[3:]
+        kept = await store.append("1", "k", msg(0), Retention(max_count=3))
+        assert kept.offset == 1
+    finally:
+        await store.close()
+
+
+CHILD = r"""
+import asyncio, sys
+from parley.backends.history import NewEntry, Retention
+from parley.backends.sqlite_history import SqliteHistoryStore
+
+async def main(path):
+    store = SqliteHistoryStore(path, index_interval_s=3600)
+    await store.start()
+    pub = {"type": "server"}
+    for i in range(5):
+        await store.append("1", "gone", NewEntry("e", {"i": i}, pub), Retention())
+    await store._flush()                     # these five are in SQLite (and in the log)
+    epoch = await store.delete("1", "gone")  # logged only: not applied to SQLite yet
+    kept = [await store.append("1", "gone", NewEntry("e", {"i": i}, pub), Retention())
+            for i in (10, 11)]
+    keyed = await store.append("1", "k", NewEntry("e", 1, pub, idempotency_key="once"),
+                               Retention())
+    print(epoch, kept[0].id, kept[1].id, keyed.id, flush=True)
+    await asyncio.sleep(3600)
+
+asyncio.run(main(sys.argv[1]))
+"""
+
+
+async def test_the_log_is_replayed_after_sigkill_without_resurrecting_deleted_entries(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "h.db")
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-c", CHILD, path, stdout=asyncio.subprocess.PIPE
+    )
+    assert proc.stdout is not None
+    try:
+        async with asyncio.timeout(TIMEOUT):
+            line = (await proc.stdout.readline()).decode().split()
+    finally:
+        proc.send_signal(signal.SIGKILL)
+    assert await proc.wait() == -signal.SIGKILL
+    epoch, first_id, second_id, keyed_id = line
+
+    store = SqliteHistoryStore(path)
+    await store.start()
+    try:
+        page = await store.read("1", "gone")
+        assert page.epoch == epoch
+        assert [(e.offset, e.id, e.data) for e in page.entries] == [
+            (1, first_id, {"i": 10}),
+            (2, second_id, {"i": 11}),
+        ]
+        again = await store.append("1", "k", NewEntry("e", 2, SERVER, idempotency_key="once"),
+                                   Retention())
+        assert again.duplicate and again.id == keyed_id
+        assert not list(Path(path + ".history-log").glob("*.jsonl"))[1:]  # replayed, removed
+    finally:
+        await store.close()
