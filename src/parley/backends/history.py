@@ -429,33 +429,23 @@ class GroupCommit(Generic[T, R]):
                     waiter.future.set_result(waiter.results)
 
 
-class BatchedHistoryStore(HistoryStore):
-    """The durable stores' shared append path: every append is stamped on the caller's task
-    and handed to a `GroupCommit`, which commits what has collected in one transaction."""
+class SweepingHistoryStore(HistoryStore):
+    """A durable store that removes expired rows itself, every `_sweep_interval_s`."""
 
-    _commits: GroupCommit[PendingAppend, Entry] | None
     _clock: Callable[[], float]
-    _max_batch: int
     _sweep_interval_s: float
     _sweeper: asyncio.Task[None] | None
 
-    def _start_batching(self) -> None:
-        """Start the group commit and, if asked for, the periodic sweep (end of `start`)."""
-        self._commits = GroupCommit(self._commit, max_batch=self._max_batch)
-        self._commits.start()
+    def _start_sweeping(self) -> None:
         if self._sweep_interval_s > 0:
             self._sweeper = asyncio.create_task(self._sweep_loop(), name="parley-history-sweep")
 
-    async def _stop_batching(self) -> None:
-        """Stop sweeping and commit everything submitted (start of `close`)."""
+    async def _stop_sweeping(self) -> None:
         if self._sweeper is not None:
             self._sweeper.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._sweeper
             self._sweeper = None
-        if self._commits is not None:
-            await self._commits.close()
-            self._commits = None
 
     async def _sweep_loop(self) -> None:
         while True:
@@ -465,12 +455,34 @@ class BatchedHistoryStore(HistoryStore):
             except Exception:  # noqa: BLE001 - logged with its traceback; the next round retries
                 logs.error("history_sweep_failed", store=type(self).__name__)
 
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+
+class BatchedHistoryStore(SweepingHistoryStore):
+    """The shared append path of the stores that commit in transactions (PostgreSQL): every
+    append is stamped on the caller's task and handed to a `GroupCommit`, which commits what
+    has collected in one transaction."""
+
+    _commits: GroupCommit[PendingAppend, Entry] | None
+    _max_batch: int
+
+    def _start_batching(self) -> None:
+        """Start the group commit and, if asked for, the periodic sweep (end of `start`)."""
+        self._commits = GroupCommit(self._commit, max_batch=self._max_batch)
+        self._commits.start()
+        self._start_sweeping()
+
+    async def _stop_batching(self) -> None:
+        """Stop sweeping and commit everything submitted (start of `close`)."""
+        await self._stop_sweeping()
+        if self._commits is not None:
+            await self._commits.close()
+            self._commits = None
+
     @abc.abstractmethod
     async def _commit(self, items: list[PendingAppend]) -> list[Entry]:
         """Write one batch in one transaction; one Entry per item, in order."""
-
-    def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
 
     async def append(
         self, app_id: str, channel: str, entry: NewEntry, retention: Retention

@@ -45,15 +45,16 @@ import orjson
 from parley import logs
 from parley.backends.history import (
     IDEMPOTENCY_WINDOW_MS,
-    BatchedHistoryStore,
     Direction,
     Entry,
     Page,
-    PendingAppend,
+    NewEntry,
     Retention,
+    SweepingHistoryStore,
     check_read_args,
     entry_from_row,
     new_epoch,
+    new_message_id,
     page_of,
     recovered,
 )
@@ -183,21 +184,19 @@ class _Channel:
     deletes: int = 0  # deletes not yet applied in SQLite: its rows there are of an old epoch
 
 
-class SqliteHistoryStore(BatchedHistoryStore):
+class SqliteHistoryStore(SweepingHistoryStore):
     def __init__(
         self,
         path: str | Path,
         *,
         clock: Callable[[], float] = time.time,
-        max_batch: int = 4096,
         readers: int = 2,
         sweep_interval_s: float = 60.0,
-        index_interval_s: float = 0.05,
+        index_interval_s: float = 0.25,
     ) -> None:
         self.path = str(path)
         self.log_dir = Path(self.path + ".history-log")
         self._clock = clock
-        self._max_batch = max_batch
         self._readers = readers
         self._sweep_interval_s = sweep_interval_s
         self._index_interval_s = index_interval_s
@@ -207,7 +206,7 @@ class SqliteHistoryStore(BatchedHistoryStore):
         self._lconn: sqlite3.Connection | None = None  # event loop: channel rows, keys
         self._rconns: list[sqlite3.Connection] = []
         self._local = threading.local()
-        self._commits = None
+        self._running = False
         self._sweeper: asyncio.Task[None] | None = None
         self._lock_fd: int | None = None
         self._channels: dict[ChannelKey, _Channel] = {}
@@ -247,10 +246,12 @@ class SqliteHistoryStore(BatchedHistoryStore):
         self._lconn = _connect(self.path)
         self._caught_up.set()
         self._indexer = asyncio.create_task(self._index_loop(), name="parley-history-indexer")
-        self._start_batching()
+        self._running = True
+        self._start_sweeping()
 
     async def close(self) -> None:
-        await self._stop_batching()
+        self._running = False  # appends are written as they come: none is left to finish
+        await self._stop_sweeping()
         self._closing = True
         self._ops_ready.set()
         self._hurry.set()
@@ -563,7 +564,26 @@ class SqliteHistoryStore(BatchedHistoryStore):
                             )
             flush()
 
-    # -- appends (append and append_many come from BatchedHistoryStore) ----------------------
+    # -- appends ---------------------------------------------------------------------------
+
+    async def append(
+        self, app_id: str, channel: str, entry: NewEntry, retention: Retention
+    ) -> Entry:
+        return (await self.append_many(((app_id, channel, entry, retention),)))[0]
+
+    async def append_many(
+        self, items: Sequence[tuple[str, str, NewEntry, Retention]]
+    ) -> list[Entry]:
+        """Appends are planned and logged on the caller's task with no await in between (one
+        write() per call), so call order is offset order and no group-commit task is needed:
+        the node's pump already hands over everything a loop turn produced in one call."""
+        if not self._running:
+            raise RuntimeError("history store is not running")
+        if not self._caught_up.is_set():
+            await self._caught_up.wait()  # the indexer is far behind: let it catch up
+            if not self._running:
+                raise RuntimeError("history store is not running")
+        return self._append_now(items)
 
     def _state(self, app_id: str, channel: str) -> _Channel:
         """The channel as loaded in memory: from SQLite the first time, or new."""
@@ -596,33 +616,32 @@ class SqliteHistoryStore(BatchedHistoryStore):
             return None
         return entry_from_row(row[0], row[1:])
 
-    async def _commit(self, items: list[PendingAppend]) -> list[Entry]:
-        if not self._caught_up.is_set():
-            await self._caught_up.wait()  # the indexer is far behind: let it catch up
+    def _append_now(self, items: Sequence[tuple[str, str, NewEntry, Retention]]) -> list[Entry]:
+        now_ms = self._now_ms()
         results: list[Entry] = []
         ops: list[Op] = []
         added: list[tuple[_Channel, Entry, str | None, int, int]] = []
         lasts: dict[ChannelKey, int] = {}
         seen: dict[tuple[str, str, str], Entry] = {}  # keys first used in this batch
-        for item in items:
-            key = (item.app_id, item.channel)
-            state = self._state(*key)
-            idem = item.entry.idempotency_key
+        for app_id, channel, new, retention in items:
+            key = (app_id, channel)
+            state = self._state(app_id, channel)
+            idem = new.idempotency_key
             if idem is not None:
                 first = seen.get((*key, idem)) or self._stored_key(*key, state, idem)
-                if first is not None and first.ts >= item.ts - IDEMPOTENCY_WINDOW_MS:
+                if first is not None and first.ts >= now_ms - IDEMPOTENCY_WINDOW_MS:
                     results.append(replace(first, duplicate=True))
                     continue
             seq = lasts[key] = lasts.get(key, state.last) + 1
+            id_ = new_message_id()
             entry = Entry(
-                seq, state.epoch, item.ts, item.id, item.entry.event, item.entry.data,
-                item.entry.publisher, item.entry.user_id,
+                seq, state.epoch, now_ms, id_, new.event, new.data, new.publisher, new.user_id
             )
-            count, age_ms = item.retention.count_and_age_ms
+            count, age_ms = retention.count_and_age_ms
             ops.append((
-                "e", *key, state.epoch, seq, item.ts, item.ts + age_ms, item.id,
-                item.entry.event, item.data_json, item.publisher_json, item.entry.user_id,
-                idem, count, age_ms,
+                "e", app_id, channel, state.epoch, seq, now_ms, now_ms + age_ms, id_, new.event,
+                orjson.dumps(new.data).decode(), orjson.dumps(new.publisher).decode(),
+                new.user_id, idem, count, age_ms,
             ))
             results.append(entry)
             added.append((state, entry, idem, count, age_ms))
