@@ -9,15 +9,49 @@ keep-alive. This layer knows nothing of channels, auth or storage.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 import httptools
-from picows.api import _resolve_logger
 from picows.picows import WSAutoPingStrategy, WSListener, WSProtocol  # type: ignore[attr-defined]
 
 MAX_HEAD_BYTES = 16 * 1024
+
+
+class _WsLog:
+    """picows's logger. Not a `logging.Logger` on purpose: given one, picows makes a child
+    logger per connection (an object, a level lookup under the logging lock), a measurable
+    part of accepting a connection. Its lines go to the `picows.parley` logger (warnings and up, see logs.configure)."""
+
+    __slots__ = ("_logger", "_info")
+
+    def __init__(self, logger: logging.Logger) -> None:
+        self._logger = logger
+        self._info = logger.isEnabledFor(logging.INFO)
+
+    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - the logging API's name
+        return self._logger.isEnabledFor(level)
+
+    def log(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._logger.log(level, msg, *args, **kwargs)
+
+    def debug(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._logger.debug(msg, *args, **kwargs)
+
+    def info(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        if self._info:  # "New connection accepted"/"Disconnected" per connection: cheap no-op
+            self._logger.info(msg, *args, **kwargs)
+
+    def warning(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._logger.warning(msg, *args, **kwargs)
+
+    def error(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._logger.error(msg, *args, **kwargs)
+
+    def exception(self, msg: str, *args: Any, **kwargs: Any) -> None:
+        self._logger.exception(msg, *args, **kwargs)
 
 
 @dataclass(slots=True)
@@ -206,7 +240,7 @@ class Server:
         self.max_body_bytes = max_body_bytes
         self.http_connections: set[FrontProtocol] = set()
         self._server: asyncio.Server | None = None
-        self._logger = _resolve_logger("parley.ws", "server")
+        self._logger = _WsLog(logging.getLogger("picows.parley"))
 
     def _listener_factory(self, request: Any) -> WSListener | None:
         raw_path = request.path.decode("latin-1")
