@@ -118,3 +118,41 @@ async def test_the_log_is_replayed_after_sigkill_without_resurrecting_deleted_en
         assert not list(Path(path + ".history-log").glob("*.jsonl"))[1:]  # replayed, removed
     finally:
         await store.close()
+
+
+async def test_a_database_with_one_row_per_entry_is_moved_to_chunks(tmp_path: Path) -> None:
+    import sqlite3
+
+    path = tmp_path / "h.db"
+    conn = sqlite3.connect(path)
+    conn.executescript(
+        """
+        CREATE TABLE parley_history_channels (app_id TEXT NOT NULL, channel TEXT NOT NULL,
+            epoch TEXT NOT NULL, last_seq INTEGER NOT NULL, max_count INTEGER NOT NULL,
+            max_age_ms INTEGER NOT NULL, PRIMARY KEY (app_id, channel)) WITHOUT ROWID;
+        CREATE TABLE parley_history_entries (row INTEGER PRIMARY KEY, app_id TEXT NOT NULL,
+            channel TEXT NOT NULL, seq INTEGER NOT NULL, ts INTEGER NOT NULL,
+            expires_ms INTEGER NOT NULL, id TEXT NOT NULL, event TEXT NOT NULL,
+            data TEXT NOT NULL, publisher TEXT NOT NULL, user_id TEXT);
+        INSERT INTO parley_history_channels VALUES ('1', 'old', 'ep0ch', 2, 1000, 4000000000000);
+        INSERT INTO parley_history_entries VALUES
+            (1, '1', 'old', 1, 1700000000000, 9000000000000, 'id1', 'e', '{"i":1}',
+             '{"type":"server"}', NULL),
+            (2, '1', 'old', 2, 1700000000001, 9000000000000, 'id2', 'e', '"text"',
+             '{"type":"user","id":"u"}', 'u');
+        """
+    )
+    conn.commit()
+    conn.close()
+    store = SqliteHistoryStore(path)
+    await store.start()
+    try:
+        page = await store.read("1", "old")
+        assert page.epoch == "ep0ch"
+        assert [(e.offset, e.id, e.data, e.publisher, e.user_id) for e in page.entries] == [
+            (1, "id1", {"i": 1}, {"type": "server"}, None),
+            (2, "id2", "text", {"type": "user", "id": "u"}, "u"),
+        ]
+        assert (await store.append("1", "old", msg(3), Retention())).offset == 3
+    finally:
+        await store.close()

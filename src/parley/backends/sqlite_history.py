@@ -64,34 +64,31 @@ CREATE TABLE IF NOT EXISTS parley_history_channels (
     app_id     TEXT NOT NULL,
     channel    TEXT NOT NULL,
     epoch      TEXT NOT NULL,
-    -- A floor of the last offset handed out in this epoch: appends do not update it (one row
-    -- write per channel per commit was a third of an append's cost); the last offset is
-    -- max(last_seq, the highest seq in parley_history_entries), see LAST_OFFSET. The sweep
+    -- A floor of the last offset handed out in this epoch: the last offset is
+    -- max(last_seq, the highest last_seq of the channel's chunks), see LAST_OFFSET. The sweep
     -- raises it before it removes a channel's newest entries.
     last_seq   INTEGER NOT NULL,
     max_count  INTEGER NOT NULL,  -- retention given by the latest append
     max_age_ms INTEGER NOT NULL,
     PRIMARY KEY (app_id, channel)
 ) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS parley_history_entries (
-    -- Rows as the indexer inserts them (each round sorted by channel); the unique index
-    -- below, with small keys, finds a channel's entries.
-    row        INTEGER PRIMARY KEY,
-    app_id     TEXT NOT NULL,
-    channel    TEXT NOT NULL,
-    seq        INTEGER NOT NULL,  -- the entry's offset
-    ts         INTEGER NOT NULL,
-    expires_ms INTEGER NOT NULL,  -- for the periodic sweep; reads use the channel's max_age_ms
-    id         TEXT NOT NULL,
-    event      TEXT NOT NULL,
-    data       TEXT NOT NULL,     -- JSON
-    publisher  TEXT NOT NULL,     -- JSON
-    user_id    TEXT
+CREATE TABLE IF NOT EXISTS parley_history_chunks (
+    -- One row per channel per indexing round: the entries the round brought to the channel,
+    -- oldest first, as a JSON array of [seq, ts, id, event, data, publisher, user_id]. A round
+    -- that touches 500 channels inserts 500 rows, whatever the number of entries.
+    row         INTEGER PRIMARY KEY,
+    app_id      TEXT NOT NULL,
+    channel     TEXT NOT NULL,
+    first_seq   INTEGER NOT NULL,
+    last_seq    INTEGER NOT NULL,
+    min_expires INTEGER NOT NULL,  -- when its oldest entry expires: the sweep looks then
+    max_expires INTEGER NOT NULL,  -- when its newest does: the sweep removes the row then
+    entries     BLOB NOT NULL
 );
-CREATE UNIQUE INDEX IF NOT EXISTS parley_history_entries_position
-    ON parley_history_entries (app_id, channel, seq);
-CREATE INDEX IF NOT EXISTS parley_history_entries_expires
-    ON parley_history_entries (expires_ms);
+CREATE UNIQUE INDEX IF NOT EXISTS parley_history_chunks_position
+    ON parley_history_chunks (app_id, channel, last_seq);
+CREATE INDEX IF NOT EXISTS parley_history_chunks_expires
+    ON parley_history_chunks (min_expires);
 CREATE TABLE IF NOT EXISTS parley_history_keys (
     app_id    TEXT NOT NULL,
     channel   TEXT NOT NULL,
@@ -108,27 +105,36 @@ CREATE TABLE IF NOT EXISTS parley_history_keys (
 );
 CREATE INDEX IF NOT EXISTS parley_history_keys_ts ON parley_history_keys (ts);
 """
+# Databases written by Parley before chunks kept one row per entry: moved over once, at start.
+MIGRATE_ENTRIES = """
+INSERT INTO parley_history_chunks
+    (app_id, channel, first_seq, last_seq, min_expires, max_expires, entries)
+SELECT app_id, channel, seq, seq, expires_ms, expires_ms,
+       json_array(json_array(seq, ts, id, event, json(data), json(publisher), user_id))
+FROM parley_history_entries;
+DROP TABLE parley_history_entries;
+"""
 
 ENTRY_COLUMNS = "seq, ts, id, event, data, publisher, user_id"
 # The channel's last offset: trimming by count never removes the newest entry, deleting the
-# history resets last_seq with the entries, and the sweep raises last_seq before expiring.
-LAST_OFFSET = """max(c.last_seq, coalesce((SELECT e.seq FROM parley_history_entries e
-    WHERE e.app_id = c.app_id AND e.channel = c.channel ORDER BY e.seq DESC LIMIT 1), 0))"""
+# history resets last_seq with the chunks, and the sweep raises last_seq before expiring.
+NEWEST_CHUNK = """(SELECT e.last_seq FROM parley_history_chunks e
+    WHERE e.app_id = c.app_id AND e.channel = c.channel ORDER BY e.last_seq DESC LIMIT 1)"""
+LAST_OFFSET = f"max(c.last_seq, coalesce({NEWEST_CHUNK}, 0))"
 CHANNEL_ROW = f"""SELECT epoch, {LAST_OFFSET}, max_count, max_age_ms
     FROM parley_history_channels c WHERE app_id = ? AND channel = ?"""
-# Before the sweep removes entries by age, the channels losing them keep their last offset.
+# What the indexer needs of a channel: its epoch, retention and the newest offset indexed.
+INDEXER_ROW = f"""SELECT epoch, max_count, max_age_ms, coalesce({NEWEST_CHUNK}, 0)
+    FROM parley_history_channels c WHERE app_id = ? AND channel = ?"""
+# Before the sweep removes chunks by age, the channels losing them keep their last offset.
 KEEP_LAST_OFFSETS = f"""UPDATE parley_history_channels AS c SET last_seq = {LAST_OFFSET}
     WHERE (app_id, channel) IN
-        (SELECT app_id, channel FROM parley_history_entries INDEXED BY
-            parley_history_entries_expires WHERE expires_ms < ?)"""
+        (SELECT app_id, channel FROM parley_history_chunks INDEXED BY
+            parley_history_chunks_expires WHERE min_expires < ?)"""
 # Trimming by count runs when a channel passes a multiple of a quarter of its max_count, not
 # on every round; reads never show what is beyond max_count anyway.
 TRIM_FRACTION = 4
-SWEEP_CHUNK = 5000
-SWEEP_ENTRIES = """
-DELETE FROM parley_history_entries WHERE row IN
-    (SELECT row FROM parley_history_entries WHERE expires_ms < ? LIMIT ?)
-"""
+SWEEP_CHUNK = 1000
 SWEEP_KEYS = """
 DELETE FROM parley_history_keys WHERE rowid IN
     (SELECT rowid FROM parley_history_keys WHERE ts < ? LIMIT ?)
@@ -302,6 +308,14 @@ class SqliteHistoryStore(SweepingHistoryStore):
             conn.close()
             raise RuntimeError(f"SQLite refused WAL mode for {self.path} (got {mode})")
         conn.executescript(SCHEMA)
+        old = conn.execute(
+            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'parley_history_entries'"
+        ).fetchone()
+        if old is not None:
+            with _transaction(conn, "BEGIN IMMEDIATE"):
+                for statement in MIGRATE_ENTRIES.split(";"):
+                    if statement.strip():
+                        conn.execute(statement)
         # A bigger page cache than the default 2 MiB keeps the position index's hot pages in
         # memory; checkpointing every 4,000 WAL pages instead of 1,000 writes a page that many
         # rounds touched once, and syncs a quarter as often.
@@ -465,36 +479,39 @@ class SqliteHistoryStore(SweepingHistoryStore):
         conn = self._wconn
         assert conn is not None
         with _transaction(conn, "BEGIN IMMEDIATE"):
-            known: dict[ChannelKey, list[Any] | None] = {}  # epoch, max_count, max_age_ms
+            # per channel: epoch, max_count, max_age_ms, newest offset already indexed
+            known: dict[ChannelKey, list[Any] | None] = {}
 
             def row_of(key: ChannelKey) -> list[Any] | None:
                 if key not in known:
-                    row = conn.execute(
-                        "SELECT epoch, max_count, max_age_ms FROM parley_history_channels"
-                        " WHERE app_id = ? AND channel = ?",
-                        key,
-                    ).fetchone()
+                    row = conn.execute(INDEXER_ROW, key).fetchone()
                     known[key] = list(row) if row is not None else None
                 return known[key]
 
-            def create(key: ChannelKey, epoch: str, count: int, age_ms: int) -> None:
+            def create(key: ChannelKey, epoch: str, count: int, age_ms: int) -> list[Any]:
                 conn.execute(
                     "INSERT INTO parley_history_channels VALUES (?, ?, ?, 0, ?, ?)",
                     (*key, epoch, count, age_ms),
                 )
-                known[key] = [epoch, count, age_ms]
+                row = known[key] = [epoch, count, age_ms, 0]
+                return row
 
-            entries: list[tuple[Any, ...]] = []
+            chunks: dict[ChannelKey, list[Any]] = {}  # entries, first expires, last expires
             keys: list[tuple[Any, ...]] = []
-            spans: dict[ChannelKey, list[int]] = {}  # lowest seq, highest seq, max_count
 
             def flush() -> None:
-                entries.sort()
+                rows = []
+                for key, (items, low_expires, high_expires) in chunks.items():
+                    first, last = items[0][0], items[-1][0]
+                    rows.append((*key, first, last, low_expires, high_expires, orjson.dumps(items)))
+                    known_row = known[key]
+                    assert known_row is not None
+                    known_row[3] = last
+                rows.sort()
                 conn.executemany(
-                    "INSERT OR IGNORE INTO parley_history_entries (app_id, channel, seq, ts,"
-                    " expires_ms, id, event, data, publisher, user_id)"
-                    " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
-                    entries,
+                    "INSERT INTO parley_history_chunks (app_id, channel, first_seq, last_seq,"
+                    " min_expires, max_expires, entries) VALUES (?, ?, ?, ?, ?, ?, ?)",
+                    rows,
                 )
                 conn.executemany(
                     "INSERT OR REPLACE INTO parley_history_keys (app_id, channel, key, seq,"
@@ -502,17 +519,17 @@ class SqliteHistoryStore(SweepingHistoryStore):
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     keys,
                 )
-                for key, (low, high, count) in spans.items():
+                for app_id, channel, first, last, *_ in rows:
+                    count = known[(app_id, channel)][1]  # type: ignore[index]
                     every = max(1, count // TRIM_FRACTION)
-                    if high > count and high // every > (low - 1) // every:
+                    if last > count and last // every > (first - 1) // every:
                         conn.execute(
-                            "DELETE FROM parley_history_entries"
-                            " WHERE app_id = ? AND channel = ? AND seq <= ?",
-                            (*key, high - count),
+                            "DELETE FROM parley_history_chunks"
+                            " WHERE app_id = ? AND channel = ? AND last_seq <= ?",
+                            (app_id, channel, last - count),
                         )
-                entries.clear()
+                chunks.clear()
                 keys.clear()
-                spans.clear()
 
             for op in ops:
                 kind, app_id, channel = op[0], op[1], op[2]
@@ -522,9 +539,9 @@ class SqliteHistoryStore(SweepingHistoryStore):
                     (epoch, seq, ts, expires_ms, id_, event, data, publisher, user_id,
                      idem, count, age_ms) = op[3:]
                     if row is None:
-                        create(key, epoch, count, age_ms)
-                    elif row[0] != epoch:
-                        continue  # its history was deleted since
+                        row = create(key, epoch, count, age_ms)
+                    elif row[0] != epoch or seq <= row[3]:
+                        continue  # its history was deleted since, or it is indexed (replay)
                     elif (row[1], row[2]) != (count, age_ms):
                         conn.execute(
                             "UPDATE parley_history_channels SET max_count = ?, max_age_ms = ?"
@@ -532,15 +549,18 @@ class SqliteHistoryStore(SweepingHistoryStore):
                             (count, age_ms, *key),
                         )
                         row[1], row[2] = count, age_ms
-                    stored = (id_, event, data, publisher)
-                    entries.append((*key, seq, ts, expires_ms, *stored, user_id))
-                    if idem is not None:
-                        keys.append((*key, idem, seq, epoch, ts, *stored, user_id))
-                    span = spans.get(key)
-                    if span is None:
-                        spans[key] = [seq, seq, count]
+                    item = [seq, ts, id_, event, orjson.Fragment(data),
+                            orjson.Fragment(publisher), user_id]
+                    chunk = chunks.get(key)
+                    if chunk is None:
+                        chunks[key] = [[item], expires_ms, expires_ms]
                     else:
-                        span[1], span[2] = seq, count
+                        chunk[0].append(item)
+                        chunk[1] = min(chunk[1], expires_ms)
+                        chunk[2] = max(chunk[2], expires_ms)
+                    if idem is not None:
+                        keys.append((*key, idem, seq, epoch, ts, id_, event, data, publisher,
+                                     user_id))
                 elif kind == "c":
                     if row is None:
                         create(key, op[3], op[4], op[5])
@@ -557,8 +577,8 @@ class SqliteHistoryStore(SweepingHistoryStore):
                             " WHERE app_id = ? AND channel = ?",
                             (new, *key),
                         )
-                        row[0] = new
-                        for table in ("parley_history_entries", "parley_history_keys"):
+                        row[0], row[3] = new, 0
+                        for table in ("parley_history_chunks", "parley_history_keys"):
                             conn.execute(
                                 f"DELETE FROM {table} WHERE app_id = ? AND channel = ?", key
                             )
@@ -762,33 +782,45 @@ class SqliteHistoryStore(SweepingHistoryStore):
         epoch: str,
         conn: sqlite3.Connection,
     ) -> list[Entry]:
-        order = "ASC" if direction == "forward" else "DESC"
+        forward = direction == "forward"
         cursor = conn.execute(
-            f"SELECT {ENTRY_COLUMNS} FROM parley_history_entries"
-            " WHERE app_id = ? AND channel = ? AND seq > ? AND seq < ? AND ts >= ?"
-            f" ORDER BY seq {order} LIMIT ?",
-            (app_id, channel, lowest, upper, oldest_ms, limit),
+            "SELECT entries FROM parley_history_chunks"
+            " WHERE app_id = ? AND channel = ? AND last_seq > ? AND first_seq < ?"
+            f" ORDER BY last_seq {'ASC' if forward else 'DESC'}",
+            (app_id, channel, lowest, upper),
         )
-        return [entry_from_row(epoch, r) for r in cursor]
+        out: list[Entry] = []
+        for (blob,) in cursor:
+            items = orjson.loads(blob)
+            if not forward:
+                items.reverse()
+            for seq, ts, id_, event, data, publisher, user_id in items:
+                if lowest < seq < upper and ts >= oldest_ms:
+                    out.append(Entry(seq, epoch, ts, id_, event, data, publisher, user_id))
+                    if len(out) >= limit:
+                        return out
+        return out
 
     # -- retention ---------------------------------------------------------------------------
 
     async def sweep(self) -> int:
-        # One short transaction per chunk, each its own writer job, so indexing rounds
+        # One short transaction per chunk of rows, each its own writer job, so indexing rounds
         # interleave with a long sweep instead of waiting for it.
         await self._flush()  # what is only in the tail is young: it would not be swept
         now_ms = self._now_ms()
         removed = 0
         await self._write(partial(self._keep_last_offsets, now_ms))
-        for sql, cutoff in (
-            (SWEEP_ENTRIES, now_ms),
-            (SWEEP_KEYS, now_ms - IDEMPOTENCY_WINDOW_MS),
-        ):
-            while True:
-                count = await self._write(partial(self._sweep_chunk, sql, cutoff))
-                removed += count
-                if count < SWEEP_CHUNK:
-                    break
+        while True:
+            count, rows = await self._write(partial(self._sweep_chunks, now_ms))
+            removed += count
+            if rows < SWEEP_CHUNK:
+                break
+        cutoff = now_ms - IDEMPOTENCY_WINDOW_MS
+        while True:
+            count = await self._write(partial(self._sweep_keys, cutoff))
+            removed += count
+            if count < SWEEP_CHUNK:
+                break
         return removed
 
     def _keep_last_offsets(self, cutoff: int) -> None:
@@ -797,11 +829,52 @@ class SqliteHistoryStore(SweepingHistoryStore):
         with _transaction(conn, "BEGIN IMMEDIATE"):
             conn.execute(KEEP_LAST_OFFSETS, (cutoff,))
 
-    def _sweep_chunk(self, sql: str, cutoff: int) -> int:
+    def _sweep_chunks(self, now_ms: int) -> tuple[int, int]:
+        """Remove the entries past their age from up to SWEEP_CHUNK chunks: whole chunks when
+        all of theirs are, else the chunk without them. (entries removed, chunks looked at)"""
+        conn = self._wconn
+        assert conn is not None
+        removed = 0
+        with _transaction(conn, "BEGIN IMMEDIATE"):
+            rows = conn.execute(
+                "SELECT row, max_expires, entries FROM parley_history_chunks"
+                " WHERE min_expires < ? LIMIT ?",
+                (now_ms, SWEEP_CHUNK),
+            ).fetchall()
+            for row, max_expires, blob in rows:
+                items = orjson.loads(blob)
+                if max_expires < now_ms:
+                    conn.execute("DELETE FROM parley_history_chunks WHERE row = ?", (row,))
+                    removed += len(items)
+                    continue
+                age_ms = self._age_of(conn, row)
+                kept = [i for i in items if i[1] + age_ms >= now_ms]
+                removed += len(items) - len(kept)
+                if not kept:
+                    conn.execute("DELETE FROM parley_history_chunks WHERE row = ?", (row,))
+                    continue
+                conn.execute(
+                    "UPDATE parley_history_chunks SET first_seq = ?, min_expires = ?,"
+                    " entries = ? WHERE row = ?",
+                    (kept[0][0], kept[0][1] + age_ms, orjson.dumps(kept), row),
+                )
+        return removed, len(rows)
+
+    @staticmethod
+    def _age_of(conn: sqlite3.Connection, row: int) -> int:
+        """The max age of the channel a chunk belongs to (its retention as of now)."""
+        found = conn.execute(
+            "SELECT c.max_age_ms FROM parley_history_channels c JOIN parley_history_chunks k"
+            " ON k.app_id = c.app_id AND k.channel = c.channel WHERE k.row = ?",
+            (row,),
+        ).fetchone()
+        return int(found[0]) if found else 0
+
+    def _sweep_keys(self, cutoff: int) -> int:
         conn = self._wconn
         assert conn is not None
         with _transaction(conn, "BEGIN IMMEDIATE"):
-            return conn.execute(sql, (cutoff, SWEEP_CHUNK)).rowcount
+            return conn.execute(SWEEP_KEYS, (cutoff, SWEEP_CHUNK)).rowcount
 
 
 def _offset(entry: Entry) -> int:
