@@ -81,12 +81,17 @@ class Retention:
 
     max_count: int | None = 1000
     max_age_s: float | None = 7 * 86400
+    # (max_count, max_age_ms) as stored, UNLIMITED standing for None: asked per append
+    count_and_age_ms: tuple[int, int] = field(init=False, repr=False, compare=False)
 
     def __post_init__(self) -> None:
         if self.max_count is not None and self.max_count < 1:
             raise ValueError("Retention.max_count must be at least 1 (or None)")
         if self.max_age_s is not None and self.max_age_s <= 0:
             raise ValueError("Retention.max_age_s must be positive (or None)")
+        object.__setattr__(
+            self, "count_and_age_ms", (self.count_or_unlimited, self.age_ms_or_unlimited)
+        )
 
     @property
     def count_or_unlimited(self) -> int:
@@ -95,11 +100,6 @@ class Retention:
     @property
     def age_ms_or_unlimited(self) -> int:
         return UNLIMITED if self.max_age_s is None else int(self.max_age_s * 1000)
-
-    @property
-    def count_and_age_ms(self) -> tuple[int, int]:
-        """(max_count, max_age_ms) as stored, UNLIMITED standing for None."""
-        return self.count_or_unlimited, self.age_ms_or_unlimited
 
 
 class HistoryStore(abc.ABC):

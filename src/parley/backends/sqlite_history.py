@@ -74,8 +74,8 @@ CREATE TABLE IF NOT EXISTS parley_history_channels (
 ) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS parley_history_chunks (
     -- One row per channel per indexing round: the entries the round brought to the channel,
-    -- oldest first, as a JSON array of [seq, ts, id, event, data, publisher, user_id]. A round
-    -- that touches 500 channels inserts 500 rows, whatever the number of entries.
+    -- oldest first, as a JSON array of their log lines (see Op). A round that touches 500
+    -- channels inserts 500 rows, whatever the number of entries.
     row         INTEGER PRIMARY KEY,
     app_id      TEXT NOT NULL,
     channel     TEXT NOT NULL,
@@ -110,7 +110,8 @@ MIGRATE_ENTRIES = """
 INSERT INTO parley_history_chunks
     (app_id, channel, first_seq, last_seq, min_expires, max_expires, entries)
 SELECT app_id, channel, seq, seq, expires_ms, expires_ms,
-       json_array(json_array(seq, ts, id, event, json(data), json(publisher), user_id))
+       json_array(json_array('e', app_id, channel, '', seq, ts, expires_ms, id, event, data,
+                             publisher, user_id, NULL, 0, 0))
 FROM parley_history_entries;
 DROP TABLE parley_history_entries;
 """
@@ -146,6 +147,7 @@ DELETE FROM parley_history_keys WHERE rowid IN
 #   ("c", app_id, channel, epoch, max_count, max_age_ms)        a channel's first epoch
 #   ("d", app_id, channel, new_epoch)                           its history deleted
 Op = tuple[Any, ...]
+Logged = tuple[Op, bytes]  # an operation and its line in the log (JSON, no newline)
 ChannelKey = tuple[str, str]
 
 SEGMENT_BYTES = 16 * 1024 * 1024  # a new log segment after this many bytes
@@ -223,7 +225,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
         self._closed_segments: deque[tuple[int, Path]] = deque()
         self._logged = 0  # operations logged since start
         self._indexed = 0  # of which the indexer has committed
-        self._ops: list[Op] = []  # logged, waiting for the indexer
+        self._ops: list[Logged] = []  # logged, waiting for the indexer
         self._ops_ready = asyncio.Event()
         self._caught_up = asyncio.Event()
         self._indexer: asyncio.Task[None] | None = None
@@ -360,10 +362,10 @@ class SqliteHistoryStore(SweepingHistoryStore):
         self._segment_bytes = 0
 
     @staticmethod
-    def _read_segment(path: Path) -> list[Op]:
+    def _read_segment(path: Path) -> list[Logged]:
         """The operations of a segment; a torn or damaged line (a write cut short by a crash,
         never acknowledged) is skipped."""
-        ops: list[Op] = []
+        ops: list[Logged] = []
         for line in path.read_bytes().split(b"\n"):
             if not line:
                 continue
@@ -373,7 +375,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
                 logs.warning("history log line skipped", segment=path.name, bytes=len(line))
                 continue
             if isinstance(op, list) and op and op[0] in ("e", "c", "d"):
-                ops.append(tuple(op))
+                ops.append((tuple(op), line))
         return ops
 
     def _log(self, ops: list[Op]) -> None:
@@ -381,14 +383,15 @@ class SqliteHistoryStore(SweepingHistoryStore):
         error, having changed nothing."""
         if self._segment_fd is None:
             raise RuntimeError("history store is not running")
-        data = b"".join([orjson.dumps(op) + b"\n" for op in ops])
+        lines = [orjson.dumps(op) for op in ops]
+        data = b"\n".join(lines) + b"\n"
         view = memoryview(data)
         while view:
             written = os.write(self._segment_fd, view)
             view = view[written:]
         self._segment_bytes += len(data)
         self._logged += len(ops)
-        self._ops.extend(ops)
+        self._ops.extend(zip(ops, lines, strict=True))
         self._ops_ready.set()
         if self._segment_bytes >= SEGMENT_BYTES:
             os.close(self._segment_fd)
@@ -410,7 +413,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
             ops, self._ops = self._ops, []
             if ops:
                 try:
-                    await self._write(partial(self._apply, ops))
+                    summary = await self._write(partial(self._apply, ops))
                 except Exception:  # noqa: BLE001 - kept in the log and in memory; retried
                     logs.error("history indexing failed, retrying", operations=len(ops))
                     self._ops[:0] = ops
@@ -419,28 +422,21 @@ class SqliteHistoryStore(SweepingHistoryStore):
                         return
                     await asyncio.sleep(1.0)
                     continue
-                self._after_indexing(ops)
+                self._after_indexing(len(ops), summary)
             if len(self._ops) < MAX_UNINDEXED // 2:
                 self._caught_up.set()
             if self._closing and not self._ops:
                 return
 
-    def _after_indexing(self, ops: list[Op]) -> None:
+    def _after_indexing(self, count: int, summary: dict[ChannelKey, list[Any]]) -> None:
         """On the loop: drop from the tails what SQLite now holds, delete finished segments."""
-        self._indexed += len(ops)
-        newest: dict[ChannelKey, tuple[str, int]] = {}
-        for op in ops:
-            key = (op[1], op[2])
+        self._indexed += count
+        for key, (ops, deletes, epoch, offset) in summary.items():
             state = self._channels.get(key)
             if state is None:
                 continue
-            state.pending -= 1
-            if op[0] == "e":
-                newest[key] = (op[3], op[4])
-            elif op[0] == "d":
-                state.deletes -= 1
-        for key, (epoch, offset) in newest.items():
-            state = self._channels[key]
+            state.pending -= ops
+            state.deletes -= deletes
             if state.epoch != epoch:
                 continue
             tail = state.tail
@@ -472,12 +468,15 @@ class SqliteHistoryStore(SweepingHistoryStore):
             self._hurry.set()
             await waiter
 
-    def _apply(self, ops: Sequence[Op]) -> None:
+    def _apply(self, ops: Sequence[Logged]) -> dict[ChannelKey, list[Any]]:
         """In the writer thread: apply logged operations to SQLite in one transaction. Safe to
         repeat (replay after a crash): entries already there are ignored, and entries of an
-        epoch that a delete has replaced are dropped."""
+        epoch that a delete has replaced are dropped.
+
+        Returns per channel [operations, deletes, epoch and offset of the newest entry]."""
         conn = self._wconn
         assert conn is not None
+        summary: dict[ChannelKey, list[Any]] = {}
         with _transaction(conn, "BEGIN IMMEDIATE"):
             # per channel: epoch, max_count, max_age_ms, newest offset already indexed
             known: dict[ChannelKey, list[Any] | None] = {}
@@ -496,17 +495,15 @@ class SqliteHistoryStore(SweepingHistoryStore):
                 row = known[key] = [epoch, count, age_ms, 0]
                 return row
 
-            chunks: dict[ChannelKey, list[Any]] = {}  # entries, first expires, last expires
+            # per channel: the lines of its entries, first seq, last seq, expires low and high
+            chunks: dict[ChannelKey, list[Any]] = {}
             keys: list[tuple[Any, ...]] = []
 
             def flush() -> None:
-                rows = []
-                for key, (items, low_expires, high_expires) in chunks.items():
-                    first, last = items[0][0], items[-1][0]
-                    rows.append((*key, first, last, low_expires, high_expires, orjson.dumps(items)))
-                    known_row = known[key]
-                    assert known_row is not None
-                    known_row[3] = last
+                rows = [
+                    (*key, first, last, low, high, b"[" + b",".join(lines) + b"]")
+                    for key, (lines, first, last, low, high) in chunks.items()
+                ]
                 rows.sort()
                 conn.executemany(
                     "INSERT INTO parley_history_chunks (app_id, channel, first_seq, last_seq,"
@@ -520,7 +517,10 @@ class SqliteHistoryStore(SweepingHistoryStore):
                     keys,
                 )
                 for app_id, channel, first, last, *_ in rows:
-                    count = known[(app_id, channel)][1]  # type: ignore[index]
+                    known_row = known[(app_id, channel)]
+                    assert known_row is not None
+                    known_row[3] = last
+                    count = known_row[1]
                     every = max(1, count // TRIM_FRACTION)
                     if last > count and last // every > (first - 1) // every:
                         conn.execute(
@@ -531,40 +531,46 @@ class SqliteHistoryStore(SweepingHistoryStore):
                 chunks.clear()
                 keys.clear()
 
-            for op in ops:
-                kind, app_id, channel = op[0], op[1], op[2]
-                key = (app_id, channel)
-                row = row_of(key)
+            for op, line in ops:
+                kind = op[0]
+                key = (op[1], op[2])
+                done = summary.get(key)
+                if done is None:
+                    done = summary[key] = [0, 0, None, 0]
+                done[0] += 1
+                row = known[key] if key in known else row_of(key)
                 if kind == "e":
-                    (epoch, seq, ts, expires_ms, id_, event, data, publisher, user_id,
-                     idem, count, age_ms) = op[3:]
+                    epoch, seq, expires_ms = op[3], op[4], op[6]
+                    done[2], done[3] = epoch, seq
+                    count, age_ms = op[13], op[14]
                     if row is None:
                         row = create(key, epoch, count, age_ms)
                     elif row[0] != epoch or seq <= row[3]:
                         continue  # its history was deleted since, or it is indexed (replay)
-                    elif (row[1], row[2]) != (count, age_ms):
+                    elif row[1] != count or row[2] != age_ms:
                         conn.execute(
                             "UPDATE parley_history_channels SET max_count = ?, max_age_ms = ?"
                             " WHERE app_id = ? AND channel = ?",
                             (count, age_ms, *key),
                         )
                         row[1], row[2] = count, age_ms
-                    item = [seq, ts, id_, event, orjson.Fragment(data),
-                            orjson.Fragment(publisher), user_id]
                     chunk = chunks.get(key)
                     if chunk is None:
-                        chunks[key] = [[item], expires_ms, expires_ms]
+                        chunks[key] = [[line], seq, seq, expires_ms, expires_ms]
                     else:
-                        chunk[0].append(item)
-                        chunk[1] = min(chunk[1], expires_ms)
-                        chunk[2] = max(chunk[2], expires_ms)
-                    if idem is not None:
-                        keys.append((*key, idem, seq, epoch, ts, id_, event, data, publisher,
-                                     user_id))
+                        chunk[0].append(line)
+                        chunk[2] = seq
+                        if expires_ms < chunk[3]:
+                            chunk[3] = expires_ms
+                        elif expires_ms > chunk[4]:
+                            chunk[4] = expires_ms
+                    if op[12] is not None:
+                        keys.append((*key, op[12], seq, epoch, op[5], *op[7:12]))
                 elif kind == "c":
                     if row is None:
                         create(key, op[3], op[4], op[5])
                 elif kind == "d":
+                    done[1] += 1
                     new = op[3]
                     if row is not None and row[0] == new:
                         continue  # applied before (a replay)
@@ -583,6 +589,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
                                 f"DELETE FROM {table} WHERE app_id = ? AND channel = ?", key
                             )
             flush()
+        return summary
 
     # -- appends ---------------------------------------------------------------------------
 
@@ -794,9 +801,11 @@ class SqliteHistoryStore(SweepingHistoryStore):
             items = orjson.loads(blob)
             if not forward:
                 items.reverse()
-            for seq, ts, id_, event, data, publisher, user_id in items:
+            for op in items:
+                seq, ts = op[4], op[5]
                 if lowest < seq < upper and ts >= oldest_ms:
-                    out.append(Entry(seq, epoch, ts, id_, event, data, publisher, user_id))
+                    data, publisher = orjson.loads(op[9]), orjson.loads(op[10])
+                    out.append(Entry(seq, epoch, ts, op[7], op[8], data, publisher, op[11]))
                     if len(out) >= limit:
                         return out
         return out
@@ -848,7 +857,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
                     removed += len(items)
                     continue
                 age_ms = self._age_of(conn, row)
-                kept = [i for i in items if i[1] + age_ms >= now_ms]
+                kept = [i for i in items if i[5] + age_ms >= now_ms]
                 removed += len(items) - len(kept)
                 if not kept:
                     conn.execute("DELETE FROM parley_history_chunks WHERE row = ?", (row,))
@@ -856,7 +865,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
                 conn.execute(
                     "UPDATE parley_history_chunks SET first_seq = ?, min_expires = ?,"
                     " entries = ? WHERE row = ?",
-                    (kept[0][0], kept[0][1] + age_ms, orjson.dumps(kept), row),
+                    (kept[0][4], kept[0][5] + age_ms, orjson.dumps(kept), row),
                 )
         return removed, len(rows)
 
