@@ -156,3 +156,25 @@ async def test_a_database_with_one_row_per_entry_is_moved_to_chunks(tmp_path: Pa
         assert (await store.append("1", "old", msg(3), Retention())).offset == 3
     finally:
         await store.close()
+
+
+async def test_appends_wait_for_an_indexer_far_behind(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from parley.backends import sqlite_history
+
+    monkeypatch.setattr(sqlite_history, "MAX_UNINDEXED", 10)
+    store = SqliteHistoryStore(tmp_path / "h.db", index_interval_s=0.2)
+    await store.start()
+    try:
+        for i in range(11):  # the 11th goes over the bound: the indexer has indexed nothing
+            await store.append("1", "b", msg(i), Retention())
+        assert store._indexed == 0
+        late = await store.append("1", "b", msg(11), Retention())
+        assert store._indexed >= 11  # it waited for an indexing round
+        assert late.offset == 12
+        assert [e.offset for e in (await store.read("1", "b", limit=20)).entries] == list(
+            range(1, 13)
+        )
+    finally:
+        await store.close()

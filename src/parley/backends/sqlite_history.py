@@ -5,12 +5,13 @@ are in the history log, an append-only segment file beside the database
 (`<db>.history-log/<n>.jsonl`), written with one write() on the event loop: no thread hop, no
 lock, no B-tree page rewritten. The entries are readable at once from the channel's tail in
 memory. An indexer moves the logged operations into SQLite on a writer thread every
-`index_interval_s`, in one transaction per round with the entries sorted by channel: a round
-that touches a channel's index page writes it once, where a commit per batch used to rewrite
-one index page per channel per commit (most of an append's cost with many channels). A
-segment is deleted once everything it holds is in SQLite; at start, what the remaining
-segments hold is replayed into SQLite (idempotently: a replayed entry already indexed is
-ignored, one of an epoch since deleted is dropped) before anything is served.
+`index_interval_s` (a quarter of a second), in one transaction per round that inserts one row
+per channel: a chunk holding that channel's new log lines. With one row per entry and a
+commit per batch, every commit rewrote one index page per channel it touched, and that was
+most of an append's cost (bench/README.md has the figures). A segment is deleted once
+everything it holds is in SQLite; at start, what the remaining segments hold is replayed into
+SQLite (idempotently: an entry already indexed is skipped, one of an epoch since deleted is
+dropped) before anything is served.
 
 Offsets and epochs are handed out from memory, so one process owns a history file: a lock
 file refuses a second one (several nodes share PostgreSQL, not SQLite). Reads merge SQLite
@@ -393,6 +394,8 @@ class SqliteHistoryStore(SweepingHistoryStore):
         self._logged += len(ops)
         self._ops.extend(zip(ops, lines, strict=True))
         self._ops_ready.set()
+        if len(self._ops) > MAX_UNINDEXED:
+            self._caught_up.clear()  # appends wait until the indexer is halfway back
         if self._segment_bytes >= SEGMENT_BYTES:
             os.close(self._segment_fd)
             path = self.log_dir / f"{self._segment_no:08d}.jsonl"
