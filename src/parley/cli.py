@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from parley import __version__, cli_users, logs
-from parley.errors import ConfigError
+from parley.errors import CannotStart, ConfigError
 from parley.settings import load_settings
 
 
@@ -50,6 +50,9 @@ def main(argv: list[str] | None = None) -> int:
 
         try:
             uvloop.run(serve(settings))
+        except CannotStart as exc:
+            print(f"parley: cannot start: {exc}", file=sys.stderr)
+            return 1
         except OSError as exc:
             print(f"parley: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
             return 1

@@ -78,3 +78,8 @@ class NotFound(HttpError):
 class PayloadTooLarge(HttpError):
     def __init__(self, message: str) -> None:
         super().__init__(413, message)
+
+
+class CannotStart(Exception):
+    """The server cannot start as configured (say, another process owns its data): `parley
+    serve` prints the message and exits with status 1, without a traceback."""

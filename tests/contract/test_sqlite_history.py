@@ -12,6 +12,7 @@ import pytest
 
 from parley.backends.history import NewEntry, Retention
 from parley.backends.sqlite_history import SqliteHistoryStore
+from parley.errors import CannotStart
 from tests.support.server import TIMEOUT
 
 SERVER = {"type": "server", "app_id": "1"}
@@ -25,7 +26,7 @@ async def test_a_second_store_on_the_same_file_is_refused(tmp_path: Path) -> Non
     first = SqliteHistoryStore(tmp_path / "h.db")
     await first.start()
     second = SqliteHistoryStore(tmp_path / "h.db")
-    with pytest.raises(RuntimeError, match="in use by another Parley process"):
+    with pytest.raises(CannotStart, match="in use by another Parley process"):
         await second.start()
     await first.append("1", "c", msg(1), Retention())
     await first.close()

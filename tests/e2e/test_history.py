@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from pathlib import Path
@@ -241,3 +242,18 @@ def test_pusher_js_recovers_500_missed_events_after_its_socket_is_cut(node_modul
             env=env, capture_output=True, text=True, timeout=90, cwd=ROOT,
         )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_a_second_server_on_the_same_data_dir_is_refused_clearly(tmp_path: Path) -> None:
+    with ParleyServer(data_dir=tmp_path) as first:
+        env = dict(os.environ, PARLEY_DATA_DIR=str(tmp_path))
+        second = subprocess.run(
+            [sys.executable, "-m", "parley", "serve", "--host", "127.0.0.1", "--port", "0"],
+            env=env, capture_output=True, text=True, timeout=TIMEOUT * 2,
+        )
+        assert second.returncode == 1
+        assert "cannot start" in second.stderr and "in use by another Parley process" in (
+            second.stderr
+        )
+        assert "Traceback" not in second.stderr
+        assert history(first, unique("still-"))["events"] == []  # the first one is unharmed

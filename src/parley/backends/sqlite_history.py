@@ -44,6 +44,7 @@ from typing import Any, TypeVar
 import orjson
 
 from parley import logs
+from parley.errors import CannotStart
 from parley.backends.history import (
     IDEMPOTENCY_WINDOW_MS,
     Direction,
@@ -297,7 +298,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             os.close(fd)
-            raise RuntimeError(
+            raise CannotStart(
                 f"the history in {self.path} is in use by another Parley process; one process "
                 "owns a SQLite history (several nodes share PostgreSQL: store = \"postgres\")"
             ) from None
