@@ -350,7 +350,7 @@ R = TypeVar("R")
 class _Waiter(Generic[R]):
     """The caller of one `submit`/`submit_many`: one future for all of its items."""
 
-    __slots__ = ("future", "results", "count")
+    __slots__ = ("count", "future", "results")
 
     def __init__(self, future: asyncio.Future[list[R]], count: int) -> None:
         self.future = future

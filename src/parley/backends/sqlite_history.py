@@ -44,13 +44,12 @@ from typing import Any, TypeVar
 import orjson
 
 from parley import logs
-from parley.errors import CannotStart
 from parley.backends.history import (
     IDEMPOTENCY_WINDOW_MS,
     Direction,
     Entry,
-    Page,
     NewEntry,
+    Page,
     Retention,
     SweepingHistoryStore,
     check_read_args,
@@ -60,6 +59,7 @@ from parley.backends.history import (
     page_of,
     recovered,
 )
+from parley.errors import CannotStart
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS parley_history_channels (

@@ -25,13 +25,13 @@ class _WsLog:
     logger per connection (an object, a level lookup under the logging lock), a measurable
     part of accepting a connection. Its lines go to the `picows.parley` logger (warnings and up, see logs.configure)."""
 
-    __slots__ = ("_logger", "_info")
+    __slots__ = ("_info", "_logger")
 
     def __init__(self, logger: logging.Logger) -> None:
         self._logger = logger
         self._info = logger.isEnabledFor(logging.INFO)
 
-    def isEnabledFor(self, level: int) -> bool:  # noqa: N802 - the logging API's name
+    def isEnabledFor(self, level: int) -> bool:  # the logging API's name
         return self._logger.isEnabledFor(level)
 
     def log(self, level: int, msg: str, *args: Any, **kwargs: Any) -> None:
