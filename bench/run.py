@@ -108,6 +108,13 @@ def make_peers(scenario: str) -> dict[str, Peer]:
              {"PARLEY_APP_ID": APP_ID, "PARLEY_APP_KEY": APP_KEY, "PARLEY_APP_SECRET": APP_SECRET,
               "PARLEY_APP_CLIENT_EVENTS": "true", "PARLEY_APP_CLIENT_EVENT_RATE": "0", "PARLEY_STORE": "memory"},
              ready_line="listening on 127.0.0.1:6011"),
+        # opt-in: the same Parley with websockets' sans-I/O protocol instead of picows as its
+        # WebSocket layer (peers/parley_websockets.py), to compare the two stacks under Parley
+        Peer("parley-websockets", "pusher", 6021,
+             [PY, str(BENCH / "peers/parley_websockets.py"), "--host", "127.0.0.1", "--port", "6021"],
+             {"PARLEY_APP_ID": APP_ID, "PARLEY_APP_KEY": APP_KEY, "PARLEY_APP_SECRET": APP_SECRET,
+              "PARLEY_APP_CLIENT_EVENTS": "true", "PARLEY_APP_CLIENT_EVENT_RATE": "0"},
+             ready_line="listening on 127.0.0.1:6021"),
         Peer("soketi", "pusher", 6101,
              ["node", str(BENCH / "node_modules/@soketi/soketi/bin/server.js"), "start",
               "--config=" + str(BENCH / "peers/soketi.json")],
