@@ -179,3 +179,20 @@ async def test_appends_wait_for_an_indexer_far_behind(
         )
     finally:
         await store.close()
+
+
+async def test_a_store_that_cannot_replay_its_log_releases_what_it_took(tmp_path: Path) -> None:
+    path = tmp_path / "h.db"
+    log_dir = Path(str(path) + ".history-log")
+    log_dir.mkdir()
+    (log_dir / "00000000.jsonl").mkdir()  # a segment that cannot be read
+    broken = SqliteHistoryStore(path)
+    with pytest.raises(IsADirectoryError):
+        await broken.start()
+    (log_dir / "00000000.jsonl").rmdir()
+    store = SqliteHistoryStore(path)  # the lock was released: this one starts
+    await store.start()
+    try:
+        assert (await store.append("1", "c", msg(1), Retention())).offset == 1
+    finally:
+        await store.close()

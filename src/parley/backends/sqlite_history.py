@@ -241,6 +241,15 @@ class SqliteHistoryStore(SweepingHistoryStore):
         self._lock()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="parley-history-writer")
         self._reader = ThreadPoolExecutor(self._readers, thread_name_prefix="parley-history-read")
+        try:
+            await self._open()
+        except BaseException:
+            await self.close()  # a store that failed to start holds no lock, thread or file
+            raise
+        self._running = True
+        self._start_sweeping()
+
+    async def _open(self) -> None:
         await self._write(self._open_writer)
         self.log_dir.mkdir(parents=True, exist_ok=True)
         numbers = []
@@ -256,8 +265,6 @@ class SqliteHistoryStore(SweepingHistoryStore):
         self._lconn = _connect(self.path)
         self._caught_up.set()
         self._indexer = asyncio.create_task(self._index_loop(), name="parley-history-indexer")
-        self._running = True
-        self._start_sweeping()
 
     async def close(self) -> None:
         self._running = False  # appends are written as they come: none is left to finish
