@@ -21,7 +21,8 @@ reads only its tail until the indexer has applied the delete.
 Durability: write() puts the records in the OS page cache before the append is acknowledged,
 so an acknowledged append survives the process being killed (SIGKILL) at any moment; like the
 database itself (WAL, synchronous=NORMAL), an OS crash or power loss can take back the last
-records, because nothing is fsynced per append. That is the trade the group commit needs.
+records, because nothing is fsynced per append (nor is a segment's deletion ordered after the
+WAL's next sync: the same class of loss). That is the trade the group commit needs.
 """
 
 from __future__ import annotations
