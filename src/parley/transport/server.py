@@ -23,7 +23,8 @@ MAX_HEAD_BYTES = 16 * 1024
 class _WsLog:
     """picows's logger. Not a `logging.Logger` on purpose: given one, picows makes a child
     logger per connection (an object, a level lookup under the logging lock), a measurable
-    part of accepting a connection. Its lines go to the `picows.parley` logger (warnings and up, see logs.configure)."""
+    part of accepting a connection. Its lines go to the `picows.parley` logger (warnings and
+    up, see logs.configure)."""
 
     __slots__ = ("_info", "_logger")
 
