@@ -19,7 +19,7 @@ from typing import Any
 
 import uvloop
 from picows import WSMsgType
-from websockets.frames import Frame, Opcode
+from websockets.frames import Close, Frame, Opcode
 from websockets.http11 import Request
 from websockets.server import ServerProtocol
 
@@ -52,10 +52,10 @@ class _Frame:
         return bytes(self._frame.data)
 
     def get_close_code(self) -> int:
-        return 1000
+        return Close.parse(self._frame.data).code if self._frame.data else 1005
 
     def get_close_message(self) -> bytes:
-        return b""
+        return Close.parse(self._frame.data).reason.encode() if self._frame.data else b""
 
 
 class WebsocketsConnection(asyncio.Protocol):

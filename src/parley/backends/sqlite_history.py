@@ -616,12 +616,10 @@ class SqliteHistoryStore(SweepingHistoryStore):
         """Appends are planned and logged on the caller's task with no await in between (one
         write() per call), so call order is offset order and no group-commit task is needed:
         the node's pump already hands over everything a loop turn produced in one call."""
-        if not self._running:
-            raise RuntimeError("history store is not running")
+        self._check_running()
         if not self._caught_up.is_set():
             await self._caught_up.wait()  # the indexer is far behind: let it catch up
-            if not self._running:
-                raise RuntimeError("history store is not running")
+            self._check_running()
         return self._append_now(items)
 
     def _state(self, app_id: str, channel: str) -> _Channel:
@@ -726,7 +724,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
         return epoch
 
     def _check_running(self) -> None:
-        if self._segment_fd is None or self._closing:
+        if not self._running:
             raise RuntimeError("history store is not running")
 
     # -- reads -------------------------------------------------------------------------------
@@ -858,18 +856,16 @@ class SqliteHistoryStore(SweepingHistoryStore):
         removed = 0
         with _transaction(conn, "BEGIN IMMEDIATE"):
             rows = conn.execute(
-                "SELECT row, max_expires, entries FROM parley_history_chunks"
-                " WHERE min_expires < ? LIMIT ?",
+                "SELECT k.row, k.max_expires, k.entries, c.max_age_ms"
+                " FROM parley_history_chunks k JOIN parley_history_channels c"
+                " ON c.app_id = k.app_id AND c.channel = k.channel"
+                " WHERE k.min_expires < ? LIMIT ?",
                 (now_ms, SWEEP_CHUNK),
             ).fetchall()
-            for row, max_expires, blob in rows:
+            for row, max_expires, blob, age_ms in rows:
                 items = orjson.loads(blob)
-                if max_expires < now_ms:
-                    conn.execute("DELETE FROM parley_history_chunks WHERE row = ?", (row,))
-                    removed += len(items)
-                    continue
-                age_ms = self._age_of(conn, row)
-                kept = [i for i in items if i[5] + age_ms >= now_ms]
+                # what the channel's retention keeps now (it may have changed since)
+                kept = [] if max_expires < now_ms else [i for i in items if i[5] + age_ms >= now_ms]
                 removed += len(items) - len(kept)
                 if not kept:
                     conn.execute("DELETE FROM parley_history_chunks WHERE row = ?", (row,))
@@ -880,16 +876,6 @@ class SqliteHistoryStore(SweepingHistoryStore):
                     (kept[0][4], kept[0][5] + age_ms, orjson.dumps(kept), row),
                 )
         return removed, len(rows)
-
-    @staticmethod
-    def _age_of(conn: sqlite3.Connection, row: int) -> int:
-        """The max age of the channel a chunk belongs to (its retention as of now)."""
-        found = conn.execute(
-            "SELECT c.max_age_ms FROM parley_history_channels c JOIN parley_history_chunks k"
-            " ON k.app_id = c.app_id AND k.channel = c.channel WHERE k.row = ?",
-            (row,),
-        ).fetchone()
-        return int(found[0]) if found else 0
 
     def _sweep_keys(self, cutoff: int) -> int:
         conn = self._wconn
