@@ -21,8 +21,7 @@ from parley.auth.grants import Grant
 from parley.backends.grants import GrantChange, GrantStore
 from parley.backends.memory_grants import MemoryGrantStore
 from parley.backends.sqlite_grants import SqliteGrantStore
-from tests.conftest import require
-from tests.support.stores import PG_URL, FakeClock, delete_app_rows, postgres_problem
+from tests.support.stores import FakeClock, backend_lifecycle
 
 ALL = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 DURABLE = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -70,19 +69,8 @@ class Backend:
 
 
 async def _backend(kind: str, tmp_path: Path) -> AsyncIterator[Backend]:
-    if kind == "postgres":
-        problem = await postgres_problem()
-        require(problem is None, problem or "")
-    target = str(tmp_path / "parley.db") if kind == "sqlite" else PG_URL
-    backend = Backend(kind, target)
-    try:
+    async for backend in backend_lifecycle(kind, tmp_path, Backend, ("parley_grants",)):
         yield backend
-    finally:
-        for store in backend.opened:
-            await store.close()
-        if kind == "postgres":
-            for app in (backend.app_id, *backend.apps):
-                await delete_app_rows("parley_grants", app)
 
 
 @pytest.fixture(params=ALL)

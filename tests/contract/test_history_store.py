@@ -19,15 +19,15 @@ import pytest
 from parley.backends.history import Entry, HistoryStore, NewEntry, Retention
 from parley.backends.memory_history import MemoryHistoryStore
 from parley.backends.sqlite_history import SqliteHistoryStore
-from tests.conftest import require
 from tests.support.server import TIMEOUT
-from tests.support.stores import PG_URL, FakeClock, postgres_problem
+from tests.support.stores import FakeClock, backend_lifecycle
 
 T0 = 1_700_000_000.0
 SERVER = {"type": "server", "app_id": "1"}
 
 ALL = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 DURABLE = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+HISTORY_TABLES = ("parley_history_entries", "parley_history_keys", "parley_history_channels")
 
 
 @dataclass
@@ -57,27 +57,8 @@ class Backend:
 
 
 async def _backend(kind: str, tmp_path: Path) -> AsyncIterator[Backend]:
-    if kind == "postgres":
-        problem = await postgres_problem()
-        require(problem is None, problem or "")
-    target = str(tmp_path / "history.db") if kind == "sqlite" else PG_URL
-    backend = Backend(kind, target)
-    try:
+    async for backend in backend_lifecycle(kind, tmp_path, Backend, HISTORY_TABLES):
         yield backend
-    finally:
-        for store in backend.opened:
-            await store.close()
-        if kind == "postgres":
-            import asyncpg
-
-            conn = await asyncpg.connect(PG_URL)
-            try:
-                for table in ("entries", "keys", "channels"):
-                    await conn.execute(
-                        f"DELETE FROM parley_history_{table} WHERE app_id = $1", backend.app_id
-                    )
-            finally:
-                await conn.close()
 
 
 @pytest.fixture(params=ALL)

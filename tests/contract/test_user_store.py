@@ -19,8 +19,7 @@ from argon2 import PasswordHasher
 from parley.backends.memory_users import MemoryUserStore
 from parley.backends.sqlite_users import SqliteUserStore
 from parley.backends.users import User, UserStore
-from tests.conftest import require
-from tests.support.stores import PG_URL, FakeClock, delete_app_rows, postgres_problem
+from tests.support.stores import FakeClock, backend_lifecycle, delete_app_rows
 
 T0 = 1_700_000_000.0
 T0_MS = int(T0 * 1000)
@@ -70,18 +69,8 @@ class Backend:
 
 
 async def _backend(kind: str, tmp_path: Path) -> AsyncIterator[Backend]:
-    if kind == "postgres":
-        problem = await postgres_problem()
-        require(problem is None, problem or "")
-    target = str(tmp_path / "parley.db") if kind == "sqlite" else PG_URL
-    backend = Backend(kind, target)
-    try:
+    async for backend in backend_lifecycle(kind, tmp_path, Backend, ("parley_users",)):
         yield backend
-    finally:
-        for store in backend.opened:
-            await store.close()
-        if kind == "postgres":
-            await delete_app_rows("parley_users", backend.app_id)
 
 
 @pytest.fixture(params=ALL)
