@@ -8,6 +8,7 @@ import signal
 import sys
 from pathlib import Path
 
+import orjson
 import pytest
 
 from parley.backends.history import NewEntry, Retention
@@ -196,3 +197,31 @@ async def test_a_store_that_cannot_replay_its_log_releases_what_it_took(tmp_path
         assert (await store.append("1", "c", msg(1), Retention())).offset == 1
     finally:
         await store.close()
+
+
+async def test_a_torn_last_line_in_the_log_is_skipped_and_the_rest_replayed(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "h.db"
+    log_dir = Path(str(path) + ".history-log")
+    store = SqliteHistoryStore(path, index_interval_s=3600)
+    await store.start()
+    written = [await store.append("1", "t", msg(i), Retention()) for i in range(3)]
+    logged = next(log_dir.glob("*.jsonl")).read_bytes()
+    await store.close()  # indexes everything and drops the log
+    assert not list(log_dir.glob("*.jsonl"))
+    # What a crash leaves: records already indexed, one that is not, then half a record.
+    fourth = list(orjson.loads(logged.splitlines()[-1]))
+    fourth[4], fourth[7] = 4, "id-of-the-fourth"
+    torn = orjson.dumps(fourth)[:25]
+    (log_dir / "00000007.jsonl").write_bytes(logged + orjson.dumps(fourth) + b"\n" + torn)
+
+    reopened = SqliteHistoryStore(path)
+    await reopened.start()
+    try:
+        entries = (await reopened.read("1", "t")).entries
+        assert entries[:3] == written  # replayed again: not duplicated
+        assert [(e.offset, e.id) for e in entries[3:]] == [(4, "id-of-the-fourth")]
+        assert (await reopened.append("1", "t", msg(5), Retention())).offset == 5
+    finally:
+        await reopened.close()
