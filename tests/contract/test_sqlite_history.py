@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
+import time
 from pathlib import Path
 
 import orjson
@@ -225,3 +226,40 @@ async def test_a_torn_last_line_in_the_log_is_skipped_and_the_rest_replayed(
         assert (await reopened.append("1", "t", msg(5), Retention())).offset == 5
     finally:
         await reopened.close()
+
+
+async def test_a_log_written_before_E_records_is_replayed_and_read_alike(tmp_path: Path) -> None:
+    """Logs written by earlier versions hold "e" records: data and publisher as JSON text."""
+    path = tmp_path / "h.db"
+    log_dir = Path(str(path) + ".history-log")
+    log_dir.mkdir()
+    now = int(time.time() * 1000)
+    publisher = {"type": "user", "id": "u1"}
+    old = [
+        ("c", "1", "t", "old-epoch", 1000, 86_400_000),
+        ("e", "1", "t", "old-epoch", 1, now, now + 86_400_000, "id-1", "client-a",
+         orjson.dumps({"n": 1}).decode(), orjson.dumps(publisher).decode(), "u1", None, 1000, 86_400_000),
+        ("e", "1", "t", "old-epoch", 2, now, now + 86_400_000, "id-2", "client-a",
+         orjson.dumps("text").decode(), orjson.dumps(publisher).decode(), "u1", "key-2", 1000, 86_400_000),
+    ]
+    (log_dir / "00000000.jsonl").write_bytes(b"".join(orjson.dumps(op) + b"\n" for op in old))
+
+    store = SqliteHistoryStore(path)
+    await store.start()
+    try:
+        page = await store.read("1", "t")
+        assert page.epoch == "old-epoch"
+        assert [(e.offset, e.id, e.data, e.publisher, e.user_id) for e in page.entries] == [
+            (1, "id-1", {"n": 1}, publisher, "u1"),
+            (2, "id-2", "text", publisher, "u1"),
+        ]
+        repeated = await store.append(
+            "1", "t", NewEntry("client-a", "text", publisher, "u1", "key-2"), Retention()
+        )
+        assert repeated.duplicate and repeated.id == "id-2"  # its idempotency key was replayed
+        third = await store.append("1", "t", msg(3), Retention())
+        assert third.offset == 3
+        await store._flush()
+        assert [e.offset for e in (await store.read("1", "t")).entries] == [1, 2, 3]
+    finally:
+        await store.close()

@@ -45,6 +45,20 @@ class NewEntry:
     publisher: dict[str, Any]  # {"type": "user", "id": "42"}, {"type": "server", "app_id": "1"}
     user_id: str | None = None
     idempotency_key: str | None = None  # a repeat within 5 minutes returns the first Entry
+    # The JSON of `data` and `publisher` when the caller has it already, so that a message is
+    # encoded once for its size check, the store and the frame (see `data_bytes`).
+    data_json: bytes | None = None
+    publisher_json: bytes | None = None
+
+    def data_bytes(self) -> bytes:
+        if self.data_json is None:
+            self.data_json = orjson.dumps(self.data)
+        return self.data_json
+
+    def publisher_bytes(self) -> bytes:
+        if self.publisher_json is None:
+            self.publisher_json = orjson.dumps(self.publisher)
+        return self.publisher_json
 
 
 @dataclass(slots=True)  # not frozen: built per message, and frozen __init__ is slower
@@ -200,7 +214,7 @@ _ID_COUNTER = itertools.count()
 
 def new_message_id() -> str:
     """A unique message id (32 hex digits) without a system call per message."""
-    return f"{_ID_PREFIX}{next(_ID_COUNTER):016x}"
+    return "%s%016x" % (_ID_PREFIX, next(_ID_COUNTER))
 
 
 def check_read_args(after: int | None, before: int | None, limit: int, direction: str) -> None:
@@ -258,8 +272,8 @@ class PendingAppend:
             retention,
             now_ms,
             new_message_id(),
-            orjson.dumps(entry.data).decode(),
-            orjson.dumps(entry.publisher).decode(),
+            entry.data_bytes().decode(),
+            entry.publisher_bytes().decode(),
         )
 
 

@@ -145,13 +145,74 @@ DELETE FROM parley_history_keys WHERE rowid IN
 """
 
 # Logged operations, as tuples (the same in memory, in the log and to the indexer):
-#   ("e", app_id, channel, epoch, seq, ts, expires_ms, id, event, data_json, publisher_json,
-#    user_id, idempotency_key, max_count, max_age_ms)            an appended entry
+#   ("E", app_id, channel, epoch, seq, ts, expires_ms, id, event, data, publisher, user_id,
+#    idempotency_key, max_count, max_age_ms)                    an appended entry
 #   ("c", app_id, channel, epoch, max_count, max_age_ms)        a channel's first epoch
 #   ("d", app_id, channel, new_epoch)                           its history deleted
+# "E" holds `data` and `publisher` as JSON values, written from the bytes the node encoded
+# once per message. Logs and chunks written before hold "e" entries instead, the same fields
+# with `data` and `publisher` as JSON text; they are still read.
 Op = tuple[Any, ...]
 Logged = tuple[Op, bytes]  # an operation and its line in the log (JSON, no newline)
 ChannelKey = tuple[str, str]
+ENTRY_KINDS = ("E", "e")
+
+
+@dataclass(slots=True)
+class _Chunk:
+    """Entries of one channel for the indexer, in log order: consecutive offsets of one epoch,
+    each as its log line. Live appends add to the channel's open chunk, so the indexer's work
+    is per channel, not per entry."""
+
+    key: ChannelKey
+    epoch: str
+    first: int
+    last: int
+    low: int  # the lowest and highest expiry among its entries
+    high: int
+    max_count: int  # retention given by its newest entry
+    max_age_ms: int
+    lines: list[bytes]
+    keys: list[tuple[Any, ...]]  # idempotency keys: (key, seq, epoch, ts, id, event, data,
+    #                              publisher, user_id), data and publisher as JSON text
+
+
+Item = _Chunk | Logged  # what the indexer applies: a chunk, or a "c" or "d" operation
+
+
+def _group(ops: Sequence[Logged]) -> list[Item]:
+    """Logged operations (a replayed segment) as the indexer takes them: runs of entries of
+    one channel become chunks; a channel's chunk ends at its next "c" or "d"."""
+    items: list[Item] = []
+    open_: dict[ChannelKey, _Chunk] = {}
+    for op, line in ops:
+        key = (op[1], op[2])
+        if op[0] not in ENTRY_KINDS:
+            open_.pop(key, None)
+            items.append((op, line))
+            continue
+        epoch, seq, expires = op[3], op[4], op[6]
+        chunk = open_.get(key)
+        if chunk is None or chunk.epoch != epoch or seq != chunk.last + 1:
+            chunk = open_[key] = _Chunk(key, epoch, seq, seq, expires, expires, 0, 0, [], [])
+            items.append(chunk)
+        else:
+            chunk.last = seq
+            chunk.low, chunk.high = min(chunk.low, expires), max(chunk.high, expires)
+        chunk.lines.append(line)
+        chunk.max_count, chunk.max_age_ms = op[13], op[14]
+        if op[12] is not None:
+            data, publisher = op[9], op[10]
+            if op[0] == "E":
+                data, publisher = orjson.dumps(data).decode(), orjson.dumps(publisher).decode()
+            chunk.keys.append((op[12], seq, epoch, op[5], op[7], op[8], data, publisher, op[11]))
+    return items
+
+
+def _count(items: Sequence[Item]) -> int:
+    """How many logged operations `items` hold."""
+    return sum(len(i.lines) if type(i) is _Chunk else 1 for i in items)
+
 
 SEGMENT_BYTES = 16 * 1024 * 1024  # a new log segment after this many bytes
 MAX_UNINDEXED = 200_000  # appends wait for the indexer beyond this many logged operations
@@ -184,6 +245,7 @@ def _transaction(conn: sqlite3.Connection, begin: str = "BEGIN") -> Iterator[Non
 class _Channel:
     """A channel as this process hands out its offsets (authoritative while it is loaded)."""
 
+    key: ChannelKey
     epoch: str
     last: int
     max_count: int
@@ -214,6 +276,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
         self._writer: ThreadPoolExecutor | None = None
         self._reader: ThreadPoolExecutor | None = None
         self._wconn: sqlite3.Connection | None = None  # writer thread: indexer, sweep
+        self._known: dict[ChannelKey, list[Any] | None] = {}  # the indexer's, see _apply
         self._lconn: sqlite3.Connection | None = None  # event loop: channel rows, keys
         self._rconns: list[sqlite3.Connection] = []
         self._local = threading.local()
@@ -228,7 +291,8 @@ class SqliteHistoryStore(SweepingHistoryStore):
         self._closed_segments: deque[tuple[int, Path]] = deque()
         self._logged = 0  # operations logged since start
         self._indexed = 0  # of which the indexer has committed
-        self._ops: list[Logged] = []  # logged, waiting for the indexer
+        self._ops: list[Item] = []  # logged, waiting for the indexer, in log order
+        self._open_chunks: dict[ChannelKey, _Chunk] = {}  # the chunk in _ops each channel adds to
         self._ops_ready = asyncio.Event()
         self._caught_up = asyncio.Event()
         self._indexer: asyncio.Task[None] | None = None
@@ -256,7 +320,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
         numbers = []
         for segment in self._segments():
             ops = self._read_segment(segment)
-            await self._write(partial(self._apply, ops))
+            await self._write(partial(self._apply, _group(ops)))
             segment.unlink()
             numbers.append(int(segment.stem))
             if ops:
@@ -384,26 +448,23 @@ class SqliteHistoryStore(SweepingHistoryStore):
             except orjson.JSONDecodeError:
                 logs.warning("history log line skipped", segment=path.name, bytes=len(line))
                 continue
-            if isinstance(op, list) and op and op[0] in ("e", "c", "d"):
+            if isinstance(op, list) and op and op[0] in ("E", "e", "c", "d"):
                 ops.append((tuple(op), line))
         return ops
 
-    def _log(self, ops: list[Op]) -> None:
-        """Make `ops` durable (one write), then hand them to the indexer. Raises on an I/O
-        error, having changed nothing."""
+    def _write_log(self, data: bytes, count: int) -> None:
+        """Make `count` operations durable: their lines in one write(). Raises on an I/O
+        error; the caller then changes nothing."""
         if self._segment_fd is None:
             raise RuntimeError("history store is not running")
-        lines = [orjson.dumps(op) for op in ops]
-        data = b"\n".join(lines) + b"\n"
         view = memoryview(data)
         while view:
             written = os.write(self._segment_fd, view)
             view = view[written:]
         self._segment_bytes += len(data)
-        self._logged += len(ops)
-        self._ops.extend(zip(ops, lines, strict=True))
+        self._logged += count
         self._ops_ready.set()
-        if len(self._ops) > MAX_UNINDEXED:
+        if self._logged - self._indexed > MAX_UNINDEXED:
             self._caught_up.clear()  # appends wait until the indexer is halfway back
         if self._segment_bytes >= SEGMENT_BYTES:
             os.close(self._segment_fd)
@@ -411,6 +472,13 @@ class SqliteHistoryStore(SweepingHistoryStore):
             self._closed_segments.append((self._logged, path))
             self._segment_no += 1
             self._open_segment()
+
+    def _log_op(self, op: Op) -> None:
+        """Log a "c" or "d" operation: the channel's next entries go to a new chunk after it."""
+        line = orjson.dumps(op)
+        self._write_log(line + b"\n", 1)
+        self._open_chunks.pop((op[1], op[2]), None)
+        self._ops.append((op, line))
 
     # -- the indexer -------------------------------------------------------------------------
 
@@ -422,20 +490,22 @@ class SqliteHistoryStore(SweepingHistoryStore):
                     await asyncio.wait_for(self._hurry.wait(), self._index_interval_s)
             self._hurry.clear()
             self._ops_ready.clear()
+            # The writer thread owns these chunks now: later appends open new ones.
             ops, self._ops = self._ops, []
+            self._open_chunks.clear()
             if ops:
                 try:
                     summary = await self._write(partial(self._apply, ops))
                 except Exception:  # noqa: BLE001 - kept in the log and in memory; retried
-                    logs.error("history indexing failed, retrying", operations=len(ops))
+                    logs.error("history indexing failed, retrying", operations=_count(ops))
                     self._ops[:0] = ops
                     self._ops_ready.set()
                     if self._closing:
                         return
                     await asyncio.sleep(1.0)
                     continue
-                self._after_indexing(len(ops), summary)
-            if len(self._ops) < MAX_UNINDEXED // 2:
+                self._after_indexing(_count(ops), summary)
+            if self._logged - self._indexed < MAX_UNINDEXED // 2:
                 self._caught_up.set()
             if self._closing and not self._ops:
                 return
@@ -452,8 +522,11 @@ class SqliteHistoryStore(SweepingHistoryStore):
             if state.epoch != epoch:
                 continue
             tail = state.tail
-            while tail and tail[0].offset <= offset:
-                tail.popleft()
+            if tail and tail[-1].offset <= offset:
+                tail.clear()
+            else:
+                while tail and tail[0].offset <= offset:
+                    tail.popleft()
             if state.keys:
                 for k in [k for k, e in state.keys.items() if e.offset <= offset]:
                     del state.keys[k]
@@ -480,18 +553,35 @@ class SqliteHistoryStore(SweepingHistoryStore):
             self._hurry.set()
             await waiter
 
-    def _apply(self, ops: Sequence[Logged]) -> dict[ChannelKey, list[Any]]:
-        """In the writer thread: apply logged operations to SQLite in one transaction. Safe to
-        repeat (replay after a crash): entries already there are ignored, and entries of an
-        epoch that a delete has replaced are dropped.
+    def _apply(self, items: Sequence[Item]) -> dict[ChannelKey, list[Any]]:
+        """In the writer thread: apply logged operations to SQLite in one transaction, a row
+        per chunk. Safe to repeat (replay after a crash): entries already there are ignored,
+        and entries of an epoch that a delete has replaced are dropped.
 
         Returns per channel [operations, deletes, epoch and offset of the newest entry]."""
         conn = self._wconn
         assert conn is not None
         summary: dict[ChannelKey, list[Any]] = {}
+        # per channel: epoch, max_count, max_age_ms, newest offset already indexed; kept from
+        # round to round (this thread is the history's only writer), forgotten on a failure
+        known = self._known
+        if len(known) > MAX_IDLE_CHANNELS:
+            known.clear()
+        try:
+            self._apply_in(conn, items, known, summary)
+        except BaseException:
+            known.clear()
+            raise
+        return summary
+
+    @staticmethod
+    def _apply_in(
+        conn: sqlite3.Connection,
+        items: Sequence[Item],
+        known: dict[ChannelKey, list[Any] | None],
+        summary: dict[ChannelKey, list[Any]],
+    ) -> None:
         with _transaction(conn, "BEGIN IMMEDIATE"):
-            # per channel: epoch, max_count, max_age_ms, newest offset already indexed
-            known: dict[ChannelKey, list[Any] | None] = {}
 
             def row_of(key: ChannelKey) -> list[Any] | None:
                 if key not in known:
@@ -507,15 +597,10 @@ class SqliteHistoryStore(SweepingHistoryStore):
                 row = known[key] = [epoch, count, age_ms, 0]
                 return row
 
-            # per channel: the lines of its entries, first seq, last seq, expires low and high
-            chunks: dict[ChannelKey, list[Any]] = {}
+            rows: list[tuple[Any, ...]] = []  # chunk rows, inserted together
             keys: list[tuple[Any, ...]] = []
 
             def flush() -> None:
-                rows = [
-                    (*key, first, last, low, high, b"[" + b",".join(lines) + b"]")
-                    for key, (lines, first, last, low, high) in chunks.items()
-                ]
                 rows.sort()
                 conn.executemany(
                     "INSERT INTO parley_history_chunks (app_id, channel, first_seq, last_seq,"
@@ -531,7 +616,6 @@ class SqliteHistoryStore(SweepingHistoryStore):
                 for app_id, channel, first, last, *_ in rows:
                     known_row = known[(app_id, channel)]
                     assert known_row is not None
-                    known_row[3] = last
                     count = known_row[1]
                     every = max(1, count // TRIM_FRACTION)
                     if last > count and last // every > (first - 1) // every:
@@ -540,45 +624,47 @@ class SqliteHistoryStore(SweepingHistoryStore):
                             " WHERE app_id = ? AND channel = ? AND last_seq <= ?",
                             (app_id, channel, last - count),
                         )
-                chunks.clear()
+                rows.clear()
                 keys.clear()
 
-            for op, line in ops:
-                kind = op[0]
-                key = (op[1], op[2])
+            for item in items:
+                if isinstance(item, _Chunk):
+                    key = item.key
+                    done = summary.get(key)
+                    if done is None:
+                        done = summary[key] = [0, 0, None, 0]
+                    done[0] += len(item.lines)
+                    done[2], done[3] = item.epoch, item.last
+                    row = known[key] if key in known else row_of(key)
+                    if row is None:
+                        row = create(key, item.epoch, item.max_count, item.max_age_ms)
+                    elif row[0] != item.epoch or item.last <= row[3]:
+                        continue  # its history was deleted since, or it is indexed (replay)
+                    lines, first = item.lines, item.first
+                    if first <= row[3]:  # partly indexed before a crash (replay)
+                        lines, first = lines[row[3] + 1 - first :], row[3] + 1
+                    if row[1] != item.max_count or row[2] != item.max_age_ms:
+                        conn.execute(
+                            "UPDATE parley_history_channels SET max_count = ?, max_age_ms = ?"
+                            " WHERE app_id = ? AND channel = ?",
+                            (item.max_count, item.max_age_ms, *key),
+                        )
+                        row[1], row[2] = item.max_count, item.max_age_ms
+                    # low/high may be wider than the lines kept: the sweep checks each entry
+                    entries = b"[" + b",".join(lines) + b"]"
+                    rows.append((*key, first, item.last, item.low, item.high, entries))
+                    row[3] = item.last
+                    if item.keys:
+                        keys.extend((*key, *k) for k in item.keys if k[1] >= first)
+                    continue
+                op = item[0]
+                kind, key = op[0], (op[1], op[2])
                 done = summary.get(key)
                 if done is None:
                     done = summary[key] = [0, 0, None, 0]
                 done[0] += 1
                 row = known[key] if key in known else row_of(key)
-                if kind == "e":
-                    epoch, seq, expires_ms = op[3], op[4], op[6]
-                    done[2], done[3] = epoch, seq
-                    count, age_ms = op[13], op[14]
-                    if row is None:
-                        row = create(key, epoch, count, age_ms)
-                    elif row[0] != epoch or seq <= row[3]:
-                        continue  # its history was deleted since, or it is indexed (replay)
-                    elif row[1] != count or row[2] != age_ms:
-                        conn.execute(
-                            "UPDATE parley_history_channels SET max_count = ?, max_age_ms = ?"
-                            " WHERE app_id = ? AND channel = ?",
-                            (count, age_ms, *key),
-                        )
-                        row[1], row[2] = count, age_ms
-                    chunk = chunks.get(key)
-                    if chunk is None:
-                        chunks[key] = [[line], seq, seq, expires_ms, expires_ms]
-                    else:
-                        chunk[0].append(line)
-                        chunk[2] = seq
-                        if expires_ms < chunk[3]:
-                            chunk[3] = expires_ms
-                        elif expires_ms > chunk[4]:
-                            chunk[4] = expires_ms
-                    if op[12] is not None:
-                        keys.append((*key, op[12], seq, epoch, op[5], *op[7:12]))
-                elif kind == "c":
+                if kind == "c":
                     if row is None:
                         create(key, op[3], op[4], op[5])
                 elif kind == "d":
@@ -601,7 +687,6 @@ class SqliteHistoryStore(SweepingHistoryStore):
                                 f"DELETE FROM {table} WHERE app_id = ? AND channel = ?", key
                             )
             flush()
-        return summary
 
     # -- appends ---------------------------------------------------------------------------
 
@@ -633,9 +718,9 @@ class SqliteHistoryStore(SweepingHistoryStore):
             raise RuntimeError("history store is not running")
         row = conn.execute(CHANNEL_ROW, key).fetchone()
         if row is not None:
-            state = _Channel(row[0], row[1], row[2], row[3], durable=True)
+            state = _Channel(key, row[0], row[1], row[2], row[3], durable=True)
         else:
-            state = _Channel(new_epoch(), 0, *Retention().count_and_age_ms, durable=False)
+            state = _Channel(key, new_epoch(), 0, *Retention().count_and_age_ms, durable=False)
         self._channels[key] = state
         return state
 
@@ -656,10 +741,11 @@ class SqliteHistoryStore(SweepingHistoryStore):
     def _append_now(self, items: Sequence[tuple[str, str, NewEntry, Retention]]) -> list[Entry]:
         now_ms = self._now_ms()
         results: list[Entry] = []
-        ops: list[Op] = []
-        added: list[tuple[_Channel, Entry, str | None, int, int]] = []
+        lines: list[bytes] = []
+        added: list[tuple[_Channel, Entry, NewEntry, int, int]] = []
         lasts: dict[ChannelKey, int] = {}
         seen: dict[tuple[str, str, str], Entry] = {}  # keys first used in this batch
+        fragment = orjson.Fragment
         for app_id, channel, new, retention in items:
             key = (app_id, channel)
             state = self._state(app_id, channel)
@@ -671,35 +757,59 @@ class SqliteHistoryStore(SweepingHistoryStore):
                     continue
             seq = lasts[key] = lasts.get(key, state.last) + 1
             id_ = new_message_id()
-            entry = Entry(
-                seq, state.epoch, now_ms, id_, new.event, new.data, new.publisher, new.user_id
-            )
+            epoch = state.epoch
+            entry = Entry(seq, epoch, now_ms, id_, new.event, new.data, new.publisher, new.user_id)
             count, age_ms = retention.count_and_age_ms
-            ops.append((
-                "e", app_id, channel, state.epoch, seq, now_ms, now_ms + age_ms, id_, new.event,
-                orjson.dumps(new.data).decode(), orjson.dumps(new.publisher).decode(),
-                new.user_id, idem, count, age_ms,
-            ))
+            lines.append(orjson.dumps((
+                "E", app_id, channel, epoch, seq, now_ms, now_ms + age_ms, id_, new.event,
+                fragment(new.data_bytes()), fragment(new.publisher_bytes()), new.user_id, idem,
+                count, age_ms,
+            )))
             results.append(entry)
-            added.append((state, entry, idem, count, age_ms))
+            added.append((state, entry, new, count, age_ms))
             if idem is not None:
                 seen[(*key, idem)] = entry
-        if ops:
-            self._log(ops)  # raises on an I/O error: then nothing below has happened
-        for state, entry, idem, count, age_ms in added:
+        if not lines:
+            return results
+        lines.append(b"")
+        self._write_log(b"\n".join(lines), len(added))  # on an I/O error nothing below happens
+        open_chunks = self._open_chunks
+        queue = self._ops
+        for (state, entry, new, count, age_ms), line in zip(added, lines, strict=False):
             state.tail.append(entry)
-            state.last = entry.offset
+            seq, expires = entry.offset, entry.ts + age_ms
+            state.last = seq
             state.max_count, state.max_age_ms = count, age_ms
             state.durable = True
             state.pending += 1
+            key = state.key
+            chunk = open_chunks.get(key)
+            if chunk is None or chunk.epoch != entry.epoch:
+                chunk = open_chunks[key] = _Chunk(
+                    key, entry.epoch, seq, seq, expires, expires, count, age_ms, [line], []
+                )
+                queue.append(chunk)
+            else:
+                chunk.last = seq
+                chunk.lines.append(line)
+                chunk.max_count, chunk.max_age_ms = count, age_ms
+                if expires < chunk.low:
+                    chunk.low = expires
+                elif expires > chunk.high:
+                    chunk.high = expires
+            idem = new.idempotency_key
             if idem is not None:
                 state.keys[idem] = entry
+                chunk.keys.append((
+                    idem, seq, entry.epoch, entry.ts, entry.id, entry.event,
+                    new.data_bytes().decode(), new.publisher_bytes().decode(), entry.user_id,
+                ))
         return results
 
     def _make_durable(self, app_id: str, channel: str, state: _Channel) -> None:
         """Log the epoch of a channel never written, so that it sticks."""
         if not state.durable:
-            self._log([("c", app_id, channel, state.epoch, state.max_count, state.max_age_ms)])
+            self._log_op(("c", app_id, channel, state.epoch, state.max_count, state.max_age_ms))
             state.durable = True
             state.pending += 1
 
@@ -715,7 +825,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
         self._check_running()
         state = self._state(app_id, channel)
         epoch = new_epoch(state.epoch)
-        self._log([("d", app_id, channel, epoch)])
+        self._log_op(("d", app_id, channel, epoch))
         state.epoch, state.last, state.durable = epoch, 0, True
         state.tail.clear()
         state.keys.clear()
@@ -814,7 +924,9 @@ class SqliteHistoryStore(SweepingHistoryStore):
             for op in items:
                 seq, ts = op[4], op[5]
                 if lowest < seq < upper and ts >= oldest_ms:
-                    data, publisher = orjson.loads(op[9]), orjson.loads(op[10])
+                    data, publisher = op[9], op[10]
+                    if op[0] == "e":  # written before "E": data and publisher as JSON text
+                        data, publisher = orjson.loads(data), orjson.loads(publisher)
                     out.append(Entry(seq, epoch, ts, op[7], op[8], data, publisher, op[11]))
                     if len(out) >= limit:
                         return out

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import jwt
+import orjson
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from parley import logs
@@ -73,8 +74,21 @@ def parley_of(entry: Entry) -> dict[str, Any]:
     }
 
 
-def entry_frame(channel: str, entry: Entry) -> bytes:
-    return frames.frame(entry.event, entry.data, channel, user_id=entry.user_id, parley=parley_of(entry))
+def entry_frame(channel: str, entry: Entry, new: NewEntry | None = None) -> bytes:
+    """The frame of a stored event; given the NewEntry it came from, its data and publisher
+    go in as the JSON already encoded for the store."""
+    if new is None:
+        return frames.frame(entry.event, entry.data, channel, user_id=entry.user_id, parley=parley_of(entry))
+    parley = {
+        "publisher": orjson.Fragment(new.publisher_bytes()),
+        "offset": entry.offset,
+        "epoch": entry.epoch,
+        "ts": entry.ts,
+        "id": entry.id,
+    }
+    return frames.frame(
+        entry.event, orjson.Fragment(new.data_bytes()), channel, user_id=entry.user_id, parley=parley
+    )
 
 
 class Node:
@@ -460,12 +474,18 @@ class Node:
                 self.count_error(session, None)
                 session.send(frames.error_frame(None, problem, command.channel))
                 return
-        publisher = (
-            {"type": "user", "id": command.user_id}
-            if command.user_id is not None
-            else {"type": "connection", "socket_id": session.socket_id}
+        user_id = command.user_id
+        publisher = session.publisher
+        if publisher is None or publisher[0] != user_id:  # made once per sender, not per event
+            stamp = (
+                {"type": "user", "id": user_id}
+                if user_id is not None
+                else {"type": "connection", "socket_id": session.socket_id}
+            )
+            publisher = session.publisher = (user_id, stamp, orjson.dumps(stamp))
+        new = NewEntry(
+            command.event, command.data, publisher[1], user_id, None, command.data_json, publisher[2]
         )
-        new = NewEntry(command.event, command.data, publisher, command.user_id)
         self._fan_out(hub, command.channel, new, session)
 
     def _fan_out(
@@ -509,7 +529,7 @@ class Node:
                         if entry.duplicate:
                             data = b""
                         else:
-                            data, offset = entry_frame(name, entry), entry.offset
+                            data, offset = entry_frame(name, entry, new), entry.offset
                     if data:
                         if cache:
                             hub.cache[name] = CachedEvent(

@@ -40,6 +40,7 @@ class Session(WSListener):
         "node",
         "path",
         "pinged",
+        "publisher",
         "query",
         "socket_id",
         "token_expires_at",
@@ -63,6 +64,8 @@ class Session(WSListener):
         self.closing = False
         self._fragments: bytearray | None = None
         self.token_expires_at: float | None = None
+        # the sender stamp of its client events, with its JSON: (user id, stamp, JSON)
+        self.publisher: tuple[str | None, dict[str, Any], bytes] | None = None
 
     @property
     def user_id(self) -> str | None:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass, field
 from enum import Enum
+from functools import lru_cache
 
 MAX_CHANNEL_NAME = 200
 SERVER_TO_USER_PREFIX = "#server-to-user-"
@@ -55,6 +56,7 @@ _PUBLIC = ChannelType(Kind.PUBLIC, False)
 _SERVER_TO_USER = ChannelType(Kind.SERVER_TO_USER, False)
 
 
+@lru_cache(maxsize=4096)  # asked for every client event and publish
 def channel_type(name: str) -> ChannelType:
     """The type of a channel whose name is already valid."""
     if name.startswith("#"):

@@ -9,7 +9,7 @@ Errors a client causes come back as `Reply(pusher:error)`, never as exceptions.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import Enum
 from typing import Any
 
@@ -71,6 +71,7 @@ class ClientEvent:
     event: str
     data: Any
     user_id: str | None
+    data_json: bytes | None = field(default=None, compare=False)  # `data` encoded, once
 
 
 @dataclass(frozen=True, slots=True)
@@ -339,7 +340,8 @@ class PusherConnection:
                 "channels accept client events"
             )
         data = message.get("data")
-        size = len(data.encode()) if isinstance(data, str) else len(orjson.dumps(data))
+        data_json = orjson.dumps(data)
+        size = len(data.encode()) if isinstance(data, str) else len(data_json)
         if size > self.app.max_event_bytes:
             raise ProtocolError(
                 f"Client event data is {size} bytes, the limit is {self.app.max_event_bytes}"
@@ -347,7 +349,7 @@ class PusherConnection:
         self._take_token(now)
         member = self.subscriptions[channel]
         sender = member.user_id if member is not None else self.user_id
-        return [ClientEvent(channel, event, data, sender)]
+        return [ClientEvent(channel, event, data, sender, data_json)]
 
     def _take_token(self, now: float) -> None:
         rate = self.app.client_event_rate
