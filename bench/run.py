@@ -122,6 +122,9 @@ def make_peers(scenario: str) -> dict[str, Peer]:
         Peer("socketio", "socketio", 6401, [PY, str(BENCH / "peers/socketio_server.py"), "--port", "6401"]),
         Peer("websockets", "raw", 6301, [PY, str(BENCH / "peers/websockets_server.py"), "--port", "6301"]),
         Peer("picows", "raw", 6201, [PY, str(BENCH / "peers/picows_server.py"), "--port", "6201"]),
+        # opt-in: a bare picows Pusher relay (no auth, history or stamp), the chat floor
+        Peer("picows-chat", "pusher", 6231, [PY, str(BENCH / "peers/picows_chat.py"), "--port", "6231"],
+             ready_line="listening on 127.0.0.1:6231"),
     ]
     return {p.name: p for p in peers}
 
