@@ -43,6 +43,11 @@ class Access:
         self.users = users
         self.index: dict[str, GrantIndex] = {app_id: GrantIndex() for app_id in node.hubs}
         self._read_only = {app_id: _patterns(h.app.read_only_channels) for app_id, h in node.hubs.items()}
+        # apps where any subscriber may write: Pusher-mode, no read-only channels
+        self._open_writes = {
+            app_id for app_id, h in node.hubs.items()
+            if h.app.auth != "builtin" and not self._read_only[app_id]
+        }
         self._task: asyncio.Task[None] | None = None
         self._since_ms = int(time.time() * 1000)
 
@@ -84,6 +89,8 @@ class Access:
 
     def write_problem(self, app: AppConfig, user_id: str | None, channel: str) -> str | None:
         """Why a client event from `user_id` on `channel` is refused, or None."""
+        if app.id in self._open_writes:
+            return None
         if self.read_only(app, channel):
             return f"Channel {channel} is read-only: only the server publishes there"
         if app.auth != "builtin":

@@ -79,15 +79,9 @@ def entry_frame(channel: str, entry: Entry, new: NewEntry | None = None) -> byte
     go in as the JSON already encoded for the store."""
     if new is None:
         return frames.frame(entry.event, entry.data, channel, user_id=entry.user_id, parley=parley_of(entry))
-    parley = {
-        "publisher": orjson.Fragment(new.publisher_bytes()),
-        "offset": entry.offset,
-        "epoch": entry.epoch,
-        "ts": entry.ts,
-        "id": entry.id,
-    }
-    return frames.frame(
-        entry.event, orjson.Fragment(new.data_bytes()), channel, user_id=entry.user_id, parley=parley
+    return frames.stored_event(
+        entry.event, channel, new.data_bytes(), entry.user_id, new.publisher_bytes(),
+        entry.offset, entry.epoch, entry.ts, entry.id,
     )
 
 
@@ -366,12 +360,12 @@ class Node:
         assert hub is not None and conn is not None
         self.metrics.messages_in[hub.app.id] += 1
         for command in conn.receive(text, now):
-            if type(command) is Reply:
+            if type(command) is ClientEvent:
+                self._client_event(session, hub, command)
+            elif type(command) is Reply:
                 if command.error:
                     self.count_error(session, command.code)
                 session.send(command.frame)
-            elif type(command) is ClientEvent:
-                self._client_event(session, hub, command)
             elif type(command) is Subscribe:
                 self._subscribe(session, hub, conn, command)
             elif type(command) is Unsubscribe:

@@ -164,6 +164,8 @@ class PusherConnection:
                 )
             message = frames.decode(text)
             event: str = message["event"]
+            if event[:7] == "client-" and self.state is _OPEN:  # the busiest kind first
+                return self._client_event(message, now)
             if event == "pusher:ping":
                 return [Reply(frames.PONG)]
             if event == "pusher:pong":
