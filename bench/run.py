@@ -56,6 +56,7 @@ class Peer:
     ready_line: str | None = None    # wait for this on stdout (else: wait for the port)
     cwd: Path = BENCH
     extra_ports: tuple = ()          # other TCP ports it binds (checked free first)
+    only: tuple = ()                 # the scenarios it can run, when not all of its protocol's
 
     def available(self) -> str | None:
         """None if it can be started, else why not."""
@@ -124,7 +125,7 @@ def make_peers(scenario: str) -> dict[str, Peer]:
         Peer("picows", "raw", 6201, [PY, str(BENCH / "peers/picows_server.py"), "--port", "6201"]),
         # opt-in: a bare picows Pusher relay (no auth, history or stamp), the chat floor
         Peer("picows-chat", "pusher", 6231, [PY, str(BENCH / "peers/picows_chat.py"), "--port", "6231"],
-             ready_line="listening on 127.0.0.1:6231"),
+             ready_line="listening on 127.0.0.1:6231", only=("chat",)),
     ]
     return {p.name: p for p in peers}
 
@@ -563,7 +564,7 @@ def main() -> int:
             order = peers_ok[rep % len(peers_ok):] + peers_ok[:rep % len(peers_ok)]   # rotate per repeat
             for name in order:
                 peer = make_peers(sc.spec["scenario"])[name]
-                if peer.proto not in sc.protos:
+                if peer.proto not in sc.protos or (peer.only and sc.spec["scenario"] not in peer.only):
                     continue
                 t0 = time.time()
                 best = None
