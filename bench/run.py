@@ -65,10 +65,13 @@ class Peer:
             return "%s not found" % exe
         if self.name == "soketi" and not (BENCH / "node_modules/@soketi/soketi").exists():
             return "bench/node_modules missing: run `npm ci --prefix bench`"
+        if self.name == "parley-base" and not self.env.get("PYTHONPATH"):
+            return "give --base-src DIR (the src/ of the Parley tree to compare with)"
         return None
 
 
 PARLEY_CMD = [str(VENV_BIN / "parley"), "serve"]
+BASE_SRC: list[str] = []  # --base-src: the source tree of the `parley-base` peer
 
 
 def make_peers(scenario: str) -> dict[str, Peer]:
@@ -116,6 +119,14 @@ def make_peers(scenario: str) -> dict[str, Peer]:
              {"PARLEY_APP_ID": APP_ID, "PARLEY_APP_KEY": APP_KEY, "PARLEY_APP_SECRET": APP_SECRET,
               "PARLEY_APP_CLIENT_EVENTS": "true", "PARLEY_APP_CLIENT_EVENT_RATE": "0"},
              ready_line="listening on 127.0.0.1:6021"),
+        # opt-in, with --base-src DIR: Parley from another source tree (a worktree of an
+        # earlier commit), to check a change for regressions in the same run
+        Peer("parley-base", "pusher", 6031,
+             [PY, "-m", "parley", "serve", "--host", "127.0.0.1", "--port", "6031"],
+             {"PARLEY_APP_ID": APP_ID, "PARLEY_APP_KEY": APP_KEY, "PARLEY_APP_SECRET": APP_SECRET,
+              "PARLEY_APP_CLIENT_EVENTS": "true", "PARLEY_APP_CLIENT_EVENT_RATE": "0",
+              "PYTHONPATH": ":".join(BASE_SRC)},
+             ready_line="listening on 127.0.0.1:6031"),
         Peer("soketi", "pusher", 6101,
              ["node", str(BENCH / "node_modules/@soketi/soketi/bin/server.js"), "start",
               "--config=" + str(BENCH / "peers/soketi.json")],
@@ -488,10 +499,15 @@ def main() -> int:
     ap.add_argument("--max-foreign", type=float, default=0.15,
                     help="re-run a run during which other processes used more than this many cores (default 0.15)")
     ap.add_argument("--retries", type=int, default=1, help="re-runs allowed per noisy run (default 1)")
+    ap.add_argument("--base-src", default=None, metavar="DIR",
+                    help="the src/ of another Parley tree for the parley-base peer, e.g. a "
+                         "`git worktree add /tmp/base HEAD~1` -> /tmp/base/src")
     ap.add_argument("--parley-O", dest="parley_O", action="store_true",
                     help="start Parley as `python -O -m parley serve` (asserts off) instead of `parley serve`")
     args = ap.parse_args()
     raise_nofile()
+    if args.base_src:
+        BASE_SRC.append(str(Path(args.base_src).resolve()))
     if args.parley_O:
         PARLEY_CMD[:] = [PY, "-O", "-m", "parley", "serve"]
 

@@ -1,0 +1,143 @@
+"""The chat scenario's Python path without sockets: CPU per client event through Parley.
+
+1,000 signed-in sessions in 500 private channels, on fake transports; each round every user
+sends one client event, fed to `Session.on_ws_frame` 50 frames per loop turn (as a busy
+server sees them), and the node stores, stamps and delivers it to the partner. Prints CPU
+µs per message (the history writer thread included). No kernel, no picows, no uvloop: what
+is left is Parley's own Python, the part a profile of the real server spreads thinly.
+
+    .venv/bin/python bench/inproc_chat.py [--store sqlite|memory] [--rounds 60]
+        [--without fanout|client|append]   # stub a stage out, to see what it costs
+    taskset -c 0 ... py-spy record -r 250 -- .venv/bin/python bench/inproc_chat.py --rounds 300
+
+This machine's VMs vary by ±20 % from one run to the next: compare interleaved runs.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import hashlib
+import hmac
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import orjson
+from picows import WSMsgType
+
+from parley.app import make_access_stores, make_history
+from parley.backends.history import Entry
+from parley.core.access import Access
+from parley.core.node import Node
+from parley.core.session import Session
+from parley.settings import AppConfig, Settings
+
+KEY, SECRET = "benchkey", "benchsecret"
+USERS = 1000
+PER_TURN = 50
+
+
+class _Raw:
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+
+class FakeTransport:
+    """What Session uses of a picows transport; counts what it is sent."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+        self.underlying_transport = _Raw()
+        self.is_disconnected = False
+        self.is_close_frame_sent = False
+
+    def send(self, kind: Any, data: bytes, fin: bool = True) -> None:
+        self.sent += 1
+
+    def send_close(self, *args: Any) -> None:
+        self.is_close_frame_sent = True
+
+    def disconnect(self, *args: Any) -> None:
+        self.is_disconnected = True
+
+
+class Frame:
+    __slots__ = ("fin", "msg_type", "payload")
+
+    def __init__(self, payload: bytes) -> None:
+        self.msg_type, self.fin, self.payload = WSMsgType.TEXT, True, payload
+
+    def get_payload_as_bytes(self) -> bytes:
+        return self.payload
+
+
+def sign(text: str) -> str:
+    return KEY + ":" + hmac.new(SECRET.encode(), text.encode(), hashlib.sha256).hexdigest()
+
+
+async def main(store: str, rounds: int, without: str | None) -> None:
+    app = AppConfig(id="1", key=KEY, secret=SECRET, client_events=True, client_event_rate=0)
+    settings = Settings(data_dir=Path(tempfile.mkdtemp()), store=store, apps=(app,))
+    history = make_history(settings)
+    await history.start()
+    users, grants = make_access_stores(settings)
+    await users.start()
+    await grants.start()
+    node = Node(settings, history)
+    node.access = Access(node, grants, users)
+    await node.access.start()
+    node.start()
+    sessions = []
+    for i in range(USERS):
+        session, transport = Session(node, "/app/" + KEY, "protocol=7", {}), FakeTransport()
+        session.on_ws_connected(transport)  # type: ignore[arg-type]
+        sessions.append((session, transport))
+        user_data = orjson.dumps({"id": "user-%d" % i}).decode()
+        auth = sign("%s::user::%s" % (session.socket_id, user_data))
+        session.on_ws_frame(transport, Frame(orjson.dumps(  # type: ignore[arg-type]
+            {"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}})))
+        channel = "private-chat-%d" % (i // 2)
+        session.on_ws_frame(transport, Frame(orjson.dumps(  # type: ignore[arg-type]
+            {"event": "pusher:subscribe", "data": {"auth": sign("%s:%s" % (session.socket_id, channel)),
+                                                   "channel": channel}})))
+    await asyncio.sleep(0.05)
+    frames = [Frame(b'{"event":"client-m","channel":"private-chat-%d","data":{"m":"#%d#%d#","p":"%s"}}'
+                    % (i // 2, i, time.time_ns(), b"x" * 50)) for i in range(USERS)]
+    if without == "fanout":
+        node._fan_out = lambda *a, **k: None  # type: ignore[method-assign]
+    elif without == "client":
+        node._client_event = lambda *a, **k: None  # type: ignore[method-assign]
+    elif without == "append":
+        async def append_many(items: Any) -> list[Entry]:
+            return [Entry(1, "e", 1, "id", n.event, n.data, n.publisher, n.user_id) for _, _, n, _ in items]
+        node.history.append_many = append_many  # type: ignore[method-assign]
+    before = sum(t.sent for _, t in sessions)
+    cpu0 = time.process_time()
+    for _ in range(rounds):
+        for start in range(0, USERS, PER_TURN):
+            for i in range(start, start + PER_TURN):
+                session, transport = sessions[i]
+                session.on_ws_frame(transport, frames[i])  # type: ignore[arg-type]
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+    while node._pump is not None:
+        await asyncio.sleep(0)
+    cpu = time.process_time() - cpu0
+    delivered = sum(t.sent for _, t in sessions) - before
+    n = rounds * USERS
+    print("store=%s without=%s: %d messages, %d delivered, %.2f µs CPU per message"
+          % (store, without or "-", n, delivered, cpu / n * 1e6))
+    await node.shutdown()
+    await node.access.close()
+    if without is None and delivered != n:
+        raise SystemExit("expected %d deliveries, got %d" % (n, delivered))
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--store", default="sqlite", choices=("sqlite", "memory"))
+    ap.add_argument("--rounds", type=int, default=60)
+    ap.add_argument("--without", choices=("fanout", "client", "append"), default=None)
+    args = ap.parse_args()
+    asyncio.run(main(args.store, args.rounds, args.without))
