@@ -11,7 +11,6 @@ uvloop cost for one message in, one message out.
 from __future__ import annotations
 
 import argparse
-import asyncio
 import itertools
 
 import orjson
