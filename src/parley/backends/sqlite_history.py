@@ -6,7 +6,9 @@ are in the history log, an append-only segment file beside the database
 lock, no B-tree page rewritten. The entries are readable at once from the channel's tail in
 memory. An indexer moves the logged operations into SQLite on a writer thread every
 `index_interval_s` (a quarter of a second), in one transaction per round that inserts one row
-per channel: a chunk holding that channel's new log lines. With one row per entry and a
+per channel: a chunk holding that channel's new log lines. The chunks are gathered on the loop
+as entries are logged, so the writer thread does no Python work per entry (it competes with
+the loop for the one core a small server has). With one row per entry and a
 commit per batch, every commit rewrote one index page per channel it touched, and that was
 most of an append's cost (bench/README.md has the figures). A segment is deleted once
 everything it holds is in SQLite; at start, what the remaining segments hold is replayed into
