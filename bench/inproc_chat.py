@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import gc
 import hashlib
 import hmac
 import tempfile
@@ -112,6 +113,8 @@ async def main(store: str, rounds: int, without: str | None) -> None:
         async def append_many(items: Any) -> list[Entry]:
             return [Entry(1, "e", 1, "id", n.event, n.data, n.publisher, n.user_id) for _, _, n, _ in items]
         node.history.append_many = append_many  # type: ignore[method-assign]
+    gc.freeze()  # as `parley serve` does once it is up (app.serve)
+    gc.set_threshold(10_000, 50, 100)
     before = sum(t.sent for _, t in sessions)
     cpu0 = time.process_time()
     for _ in range(rounds):
