@@ -77,10 +77,10 @@ def parley_of(entry: Entry) -> dict[str, Any]:
 def entry_frame(channel: str, entry: Entry, new: NewEntry | None = None) -> bytes:
     """The frame of a stored event; given the NewEntry it came from, its data and publisher
     go in as the JSON already encoded for the store."""
-    if new is None:
-        return frames.frame(entry.event, entry.data, channel, user_id=entry.user_id, parley=parley_of(entry))
+    data = new.data_bytes() if new is not None else orjson.dumps(entry.data)
+    publisher = new.publisher_bytes() if new is not None else orjson.dumps(entry.publisher)
     return frames.stored_event(
-        entry.event, channel, new.data_bytes(), entry.user_id, new.publisher_bytes(),
+        entry.event, channel, data, entry.user_id, publisher,
         entry.offset, entry.epoch, entry.ts, entry.id,
     )
 

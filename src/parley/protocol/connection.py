@@ -164,8 +164,6 @@ class PusherConnection:
                 )
             message = frames.decode(text)
             event: str = message["event"]
-            if event[:7] == "client-" and self.state is _OPEN:  # the busiest kind first
-                return self._client_event(message, now)
             if event == "pusher:ping":
                 return [Reply(frames.PONG)]
             if event == "pusher:pong":
@@ -175,14 +173,14 @@ class PusherConnection:
                     CloseCode.UNAUTHORIZED,
                     "Messages must be sent after the pusher:connection_established event",
                 )
+            if event.startswith("client-"):  # the busiest kind first
+                return self._client_event(message, now)
             if event == "pusher:subscribe":
                 return self._subscribe(frames.data_object(message))
             if event == "pusher:unsubscribe":
                 return self._unsubscribe(frames.data_object(message))
             if event == "pusher:signin":
                 return self._signin(frames.data_object(message))
-            if event.startswith("client-"):
-                return self._client_event(message, now)
             if event.startswith("parley:"):
                 return [Extension(event, frames.data_object(message))]
             if event.startswith(_RESERVED_PREFIXES):
