@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from parley.backends.history import NewEntry, Retention
-from parley.backends.sqlite_history import SqliteHistoryStore
+from parley.backends.sqlite_history import SqliteHistoryStore, log_dir_for
 from parley.errors import CannotStart
 from tests.support.server import TIMEOUT
 
@@ -69,7 +69,7 @@ async def test_reads_merge_what_is_indexed_with_the_tail(tmp_path: Path) -> None
 CHILD = r"""
 import asyncio, sys
 from parley.backends.history import NewEntry, Retention
-from parley.backends.sqlite_history import SqliteHistoryStore
+from parley.backends.sqlite_history import SqliteHistoryStore, log_dir_for
 
 async def main(path):
     store = SqliteHistoryStore(path, index_interval_s=3600)
@@ -118,7 +118,7 @@ async def test_the_log_is_replayed_after_sigkill_without_resurrecting_deleted_en
         again = await store.append("1", "k", NewEntry("e", 2, SERVER, idempotency_key="once"),
                                    Retention())
         assert again.duplicate and again.id == keyed_id
-        assert not list(Path(path + ".history-log").glob("*.jsonl"))[1:]  # replayed, removed
+        assert not list(log_dir_for(path).glob("*.jsonl"))[1:]  # replayed, removed
     finally:
         await store.close()
 
@@ -185,7 +185,7 @@ async def test_appends_wait_for_an_indexer_far_behind(
 
 async def test_a_store_that_cannot_replay_its_log_releases_what_it_took(tmp_path: Path) -> None:
     path = tmp_path / "h.db"
-    log_dir = Path(str(path) + ".history-log")
+    log_dir = log_dir_for(path)
     log_dir.mkdir()
     (log_dir / "00000000.jsonl").mkdir()  # a segment that cannot be read
     broken = SqliteHistoryStore(path)
@@ -204,7 +204,7 @@ async def test_a_torn_last_line_in_the_log_is_skipped_and_the_rest_replayed(
     tmp_path: Path,
 ) -> None:
     path = tmp_path / "h.db"
-    log_dir = Path(str(path) + ".history-log")
+    log_dir = log_dir_for(path)
     store = SqliteHistoryStore(path, index_interval_s=3600)
     await store.start()
     written = [await store.append("1", "t", msg(i), Retention()) for i in range(3)]
@@ -231,7 +231,7 @@ async def test_a_torn_last_line_in_the_log_is_skipped_and_the_rest_replayed(
 async def test_a_log_written_before_E_records_is_replayed_and_read_alike(tmp_path: Path) -> None:
     """Logs written by earlier versions hold "e" records: data and publisher as JSON text."""
     path = tmp_path / "h.db"
-    log_dir = Path(str(path) + ".history-log")
+    log_dir = log_dir_for(path)
     log_dir.mkdir()
     now = int(time.time() * 1000)
     publisher = {"type": "user", "id": "u1"}

@@ -178,6 +178,20 @@ class _Chunk:
     keys: list[tuple[Any, ...]]  # idempotency keys: (key, seq, epoch, ts, id, event, data,
     #                              publisher, user_id), data and publisher as JSON text
 
+    @classmethod
+    def opened(cls, key: ChannelKey, epoch: str, seq: int, expires: int) -> _Chunk:
+        return cls(key, epoch, seq, seq - 1, expires, expires, 0, 0, [], [])
+
+    def add(self, seq: int, expires: int, line: bytes, max_count: int, max_age_ms: int) -> None:
+        """The entry after `last`."""
+        self.last = seq
+        self.lines.append(line)
+        self.max_count, self.max_age_ms = max_count, max_age_ms
+        if expires < self.low:
+            self.low = expires
+        elif expires > self.high:
+            self.high = expires
+
 
 Item = _Chunk | Logged  # what the indexer applies: a chunk, or a "c" or "d" operation
 
@@ -196,13 +210,9 @@ def _group(ops: Sequence[Logged]) -> list[Item]:
         epoch, seq, expires = op[3], op[4], op[6]
         chunk = open_.get(key)
         if chunk is None or chunk.epoch != epoch or seq != chunk.last + 1:
-            chunk = open_[key] = _Chunk(key, epoch, seq, seq, expires, expires, 0, 0, [], [])
+            chunk = open_[key] = _Chunk.opened(key, epoch, seq, expires)
             items.append(chunk)
-        else:
-            chunk.last = seq
-            chunk.low, chunk.high = min(chunk.low, expires), max(chunk.high, expires)
-        chunk.lines.append(line)
-        chunk.max_count, chunk.max_age_ms = op[13], op[14]
+        chunk.add(seq, expires, line, op[13], op[14])
         if op[12] is not None:
             data, publisher = op[9], op[10]
             if op[0] == "E":
@@ -221,6 +231,11 @@ MAX_UNINDEXED = 200_000  # appends wait for the indexer beyond this many logged 
 MAX_IDLE_CHANNELS = 100_000  # channel states kept in memory with nothing pending
 
 T = TypeVar("T")
+
+
+def log_dir_for(path: str | Path) -> Path:
+    """Where the history log of the database at `path` lives."""
+    return Path(str(path) + ".history-log")
 
 
 def _connect(path: str) -> sqlite3.Connection:
@@ -270,7 +285,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
         index_interval_s: float = 0.25,
     ) -> None:
         self.path = str(path)
-        self.log_dir = Path(self.path + ".history-log")
+        self.log_dir = log_dir_for(path)
         self._clock = clock
         self._readers = readers
         self._sweep_interval_s = sweep_interval_s
@@ -630,14 +645,14 @@ class SqliteHistoryStore(SweepingHistoryStore):
                 keys.clear()
 
             for item in items:
+                key = item.key if isinstance(item, _Chunk) else (item[0][1], item[0][2])
+                done = summary.get(key)
+                if done is None:
+                    done = summary[key] = [0, 0, None, 0]
+                row = known[key] if key in known else row_of(key)
                 if isinstance(item, _Chunk):
-                    key = item.key
-                    done = summary.get(key)
-                    if done is None:
-                        done = summary[key] = [0, 0, None, 0]
                     done[0] += len(item.lines)
                     done[2], done[3] = item.epoch, item.last
-                    row = known[key] if key in known else row_of(key)
                     if row is None:
                         row = create(key, item.epoch, item.max_count, item.max_age_ms)
                     elif row[0] != item.epoch or item.last <= row[3]:
@@ -660,12 +675,8 @@ class SqliteHistoryStore(SweepingHistoryStore):
                         keys.extend((*key, *k) for k in item.keys if k[1] >= first)
                     continue
                 op = item[0]
-                kind, key = op[0], (op[1], op[2])
-                done = summary.get(key)
-                if done is None:
-                    done = summary[key] = [0, 0, None, 0]
+                kind = op[0]
                 done[0] += 1
-                row = known[key] if key in known else row_of(key)
                 if kind == "c":
                     if row is None:
                         create(key, op[3], op[4], op[5])
@@ -787,18 +798,9 @@ class SqliteHistoryStore(SweepingHistoryStore):
             key = state.key
             chunk = open_chunks.get(key)
             if chunk is None or chunk.epoch != entry.epoch:
-                chunk = open_chunks[key] = _Chunk(
-                    key, entry.epoch, seq, seq, expires, expires, count, age_ms, [line], []
-                )
+                chunk = open_chunks[key] = _Chunk.opened(key, entry.epoch, seq, expires)
                 queue.append(chunk)
-            else:
-                chunk.last = seq
-                chunk.lines.append(line)
-                chunk.max_count, chunk.max_age_ms = count, age_ms
-                if expires < chunk.low:
-                    chunk.low = expires
-                elif expires > chunk.high:
-                    chunk.high = expires
+            chunk.add(seq, expires, line, count, age_ms)
             idem = new.idempotency_key
             if idem is not None:
                 state.keys[idem] = entry
