@@ -27,10 +27,8 @@ from typing import Any
 import orjson
 from picows import WSMsgType
 
-from parley.app import make_access_stores, make_history
+from parley.app import close_node, make_node
 from parley.backends.history import Entry
-from parley.core.access import Access
-from parley.core.node import Node
 from parley.core.session import Session
 from parley.settings import AppConfig, Settings
 
@@ -79,15 +77,7 @@ def sign(text: str) -> str:
 
 async def main(store: str, rounds: int, without: str | None) -> None:
     app = AppConfig(id="1", key=KEY, secret=SECRET, client_events=True, client_event_rate=0)
-    settings = Settings(data_dir=Path(tempfile.mkdtemp()), store=store, apps=(app,))
-    history = make_history(settings)
-    await history.start()
-    users, grants = make_access_stores(settings)
-    await users.start()
-    await grants.start()
-    node = Node(settings, history)
-    node.access = Access(node, grants, users)
-    await node.access.start()
+    node = await make_node(Settings(data_dir=Path(tempfile.mkdtemp()), store=store, apps=(app,)))
     node.start()
     sessions = []
     for i in range(USERS):
@@ -131,8 +121,7 @@ async def main(store: str, rounds: int, without: str | None) -> None:
     n = rounds * USERS
     print("store=%s without=%s: %d messages, %d delivered, %.2f µs CPU per message"
           % (store, without or "-", n, delivered, cpu / n * 1e6))
-    await node.shutdown()
-    await node.access.close()
+    await close_node(node)
     if without is None and delivered != n:
         raise SystemExit("expected %d deliveries, got %d" % (n, delivered))
 

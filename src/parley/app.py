@@ -64,7 +64,9 @@ def make_access_stores(settings: Settings) -> tuple[UserStore, GrantStore]:
     return SqliteUserStore(path), SqliteGrantStore(path)
 
 
-async def start(settings: Settings) -> Running:
+async def make_node(settings: Settings) -> Node:
+    """The node with its stores started and its access decisions attached: everything but
+    the listener (`start` adds it; bench/inproc_chat.py drives a node without one)."""
     history = make_history(settings)
     await history.start()
     users, grants = make_access_stores(settings)
@@ -74,6 +76,21 @@ async def start(settings: Settings) -> Running:
     await node.load_jwks()
     node.access = Access(node, grants, users)
     await node.access.start()
+    return node
+
+
+async def close_node(node: Node) -> None:
+    """Drain the node's connections and close its stores."""
+    await node.shutdown()
+    access = node.access
+    if access is not None:
+        await access.close()
+        await access.users.close()
+        await access.grants.close()
+
+
+async def start(settings: Settings) -> Running:
+    node = await make_node(settings)
     router = Router(node)
     ops.register(router)
     pusher.register(router)
@@ -97,13 +114,8 @@ async def start(settings: Settings) -> Running:
 
 async def stop(running: Running) -> None:
     await running.server.stop_listening()
-    await running.node.shutdown()
+    await close_node(running.node)
     running.server.close_http()
-    access = running.node.access
-    if access is not None:
-        await access.close()
-        await access.users.close()
-        await access.grants.close()
 
 
 def announce(settings: Settings, port: int) -> None:
