@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import orjson
 
-from parley import __version__
+from parley import __version__, speedups
 from parley.http_api.routes import Router
 from parley.transport.server import Request, Response
 
@@ -13,7 +13,9 @@ def register(router: Router) -> None:
     node = router.node
 
     async def healthz(request: Request) -> Response:
-        return Response(200, orjson.dumps({"status": "ok", "version": __version__}))
+        return Response(200, orjson.dumps(
+            {"status": "ok", "version": __version__, "code": speedups.STATUS}
+        ))
 
     async def readyz(request: Request) -> Response:
         if node.draining:

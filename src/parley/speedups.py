@@ -1,0 +1,126 @@
+"""The per-message modules compiled by mypyc, used in place of their source when a build of
+them is present and fresh.
+
+Every message goes through the modules in MODULES. They are plain Python that passes
+`mypy --strict`, and `scripts/compile.py` turns that same source into C extension modules
+with mypyc (there is no second implementation to keep in step): about 1.2x the chat
+throughput of the source on one core (bench/README.md). The build goes to `_compiled/` beside
+this file with a manifest of the SHA-256 of each source it was built from.
+
+`use_compiled()`, called by `parley/__init__.py` before any other Parley module is imported,
+puts a finder first on `sys.meta_path` that loads those extension modules, but only when every
+source still hashes as built and this interpreter takes extensions with the build's suffix. A
+build that is stale, partial or for another Python is never loaded: Parley runs its source,
+and STATUS says why (the server logs it at start). `PARLEY_COMPILED=0` runs the source.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import importlib.machinery
+import importlib.util
+import json
+import os
+import sys
+from collections.abc import Sequence
+from importlib.abc import MetaPathFinder
+from importlib.machinery import ModuleSpec
+from pathlib import Path
+from types import ModuleType
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+BUILD_DIR = PACKAGE_DIR / "_compiled"
+MANIFEST = "manifest.json"
+
+# Compiled together: an interpreted class may not extend a compiled one, so every module with
+# a class extending a compiled one is compiled too (postgres_history). `core.session` stays
+# source: its Session extends picows's WSListener, a C type mypyc cannot build on.
+MODULES = (
+    "parley.protocol.channels",
+    "parley.protocol.frames",
+    "parley.protocol.connection",
+    "parley.core.access",
+    "parley.core.hub",
+    "parley.core.node",
+    "parley.backends.history",
+    "parley.backends.memory_history",
+    "parley.backends.sqlite_history",
+    "parley.backends.postgres_history",
+)
+
+STATUS = "source: not checked yet"
+
+
+def source_path(module: str) -> Path:
+    return PACKAGE_DIR.joinpath(*module.split(".")[1:]).with_suffix(".py")
+
+
+def source_hashes() -> dict[str, str]:
+    return {m: hashlib.sha256(source_path(m).read_bytes()).hexdigest() for m in MODULES}
+
+
+def extension_suffix() -> str:
+    return importlib.machinery.EXTENSION_SUFFIXES[0]
+
+
+class _CompiledFinder(MetaPathFinder):
+    """Finds the compiled modules (and mypyc's shared library) by their full names."""
+
+    def __init__(self, files: dict[str, Path]) -> None:
+        self.files = files
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> ModuleSpec | None:
+        file = self.files.get(fullname)
+        if file is None:
+            return None
+        return importlib.util.spec_from_file_location(fullname, file)
+
+
+def check_build(build_dir: Path = BUILD_DIR) -> tuple[dict[str, Path] | None, str]:
+    """The files to load by module name, or None and why the source runs instead."""
+    try:
+        manifest = json.loads((build_dir / MANIFEST).read_text())
+    except FileNotFoundError:
+        return None, "source: no compiled build (scripts/compile.py makes one)"
+    except (OSError, ValueError) as exc:
+        return None, f"source: the compiled build's manifest is unreadable ({exc})"
+    if manifest.get("suffix") != extension_suffix():
+        return None, (
+            f"source: the compiled build is for {manifest.get('suffix')!r} extensions, "
+            f"this Python takes {extension_suffix()!r}"
+        )
+    built: dict[str, str] = manifest.get("sources", {})
+    current = source_hashes()
+    changed = sorted(m for m in MODULES if built.get(m) != current[m])
+    if changed:
+        return None, (
+            f"source: the compiled build is stale ({', '.join(changed)} changed since); "
+            "run scripts/compile.py"
+        )
+    files = {name: build_dir / rel for name, rel in manifest.get("files", {}).items()}
+    missing = sorted(n for n in [*MODULES, *manifest.get("shared", [])] if n not in files)
+    missing += sorted(n for n, f in files.items() if not f.is_file())
+    if missing:
+        return None, f"source: the compiled build is incomplete ({', '.join(missing)} missing)"
+    return files, f"compiled: mypyc, {len(MODULES)} modules"
+
+
+def use_compiled() -> None:
+    """Load the compiled modules from now on, when the build is fresh; set STATUS."""
+    global STATUS
+    if os.environ.get("PARLEY_COMPILED", "1") == "0":
+        STATUS = "source: PARLEY_COMPILED=0"
+        return
+    loaded = [m for m in MODULES if m in sys.modules]
+    if loaded:  # too late: mixing would give two copies of a class
+        STATUS = f"source: {loaded[0]} was imported before the compiled build was checked"
+        return
+    files, STATUS = check_build()
+    if files is not None:
+        sys.meta_path.insert(0, _CompiledFinder(files))
+
+
+def compiled() -> bool:
+    return STATUS.startswith("compiled")

@@ -1,0 +1,88 @@
+"""The compiled build is loaded only when it is fresh and for this Python."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from parley import speedups
+
+
+def write_build(root: Path, *, sources: dict[str, str] | None = None, suffix: str | None = None,
+                skip: str | None = None) -> Path:
+    suffix = suffix or speedups.extension_suffix()
+    files = {"abc__mypyc": f"abc__mypyc{suffix}"}
+    files |= {m: f"{m.replace('.', '/')}{suffix}" for m in speedups.MODULES if m != skip}
+    for rel in files.values():
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        (root / rel).write_bytes(b"")
+    manifest = {
+        "suffix": suffix,
+        "sources": speedups.source_hashes() if sources is None else sources,
+        "files": files,
+        "shared": ["abc__mypyc"],
+    }
+    (root / speedups.MANIFEST).write_text(json.dumps(manifest))
+    return root
+
+
+def test_a_fresh_build_gives_a_file_for_every_module_and_the_shared_library(tmp_path: Path) -> None:
+    files, status = speedups.check_build(write_build(tmp_path))
+    assert files is not None and status == f"compiled: mypyc, {len(speedups.MODULES)} modules"
+    assert set(files) == {*speedups.MODULES, "abc__mypyc"}
+    assert files["parley.core.node"] == tmp_path / f"parley/core/node{speedups.extension_suffix()}"
+
+
+def test_no_build_runs_the_source(tmp_path: Path) -> None:
+    assert speedups.check_build(tmp_path) == (
+        None, "source: no compiled build (scripts/compile.py makes one)"
+    )
+
+
+def test_a_changed_source_makes_the_whole_build_stale(tmp_path: Path) -> None:
+    hashes = speedups.source_hashes()
+    hashes["parley.core.hub"] = "0" * 64
+    files, status = speedups.check_build(write_build(tmp_path, sources=hashes))
+    assert files is None
+    assert "stale (parley.core.hub changed since)" in status
+
+
+def test_a_build_for_another_python_is_not_loaded(tmp_path: Path) -> None:
+    files, status = speedups.check_build(write_build(tmp_path, suffix=".cpython-399-x.so"))
+    assert files is None and "'.cpython-399-x.so' extensions" in status
+
+
+def test_a_build_missing_a_module_or_a_file_is_not_loaded(tmp_path: Path) -> None:
+    files, status = speedups.check_build(write_build(tmp_path / "a", skip="parley.core.node"))
+    assert files is None and "incomplete (parley.core.node missing)" in status
+    root = write_build(tmp_path / "b")
+    (root / f"parley/protocol/frames{speedups.extension_suffix()}").unlink()
+    files, status = speedups.check_build(root)
+    assert files is None and "incomplete (parley.protocol.frames missing)" in status
+
+
+def test_an_unreadable_manifest_is_reported(tmp_path: Path) -> None:
+    (tmp_path / speedups.MANIFEST).write_text("{not json")
+    files, status = speedups.check_build(tmp_path)
+    assert files is None and status.startswith("source: the compiled build's manifest is unreadable")
+
+
+def test_parley_compiled_0_runs_the_source() -> None:
+    out = subprocess.run(
+        [sys.executable, "-c",
+         "import parley.core.node as n, parley.speedups as s; print(n.__file__); print(s.STATUS)"],
+        env={"PARLEY_COMPILED": "0", "PATH": ""}, capture_output=True, text=True, check=True,
+    ).stdout.splitlines()
+    assert out == [str(speedups.source_path("parley.core.node")), "source: PARLEY_COMPILED=0"]
+
+
+def test_every_listed_module_comes_from_the_build_in_use_or_else_from_its_source() -> None:
+    import importlib
+
+    files = {m: Path(str(importlib.import_module(m).__file__)) for m in speedups.MODULES}
+    if speedups.compiled():
+        assert all(f.is_relative_to(speedups.BUILD_DIR) for f in files.values()), files
+    else:
+        assert all(f == speedups.source_path(m) for m, f in files.items()), files
