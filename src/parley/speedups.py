@@ -33,14 +33,15 @@ BUILD_DIR = PACKAGE_DIR / "_compiled"
 MANIFEST = "manifest.json"
 
 # Compiled together: an interpreted class may not extend a compiled one, so every module with
-# a class extending a compiled one is compiled too (postgres_history). `core.session` stays
-# source: its Session extends picows's WSListener, a C type mypyc cannot build on.
+# a class extending a compiled one is compiled too (postgres_history). No compiled class may
+# extend picows's WSListener, a C type: transport.server.Listener, which does, stays source.
 MODULES = (
     "parley.protocol.channels",
     "parley.protocol.frames",
     "parley.protocol.connection",
     "parley.core.access",
     "parley.core.hub",
+    "parley.core.session",
     "parley.core.node",
     "parley.backends.history",
     "parley.backends.memory_history",

@@ -1,5 +1,9 @@
 """One WebSocket connection: pumps frames between the transport and the protocol machine.
 
+picows calls it through `transport.server.Listener`, not as a WSListener subclass: a class
+extending picows's C type could not be compiled by mypyc (see speedups), and the node reads a
+session's fields on every message.
+
 The session owns no protocol rules (those are in protocol.connection) and no shared state
 (that is the node's); it owns the socket, its liveness and its bounded outbound buffer:
 a client that cannot keep up with `max_outbound_bytes` queued is closed with 4100.
@@ -11,7 +15,7 @@ import time
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from picows import WSCloseCode, WSListener, WSMsgType, WSTransport
+from picows import WSCloseCode, WSMsgType, WSTransport
 
 from parley import logs
 from parley.errors import ConnectionRefused
@@ -28,7 +32,7 @@ _CONTINUATION = WSMsgType.CONTINUATION
 _MAX_FRAME_PAYLOAD = 8192  # picows copies frames up to this size (see send)
 
 
-class Session(WSListener):
+class Session:
     __slots__ = (
         "_fragments",
         "_raw",

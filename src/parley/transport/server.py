@@ -12,10 +12,11 @@ import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Protocol
 
 import httptools
-from picows.picows import WSAutoPingStrategy, WSListener, WSProtocol  # type: ignore[attr-defined]
+from picows import WSFrame, WSListener, WSTransport
+from picows.picows import WSAutoPingStrategy, WSProtocol  # type: ignore[attr-defined]
 
 MAX_HEAD_BYTES = 16 * 1024
 
@@ -73,8 +74,37 @@ class Response:
     headers: dict[str, str] = field(default_factory=dict)
 
 
+class WsHandler(Protocol):
+    """What a WebSocket connection is handed to: picows's three callbacks."""
+
+    def on_ws_connected(self, transport: WSTransport) -> None: ...
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None: ...
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None: ...
+
+
+class Listener(WSListener):
+    """picows's listener for a handler: a class of picows's C type, so that the handler need
+    not be one (a mypyc-compiled class cannot extend it)."""
+
+    __slots__ = ("handler",)
+
+    def __init__(self, handler: WsHandler) -> None:
+        self.handler = handler
+
+    def on_ws_connected(self, transport: WSTransport) -> None:
+        self.handler.on_ws_connected(transport)
+
+    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
+        self.handler.on_ws_frame(transport, frame)
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        self.handler.on_ws_disconnected(transport)
+
+
 HttpHandler = Callable[[Request], Awaitable[Response]]
-WsFactory = Callable[[str, str, Any], WSListener | None]
+WsFactory = Callable[[str, str, Any], WsHandler | None]
 
 _REASONS = {
     200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request",
@@ -246,7 +276,8 @@ class Server:
     def _listener_factory(self, request: Any) -> WSListener | None:
         raw_path = request.path.decode("latin-1")
         path, _, query = raw_path.partition("?")
-        return self.ws_factory(path, query, request.headers)
+        handler = self.ws_factory(path, query, request.headers)
+        return None if handler is None else Listener(handler)
 
     def make_ws_protocol(self) -> WSProtocol:
         return WSProtocol(
