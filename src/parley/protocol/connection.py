@@ -35,11 +35,17 @@ class Member:
     user_info: Any
 
 
-@dataclass(slots=True)  # not frozen: built per message, and frozen __init__ is slower
+# init=False: the __init__ below is compiled by mypyc; a dataclass-made one is not (5x slower)
+@dataclass(slots=True, init=False)  # not frozen: built per message, and frozen __init__ is slower
 class Reply:
     frame: bytes
-    error: bool = False  # a pusher:error: the node counts it by `code` without decoding it
-    code: int | None = None
+    error: bool  # a pusher:error: the node counts it by `code` without decoding it
+    code: int | None
+
+    def __init__(self, frame: bytes, error: bool = False, code: int | None = None) -> None:
+        self.frame = frame
+        self.error = error
+        self.code = code
 
 
 def error_reply(code: int | None, message: str) -> Reply:
@@ -65,13 +71,24 @@ class Unsubscribe:
     member: Member | None = None
 
 
-@dataclass(slots=True)  # not frozen: built per message, and frozen __init__ is slower
+# init=False: the __init__ below is compiled by mypyc; a dataclass-made one is not (5x slower)
+@dataclass(slots=True, init=False)
 class ClientEvent:
     channel: str
     event: str
     data: Any
     user_id: str | None
-    data_json: bytes | None = field(default=None, compare=False)  # `data` encoded, once
+    data_json: bytes | None = field(compare=False)  # `data` encoded, once
+
+    def __init__(
+        self, channel: str, event: str, data: Any, user_id: str | None,
+        data_json: bytes | None = None,
+    ) -> None:
+        self.channel = channel
+        self.event = event
+        self.data = data
+        self.user_id = user_id
+        self.data_json = data_json
 
 
 @dataclass(frozen=True, slots=True)

@@ -49,13 +49,17 @@ def stored_event(
     message_id: str,
 ) -> bytes:
     """The frame of a stored event, byte for byte what `frame` makes of it, from its data and
-    publisher already encoded: the per-message path builds no dict for it."""
-    data = b',"data":' + data_json if data_json != b"null" else b""  # `frame` omits None
-    user = b',"user_id":' + orjson.dumps(user_id) if user_id is not None else b""
-    return b'{"event":%s,"channel":%s%s%s,"parley":{"publisher":%s,"offset":%d,"epoch":%s,"ts":%d,"id":%s}}' % (
-        orjson.dumps(event), orjson.dumps(channel), data, user, publisher_json, offset,
-        orjson.dumps(epoch), ts, orjson.dumps(message_id),
-    )
+    publisher already encoded (embedded as they are, not parsed again): one orjson call."""
+    out: dict[str, Any] = {"event": event, "channel": channel}
+    if data_json != b"null":  # `frame` omits None
+        out["data"] = orjson.Fragment(data_json)
+    if user_id is not None:
+        out["user_id"] = user_id
+    out["parley"] = {
+        "publisher": orjson.Fragment(publisher_json), "offset": offset, "epoch": epoch,
+        "ts": ts, "id": message_id,
+    }
+    return orjson.dumps(out)
 
 
 def error_frame(code: int | None, message: str, channel: str | None = None) -> bytes:
