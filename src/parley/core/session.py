@@ -30,6 +30,7 @@ if TYPE_CHECKING:
 _TEXT = WSMsgType.TEXT  # Enum members looked up once, not on every frame
 _CONTINUATION = WSMsgType.CONTINUATION
 _MAX_FRAME_PAYLOAD = 8192  # picows copies frames up to this size (see send)
+_HIGH_WATER = 65536  # uvloop's default: pause_writing once more than this is buffered
 
 
 class Session:
@@ -43,6 +44,7 @@ class Session:
         "last_seen",
         "node",
         "path",
+        "paused",
         "pinged",
         "publisher",
         "query",
@@ -65,6 +67,7 @@ class Session:
         self._raw: Any = None
         self.last_seen = time.monotonic()
         self.pinged = False
+        self.paused = False  # the socket's buffer is over its high-water mark (64 KiB)
         self.closing = False
         self._fragments: bytearray | None = None
         self.token_expires_at: float | None = None
@@ -80,6 +83,8 @@ class Session:
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         self._raw = transport.underlying_transport
+        if self.node.max_outbound_bytes < _HIGH_WATER:  # pause_writing must come first
+            self._raw.set_write_buffer_limits(high=self.node.max_outbound_bytes)
         try:
             self.node.open_session(self)
             self.headers = None  # read once at the handshake; not kept per connection
@@ -154,9 +159,15 @@ class Session:
             for start in range(0, len(data), _MAX_FRAME_PAYLOAD):
                 kind = _TEXT if start == 0 else WSMsgType.CONTINUATION
                 transport.send(kind, view[start : start + _MAX_FRAME_PAYLOAD], start >= last)
-        if self._raw.get_write_buffer_size() > self.node.max_outbound_bytes:
+        if self.paused and self._raw.get_write_buffer_size() > self.node.max_outbound_bytes:
             self.closing = True
             self.node.loop.call_soon(self._slow_consumer)
+
+    def pause_writing(self) -> None:
+        self.paused = True  # only now can a send find more than max_outbound_bytes buffered
+
+    def resume_writing(self) -> None:
+        self.paused = False
 
     def _slow_consumer(self) -> None:
         logs.warning(

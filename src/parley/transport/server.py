@@ -75,7 +75,7 @@ class Response:
 
 
 class WsHandler(Protocol):
-    """What a WebSocket connection is handed to: picows's three callbacks."""
+    """What a WebSocket connection is handed to: picows's listener callbacks."""
 
     def on_ws_connected(self, transport: WSTransport) -> None: ...
 
@@ -83,24 +83,26 @@ class WsHandler(Protocol):
 
     def on_ws_disconnected(self, transport: WSTransport) -> None: ...
 
+    def pause_writing(self) -> None: ...  # the socket's buffer went over its high-water mark
+
+    def resume_writing(self) -> None: ...
+
 
 class Listener(WSListener):
-    """picows's listener for a handler: a class of picows's C type, so that the handler need
-    not be one (a mypyc-compiled class cannot extend it)."""
+    """picows's listener for a handler, so that the handler need not be of picows's C type (a
+    mypyc-compiled class cannot extend it).
 
-    __slots__ = ("handler",)
+    picows looks each callback up on the listener at every call, since a subclass may override
+    it; the handler's bound methods are held in slots of those names, so a frame goes from
+    picows to the handler with no Python frame of this class in between."""
+
+    __slots__ = (
+        "on_ws_connected", "on_ws_disconnected", "on_ws_frame", "pause_writing", "resume_writing",
+    )
 
     def __init__(self, handler: WsHandler) -> None:
-        self.handler = handler
-
-    def on_ws_connected(self, transport: WSTransport) -> None:
-        self.handler.on_ws_connected(transport)
-
-    def on_ws_frame(self, transport: WSTransport, frame: WSFrame) -> None:
-        self.handler.on_ws_frame(transport, frame)
-
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self.handler.on_ws_disconnected(transport)
+        for name in self.__slots__:
+            setattr(self, name, getattr(handler, name))
 
 
 HttpHandler = Callable[[Request], Awaitable[Response]]
