@@ -36,6 +36,7 @@ MANIFEST = "manifest.json"
 # a class extending a compiled one is compiled too (postgres_history). No compiled class may
 # extend picows's WSListener, a C type: transport.server.Listener, which does, stays source.
 MODULES = (
+    "parley.metrics",
     "parley.protocol.channels",
     "parley.protocol.frames",
     "parley.protocol.connection",
@@ -93,6 +94,8 @@ def check_build(build_dir: Path = BUILD_DIR) -> tuple[dict[str, Path] | None, st
             f"this Python takes {extension_suffix()!r}"
         )
     built: dict[str, str] = manifest.get("sources", {})
+    if set(built) != set(MODULES):
+        return None, "source: the compiled build is of other modules; run scripts/compile.py"
     current = source_hashes()
     changed = sorted(m for m in MODULES if built.get(m) != current[m])
     if changed:

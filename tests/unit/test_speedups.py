@@ -86,3 +86,9 @@ def test_every_listed_module_comes_from_the_build_in_use_or_else_from_its_source
         assert all(f.is_relative_to(speedups.BUILD_DIR) for f in files.values()), files
     else:
         assert all(f == speedups.source_path(m) for m, f in files.items()), files
+
+
+def test_a_build_of_other_modules_is_not_loaded(tmp_path: Path) -> None:
+    hashes = speedups.source_hashes() | {"parley.settings": "0" * 64}
+    files, status = speedups.check_build(write_build(tmp_path, sources=hashes))
+    assert files is None and "of other modules" in status
