@@ -13,13 +13,13 @@ from prometheus_client.registry import CollectorRegistry
 
 class Metrics:
     def __init__(self) -> None:
-        self.messages_in: Counter[str] = Counter()  # by app id: frames received from clients
-        self.messages_out: Counter[str] = Counter()  # by app id: frames delivered to clients
         self.api_events: Counter[str] = Counter()  # by app id: events published over HTTP
         self.errors: Counter[tuple[str, str]] = Counter()  # by (app id, code)
         self.http_requests: Counter[tuple[str, int]] = Counter()  # by (route, status)
         self.connections_total: Counter[str] = Counter()
         self.gauges: Callable[[], dict[str, dict[str, int]]] = dict
+        # Counted per message by each app's hub, as plain int attributes: (name -> app id -> n)
+        self.hub_counters: Callable[[], dict[str, dict[str, int]]] = dict
 
     def render(self) -> bytes:
         registry = CollectorRegistry()
@@ -44,10 +44,11 @@ class _Collector:
             for app_id, value in gauges.get(name, {}).items():
                 g.add_metric([app_id], value)
             yield g
+        hub_counters = m.hub_counters()
         for name, counter, help_text in (
             ("connections_opened", m.connections_total, "WebSocket connections accepted"),
-            ("messages_in", m.messages_in, "Frames received from clients"),
-            ("messages_out", m.messages_out, "Frames delivered to clients"),
+            ("messages_in", hub_counters.get("messages_in", {}), "Frames received from clients"),
+            ("messages_out", hub_counters.get("messages_out", {}), "Frames delivered to clients"),
             ("api_events", m.api_events, "Events published through the HTTP API"),
         ):
             c = CounterMetricFamily(f"parley_{name}", help_text, labels=["app_id"])

@@ -792,6 +792,11 @@ def test_healthz_readyz_and_metrics(launch: Launch, pool: ClientPool) -> None:
     assert re.search(
         r'^parley_errors_total\{app_id="4242",code="none"\} [1-9]', text, re.MULTILINE
     ), text
+    # a's frames (15 events, "not json", pings) came in; b got the events before a's limit
+    received = re.search(r'^parley_messages_in_total\{app_id="4242"\} (\d+)\.0$', text, re.M)
+    delivered = re.search(r'^parley_messages_out_total\{app_id="4242"\} (\d+)\.0$', text, re.M)
+    assert received and int(received[1]) >= 16, text
+    assert delivered and 1 <= int(delivered[1]) <= 15, text
 
 
 def test_a_backlogged_reader_gets_large_and_small_events_intact(

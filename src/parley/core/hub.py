@@ -62,6 +62,8 @@ class AppHub:
         self.users: dict[str, dict[Any, None]] = {}  # signed-in user id -> Peers
         self.watchers: dict[str, dict[Any, None]] = {}  # watched user id -> Peers watching
         self.cache: dict[str, CachedEvent] = {}
+        self.messages_in = 0  # frames received from clients (parley_messages_in_total)
+        self.messages_out = 0  # frames delivered to clients (parley_messages_out_total)
 
     # -- channels ----------------------------------------------------------------------------
 

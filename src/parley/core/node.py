@@ -96,6 +96,7 @@ class Node:
         self.max_message_bytes = max(1024 * 1024, settings.max_frame_bytes * 4)
         self.metrics = Metrics()
         self.metrics.gauges = self._gauges
+        self.metrics.hub_counters = self._hub_counters
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -358,7 +359,7 @@ class Node:
     def receive(self, session: Session, text: bytes, now: float) -> None:
         hub, conn = session.hub, session.conn
         assert hub is not None and conn is not None
-        self.metrics.messages_in[hub.app.id] += 1
+        hub.messages_in += 1
         for command in conn.receive(text, now):
             if type(command) is ClientEvent:
                 self._client_event(session, hub, command)
@@ -529,7 +530,7 @@ class Node:
                             hub.cache[name] = CachedEvent(
                                 data, new.event, new.data, time.monotonic() + hub.app.cache_ttl_s
                             )
-                        self.metrics.messages_out[hub.app.id] += hub.broadcast(
+                        hub.messages_out += hub.broadcast(
                             name, data, exclude, offset
                         )
                     if done is not None and not done.done():
@@ -700,7 +701,7 @@ class Node:
             user_id = server_to_user_id(name)
             if user_id is not None:
                 encoded = frames.frame(event, data, name, parley={"publisher": publisher})
-                self.metrics.messages_out[app.id] += hub.send_to_user(user_id, encoded, exclude)
+                hub.messages_out += hub.send_to_user(user_id, encoded, exclude)
             else:
                 queued.append(name)
         self.metrics.api_events[app.id] += 1
@@ -806,6 +807,12 @@ class Node:
             await asyncio.wait(pending, timeout=self.settings.shutdown_grace_s)
         await self.history.close()
         logs.info("drained", connections=len(sessions))
+
+    def _hub_counters(self) -> dict[str, dict[str, int]]:
+        return {
+            "messages_in": {app_id: hub.messages_in for app_id, hub in self.hubs.items()},
+            "messages_out": {app_id: hub.messages_out for app_id, hub in self.hubs.items()},
+        }
 
     def _gauges(self) -> dict[str, dict[str, int]]:
         out: dict[str, dict[str, int]] = {"connections": {}, "channels": {}, "subscriptions": {}, "users": {}}
