@@ -10,7 +10,12 @@ is left is Parley's own Python, the part a profile of the real server spreads th
         [--without fanout|client|append]   # stub a stage out, to see what it costs
     taskset -c 0 ... py-spy record -r 250 -- .venv/bin/python bench/inproc_chat.py --rounds 300
 
-This machine's VMs vary by ±20 % from one run to the next: compare interleaved runs.
+The compiled build is used when it is fresh, as by `parley serve` (src/parley/speedups.py);
+PARLEY_COMPILED=0 measures the source. `--without` replaces Node methods, which a compiled
+Node does not allow: it needs PARLEY_COMPILED=0.
+
+This machine's VMs vary by ±20 % from one run to the next: compare interleaved runs;
+`valgrind --tool=callgrind` gives instruction counts that do not vary (bench/README.md).
 """
 from __future__ import annotations
 
@@ -27,6 +32,7 @@ from typing import Any
 import orjson
 from picows import WSMsgType
 
+from parley import speedups
 from parley.app import close_node, make_node
 from parley.backends.history import Entry
 from parley.core.session import Session
@@ -76,6 +82,9 @@ def sign(text: str) -> str:
 
 
 async def main(store: str, rounds: int, without: str | None) -> None:
+    if without is not None and speedups.compiled():
+        raise SystemExit("--without replaces Node methods: run with PARLEY_COMPILED=0")
+    print(speedups.STATUS)
     app = AppConfig(id="1", key=KEY, secret=SECRET, client_events=True, client_event_rate=0)
     node = await make_node(Settings(data_dir=Path(tempfile.mkdtemp()), store=store, apps=(app,)))
     node.start()
