@@ -65,6 +65,7 @@ def install(files: dict[str, str], sources: dict[str, str]) -> None:
         "suffix": speedups.extension_suffix(),
         "python": sys.version.split()[0],
         "mypy": importlib.metadata.version("mypy"),
+        "modules": list(speedups.MODULES),
         "sources": sources,
         "files": files,
         "shared": sorted(set(files) - set(speedups.MODULES)),

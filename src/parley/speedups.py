@@ -5,7 +5,9 @@ Every message goes through the modules in MODULES. They are plain Python that pa
 `mypy --strict`, and `scripts/compile.py` turns that same source into C extension modules
 with mypyc (there is no second implementation to keep in step): about 1.2x the chat
 throughput of the source on one core (bench/README.md). The build goes to `_compiled/` beside
-this file with a manifest of the SHA-256 of each source it was built from.
+this file with a manifest of the SHA-256 of every source file of the package it was built
+against: compiled code checks the types of what it reads from the modules it imports, so a
+change to any of them (settings, say) makes the build stale, not only a change to MODULES.
 
 `use_compiled()`, called by `parley/__init__.py` before any other Parley module is imported,
 puts a finder first on `sys.meta_path` that loads those extension modules, but only when every
@@ -58,7 +60,12 @@ def source_path(module: str) -> Path:
 
 
 def source_hashes() -> dict[str, str]:
-    return {m: hashlib.sha256(source_path(m).read_bytes()).hexdigest() for m in MODULES}
+    """The SHA-256 of every source file of the package, by path within it."""
+    return {
+        path.relative_to(PACKAGE_DIR).as_posix(): hashlib.sha256(path.read_bytes()).hexdigest()
+        for path in sorted(PACKAGE_DIR.rglob("*.py"))
+        if not path.relative_to(PACKAGE_DIR).parts[0].startswith("_compiled")
+    }
 
 
 def extension_suffix() -> str:
@@ -93,15 +100,16 @@ def check_build(build_dir: Path = BUILD_DIR) -> tuple[dict[str, Path] | None, st
             f"source: the compiled build is for {manifest.get('suffix')!r} extensions, "
             f"this Python takes {extension_suffix()!r}"
         )
-    built: dict[str, str] = manifest.get("sources", {})
-    if set(built) != set(MODULES):
+    if manifest.get("modules") != list(MODULES):
         return None, "source: the compiled build is of other modules; run scripts/compile.py"
+    built: dict[str, str] = manifest.get("sources", {})
     current = source_hashes()
-    changed = sorted(m for m in MODULES if built.get(m) != current[m])
+    changed = sorted(p for p in built.keys() | current.keys() if built.get(p) != current.get(p))
     if changed:
+        more = f" and {len(changed) - 3} more" if len(changed) > 3 else ""
         return None, (
-            f"source: the compiled build is stale ({', '.join(changed)} changed since); "
-            "run scripts/compile.py"
+            f"source: the compiled build is stale ({', '.join(changed[:3])}{more} changed "
+            "since); run scripts/compile.py"
         )
     files = {name: build_dir / rel for name, rel in manifest.get("files", {}).items()}
     missing = sorted(n for n in [*MODULES, *manifest.get("shared", [])] if n not in files)

@@ -11,7 +11,7 @@ from parley import speedups
 
 
 def write_build(root: Path, *, sources: dict[str, str] | None = None, suffix: str | None = None,
-                skip: str | None = None) -> Path:
+                skip: str | None = None, modules: list[str] | None = None) -> Path:
     suffix = suffix or speedups.extension_suffix()
     files = {"abc__mypyc": f"abc__mypyc{suffix}"}
     files |= {m: f"{m.replace('.', '/')}{suffix}" for m in speedups.MODULES if m != skip}
@@ -19,6 +19,7 @@ def write_build(root: Path, *, sources: dict[str, str] | None = None, suffix: st
         (root / rel).parent.mkdir(parents=True, exist_ok=True)
         (root / rel).write_bytes(b"")
     manifest = {
+        "modules": list(speedups.MODULES) if modules is None else modules,
         "suffix": suffix,
         "sources": speedups.source_hashes() if sources is None else sources,
         "files": files,
@@ -43,10 +44,22 @@ def test_no_build_runs_the_source(tmp_path: Path) -> None:
 
 def test_a_changed_source_makes_the_whole_build_stale(tmp_path: Path) -> None:
     hashes = speedups.source_hashes()
-    hashes["parley.core.hub"] = "0" * 64
+    hashes["core/hub.py"] = "0" * 64
     files, status = speedups.check_build(write_build(tmp_path, sources=hashes))
     assert files is None
-    assert "stale (parley.core.hub changed since)" in status
+    assert "stale (core/hub.py changed since)" in status
+
+
+def test_a_change_to_a_module_that_is_not_compiled_makes_the_build_stale_too(
+    tmp_path: Path,
+) -> None:
+    hashes = speedups.source_hashes()
+    assert "settings.py" in hashes and "parley.settings" not in speedups.MODULES
+    hashes["settings.py"] = "0" * 64
+    hashes["new_module.py"] = "0" * 64  # a file since removed
+    files, status = speedups.check_build(write_build(tmp_path, sources=hashes))
+    assert files is None
+    assert "stale (new_module.py, settings.py changed since)" in status
 
 
 def test_a_build_for_another_python_is_not_loaded(tmp_path: Path) -> None:
@@ -89,6 +102,6 @@ def test_every_listed_module_comes_from_the_build_in_use_or_else_from_its_source
 
 
 def test_a_build_of_other_modules_is_not_loaded(tmp_path: Path) -> None:
-    hashes = speedups.source_hashes() | {"parley.settings": "0" * 64}
-    files, status = speedups.check_build(write_build(tmp_path, sources=hashes))
+    modules = [*speedups.MODULES, "parley.settings"]
+    files, status = speedups.check_build(write_build(tmp_path, modules=modules))
     assert files is None and "of other modules" in status
