@@ -59,7 +59,8 @@ def warning(event: str, **fields: Any) -> None:
 
 
 def debug(event: str, **fields: Any) -> None:
-    log(logging.DEBUG, event, **fields)
+    if logger.isEnabledFor(logging.DEBUG):  # one call less: several per connection
+        logger.log(logging.DEBUG, event, extra={"fields": fields})
 
 
 def error(event: str, **fields: Any) -> None:

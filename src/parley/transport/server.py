@@ -289,7 +289,7 @@ class Server:
             self._listener_factory,
             self._logger,
             True,  # disconnect_on_exception
-            5.0,  # handshake timeout
+            None,  # handshake timeout: none, picows gets the whole request head at once
             False,  # enable_auto_ping: the node sweeps idle sessions itself
             20.0,
             20.0,
