@@ -59,8 +59,7 @@ def warning(event: str, **fields: Any) -> None:
 
 
 def debug(event: str, **fields: Any) -> None:
-    if logger.isEnabledFor(logging.DEBUG):  # one call less: several per connection
-        logger.log(logging.DEBUG, event, extra={"fields": fields})
+    log(logging.DEBUG, event, **fields)
 
 
 def error(event: str, **fields: Any) -> None:

@@ -48,18 +48,14 @@ def stored_event(
     ts: int,
     message_id: str,
 ) -> bytes:
-    """The frame of a stored event, byte for byte what `frame` makes of it, from its data and
-    publisher already encoded (embedded as they are, not parsed again): one orjson call."""
-    out: dict[str, Any] = {"event": event, "channel": channel}
-    if data_json != b"null":  # `frame` omits None
-        out["data"] = orjson.Fragment(data_json)
-    if user_id is not None:
-        out["user_id"] = user_id
-    out["parley"] = {
+    """The frame of a stored event, made by `frame` from its data and publisher already
+    encoded (embedded as they are, not parsed again): one orjson call."""
+    data = orjson.Fragment(data_json) if data_json != b"null" else None  # `frame` omits None
+    parley = {
         "publisher": orjson.Fragment(publisher_json), "offset": offset, "epoch": epoch,
         "ts": ts, "id": message_id,
     }
-    return orjson.dumps(out)
+    return frame(event, data, channel, user_id=user_id, parley=parley)
 
 
 def error_frame(code: int | None, message: str, channel: str | None = None) -> bytes:
