@@ -33,10 +33,26 @@ _MAX_FRAME_PAYLOAD = 8192  # picows copies frames up to this size (see send)
 _HIGH_WATER = 65536  # uvloop's default: pause_writing once more than this is buffered
 
 
+def parse_query(query: str) -> dict[str, str]:
+    """`dict(parse_qsl(query, keep_blank_values=True))`, without urllib's work per pair when
+    nothing is escaped (pusher-js's `protocol=7&client=js&version=8.4.0&flash=false`)."""
+    if "%" in query or "+" in query:
+        return dict(parse_qsl(query, keep_blank_values=True))
+    out: dict[str, str] = {}
+    for pair in query.split("&"):
+        if pair:
+            name, _, value = pair.partition("=")
+            out[name] = value
+    return out
+
+
 class Session:
     __slots__ = (
+        "_early",
         "_fragments",
+        "_opened",
         "_raw",
+        "_refusal",
         "closing",
         "conn",
         "headers",
@@ -57,7 +73,7 @@ class Session:
     def __init__(self, node: Node, path: str, query: str, headers: Any) -> None:
         self.node = node
         self.path = path
-        self.query = dict(parse_qsl(query, keep_blank_values=True))
+        self.query = parse_query(query)
         self.headers = headers
         self.hub: AppHub | None = None
         self.conn: PusherConnection | None = None
@@ -70,6 +86,9 @@ class Session:
         self.paused = False  # the socket's buffer is over its high-water mark (64 KiB)
         self.closing = False
         self._fragments: bytearray | None = None
+        self._opened = False
+        self._early: list[bytes] | None = None  # what is sent before the transport exists
+        self._refusal: tuple[int, str] | None = None  # to close with once it does
         self.token_expires_at: float | None = None
         # the sender stamp of its client events, with its JSON: (user id, stamp, JSON)
         self.publisher: tuple[str | None, dict[str, Any], bytes] | None = None
@@ -80,11 +99,30 @@ class Session:
 
     # -- picows callbacks --------------------------------------------------------------------
 
+    def on_ws_upgrade(self) -> list[bytes]:
+        """The handshake is valid and not yet answered: open the session now, so that what it
+        sends first (connection_established, or a refusal) goes out with the 101 response."""
+        early: list[bytes] = []
+        self._early = early
+        try:
+            self._open()
+        finally:
+            self._early = None
+        return early
+
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
         self._raw = transport.underlying_transport
         if self.node.max_outbound_bytes < _HIGH_WATER:  # pause_writing must come first
             self._raw.set_write_buffer_limits(high=self.node.max_outbound_bytes)
+        if not self._opened:  # a transport that does not call on_ws_upgrade
+            self._open()
+        elif self._refusal is not None:
+            code, reason = self._refusal
+            self.close(code, reason)
+
+    def _open(self) -> None:
+        self._opened = True
         try:
             self.node.open_session(self)
             self.headers = None  # read once at the handshake; not kept per connection
@@ -93,7 +131,9 @@ class Session:
             path = self.path if not self.path.startswith("/token/") else "/token/<redacted>"
             logs.info("connection refused", code=exc.code, reason=exc.message, path=path)
             self.send(frames.error_frame(exc.code, exc.message))
-            self.close(exc.code or CloseCode.UNAUTHORIZED, exc.message)
+            code = exc.code or CloseCode.UNAUTHORIZED
+            self._refusal = (code, exc.message)
+            self.close(code, exc.message)
 
     def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
         self.last_seen = time.monotonic()
@@ -147,6 +187,8 @@ class Session:
     def send(self, data: bytes) -> None:
         transport = self.transport
         if transport is None or self.closing:
+            if self._early is not None and not self.closing:
+                self._early.append(data)
             return
         if len(data) <= _MAX_FRAME_PAYLOAD:
             transport.send(_TEXT, data)

@@ -15,8 +15,12 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import httptools
-from picows import WSFrame, WSListener, WSTransport
-from picows.picows import WSAutoPingStrategy, WSProtocol  # type: ignore[attr-defined]
+from picows import WSFrame, WSListener, WSTransport, WSUpgradeResponseWithListener
+from picows.picows import (  # type: ignore[attr-defined]
+    WSAutoPingStrategy,
+    WSProtocol,
+    _validate_upgrade_request,
+)
 
 MAX_HEAD_BYTES = 16 * 1024
 
@@ -75,7 +79,11 @@ class Response:
 
 
 class WsHandler(Protocol):
-    """What a WebSocket connection is handed to: picows's listener callbacks."""
+    """What a WebSocket connection is handed to: picows's listener callbacks, and
+    `on_ws_upgrade`, called once the handshake is known to be valid and before it is answered:
+    it returns the text messages to send in the same write as the 101 response."""
+
+    def on_ws_upgrade(self) -> list[bytes]: ...
 
     def on_ws_connected(self, transport: WSTransport) -> None: ...
 
@@ -103,6 +111,101 @@ class Listener(WSListener):
     def __init__(self, handler: WsHandler) -> None:
         for name in self.__slots__:
             setattr(self, name, getattr(handler, name))
+
+
+_SWITCH_HEAD = (
+    b"HTTP/1.1 101 Switching Protocols\r\nConnection: upgrade\r\nUpgrade: websocket\r\n"
+    b"Sec-WebSocket-Accept: "
+)
+
+
+def text_frame(payload: bytes) -> bytes:
+    """An unmasked, unfragmented WebSocket text frame (RFC 6455 5.2), as a server sends it."""
+    n = len(payload)
+    if n < 126:
+        return bytes((0x81, n)) + payload
+    if n < 65536:
+        return b"\x81\x7e" + n.to_bytes(2, "big") + payload
+    return b"\x81\x7f" + n.to_bytes(8, "big") + payload
+
+
+class SwitchingProtocols:
+    """The 101 answer picows writes, duck-typed as its `WSUpgradeResponse`: picows sets the
+    accept header, then calls `to_bytes` once. Built from a constant head instead of picows's
+    header multidict, and followed in the same write by the handler's first messages
+    (`pusher:connection_established`): one send and one TCP segment per connection fewer."""
+
+    __slots__ = ("_first", "headers")
+    status = 101  # compared with HTTPStatus.SWITCHING_PROTOCOLS, an IntEnum
+
+    def __init__(self, first: list[bytes]) -> None:
+        self.headers: dict[str, str] = {}
+        self._first = first
+
+    def to_bytes(self) -> bytearray:
+        out = bytearray(_SWITCH_HEAD)
+        out += self.headers.pop("Sec-WebSocket-Accept").encode("ascii")
+        out += b"\r\n\r\n"
+        for message in self._first:
+            out += text_frame(message)
+        self._first = []
+        return out
+
+
+class _Accepted:
+    """What picows's `connection_made` is given instead of uvloop's transport.
+
+    picows asks the transport for its socket, peer and local address, then sets TCP_NODELAY and
+    TCP_QUICKACK and reads four options back for an info log line: six system calls and a
+    socket object per connection, a sixth of the server's work in a connection storm. Here the
+    options it sets are already in effect (uvloop sets TCP_NODELAY on every accepted socket,
+    and Linux starts a connection in quick-ack mode; tests/e2e check both) and the addresses
+    and options it reads only feed that info line, which is off whenever this is used (see
+    `Server.make_ws_protocol`). Everything picows and the session call later goes straight to
+    uvloop's transport: `write` and `get_write_buffer_size` are its bound methods."""
+
+    __slots__ = ("_fd", "_transport", "get_write_buffer_size", "write")
+
+    def __init__(self, transport: asyncio.Transport) -> None:
+        self._transport = transport
+        self._fd = transport.get_extra_info("socket").fileno()
+        self.write = transport.write
+        self.get_write_buffer_size = transport.get_write_buffer_size
+
+    def get_extra_info(self, name: str, default: Any = None) -> Any:
+        if name == "socket":
+            return self
+        if name in ("peername", "sockname"):
+            return default  # only read for picows's info line
+        return self._transport.get_extra_info(name, default)
+
+    # -- the socket picows is given: see the class docstring --
+
+    def fileno(self) -> int:
+        return self._fd
+
+    def setsockopt(self, level: int, option: int, value: int) -> None:
+        pass  # TCP_NODELAY and TCP_QUICKACK, already on
+
+    def getsockopt(self, level: int, option: int) -> int:
+        return 0  # only read for picows's info line
+
+    # -- the rest of asyncio.Transport that picows or the session use --
+
+    def writelines(self, data: Any) -> None:
+        self._transport.writelines(data)
+
+    def set_write_buffer_limits(self, high: int | None = None, low: int | None = None) -> None:
+        self._transport.set_write_buffer_limits(high, low)
+
+    def is_closing(self) -> bool:
+        return self._transport.is_closing()
+
+    def close(self) -> None:
+        self._transport.close()
+
+    def abort(self) -> None:
+        self._transport.abort()
 
 
 HttpHandler = Callable[[Request], Awaitable[Response]]
@@ -250,7 +353,7 @@ class FrontProtocol(asyncio.Protocol):
         self.server.http_connections.discard(self)
         ws = self.server.make_ws_protocol()
         transport.set_protocol(ws)
-        ws.connection_made(transport)
+        ws.connection_made(transport if self.server.ws_info_log else _Accepted(transport))
         buffer = ws.get_buffer(len(data))
         memoryview(buffer)[: len(data)] = data
         ws.buffer_updated(len(data))
@@ -274,12 +377,21 @@ class Server:
         self.http_connections: set[FrontProtocol] = set()
         self._server: asyncio.Server | None = None
         self._logger = _WsLog(logging.getLogger("picows.parley"))
+        self.ws_info_log = self._logger.isEnabledFor(logging.INFO)
 
-    def _listener_factory(self, request: Any) -> WSListener | None:
+    def _listener_factory(self, request: Any) -> WSListener | WSUpgradeResponseWithListener | None:
         raw_path = request.path.decode("latin-1")
         path, _, query = raw_path.partition("?")
         handler = self.ws_factory(path, query, request.headers)
-        return None if handler is None else Listener(handler)
+        if handler is None:
+            return None
+        try:
+            _validate_upgrade_request(request)  # picows checks it again, after this returns
+        except RuntimeError:
+            return Listener(handler)  # never connected: picows answers 400 and hangs up
+        # The handshake will succeed: the handler may send now, behind the 101 response.
+        first = handler.on_ws_upgrade()
+        return WSUpgradeResponseWithListener(SwitchingProtocols(first), Listener(handler))
 
     def make_ws_protocol(self) -> WSProtocol:
         return WSProtocol(
