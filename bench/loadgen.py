@@ -860,6 +860,13 @@ async def sc_idle(spec, pgid) -> dict:
     }
 
 
+def cpu_us_per(cores, per_s) -> float | None:
+    """Microseconds of CPU per unit of work, from cores used and units per second."""
+    if not isinstance(cores, (int, float)) or not per_s:
+        return None
+    return round(cores / per_s * 1e6, 1)
+
+
 async def sc_storm(spec, pgid) -> dict:
     cls = PROTOS[spec["proto"]]
     n = spec["connections"]
@@ -874,6 +881,9 @@ async def sc_storm(spec, pgid) -> dict:
         "connections": len(conns), "failed": fails,
         "seconds": r["seconds"],
         "connections_per_s": round(len(conns) / r["seconds"], 1),
+        # the server's CPU per accepted and subscribed connection: the figure that still
+        # compares servers when the generator, not the server, sets the rate
+        "server_us_per_conn": cpu_us_per(r["server_cpu"], len(conns) / r["seconds"]),
         "connect_latency_ms": percentiles(clat),
         "loadgen_cpu": r["loadgen_cpu"], "server_cpu": r["server_cpu"], "foreign_cpu": r.get("foreign_cpu"),
         "softirq_cpu": r.get("softirq_cpu"),
@@ -926,6 +936,7 @@ async def sc_chat(spec, pgid) -> dict:
         await asyncio.sleep(0.02)
     r.update({"users": users, "channels": users // 2, "signin": signin, "inflight": inflight,
               "messages_per_s": r["deliveries_per_s"], "latency_ms": percentiles(H.lat),
+              "server_us_per_msg": cpu_us_per(r.get("server_cpu"), r["deliveries_per_s"]),
               "missing_deliveries": sent - H.delivered})
     close_all(conns)
     return r

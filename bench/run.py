@@ -322,13 +322,15 @@ def scenarios(args) -> list[Scenario]:
     n_storm = args.storm_connections or (200 if smoke else 5000)
     out.append(Scenario("storm-%d" % n_storm,
                         {"scenario": "storm", "connections": n_storm, "concurrency": 100},
-                        allp, [("conn/s", "connections_per_s", True), ("p99 ms", "connect_latency_ms.p99", False)],
+                        allp, [("conn/s", "connections_per_s", True), ("p99 ms", "connect_latency_ms.p99", False),
+                               ("server µs/conn", "server_us_per_conn", False)],
                         timeout=180))
     cu = 50 if smoke else 1000
     out.append(Scenario("chat-%d" % cu,
                         {"scenario": "chat", "users": cu, "warmup": wu, "duration": d, "inflight": 1},
                         ("pusher", "socketio"), [("msgs/s", "messages_per_s", True),
-                                                 ("p50 ms", "latency_ms.p50", False), ("p99 ms", "latency_ms.p99", False)]))
+                                                 ("p50 ms", "latency_ms.p50", False), ("p99 ms", "latency_ms.p99", False),
+                                                 ("server µs/msg", "server_us_per_msg", False)]))
     nch = 10 if smoke else 100
     out.append(Scenario("httpapi-%d" % nch,
                         {"scenario": "httpapi", "channels": nch, "warmup": wu, "duration": d, "http_conns": 8},
