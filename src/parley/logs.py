@@ -12,6 +12,16 @@ import orjson
 logger = logging.getLogger("parley")
 
 
+class _Level:
+    """Whether debug lines are on, as a plain attribute: per-connection call sites test it
+    before building their fields (configure sets it)."""
+
+    debug = False
+
+
+LEVEL = _Level()
+
+
 class JsonFormatter(logging.Formatter):
     def format(self, record: logging.LogRecord) -> str:
         out: dict[str, Any] = {
@@ -41,6 +51,7 @@ def configure(level: str = "info", fmt: str = "json") -> None:
     handler.setFormatter(JsonFormatter() if fmt == "json" else TextFormatter())
     logger.handlers[:] = [handler]
     logger.setLevel(level.upper())
+    LEVEL.debug = logger.isEnabledFor(logging.DEBUG)
     logger.propagate = False
     logging.getLogger("picows").setLevel(logging.WARNING)
 

@@ -221,14 +221,15 @@ class Node:
         session.send(session.conn.establish(self.settings.activity_timeout_s, **extra))
         # Per-connection lines are debug: at thousands of connections a second they would be
         # the server's main work. Refusals, sign-ins and errors stay at info and above.
-        logs.debug(
-            "connection opened",
-            app_id=hub.app.id,
-            socket_id=session.socket_id,
-            user_id=identity.user_id if identity else None,
-            client=session.query.get("client"),
-            protocol=protocol,
-        )
+        if logs.LEVEL.debug:
+            logs.debug(
+                "connection opened",
+                app_id=hub.app.id,
+                socket_id=session.socket_id,
+                user_id=identity.user_id if identity else None,
+                client=session.query.get("client"),
+                protocol=protocol,
+            )
 
     def _session_cookie(self, app: AppConfig, session: Session) -> str | None:
         """The app's session cookie from the handshake, once the Origin is allowed."""
@@ -373,7 +374,8 @@ class Node:
             self._unsubscribe(session, hub, command)
         if hub.sign_out(session):
             hub.notify_watchers(conn.user_id or "", online=False)
-        logs.debug("connection closed", app_id=hub.app.id, socket_id=session.socket_id)
+        if logs.LEVEL.debug:
+            logs.debug("connection closed", app_id=hub.app.id, socket_id=session.socket_id)
 
     def receive(self, session: Session, text: bytes, now: float) -> None:
         hub, conn = session.hub, session.conn
@@ -442,7 +444,8 @@ class Node:
             else:
                 session.send(frames.frame("pusher:cache_miss", channel=name))
         self._count_changed(hub, channel)
-        logs.debug("subscribed", app_id=hub.app.id, socket_id=session.socket_id, channel=name)
+        if logs.LEVEL.debug:
+            logs.debug("subscribed", app_id=hub.app.id, socket_id=session.socket_id, channel=name)
 
     def _unsubscribe(self, session: Session, hub: AppHub, command: Unsubscribe) -> None:
         self.leave(session, hub, command.channel, command.member)

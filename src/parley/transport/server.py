@@ -16,11 +16,7 @@ from typing import Any, Protocol
 
 import httptools
 from picows import WSFrame, WSListener, WSTransport, WSUpgradeResponseWithListener
-from picows.picows import (  # type: ignore[attr-defined]
-    WSAutoPingStrategy,
-    WSProtocol,
-    _validate_upgrade_request,
-)
+from picows.picows import WSAutoPingStrategy, WSProtocol  # type: ignore[attr-defined]
 
 MAX_HEAD_BYTES = 16 * 1024
 
@@ -109,8 +105,11 @@ class Listener(WSListener):
     )
 
     def __init__(self, handler: WsHandler) -> None:
-        for name in self.__slots__:
-            setattr(self, name, getattr(handler, name))
+        self.on_ws_connected = handler.on_ws_connected
+        self.on_ws_disconnected = handler.on_ws_disconnected
+        self.on_ws_frame = handler.on_ws_frame
+        self.pause_writing = handler.pause_writing
+        self.resume_writing = handler.resume_writing
 
 
 _SWITCH_HEAD = (
@@ -130,25 +129,27 @@ def text_frame(payload: bytes) -> bytes:
 
 
 class SwitchingProtocols:
-    """The 101 answer picows writes, duck-typed as its `WSUpgradeResponse`: picows sets the
-    accept header, then calls `to_bytes` once. Built from a constant head instead of picows's
-    header multidict, and followed in the same write by the handler's first messages
-    (`pusher:connection_established`): one send and one TCP segment per connection fewer."""
+    """The 101 answer picows writes, duck-typed as its `WSUpgradeResponse`. picows calls
+    `to_bytes` once it has checked the upgrade request, so that is where the handler is told
+    the handshake succeeded (`on_ws_upgrade`): what it sends then (`connection_established`)
+    follows the 101 in the same write, one send and one TCP segment per connection fewer. The
+    head is a constant, not picows's header multidict."""
 
-    __slots__ = ("_first", "headers")
+    __slots__ = ("_handler", "headers")
     status = 101  # compared with HTTPStatus.SWITCHING_PROTOCOLS, an IntEnum
 
-    def __init__(self, first: list[bytes]) -> None:
+    def __init__(self, handler: WsHandler) -> None:
         self.headers: dict[str, str] = {}
-        self._first = first
+        self._handler: WsHandler | None = handler
 
     def to_bytes(self) -> bytearray:
         out = bytearray(_SWITCH_HEAD)
         out += self.headers.pop("Sec-WebSocket-Accept").encode("ascii")
         out += b"\r\n\r\n"
-        for message in self._first:
-            out += text_frame(message)
-        self._first = []
+        handler, self._handler = self._handler, None
+        if handler is not None:
+            for message in handler.on_ws_upgrade():
+                out += text_frame(message)
         return out
 
 
@@ -224,7 +225,7 @@ class FrontProtocol(asyncio.Protocol):
     def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.buf = bytearray()
+        self.buf = b""  # a request head not yet whole
         self.in_request = False
         # Made on the first plain HTTP request: a WebSocket upgrade never needs one.
         self.parser: httptools.HttpRequestParser | None = None
@@ -252,17 +253,19 @@ class FrontProtocol(asyncio.Protocol):
         if self.in_request:
             self._feed(data)
             return
-        self.buf += data
-        head_end = self.buf.find(b"\r\n\r\n")
+        if self.buf:
+            data, self.buf = self.buf + data, b""
+        head_end = data.find(b"\r\n\r\n")
         if head_end < 0:
-            if len(self.buf) > MAX_HEAD_BYTES:
+            if len(data) > MAX_HEAD_BYTES:
                 self._reply_and_close(431, b'{"error":"Request head too large"}')
+            else:
+                self.buf = data
             return
-        head = bytes(self.buf[:head_end]).lower()
+        head = data[:head_end].lower()
         if b"\r\nupgrade:" in head and b"websocket" in head:
-            self._upgrade(bytes(self.buf))
+            self._upgrade(data)
             return
-        data, self.buf = bytes(self.buf), bytearray()
         self.in_request = True
         self._feed(data)
 
@@ -385,13 +388,9 @@ class Server:
         handler = self.ws_factory(path, query, request.headers)
         if handler is None:
             return None
-        try:
-            _validate_upgrade_request(request)  # picows checks it again, after this returns
-        except RuntimeError:
-            return Listener(handler)  # never connected: picows answers 400 and hangs up
-        # The handshake will succeed: the handler may send now, behind the 101 response.
-        first = handler.on_ws_upgrade()
-        return WSUpgradeResponseWithListener(SwitchingProtocols(first), Listener(handler))
+        # A request picows then finds broken gets its 400 without `to_bytes` being called:
+        # the handler never hears of it (tests/e2e/test_handshake.py).
+        return WSUpgradeResponseWithListener(SwitchingProtocols(handler), Listener(handler))
 
     def make_ws_protocol(self) -> WSProtocol:
         return WSProtocol(

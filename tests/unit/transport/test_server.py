@@ -13,7 +13,14 @@ from websockets.frames import Frame, Opcode
 from websockets.streams import StreamReader
 
 from parley.core.session import parse_query
-from parley.transport.server import SwitchingProtocols, text_frame
+from parley.transport.server import (
+    FrontProtocol,
+    Request,
+    Response,
+    Server,
+    SwitchingProtocols,
+    text_frame,
+)
 
 
 def parse_server_frame(data: bytes) -> Frame:
@@ -38,8 +45,18 @@ def test_text_frame_round_trips_through_a_client_parser(size: int) -> None:
     assert frame.opcode is Opcode.TEXT and frame.fin and frame.data == payload
 
 
+class Opening:
+    def __init__(self) -> None:
+        self.upgrades = 0
+
+    def on_ws_upgrade(self) -> list[bytes]:
+        self.upgrades += 1
+        return [b'{"event":"a"}', b"x" * 300]
+
+
 def test_switching_protocols_is_101_then_the_first_messages() -> None:
-    answer = SwitchingProtocols([b'{"event":"a"}', b"x" * 300])
+    handler = Opening()
+    answer = SwitchingProtocols(handler)  # type: ignore[arg-type]
     assert answer.status == 101
     answer.headers["Sec-WebSocket-Accept"] = "s3pPLMBiTxaQ9kYGzzhZRbK+xOo="  # as picows sets it
     out = bytes(answer.to_bytes())
@@ -51,6 +68,7 @@ def test_switching_protocols_is_101_then_the_first_messages() -> None:
     first = text_frame(b'{"event":"a"}')
     assert rest[: len(first)] == first
     assert parse_server_frame(rest[len(first) :]).data == b"x" * 300
+    assert handler.upgrades == 1
 
 
 @pytest.mark.parametrize(
@@ -91,3 +109,63 @@ def test_accepted_sockets_already_have_nodelay_and_quickack() -> None:
 
     uvloop.run(main())
     assert seen == {"nodelay": 1, "quickack": 1}
+
+
+class FakeTransport:
+    """What FrontProtocol writes, and whether it closed."""
+
+    def __init__(self) -> None:
+        self.written = b""
+        self.closed = False
+
+    def write(self, data: bytes) -> None:
+        self.written += data
+
+    def is_closing(self) -> bool:
+        return self.closed
+
+    def close(self) -> None:
+        self.closed = True
+
+    def get_extra_info(self, name: str, default: object = None) -> object:
+        return ("127.0.0.1", 1234) if name == "peername" else default
+
+
+def front() -> tuple[FrontProtocol, FakeTransport, list[Request]]:
+    seen: list[Request] = []
+
+    async def handler(request: Request) -> Response:
+        seen.append(request)
+        return Response(200, b'{"ok":true}')
+
+    server = Server(handler, lambda *_: None, max_frame_bytes=65536, max_body_bytes=1024)
+    protocol = FrontProtocol(server)
+    transport = FakeTransport()
+    protocol.connection_made(transport)  # type: ignore[arg-type]
+    return protocol, transport, seen
+
+
+def test_an_http_request_head_split_across_reads_is_parsed_once_whole() -> None:
+    async def main() -> tuple[FakeTransport, list[Request]]:
+        protocol, transport, seen = front()
+        raw = b"POST /x?a=1 HTTP/1.1\r\nHost: h\r\nContent-Length: 4\r\n\r\nbody"
+        for i in range(0, len(raw), 7):  # the head arrives in 7-byte pieces
+            protocol.data_received(raw[i : i + 7])
+        for _ in range(10):
+            await asyncio.sleep(0)  # let the request's worker task run
+        return transport, seen
+
+    transport, seen = uvloop.run(main())
+    assert [(r.method, r.path, r.query, r.body) for r in seen] == [("POST", "/x", "a=1", b"body")]
+    assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert transport.written.endswith(b'{"ok":true}') and not transport.closed
+
+
+def test_a_request_head_over_16_kib_gets_431_and_is_closed() -> None:
+    protocol, transport, seen = front()
+    protocol.data_received(b"GET / HTTP/1.1\r\n")
+    for _ in range(20):
+        protocol.data_received(b"X-Filler: " + b"a" * 1000 + b"\r\n")  # no blank line yet
+    assert transport.written.startswith(b"HTTP/1.1 431 ")
+    assert b"Request head too large" in transport.written and transport.closed
+    assert seen == []
