@@ -169,3 +169,17 @@ def pool() -> Iterator[ClientPool]:
     p = ClientPool()
     yield p
     p.close_all()
+
+
+@pytest.mark.parametrize("connection", ["keep-alive, Upgrade", "Upgrade, HTTP2-Settings", "upgrade"])
+def test_connection_header_listing_upgrade_among_others_is_accepted(
+    server: ParleyServer, connection: str
+) -> None:
+    """Firefox sends `Connection: keep-alive, Upgrade` (RFC 9110 7.6.1 allows a list)."""
+    raw = Raw(server, f"/app/{server.key}?protocol=7", Connection=connection)
+    try:
+        assert raw.head.startswith(b"HTTP/1.1 101 "), raw.head
+        opcode, payload = raw.read_frame()
+        assert json.loads(payload)["event"] == "pusher:connection_established"
+    finally:
+        raw.close()

@@ -264,6 +264,8 @@ class FrontProtocol(asyncio.Protocol):
             return
         head = data[:head_end].lower()
         if b"\r\nupgrade:" in head and b"websocket" in head:
+            if b"\r\nconnection: upgrade\r\n" not in head + b"\r\n":
+                data = _one_connection_token(data, head_end)
             self._upgrade(data)
             return
         self.in_request = True
@@ -360,6 +362,22 @@ class FrontProtocol(asyncio.Protocol):
         buffer = ws.get_buffer(len(data))
         memoryview(buffer)[: len(data)] = data
         ws.buffer_updated(len(data))
+
+
+def _one_connection_token(data: bytes, head_end: int) -> bytes:
+    """The request with `Connection: Upgrade` in place of a Connection header that lists
+    `upgrade` among other tokens. picows accepts only the single token, while Firefox sends
+    `Connection: keep-alive, Upgrade` (RFC 9110 7.6.1: a comma-separated list). A header that
+    lists no `upgrade` is left for picows to refuse with 400."""
+    lines = data[:head_end].split(b"\r\n")
+    for i, line in enumerate(lines):
+        name, colon, value = line.partition(b":")
+        if colon and name.strip().lower() == b"connection":
+            tokens = [t.strip().lower() for t in value.split(b",")]
+            if b"upgrade" in tokens:
+                lines[i] = b"Connection: Upgrade"
+            break
+    return b"\r\n".join(lines) + data[head_end:]
 
 
 class Server:
