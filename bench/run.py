@@ -22,6 +22,7 @@ import datetime as _dt
 import json
 import os
 import platform
+import re
 import resource
 import shutil
 import signal
@@ -221,6 +222,7 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.tmp: str | None = None
         self.log_path = logdir / ("%s.log" % peer.name)
+        self.code = ""  # Parley's start line: which code it runs ("compiled: mypyc…" or "source: …")
 
     def start(self, timeout: float = 30.0) -> None:
         p = self.peer
@@ -261,6 +263,12 @@ class Server:
                 raise RuntimeError("%s not ready after %.0f s; see %s" % (p.name, timeout, self.log_path))
             time.sleep(0.1)
         time.sleep(0.3)
+        if p.name.startswith("parley"):
+            with open(self.log_path, "rb") as f:
+                f.seek(max(0, os.path.getsize(self.log_path) - 65536))
+                tail = f.read().decode("utf-8", "replace")
+            found = re.findall(r"listening on \S+ \((.*)\)$", tail, re.M)
+            self.code = found[-1] if found else "unknown"
 
     @property
     def pgid(self) -> int:
@@ -571,8 +579,9 @@ def main() -> int:
 
     base = args.baseline if args.baseline in peers_ok else None
     results: dict = {}
-    raw: list = []
     failures: list[str] = []
+    codes: dict[str, set[str]] = {}  # peer -> the code Parley said it runs, over all runs
+    raw: list = []
     t_start = time.time()
     print("# %s, %s, cores: server %s, loadgen %s; peers: %s; %d repeat(s)" % (
         _dt.datetime.now().isoformat(timespec="seconds"), platform.node(), SERVER_CORE, LOADGEN_CORE,
@@ -591,6 +600,9 @@ def main() -> int:
                     try:
                         srv.start()
                         res = run_loadgen(peer, srv, sc)
+                        if srv.code:
+                            res["code"] = srv.code
+                            codes.setdefault(name, set()).add(srv.code)
                     except Exception as e:  # noqa: BLE001
                         res = {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
                     finally:
@@ -623,7 +635,15 @@ def main() -> int:
                     results.setdefault(sc.name, {}).setdefault(name, []).append(r)
                 else:
                     results.setdefault(sc.name, {}).setdefault(name, [])
+    for name, seen in sorted(codes.items()):
+        # A source edit during a run makes the compiled build stale: later runs fall back to
+        # the source, and the peer's figures mix two builds.
+        if len(seen) > 1:
+            failures.append("%s ran different code across runs (a source file changed during the run?): %s"
+                            % (name, " | ".join(sorted(seen))))
     table = summarize(results, scs, peers_ok, base)
+    for name, seen in sorted(codes.items()):
+        table += "\n%s ran: %s" % (name, " | ".join(sorted(seen)))
     print("\n# Results (median [min–max] over %d repeat(s)%s)" % (
         args.repeats, "; ratios are %s/peer per repeat" % base if base else ""))
     print(table)
