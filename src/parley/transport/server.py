@@ -105,11 +105,12 @@ class Listener(WSListener):
     )
 
     def __init__(self, handler: WsHandler) -> None:
-        self.on_ws_connected = handler.on_ws_connected
-        self.on_ws_disconnected = handler.on_ws_disconnected
-        self.on_ws_frame = handler.on_ws_frame
-        self.pause_writing = handler.pause_writing
-        self.resume_writing = handler.resume_writing
+        # slots that shadow WSListener's methods on purpose (see above)
+        self.on_ws_connected = handler.on_ws_connected  # type: ignore[method-assign]
+        self.on_ws_disconnected = handler.on_ws_disconnected  # type: ignore[method-assign]
+        self.on_ws_frame = handler.on_ws_frame  # type: ignore[method-assign]
+        self.pause_writing = handler.pause_writing  # type: ignore[method-assign]
+        self.resume_writing = handler.resume_writing  # type: ignore[method-assign]
 
 
 _SWITCH_HEAD = (
@@ -160,7 +161,7 @@ class _Accepted:
     TCP_QUICKACK and reads four options back for an info log line: six system calls and a
     socket object per connection, a sixth of the server's work in a connection storm. Here the
     options it sets are already in effect (uvloop sets TCP_NODELAY on every accepted socket,
-    and Linux starts a connection in quick-ack mode; tests/e2e check both) and the addresses
+    and Linux starts a connection in quick-ack mode; tests/unit/transport checks both) and the addresses
     and options it reads only feed that info line, which is off whenever this is used (see
     `Server.make_ws_protocol`). Everything picows and the session call later goes straight to
     uvloop's transport: `write` and `get_write_buffer_size` are its bound methods."""
@@ -169,7 +170,7 @@ class _Accepted:
 
     def __init__(self, transport: asyncio.Transport) -> None:
         self._transport = transport
-        self._fd = transport.get_extra_info("socket").fileno()
+        self._fd: int = transport.get_extra_info("socket").fileno()
         self.write = transport.write
         self.get_write_buffer_size = transport.get_write_buffer_size
 
@@ -408,7 +409,10 @@ class Server:
             return None
         # A request picows then finds broken gets its 400 without `to_bytes` being called:
         # the handler never hears of it (tests/e2e/test_handshake.py).
-        return WSUpgradeResponseWithListener(SwitchingProtocols(handler), Listener(handler))
+        return WSUpgradeResponseWithListener(
+            SwitchingProtocols(handler),  # type: ignore[arg-type]  # duck-typed, see the class
+            Listener(handler),
+        )
 
     def make_ws_protocol(self) -> WSProtocol:
         return WSProtocol(
