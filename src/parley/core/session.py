@@ -52,7 +52,7 @@ class Session:
         "_fragments",
         "_opened",
         "_raw",
-        "_refusal",
+        "_close_on_connect",
         "closing",
         "conn",
         "headers",
@@ -88,7 +88,7 @@ class Session:
         self._fragments: bytearray | None = None
         self._opened = False
         self._early: list[bytes] | None = None  # what is sent before the transport exists
-        self._refusal: tuple[int, str] | None = None  # to close with once it does
+        self._close_on_connect: tuple[int, str] | None = None  # a close asked for before then
         self.token_expires_at: float | None = None
         # the sender stamp of its client events, with its JSON: (user id, stamp, JSON)
         self.publisher: tuple[str | None, dict[str, Any], bytes] | None = None
@@ -117,8 +117,8 @@ class Session:
             self._raw.set_write_buffer_limits(high=self.node.max_outbound_bytes)
         if not self._opened:  # a transport that does not call on_ws_upgrade
             self._open()
-        elif self._refusal is not None:
-            code, reason = self._refusal
+        elif self._close_on_connect is not None:
+            code, reason = self._close_on_connect
             self.close(code, reason)
 
     def _open(self) -> None:
@@ -131,9 +131,7 @@ class Session:
             path = self.path if not self.path.startswith("/token/") else "/token/<redacted>"
             logs.info("connection refused", code=exc.code, reason=exc.message, path=path)
             self.send(frames.error_frame(exc.code, exc.message))
-            code = exc.code or CloseCode.UNAUTHORIZED
-            self._refusal = (code, exc.message)
-            self.close(code, exc.message)
+            self.close(exc.code or CloseCode.UNAUTHORIZED, exc.message)
 
     def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
         self.last_seen = time.monotonic()
@@ -234,7 +232,10 @@ class Session:
 
     def close(self, code: int, reason: str) -> None:
         transport = self.transport
-        if transport is None or transport.is_close_frame_sent:
+        if transport is None:  # opened during the handshake: close once it is answered
+            self._close_on_connect = (code, reason)
+            return
+        if transport.is_close_frame_sent:
             return
         self.closing = True
         transport.send_close(WSCloseCode(code), reason.encode()[:120])

@@ -265,7 +265,9 @@ class FrontProtocol(asyncio.Protocol):
             return
         head = data[:head_end].lower()
         if b"\r\nupgrade:" in head and b"websocket" in head:
-            if b"\r\nconnection: upgrade\r\n" not in head + b"\r\n":
+            if b"\r\nconnection: upgrade\r\n" not in head and not head.endswith(
+                b"\r\nconnection: upgrade"
+            ):
                 data = _one_connection_token(data, head_end)
             self._upgrade(data)
             return
