@@ -17,6 +17,7 @@ Node does not allow: it needs PARLEY_COMPILED=0.
 This machine's VMs vary by ±20 % from one run to the next: compare interleaved runs;
 `valgrind --tool=callgrind` gives instruction counts that do not vary (bench/README.md).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -95,22 +96,49 @@ async def main(store: str, rounds: int, without: str | None) -> None:
         sessions.append((session, transport))
         user_data = orjson.dumps({"id": "user-%d" % i}).decode()
         auth = sign("%s::user::%s" % (session.socket_id, user_data))
-        session.on_ws_frame(transport, Frame(orjson.dumps(  # type: ignore[arg-type]
-            {"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}})))
+        session.on_ws_frame(
+            transport,
+            Frame(
+                orjson.dumps(  # type: ignore[arg-type]
+                    {"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}
+                )
+            ),
+        )
         channel = "private-chat-%d" % (i // 2)
-        session.on_ws_frame(transport, Frame(orjson.dumps(  # type: ignore[arg-type]
-            {"event": "pusher:subscribe", "data": {"auth": sign("%s:%s" % (session.socket_id, channel)),
-                                                   "channel": channel}})))
+        session.on_ws_frame(
+            transport,
+            Frame(
+                orjson.dumps(  # type: ignore[arg-type]
+                    {
+                        "event": "pusher:subscribe",
+                        "data": {
+                            "auth": sign("%s:%s" % (session.socket_id, channel)),
+                            "channel": channel,
+                        },
+                    }
+                )
+            ),
+        )
     await asyncio.sleep(0.05)
-    frames = [Frame(b'{"event":"client-m","channel":"private-chat-%d","data":{"m":"#%d#%d#","p":"%s"}}'
-                    % (i // 2, i, time.time_ns(), b"x" * 50)) for i in range(USERS)]
+    frames = [
+        Frame(
+            b'{"event":"client-m","channel":"private-chat-%d","data":{"m":"#%d#%d#","p":"%s"}}'
+            % (i // 2, i, time.time_ns(), b"x" * 50)
+        )
+        for i in range(USERS)
+    ]
     if without == "fanout":
         node._fan_out = lambda *a, **k: None  # type: ignore[method-assign]
     elif without == "client":
         node._client_event = lambda *a, **k: None  # type: ignore[method-assign]
     elif without == "append":
+
         async def append_many(items: Any) -> list[Entry]:
-            return [Entry(1, "e", 1, "id", n.event, n.data, n.publisher, n.user_id) for _, _, n, _ in items]
+            return [
+                Entry(1, "e", 1, "id", n.event, n.data, n.publisher, n.user_id)
+                for _, _, n, _ in items
+            ]
+
         node.history.append_many = append_many  # type: ignore[method-assign]
     gc.freeze()  # as `parley serve` does once it is up (app.serve)
     gc.set_threshold(10_000, 50, 100)
@@ -128,15 +156,19 @@ async def main(store: str, rounds: int, without: str | None) -> None:
     cpu = time.process_time() - cpu0
     delivered = sum(t.sent for _, t in sessions) - before
     n = rounds * USERS
-    print("store=%s without=%s: %d messages, %d delivered, %.2f µs CPU per message"
-          % (store, without or "-", n, delivered, cpu / n * 1e6))
+    print(
+        "store=%s without=%s: %d messages, %d delivered, %.2f µs CPU per message"
+        % (store, without or "-", n, delivered, cpu / n * 1e6)
+    )
     await close_node(node)
     if without is None and delivered != n:
         raise SystemExit("expected %d deliveries, got %d" % (n, delivered))
 
 
 if __name__ == "__main__":
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     ap.add_argument("--store", default="sqlite", choices=("sqlite", "memory"))
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--without", choices=("fanout", "client", "append"), default=None)

@@ -23,17 +23,18 @@ the generator's own CPU use over the measured window (``loadgen_cpu``, 1.0 = one
 saturated) and the server's (``server_cpu``, from /proc/<pid>/stat) so a reader can
 tell which side was the bottleneck.
 """
+
 from __future__ import annotations
 
 import asyncio
 import errno
+import gc
 import hashlib
 import hmac
 import logging
 import os
 import resource
 import socket
-import gc
 import sys
 import time
 import traceback
@@ -54,6 +55,7 @@ CLK_TCK = os.sysconf("SC_CLK_TCK")
 
 # --------------------------------------------------------------------------- payload
 
+
 def make_payload(seq: int, size: int = PAYLOAD_SIZE) -> bytes:
     head = b'{"m":"#%d#%d#","p":"' % (seq, now_ns())
     pad = size - len(head) - 2
@@ -65,21 +67,22 @@ def parse_stamp(p: bytes) -> tuple[int, int]:
     i = p.find(b"#")
     j = p.find(b"#", i + 1)
     k = p.find(b"#", j + 1)
-    return int(p[i + 1:j]), int(p[j + 1:k])
+    return int(p[i + 1 : j]), int(p[j + 1 : k])
 
 
 # --------------------------------------------------------------------------- hub
+
 
 class Hub:
     """Global counters shared by every connection (attribute access is the hot path)."""
 
     def __init__(self) -> None:
-        self.delivered = 0          # data frames received by counted connections
+        self.delivered = 0  # data frames received by counted connections
         self.measuring = False
-        self.lat = array("q")       # latencies (ns) of sampled deliveries in the window
+        self.lat = array("q")  # latencies (ns) of sampled deliveries in the window
         self.errors: dict[str, int] = {}
-        self.on_data = None         # scenario hook: f(conn, payload) or None
-        self.echoed = 0             # frames the publisher got back (should stay 0)
+        self.on_data = None  # scenario hook: f(conn, payload) or None
+        self.echoed = 0  # frames the publisher got back (should stay 0)
         self.disconnects = 0
         self.closing = False
 
@@ -92,7 +95,7 @@ class Hub:
         j = p.find(b"#", p.find(b"#") + 1)
         k = p.find(b"#", j + 1)
         try:
-            self.lat.append(now_ns() - int(p[j + 1:k]))
+            self.lat.append(now_ns() - int(p[j + 1 : k]))
         except ValueError:
             self.error("unparsable payload: %r" % p[:80])
 
@@ -102,12 +105,18 @@ H = Hub()
 
 # --------------------------------------------------------------------------- clients
 
+
 class Conn(WSListener):
     """Base client. Subclasses implement the handshake and the data-frame fast path."""
 
-
-    def __init__(self, idx: int, channel: str | None, sample: bool, counted: bool = True,
-                 signin_user: str | None = None):
+    def __init__(
+        self,
+        idx: int,
+        channel: str | None,
+        sample: bool,
+        counted: bool = True,
+        signin_user: str | None = None,
+    ):
         super().__init__()
         self.idx = idx
         self.channel = channel
@@ -173,11 +182,14 @@ class PusherConn(Conn):
     def url(cls) -> str:
         c = cls.cfg
         return "ws://%s:%d/app/%s?protocol=7&client=parley-bench&version=1.0" % (
-            c["host"], c["port"], c["key"])
+            c["host"],
+            c["port"],
+            c["key"],
+        )
 
     def on_ws_frame(self, transport, frame) -> None:
         p = frame.get_payload_as_bytes()
-        if p and p[0] == 123 and b"pusher" not in p:       # '{' and not pusher:*: a data frame
+        if p and p[0] == 123 and b"pusher" not in p:  # '{' and not pusher:*: a data frame
             # (the hot path: Conn._data inlined)
             if self.counted:
                 H.delivered += 1
@@ -219,25 +231,38 @@ class PusherConn(Conn):
             pass
         elif ev in ("pusher:error", "pusher:subscription_error"):
             self._fail("pusher error: %s" % orjson.dumps(msg.get("data")).decode())
-        elif ev.startswith("pusher_internal:") or ev.startswith("pusher:"):
+        elif ev.startswith(("pusher_internal:", "pusher:")):
             pass
         else:
             self._data(p)
 
     def _sign(self, s: str) -> str:
         c = self.cfg
-        return "%s:%s" % (c["key"], hmac.new(c["secret"].encode(), s.encode(), hashlib.sha256).hexdigest())
+        return "%s:%s" % (
+            c["key"],
+            hmac.new(c["secret"].encode(), s.encode(), hashlib.sha256).hexdigest(),
+        )
 
     def _signin(self) -> None:
         user_data = orjson.dumps({"id": self.signin_user}).decode()
         auth = self._sign("%s::user::%s" % (self.socket_id, user_data))
-        self.t.send(TEXT, orjson.dumps({"event": "pusher:signin",
-                                        "data": {"auth": auth, "user_data": user_data}}))
+        self.t.send(
+            TEXT,
+            orjson.dumps(
+                {"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}
+            ),
+        )
 
     def _subscribe(self) -> None:
         ch = self.channel
-        auth = self._sign("%s:%s" % (self.socket_id, ch)) if ch.startswith(("private-", "presence-")) else ""
-        self.t.send(TEXT, orjson.dumps({"event": "pusher:subscribe", "data": {"auth": auth, "channel": ch}}))
+        auth = (
+            self._sign("%s:%s" % (self.socket_id, ch))
+            if ch.startswith(("private-", "presence-"))
+            else ""
+        )
+        self.t.send(
+            TEXT, orjson.dumps({"event": "pusher:subscribe", "data": {"auth": auth, "channel": ch}})
+        )
         self.prefix = b'{"event":"client-m","channel":"%s","data":' % ch.encode()
 
     def publish(self, payload: bytes) -> None:
@@ -274,17 +299,17 @@ class SocketIOConn(Conn):
             if frame.msg_type is CLOSE:
                 transport.disconnect()
             return
-        if p == b"2":                       # engine.io ping
+        if p == b"2":  # engine.io ping
             transport.send(TEXT, b"3")
-        elif p.startswith(b"0{"):           # engine.io open
+        elif p.startswith(b"0{"):  # engine.io open
             transport.send(TEXT, b"40")
-        elif p.startswith(b"40"):           # socket.io connect ack
+        elif p.startswith(b"40"):  # socket.io connect ack
             if self.channel is not None:
                 transport.send(TEXT, b'420["join","%s"]' % self.channel.encode())
                 self.prefix = b'42["pub",["%s",' % self.channel.encode()
             else:
                 self._ready()
-        elif p.startswith(b"430"):          # join ack
+        elif p.startswith(b"430"):  # join ack
             self._ready()
         elif p.startswith(b"44"):
             self._fail("socket.io connect error: %r" % p[:120])
@@ -307,7 +332,7 @@ class RawConn(Conn):
 
     def on_ws_frame(self, transport, frame) -> None:
         p = frame.get_payload_as_bytes()
-        if p and p[0] == 123:                               # '{': a payload
+        if p and p[0] == 123:  # '{': a payload
             if self.counted:
                 H.delivered += 1
                 if self.sample and H.measuring:
@@ -336,6 +361,7 @@ PROTOS = {"pusher": PusherConn, "socketio": SocketIOConn, "raw": RawConn}
 
 # --------------------------------------------------------------------------- HTTP API publisher
 
+
 class HttpPub(asyncio.Protocol):
     """One HTTP/1.1 connection sending signed Pusher ``POST /apps/{id}/events``, one at a time.
 
@@ -357,7 +383,7 @@ class HttpPub(asyncio.Protocol):
         self.secret = cfg["secret"].encode()
         self.expect_close = False
 
-    async def connect(self) -> "HttpPub":
+    async def connect(self) -> HttpPub:
         s, fut = _connect_sock(self.loop, (self.cfg["host"], self.cfg["port"]), None)
         try:
             await fut
@@ -377,13 +403,24 @@ class HttpPub(asyncio.Protocol):
         self.expect_close = False
 
     def send(self, channel: str, payload: bytes) -> None:
-        body = b'{"name":"m","channel":"%s","data":%s}' % (channel.encode(), orjson.dumps(payload.decode()))
+        body = b'{"name":"m","channel":"%s","data":%s}' % (
+            channel.encode(),
+            orjson.dumps(payload.decode()),
+        )
         md5 = hashlib.md5(body).hexdigest()
-        q = "auth_key=%s&auth_timestamp=%d&auth_version=1.0&body_md5=%s" % (self.cfg["key"], int(time.time()), md5)
+        q = "auth_key=%s&auth_timestamp=%d&auth_version=1.0&body_md5=%s" % (
+            self.cfg["key"],
+            int(time.time()),
+            md5,
+        )
         sig = hmac.digest(self.secret, ("POST\n%s\n%s" % (self.path, q)).encode(), "sha256").hex()
         head = "POST %s?%s&auth_signature=%s HTTP/1.1\r\n" % (self.path, q, sig)
-        self.tr.write(head.encode() + self.host_hdr +
-                      b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+        self.tr.write(
+            head.encode()
+            + self.host_hdr
+            + b"Content-Type: application/json\r\nContent-Length: %d\r\n\r\n" % len(body)
+            + body
+        )
 
     def data_received(self, data: bytes) -> None:
         buf = self.buf
@@ -397,20 +434,20 @@ class HttpPub(asyncio.Protocol):
             i = head.find(b"content-length:")
             if i >= 0:
                 j = head.find(b"\r\n", i)
-                n = int(head[i + 15:j if j > 0 else None])
+                n = int(head[i + 15 : j if j > 0 else None])
                 if len(buf) < end + 4 + n:
                     return
-                body = bytes(buf[end + 4:end + 4 + n])
-                del buf[:end + 4 + n]
+                body = bytes(buf[end + 4 : end + 4 + n])
+                del buf[: end + 4 + n]
             elif b"transfer-encoding: chunked" in head:
                 z = buf.find(b"0\r\n\r\n", end + 4)
                 if z < 0:
                     return
-                body = bytes(buf[end + 4:z])
-                del buf[:z + 5]
+                body = bytes(buf[end + 4 : z])
+                del buf[: z + 5]
             else:
                 body = b""
-                del buf[:end + 4]
+                del buf[: end + 4]
             if b"\r\nconnection: close" in head:
                 HttpPub.reconnects += 1
                 self.expect_close = True
@@ -431,6 +468,7 @@ class HttpPub(asyncio.Protocol):
 
 # --------------------------------------------------------------------------- measurement helpers
 
+
 def proc_pids(pgid: int | None) -> list[int]:
     if not pgid:
         return []
@@ -443,8 +481,8 @@ def proc_pids(pgid: int | None) -> list[int]:
                 st = f.read()
         except OSError:
             continue
-        fields = st[st.rfind(b")") + 2:].split()
-        if int(fields[2]) == pgid:      # field 5 (pgrp)
+        fields = st[st.rfind(b")") + 2 :].split()
+        if int(fields[2]) == pgid:  # field 5 (pgrp)
             out.append(int(d))
     return out
 
@@ -457,8 +495,8 @@ def server_cpu_ticks(pgid) -> int:
                 st = f.read()
         except OSError:
             continue
-        fields = st[st.rfind(b")") + 2:].split()
-        tot += int(fields[11]) + int(fields[12])   # utime, stime
+        fields = st[st.rfind(b")") + 2 :].split()
+        tot += int(fields[11]) + int(fields[12])  # utime, stime
     return tot
 
 
@@ -546,9 +584,13 @@ class Window:
             "deliveries": H.delivered - self.d0,
             "deliveries_per_s": round((H.delivered - self.d0) / dt, 1),
             "loadgen_cpu": round((self_cpu() - self.c0) / dt, 3),
-            "server_cpu": round((server_cpu_ticks(self.pgid) - self.s0) / CLK_TCK / dt, 3) if self.pgid else None,
+            "server_cpu": round((server_cpu_ticks(self.pgid) - self.s0) / CLK_TCK / dt, 3)
+            if self.pgid
+            else None,
             "loadgen_sleeps_per_s": round((self_sleeps() - self.v0) / dt, 1),
-            "server_sleeps_per_s": round((server_sleeps(self.pgid) - self.sv0) / dt, 1) if self.pgid else None,
+            "server_sleeps_per_s": round((server_sleeps(self.pgid) - self.sv0) / dt, 1)
+            if self.pgid
+            else None,
         }
         # Noisy-neighbour detector (the runner re-runs noisy runs): task time of cores 0-1
         # not spent by the server or us (other processes, kernel threads), plus steal.
@@ -568,7 +610,10 @@ def percentiles(vals, ps=(50, 90, 99, 99.9)) -> dict:
         return {}
     s = sorted(vals)
     n = len(s)
-    out = {"p%s" % (str(p).replace(".0", "")): round(s[min(n - 1, int(p / 100 * n))] / 1e6, 3) for p in ps}
+    out = {
+        "p%s" % (str(p).replace(".0", "")): round(s[min(n - 1, int(p / 100 * n))] / 1e6, 3)
+        for p in ps
+    }
     out["max"] = round(s[-1] / 1e6, 3)
     out["samples"] = n
     return out
@@ -588,7 +633,7 @@ def _connect_sock(loop, addr, local):
     s.setblocking(False)
     s.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
     if local:
-        s.setsockopt(socket.SOL_IP, 24, 1)      # IP_BIND_ADDRESS_NO_PORT: pick the port at connect
+        s.setsockopt(socket.SOL_IP, 24, 1)  # IP_BIND_ADDRESS_NO_PORT: pick the port at connect
         s.bind(local)
     fut = loop.create_future()
     err = s.connect_ex(addr)
@@ -603,6 +648,7 @@ def _connect_sock(loop, addr, local):
                     fut.set_exception(OSError(e, os.strerror(e)))
                 else:
                     fut.set_result(None)
+
         loop.add_writer(fd, done)
     elif err:
         fut.set_exception(OSError(err, os.strerror(err)))
@@ -611,7 +657,9 @@ def _connect_sock(loop, addr, local):
     return s, fut
 
 
-async def open_conns(cls, items, concurrency: int, timeout: float, local_ips: int = 1, max_fail: int = 0):
+async def open_conns(
+    cls, items, concurrency: int, timeout: float, local_ips: int = 1, max_fail: int = 0
+):
     """Connect and make ready ``items`` = [(idx, channel, sample, counted, signin_user)].
 
     ``concurrency`` workers each connect one client at a time: TCP connect, WebSocket
@@ -633,13 +681,33 @@ async def open_conns(cls, items, concurrency: int, timeout: float, local_ips: in
         t0 = now_ns()
         local = ("127.0.0.%d" % (1 + it[0] % local_ips), 0) if local_ips > 1 else None
         s = None
-        th = loop.call_later(timeout, lambda: c.ready.done() or c.ready.set_exception(
-            asyncio.TimeoutError("not ready after %.0f s" % timeout)))
+        th = loop.call_later(
+            timeout,
+            lambda: (
+                c.ready.done()
+                or c.ready.set_exception(TimeoutError("not ready after %.0f s" % timeout))
+            ),
+        )
         try:
             s, fut = _connect_sock(loop, addr, local)
             await fut
-            proto = WSProtocol(netloc, path, True, lambda: c, _LOG, True, timeout, False, 10, 10,
-                               WSAutoPingStrategy.PING_WHEN_IDLE, True, 10 * 1024 * 1024, None, 4096)
+            proto = WSProtocol(
+                netloc,
+                path,
+                True,
+                lambda: c,
+                _LOG,
+                True,
+                timeout,
+                False,
+                10,
+                10,
+                WSAutoPingStrategy.PING_WHEN_IDLE,
+                True,
+                10 * 1024 * 1024,
+                None,
+                4096,
+            )
             await loop.create_connection(lambda: proto, sock=s)
             s = None
             await proto.wait_until_handshake_complete()
@@ -647,7 +715,7 @@ async def open_conns(cls, items, concurrency: int, timeout: float, local_ips: in
             lats.append(now_ns() - t0)
             conns.append(c)
             return True
-        except Exception as e:  # noqa: BLE001 - counted and reported
+        except Exception as e:
             H.error("connect/subscribe failed: %s: %s" % (type(e).__name__, str(e)[:100]))
             if s is not None:
                 s.close()
@@ -677,6 +745,7 @@ def close_all(conns) -> None:
 
 # --------------------------------------------------------------------------- scenarios
 
+
 def chan(spec, base: str, private: bool) -> str:
     if spec["proto"] == "pusher" and private:
         return "private-" + base
@@ -691,13 +760,15 @@ async def sc_fanout(spec, pgid) -> dict:
     cls = PROTOS[spec["proto"]]
     n = spec["subscribers"]
     rate = spec.get("rate", 0)
-    mode = spec.get("publish", "ws")   # ws | http
+    mode = spec.get("publish", "ws")  # ws | http
     if mode == "http" and spec["proto"] != "pusher":
         raise ValueError("http publishing is only for the pusher protocol")
     channel = chan(spec, "fanout", private=(mode == "ws"))
     sample_every = spec.get("sample_every") or max(1, n // 200)
     items = [(i, channel, i % sample_every == 0, True, None) for i in range(n)]
-    conns, clat, fails = await open_conns(cls, items, spec.get("concurrency", 200), spec["connect_timeout"])
+    conns, _clat, fails = await open_conns(
+        cls, items, spec.get("concurrency", 200), spec["connect_timeout"]
+    )
     if fails:
         raise RuntimeError("%d/%d subscribers failed to connect" % (fails, n))
     loop = asyncio.get_running_loop()
@@ -708,7 +779,9 @@ async def sc_fanout(spec, pgid) -> dict:
     window = spec.get("window_deliveries") or n * min(40, max(8, 20000 // n))
 
     if mode == "ws":
-        pubs, _, f = await open_conns(cls, [(n, channel, False, False, None)], 1, spec["connect_timeout"])
+        pubs, _, f = await open_conns(
+            cls, [(n, channel, False, False, None)], 1, spec["connect_timeout"]
+        )
         if f:
             raise RuntimeError("publisher failed to connect")
         pub = pubs[0]
@@ -752,9 +825,11 @@ async def sc_fanout(spec, pgid) -> dict:
                 break
 
     if rate == 0:
+
         def on_data(c, p):
             if published * n - H.delivered < window and not stop:
                 pump()
+
         H.on_data = on_data
     late = 0
 
@@ -781,9 +856,11 @@ async def sc_fanout(spec, pgid) -> dict:
         for c in conns:
             try:
                 c.t.underlying_transport.get_extra_info("socket").setsockopt(
-                    socket.SOL_SOCKET, socket.SO_RCVLOWAT, v)
+                    socket.SOL_SOCKET, socket.SO_RCVLOWAT, v
+                )
             except (OSError, AttributeError):
                 pass
+
     if lowat > 1:
         set_lowat(lowat)
     w = Window(pgid)
@@ -802,22 +879,24 @@ async def sc_fanout(spec, pgid) -> dict:
     if task:
         await task
     if lowat > 1:
-        set_lowat(1)            # Linux re-checks readability on this: the tail gets delivered
+        set_lowat(1)  # Linux re-checks readability on this: the tail gets delivered
     # drain: wait until every published message reached every subscriber (or give up)
     t_end = time.monotonic() + spec.get("drain", 5)
     while H.delivered < published * n and time.monotonic() < t_end:
         await asyncio.sleep(0.02)
-    res.update({
-        "subscribers": n,
-        "publish": mode,
-        "rate": rate,
-        "messages_per_s": round((p1 - p0) / res["seconds"], 1),
-        "latency_ms": percentiles(H.lat),
-        "missing_deliveries": published * n - H.delivered,
-        "echoed_to_publisher": H.echoed,
-        "late_ticks": late,
-        "rcvlowat": lowat,
-    })
+    res.update(
+        {
+            "subscribers": n,
+            "publish": mode,
+            "rate": rate,
+            "messages_per_s": round((p1 - p0) / res["seconds"], 1),
+            "latency_ms": percentiles(H.lat),
+            "missing_deliveries": published * n - H.delivered,
+            "echoed_to_publisher": H.echoed,
+            "late_ticks": late,
+            "rcvlowat": lowat,
+        }
+    )
     if mode == "http":
         res["http_statuses"] = statuses
         res["http_reconnects"] = HttpPub.reconnects
@@ -837,25 +916,34 @@ async def sc_idle(spec, pgid) -> dict:
     rss0 = server_rss_kb(pgid)
     items = [(i, chan(spec, "idle-%d" % (i % 100), False), False, True, None) for i in range(n)]
     t0 = time.monotonic()
-    conns, clat, fails = await open_conns(cls, items, spec.get("concurrency", 200), spec["connect_timeout"],
-                                          spec.get("local_ips", 1), max_fail=max(10, n // 100))
+    conns, _clat, fails = await open_conns(
+        cls,
+        items,
+        spec.get("concurrency", 200),
+        spec["connect_timeout"],
+        spec.get("local_ips", 1),
+        max_fail=max(10, n // 100),
+    )
     t_conn = time.monotonic() - t0
     await asyncio.sleep(spec.get("settle", 1.0) + 1.0)
     rss1 = server_rss_kb(pgid)
     ok = len(conns)
     w = Window(pgid)
     w.start()
-    await asyncio.sleep(spec.get("hold", 2.0))     # idle server CPU while holding them
+    await asyncio.sleep(spec.get("hold", 2.0))  # idle server CPU while holding them
     wr = w.stop()
     idle_cpu = wr["server_cpu"] or 0.0
     rss2 = server_rss_kb(pgid)
     close_all(conns)
     return {
-        "connections": ok, "failed": fails,
-        "rss_before_kb": rss0, "rss_after_kb": max(rss1, rss2),
+        "connections": ok,
+        "failed": fails,
+        "rss_before_kb": rss0,
+        "rss_after_kb": max(rss1, rss2),
         "rss_per_conn_kb": round((max(rss1, rss2) - rss0) / max(ok, 1), 2),
         "connect_seconds": round(t_conn, 3),
-        "server_cpu_idle": round(idle_cpu, 3), "foreign_cpu": wr.get("foreign_cpu"),
+        "server_cpu_idle": round(idle_cpu, 3),
+        "foreign_cpu": wr.get("foreign_cpu"),
         "disconnects": H.disconnects,
     }
 
@@ -873,19 +961,28 @@ async def sc_storm(spec, pgid) -> dict:
     items = [(i, chan(spec, "storm-%d" % (i % 100), False), False, True, None) for i in range(n)]
     w = Window(pgid)
     w.start()
-    conns, clat, fails = await open_conns(cls, items, spec.get("concurrency", 100), spec["connect_timeout"],
-                                          spec.get("local_ips", 1), max_fail=max(10, n // 100))
+    conns, clat, fails = await open_conns(
+        cls,
+        items,
+        spec.get("concurrency", 100),
+        spec["connect_timeout"],
+        spec.get("local_ips", 1),
+        max_fail=max(10, n // 100),
+    )
     r = w.stop()
     close_all(conns)
     return {
-        "connections": len(conns), "failed": fails,
+        "connections": len(conns),
+        "failed": fails,
         "seconds": r["seconds"],
         "connections_per_s": round(len(conns) / r["seconds"], 1),
         # the server's CPU per accepted and subscribed connection: the figure that still
         # compares servers when the generator, not the server, sets the rate
         "server_us_per_conn": cpu_us_per(r["server_cpu"], len(conns) / r["seconds"]),
         "connect_latency_ms": percentiles(clat),
-        "loadgen_cpu": r["loadgen_cpu"], "server_cpu": r["server_cpu"], "foreign_cpu": r.get("foreign_cpu"),
+        "loadgen_cpu": r["loadgen_cpu"],
+        "server_cpu": r["server_cpu"],
+        "foreign_cpu": r.get("foreign_cpu"),
         "softirq_cpu": r.get("softirq_cpu"),
     }
 
@@ -899,9 +996,19 @@ async def sc_chat(spec, pgid) -> dict:
     users = spec["users"] - spec["users"] % 2
     signin = spec.get("signin", True) and spec["proto"] == "pusher"
     sample_every = spec.get("sample_every") or max(1, users // 200)
-    items = [(i, chan(spec, "chat-%d" % (i // 2), True), i % sample_every == 0, True,
-              ("user-%d" % i) if signin else None) for i in range(users)]
-    conns, clat, fails = await open_conns(cls, items, spec.get("concurrency", 200), spec["connect_timeout"])
+    items = [
+        (
+            i,
+            chan(spec, "chat-%d" % (i // 2), True),
+            i % sample_every == 0,
+            True,
+            ("user-%d" % i) if signin else None,
+        )
+        for i in range(users)
+    ]
+    conns, _clat, fails = await open_conns(
+        cls, items, spec.get("concurrency", 200), spec["connect_timeout"]
+    )
     if fails:
         raise RuntimeError("%d/%d chat users failed to connect" % (fails, users))
     by_idx = {c.idx: c for c in conns}
@@ -916,7 +1023,7 @@ async def sc_chat(spec, pgid) -> dict:
         if not stop:
             seq += 1
             sent += 1
-            c.partner.publish(make_payload(seq))   # the partner's credit came back: it sends again
+            c.partner.publish(make_payload(seq))  # the partner's credit came back: it sends again
 
     H.on_data = on_data
     inflight = spec.get("inflight", 1)
@@ -934,10 +1041,18 @@ async def sc_chat(spec, pgid) -> dict:
     t_end = time.monotonic() + spec.get("drain", 5)
     while H.delivered < sent and time.monotonic() < t_end:
         await asyncio.sleep(0.02)
-    r.update({"users": users, "channels": users // 2, "signin": signin, "inflight": inflight,
-              "messages_per_s": r["deliveries_per_s"], "latency_ms": percentiles(H.lat),
-              "server_us_per_msg": cpu_us_per(r.get("server_cpu"), r["deliveries_per_s"]),
-              "missing_deliveries": sent - H.delivered})
+    r.update(
+        {
+            "users": users,
+            "channels": users // 2,
+            "signin": signin,
+            "inflight": inflight,
+            "messages_per_s": r["deliveries_per_s"],
+            "latency_ms": percentiles(H.lat),
+            "server_us_per_msg": cpu_us_per(r.get("server_cpu"), r["deliveries_per_s"]),
+            "missing_deliveries": sent - H.delivered,
+        }
+    )
     close_all(conns)
     return r
 
@@ -950,10 +1065,11 @@ async def sc_httpapi(spec, pgid) -> dict:
     cls = PROTOS["pusher"]
     nch = spec["channels"]
     items = [(i, "api-%d" % i, True, True, None) for i in range(nch)]
-    conns, clat, fails = await open_conns(cls, items, spec.get("concurrency", 200), spec["connect_timeout"])
+    conns, _clat, fails = await open_conns(
+        cls, items, spec.get("concurrency", 200), spec["connect_timeout"]
+    )
     if fails:
         raise RuntimeError("%d/%d subscribers failed" % (fails, nch))
-    loop = asyncio.get_running_loop()
     cfg = cls.cfg
     stop = False
     seq = 0
@@ -991,9 +1107,16 @@ async def sc_httpapi(spec, pgid) -> dict:
         await asyncio.sleep(0.02)
     r["publishes_per_s"] = r.pop("extra_per_s")
     r.pop("extra")
-    r.update({"channels": nch, "http_conns": len(hs), "http_statuses": statuses,
-              "http_reconnects": HttpPub.reconnects,
-              "latency_ms": percentiles(H.lat), "missing_deliveries": seq - H.delivered})
+    r.update(
+        {
+            "channels": nch,
+            "http_conns": len(hs),
+            "http_statuses": statuses,
+            "http_reconnects": HttpPub.reconnects,
+            "latency_ms": percentiles(H.lat),
+            "missing_deliveries": seq - H.delivered,
+        }
+    )
     H.closing = True
     for h in hs:
         if h.tr is not None:
@@ -1002,7 +1125,13 @@ async def sc_httpapi(spec, pgid) -> dict:
     return r
 
 
-SCENARIOS = {"fanout": sc_fanout, "idle": sc_idle, "storm": sc_storm, "chat": sc_chat, "httpapi": sc_httpapi}
+SCENARIOS = {
+    "fanout": sc_fanout,
+    "idle": sc_idle,
+    "storm": sc_storm,
+    "chat": sc_chat,
+    "httpapi": sc_httpapi,
+}
 
 
 async def amain(spec: dict) -> dict:
@@ -1013,20 +1142,20 @@ async def amain(spec: dict) -> dict:
     pgid = spec.get("server_pgid")
     t0 = time.monotonic()
     res = await asyncio.wait_for(SCENARIOS[spec["scenario"]](spec, pgid), spec.get("timeout", 120))
-    await asyncio.sleep(0.2)   # let close frames go out
+    await asyncio.sleep(0.2)  # let close frames go out
     res["wall_seconds"] = round(time.monotonic() - t0, 2)
     return res
 
 
 def main() -> int:
     spec = orjson.loads(sys.stdin.buffer.read() if len(sys.argv) < 2 else sys.argv[1])
-    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    _soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
     resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))
     out = {"ok": True, "scenario": spec["scenario"], "proto": spec["proto"]}
-    gc.disable()   # tens of thousands of long-lived objects: cyclic GC passes only cost time here
+    gc.disable()  # tens of thousands of long-lived objects: cyclic GC passes only cost time here
     try:
         out["result"] = uvloop.run(amain(spec))
-    except BaseException as e:  # noqa: BLE001 - reported to the runner
+    except BaseException as e:
         out["ok"] = False
         out["error"] = "%s: %s" % (type(e).__name__, e)
         out["traceback"] = traceback.format_exc()[-2000:]

@@ -14,6 +14,7 @@ Parley/peer ratio per repeat (median, min-max).
 
 See bench/README.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -50,14 +51,14 @@ APP_ID, APP_KEY, APP_SECRET = "1", "benchkey", "benchsecret"
 @dataclass
 class Peer:
     name: str
-    proto: str                       # pusher | socketio | raw
+    proto: str  # pusher | socketio | raw
     port: int
     cmd: list[str]
     env: dict = field(default_factory=dict)
-    ready_line: str | None = None    # wait for this on stdout (else: wait for the port)
+    ready_line: str | None = None  # wait for this on stdout (else: wait for the port)
     cwd: Path = BENCH
-    extra_ports: tuple = ()          # other TCP ports it binds (checked free first)
-    only: tuple = ()                 # the scenarios it can run, when not all of its protocol's
+    extra_ports: tuple = ()  # other TCP ports it binds (checked free first)
+    only: tuple = ()  # the scenarios it can run, when not all of its protocol's
 
     def available(self) -> str | None:
         """None if it can be started, else why not."""
@@ -101,50 +102,119 @@ def make_peers(scenario: str) -> dict[str, Peer]:
         # only the chat scenario signs in (others would be cut off after 30 s unsigned).
         soketi_env["SOKETI_DEFAULT_APP_USER_AUTHENTICATION"] = "true"
     peers = [
-        Peer("parley", "pusher", 6001,
-             [*PARLEY_CMD, "--host", "127.0.0.1", "--port", "6001"],
-             {"PARLEY_APP_ID": APP_ID, "PARLEY_APP_KEY": APP_KEY, "PARLEY_APP_SECRET": APP_SECRET,
-              "PARLEY_APP_CLIENT_EVENTS": "true", "PARLEY_APP_CLIENT_EVENT_RATE": "0"},
-             ready_line="listening on 127.0.0.1:6001"),
+        Peer(
+            "parley",
+            "pusher",
+            6001,
+            [*PARLEY_CMD, "--host", "127.0.0.1", "--port", "6001"],
+            {
+                "PARLEY_APP_ID": APP_ID,
+                "PARLEY_APP_KEY": APP_KEY,
+                "PARLEY_APP_SECRET": APP_SECRET,
+                "PARLEY_APP_CLIENT_EVENTS": "true",
+                "PARLEY_APP_CLIENT_EVENT_RATE": "0",
+            },
+            ready_line="listening on 127.0.0.1:6001",
+        ),
         # opt-in: Parley with history/state in memory instead of SQLite under the data dir,
         # to show what durability costs (not part of the default peer list)
-        Peer("parley-mem", "pusher", 6011,
-             [*PARLEY_CMD, "--host", "127.0.0.1", "--port", "6011"],
-             {"PARLEY_APP_ID": APP_ID, "PARLEY_APP_KEY": APP_KEY, "PARLEY_APP_SECRET": APP_SECRET,
-              "PARLEY_APP_CLIENT_EVENTS": "true", "PARLEY_APP_CLIENT_EVENT_RATE": "0", "PARLEY_STORE": "memory"},
-             ready_line="listening on 127.0.0.1:6011"),
+        Peer(
+            "parley-mem",
+            "pusher",
+            6011,
+            [*PARLEY_CMD, "--host", "127.0.0.1", "--port", "6011"],
+            {
+                "PARLEY_APP_ID": APP_ID,
+                "PARLEY_APP_KEY": APP_KEY,
+                "PARLEY_APP_SECRET": APP_SECRET,
+                "PARLEY_APP_CLIENT_EVENTS": "true",
+                "PARLEY_APP_CLIENT_EVENT_RATE": "0",
+                "PARLEY_STORE": "memory",
+            },
+            ready_line="listening on 127.0.0.1:6011",
+        ),
         # opt-in: the same Parley with websockets' sans-I/O protocol instead of picows as its
         # WebSocket layer (peers/parley_websockets.py), to compare the two stacks under Parley
-        Peer("parley-websockets", "pusher", 6021,
-             [PY, str(BENCH / "peers/parley_websockets.py"), "--host", "127.0.0.1", "--port", "6021"],
-             {"PARLEY_APP_ID": APP_ID, "PARLEY_APP_KEY": APP_KEY, "PARLEY_APP_SECRET": APP_SECRET,
-              "PARLEY_APP_CLIENT_EVENTS": "true", "PARLEY_APP_CLIENT_EVENT_RATE": "0"},
-             ready_line="listening on 127.0.0.1:6021"),
+        Peer(
+            "parley-websockets",
+            "pusher",
+            6021,
+            [
+                PY,
+                str(BENCH / "peers/parley_websockets.py"),
+                "--host",
+                "127.0.0.1",
+                "--port",
+                "6021",
+            ],
+            {
+                "PARLEY_APP_ID": APP_ID,
+                "PARLEY_APP_KEY": APP_KEY,
+                "PARLEY_APP_SECRET": APP_SECRET,
+                "PARLEY_APP_CLIENT_EVENTS": "true",
+                "PARLEY_APP_CLIENT_EVENT_RATE": "0",
+            },
+            ready_line="listening on 127.0.0.1:6021",
+        ),
         # opt-in, with --base-src DIR: Parley from another source tree (a worktree of an
         # earlier commit), to check a change for regressions in the same run
-        Peer("parley-base", "pusher", 6031,
-             [PY, "-m", "parley", "serve", "--host", "127.0.0.1", "--port", "6031"],
-             {"PARLEY_APP_ID": APP_ID, "PARLEY_APP_KEY": APP_KEY, "PARLEY_APP_SECRET": APP_SECRET,
-              "PARLEY_APP_CLIENT_EVENTS": "true", "PARLEY_APP_CLIENT_EVENT_RATE": "0",
-              "PYTHONPATH": ":".join(BASE_SRC)},
-             ready_line="listening on 127.0.0.1:6031"),
-        Peer("soketi", "pusher", 6101,
-             ["node", str(BENCH / "node_modules/@soketi/soketi/bin/server.js"), "start",
-              "--config=" + str(BENCH / "peers/soketi.json")],
-             soketi_env, extra_ports=(9611,)),
-        Peer("socketio", "socketio", 6401, [PY, str(BENCH / "peers/socketio_server.py"), "--port", "6401"]),
-        Peer("websockets", "raw", 6301, [PY, str(BENCH / "peers/websockets_server.py"), "--port", "6301"]),
+        Peer(
+            "parley-base",
+            "pusher",
+            6031,
+            [PY, "-m", "parley", "serve", "--host", "127.0.0.1", "--port", "6031"],
+            {
+                "PARLEY_APP_ID": APP_ID,
+                "PARLEY_APP_KEY": APP_KEY,
+                "PARLEY_APP_SECRET": APP_SECRET,
+                "PARLEY_APP_CLIENT_EVENTS": "true",
+                "PARLEY_APP_CLIENT_EVENT_RATE": "0",
+                "PYTHONPATH": ":".join(BASE_SRC),
+            },
+            ready_line="listening on 127.0.0.1:6031",
+        ),
+        Peer(
+            "soketi",
+            "pusher",
+            6101,
+            [
+                "node",
+                str(BENCH / "node_modules/@soketi/soketi/bin/server.js"),
+                "start",
+                "--config=" + str(BENCH / "peers/soketi.json"),
+            ],
+            soketi_env,
+            extra_ports=(9611,),
+        ),
+        Peer(
+            "socketio",
+            "socketio",
+            6401,
+            [PY, str(BENCH / "peers/socketio_server.py"), "--port", "6401"],
+        ),
+        Peer(
+            "websockets",
+            "raw",
+            6301,
+            [PY, str(BENCH / "peers/websockets_server.py"), "--port", "6301"],
+        ),
         Peer("picows", "raw", 6201, [PY, str(BENCH / "peers/picows_server.py"), "--port", "6201"]),
         # opt-in: a bare picows Pusher relay (no auth, history or stamp), the chat floor
-        Peer("picows-chat", "pusher", 6231, [PY, str(BENCH / "peers/picows_chat.py"), "--port", "6231"],
-             ready_line="listening on 127.0.0.1:6231", only=("chat",)),
+        Peer(
+            "picows-chat",
+            "pusher",
+            6231,
+            [PY, str(BENCH / "peers/picows_chat.py"), "--port", "6231"],
+            ready_line="listening on 127.0.0.1:6231",
+            only=("chat",),
+        ),
     ]
     return {p.name: p for p in peers}
 
 
 # --------------------------------------------------------------------------- process control
 
-RUNNING: dict[int, subprocess.Popen] = {}   # pgid -> process
+RUNNING: dict[int, subprocess.Popen] = {}  # pgid -> process
 
 
 def kill_group(pgid: int, grace: float = 3.0) -> None:
@@ -160,7 +230,7 @@ def kill_group(pgid: int, grace: float = 3.0) -> None:
                 time.sleep(0.05)
                 continue
             try:
-                os.killpg(pgid, 0)          # anyone left in the group?
+                os.killpg(pgid, 0)  # anyone left in the group?
             except ProcessLookupError:
                 return
             time.sleep(0.05)
@@ -222,7 +292,9 @@ class Server:
         self.proc: subprocess.Popen | None = None
         self.tmp: str | None = None
         self.log_path = logdir / ("%s.log" % peer.name)
-        self.code = ""  # Parley's start line: which code it runs ("compiled: mypyc…" or "source: …")
+        self.code = (
+            ""  # Parley's start line: which code it runs ("compiled: mypyc…" or "source: …")
+        )
 
     def start(self, timeout: float = 30.0) -> None:
         p = self.peer
@@ -240,16 +312,30 @@ class Server:
         env["PYTHONUNBUFFERED"] = "1"
         cmd = ["taskset", "-c", SERVER_CORE, *p.cmd]
         self.logf = open(self.log_path, "ab")
-        self.logf.write(("\n==== %s %s\n" % (_dt.datetime.now().isoformat(timespec="seconds"), " ".join(cmd))).encode())
+        self.logf.write(
+            (
+                "\n==== %s %s\n" % (_dt.datetime.now().isoformat(timespec="seconds"), " ".join(cmd))
+            ).encode()
+        )
         self.logf.flush()
-        self.proc = subprocess.Popen(cmd, cwd=p.cwd, env=env, stdin=subprocess.DEVNULL,
-                                     stdout=self.logf, stderr=subprocess.STDOUT,
-                                     start_new_session=True, preexec_fn=raise_nofile)
+        self.proc = subprocess.Popen(
+            cmd,
+            cwd=p.cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=self.logf,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            preexec_fn=raise_nofile,
+        )
         RUNNING[self.proc.pid] = self.proc
         t_end = time.monotonic() + timeout
         while True:
             if self.proc.poll() is not None:
-                raise RuntimeError("%s exited with %s during start-up; see %s" % (p.name, self.proc.returncode, self.log_path))
+                raise RuntimeError(
+                    "%s exited with %s during start-up; see %s"
+                    % (p.name, self.proc.returncode, self.log_path)
+                )
             if p.ready_line:
                 with open(self.log_path, "rb") as f:
                     f.seek(max(0, os.path.getsize(self.log_path) - 65536))
@@ -260,7 +346,9 @@ class Server:
             elif port_open(p.port):
                 break
             if time.monotonic() > t_end:
-                raise RuntimeError("%s not ready after %.0f s; see %s" % (p.name, timeout, self.log_path))
+                raise RuntimeError(
+                    "%s not ready after %.0f s; see %s" % (p.name, timeout, self.log_path)
+                )
             time.sleep(0.1)
         time.sleep(0.3)
         if p.name.startswith("parley"):
@@ -291,8 +379,8 @@ class Server:
 class Scenario:
     name: str
     spec: dict
-    protos: tuple                    # which client protocols it applies to
-    metrics: list                    # (label, path in result, higher_is_better)
+    protos: tuple  # which client protocols it applies to
+    metrics: list  # (label, path in result, higher_is_better)
     timeout: float = 120.0
 
 
@@ -304,51 +392,133 @@ def scenarios(args) -> list[Scenario]:
     allp = ("pusher", "socketio", "raw")
     out = []
     for n in subs:
-        out.append(Scenario("fanout-%d" % n,
-                            {"scenario": "fanout", "subscribers": n, "warmup": wu, "duration": d,
-                             "publish": "ws"},
-                            allp, [("deliveries/s", "deliveries_per_s", True),
-                                   ("p50 ms", "latency_ms.p50", False), ("p99 ms", "latency_ms.p99", False)]))
+        out.append(
+            Scenario(
+                "fanout-%d" % n,
+                {
+                    "scenario": "fanout",
+                    "subscribers": n,
+                    "warmup": wu,
+                    "duration": d,
+                    "publish": "ws",
+                },
+                allp,
+                [
+                    ("deliveries/s", "deliveries_per_s", True),
+                    ("p50 ms", "latency_ms.p50", False),
+                    ("p99 ms", "latency_ms.p99", False),
+                ],
+            )
+        )
         if args.http_fanout or smoke:
-            out.append(Scenario("fanout-http-%d" % n,
-                                {"scenario": "fanout", "subscribers": n, "warmup": wu, "duration": d,
-                                 "publish": "http", "http_conns": 8},
-                                ("pusher",), [("deliveries/s", "deliveries_per_s", True),
-                                              ("p50 ms", "latency_ms.p50", False), ("p99 ms", "latency_ms.p99", False)]))
+            out.append(
+                Scenario(
+                    "fanout-http-%d" % n,
+                    {
+                        "scenario": "fanout",
+                        "subscribers": n,
+                        "warmup": wu,
+                        "duration": d,
+                        "publish": "http",
+                        "http_conns": 8,
+                    },
+                    ("pusher",),
+                    [
+                        ("deliveries/s", "deliveries_per_s", True),
+                        ("p50 ms", "latency_ms.p50", False),
+                        ("p99 ms", "latency_ms.p99", False),
+                    ],
+                )
+            )
     rn = 50 if smoke else 1000
-    out.append(Scenario("rate-%dx10" % rn,
-                        {"scenario": "fanout", "subscribers": rn, "rate": 10, "warmup": 0.3 if smoke else 1.0,
-                         "duration": d if smoke else max(d, 10.0), "publish": "ws", "sample_every": 1},
-                        allp, [("p50 ms", "latency_ms.p50", False), ("p99 ms", "latency_ms.p99", False),
-                               ("server cpu", "server_cpu", False)]))
+    out.append(
+        Scenario(
+            "rate-%dx10" % rn,
+            {
+                "scenario": "fanout",
+                "subscribers": rn,
+                "rate": 10,
+                "warmup": 0.3 if smoke else 1.0,
+                "duration": d if smoke else max(d, 10.0),
+                "publish": "ws",
+                "sample_every": 1,
+            },
+            allp,
+            [
+                ("p50 ms", "latency_ms.p50", False),
+                ("p99 ms", "latency_ms.p99", False),
+                ("server cpu", "server_cpu", False),
+            ],
+        )
+    )
     n_idle = args.idle_connections or (200 if smoke else 10000)
-    out.append(Scenario("idle-%d" % n_idle,
-                        {"scenario": "idle", "connections": n_idle, "settle": 0.3 if smoke else 1.5,
-                         "hold": 0.3 if smoke else 2.0, "concurrency": 200, "local_ips": 1},
-                        allp, [("KiB/conn", "rss_per_conn_kb", False), ("RSS MiB", "rss_after_mb", False)],
-                        timeout=240))
+    out.append(
+        Scenario(
+            "idle-%d" % n_idle,
+            {
+                "scenario": "idle",
+                "connections": n_idle,
+                "settle": 0.3 if smoke else 1.5,
+                "hold": 0.3 if smoke else 2.0,
+                "concurrency": 200,
+                "local_ips": 1,
+            },
+            allp,
+            [("KiB/conn", "rss_per_conn_kb", False), ("RSS MiB", "rss_after_mb", False)],
+            timeout=240,
+        )
+    )
     n_storm = args.storm_connections or (200 if smoke else 5000)
-    out.append(Scenario("storm-%d" % n_storm,
-                        {"scenario": "storm", "connections": n_storm, "concurrency": 100},
-                        allp, [("conn/s", "connections_per_s", True), ("p99 ms", "connect_latency_ms.p99", False),
-                               ("server µs/conn", "server_us_per_conn", False)],
-                        timeout=180))
+    out.append(
+        Scenario(
+            "storm-%d" % n_storm,
+            {"scenario": "storm", "connections": n_storm, "concurrency": 100},
+            allp,
+            [
+                ("conn/s", "connections_per_s", True),
+                ("p99 ms", "connect_latency_ms.p99", False),
+                ("server µs/conn", "server_us_per_conn", False),
+            ],
+            timeout=180,
+        )
+    )
     cu = 50 if smoke else 1000
-    out.append(Scenario("chat-%d" % cu,
-                        {"scenario": "chat", "users": cu, "warmup": wu, "duration": d, "inflight": 1},
-                        ("pusher", "socketio"), [("msgs/s", "messages_per_s", True),
-                                                 ("p50 ms", "latency_ms.p50", False), ("p99 ms", "latency_ms.p99", False),
-                                                 ("server µs/msg", "server_us_per_msg", False)]))
+    out.append(
+        Scenario(
+            "chat-%d" % cu,
+            {"scenario": "chat", "users": cu, "warmup": wu, "duration": d, "inflight": 1},
+            ("pusher", "socketio"),
+            [
+                ("msgs/s", "messages_per_s", True),
+                ("p50 ms", "latency_ms.p50", False),
+                ("p99 ms", "latency_ms.p99", False),
+                ("server µs/msg", "server_us_per_msg", False),
+            ],
+        )
+    )
     nch = 10 if smoke else 100
-    out.append(Scenario("httpapi-%d" % nch,
-                        {"scenario": "httpapi", "channels": nch, "warmup": wu, "duration": d, "http_conns": 8},
-                        ("pusher",), [("publishes/s", "publishes_per_s", True),
-                                      ("p50 ms", "latency_ms.p50", False), ("p99 ms", "latency_ms.p99", False)]))
+    out.append(
+        Scenario(
+            "httpapi-%d" % nch,
+            {"scenario": "httpapi", "channels": nch, "warmup": wu, "duration": d, "http_conns": 8},
+            ("pusher",),
+            [
+                ("publishes/s", "publishes_per_s", True),
+                ("p50 ms", "latency_ms.p50", False),
+                ("p99 ms", "latency_ms.p99", False),
+            ],
+        )
+    )
     wanted = set(args.scenario.split(","))
     if "all" in wanted:
         return out
-    return [s for s in out if s.name.split("-")[0] in wanted or s.name in wanted
-            or ("fanout-http" in wanted and s.name.startswith("fanout-http"))]
+    return [
+        s
+        for s in out
+        if s.name.split("-")[0] in wanted
+        or s.name in wanted
+        or ("fanout-http" in wanted and s.name.startswith("fanout-http"))
+    ]
 
 
 # --------------------------------------------------------------------------- one run
@@ -356,12 +526,28 @@ def scenarios(args) -> list[Scenario]:
 
 def run_loadgen(peer: Peer, server: Server, sc: Scenario) -> dict:
     spec = dict(sc.spec)
-    spec.update({"proto": peer.proto, "host": "127.0.0.1", "port": peer.port, "key": APP_KEY,
-                 "secret": APP_SECRET, "app_id": APP_ID, "server_pgid": server.pgid,
-                 "connect_timeout": 10.0, "timeout": sc.timeout})
+    spec.update(
+        {
+            "proto": peer.proto,
+            "host": "127.0.0.1",
+            "port": peer.port,
+            "key": APP_KEY,
+            "secret": APP_SECRET,
+            "app_id": APP_ID,
+            "server_pgid": server.pgid,
+            "connect_timeout": 10.0,
+            "timeout": sc.timeout,
+        }
+    )
     cmd = ["taskset", "-c", LOADGEN_CORE, PY, str(BENCH / "loadgen.py")]
-    proc = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            start_new_session=True, preexec_fn=raise_nofile)
+    proc = subprocess.Popen(
+        cmd,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        start_new_session=True,
+        preexec_fn=raise_nofile,
+    )
     RUNNING[proc.pid] = proc
     try:
         out, err = proc.communicate(json.dumps(spec).encode(), timeout=sc.timeout + 20)
@@ -373,7 +559,11 @@ def run_loadgen(peer: Peer, server: Server, sc: Scenario) -> dict:
     try:
         res = json.loads(out.decode().strip().splitlines()[-1])
     except (IndexError, ValueError):
-        return {"ok": False, "error": "load generator printed no result (rc=%s): %s" % (proc.returncode, err.decode()[-800:])}
+        return {
+            "ok": False,
+            "error": "load generator printed no result (rc=%s): %s"
+            % (proc.returncode, err.decode()[-800:]),
+        }
     return res
 
 
@@ -410,7 +600,7 @@ def fmt(v) -> str:
     if v is None:
         return "-"
     if abs(v) >= 1000:
-        return "{:,.0f}".format(v)
+        return f"{v:,.0f}"
     if abs(v) >= 100:
         return "%.0f" % v
     if abs(v) >= 10:
@@ -442,12 +632,18 @@ def summarize(results: dict, scs: list[Scenario], peers: list[str], base: str | 
                     continue
                 v = [dig(r, path) for r in runs]
                 v = [x for x in v if isinstance(x, (int, float))]
-                vals[p] = [dig(r, path) if isinstance(dig(r, path), (int, float)) else None for r in runs]
+                vals[p] = [
+                    dig(r, path) if isinstance(dig(r, path), (int, float)) else None for r in runs
+                ]
                 if not v:
                     row.append(" failed ")
                     continue
                 med = statistics.median(v)
-                row.append(" %s [%s–%s] " % (fmt(med), fmt(min(v)), fmt(max(v))) if len(v) > 1 else " %s " % fmt(med))
+                row.append(
+                    " %s [%s–%s] " % (fmt(med), fmt(min(v)), fmt(max(v)))
+                    if len(v) > 1
+                    else " %s " % fmt(med)
+                )
             if base:
                 for p in peers:
                     if p == base:
@@ -456,13 +652,16 @@ def summarize(results: dict, scs: list[Scenario], peers: list[str], base: str | 
                     if not a or not b:
                         row.append(" - ")
                         continue
-                    ratios = [x / y for x, y in zip(a, b) if x is not None and y]
+                    ratios = [x / y for x, y in zip(a, b, strict=False) if x is not None and y]
                     if not ratios:
                         row.append(" - ")
                         continue
                     med = statistics.median(ratios)
-                    row.append(" %.2f [%.2f–%.2f] " % (med, min(ratios), max(ratios)) if len(ratios) > 1
-                               else " %.2f " % med)
+                    row.append(
+                        " %.2f [%.2f–%.2f] " % (med, min(ratios), max(ratios))
+                        if len(ratios) > 1
+                        else " %.2f " % med
+                    )
             lines.append("|".join(row) + "|")
         # saturation hints
         cpu = []
@@ -473,14 +672,22 @@ def summarize(results: dict, scs: list[Scenario], peers: list[str], base: str | 
             fc = [r["foreign_cpu"] for r in runs if isinstance(r.get("foreign_cpu"), (int, float))]
             sq = [r["softirq_cpu"] for r in runs if isinstance(r.get("softirq_cpu"), (int, float))]
             if lc or scpu:
-                cpu.append("%s %s / %s / %s%s" % (
-                    p, fmt(statistics.median(scpu)) if scpu else "-", fmt(statistics.median(lc)) if lc else "-",
-                    fmt(statistics.median(sq)) if sq else "-",
-                    " (other %s)" % fmt(max(fc)) if fc and max(fc) > 0.05 else ""))
+                cpu.append(
+                    "%s %s / %s / %s%s"
+                    % (
+                        p,
+                        fmt(statistics.median(scpu)) if scpu else "-",
+                        fmt(statistics.median(lc)) if lc else "-",
+                        fmt(statistics.median(sq)) if sq else "-",
+                        " (other %s)" % fmt(max(fc)) if fc and max(fc) > 0.05 else "",
+                    )
+                )
         if cpu:
             lines.append("")
-            lines.append("CPU in cores, median, server / loadgen / irq+softirq of both cores"
-                         " (other = max used by other processes or stolen): " + "; ".join(cpu))
+            lines.append(
+                "CPU in cores, median, server / loadgen / irq+softirq of both cores"
+                " (other = max used by other processes or stolen): " + "; ".join(cpu)
+            )
     return "\n".join(lines)
 
 
@@ -488,32 +695,70 @@ def summarize(results: dict, scs: list[Scenario], peers: list[str], base: str | 
 
 
 def main() -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--scenario", default="all",
-                    help="comma list of fanout,fanout-http,rate,idle,storm,chat,httpapi or all (default)")
+    ap = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    ap.add_argument(
+        "--scenario",
+        default="all",
+        help="comma list of fanout,fanout-http,rate,idle,storm,chat,httpapi or all (default)",
+    )
     ap.add_argument("--peers", default="parley,soketi,socketio,websockets,picows")
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--subscribers", type=lambda s: [int(x) for x in s.split(",")], default=None,
-                    help="fan-out subscriber counts (default 1000,100)")
-    ap.add_argument("--duration", type=float, default=None, help="measured seconds per run (default 10)")
+    ap.add_argument(
+        "--subscribers",
+        type=lambda s: [int(x) for x in s.split(",")],
+        default=None,
+        help="fan-out subscriber counts (default 1000,100)",
+    )
+    ap.add_argument(
+        "--duration", type=float, default=None, help="measured seconds per run (default 10)"
+    )
     ap.add_argument("--idle-connections", type=int, default=None, help="default 10000")
     ap.add_argument("--storm-connections", type=int, default=None, help="default 5000")
-    ap.add_argument("--http-fanout", action="store_true",
-                    help="also run fan-out with HTTP API publishing (Pusher peers only)")
-    ap.add_argument("--baseline", default="parley", help="ratios are baseline/peer (default parley)")
-    ap.add_argument("--smoke", action="store_true", help="a few seconds, small counts, Parley only (CI)")
+    ap.add_argument(
+        "--http-fanout",
+        action="store_true",
+        help="also run fan-out with HTTP API publishing (Pusher peers only)",
+    )
+    ap.add_argument(
+        "--baseline", default="parley", help="ratios are baseline/peer (default parley)"
+    )
+    ap.add_argument(
+        "--smoke", action="store_true", help="a few seconds, small counts, Parley only (CI)"
+    )
     ap.add_argument("--json-out", default=None, help="write all raw results here")
-    ap.add_argument("--serve", metavar="PEER", default=None,
-                    help="just start PEER pinned like in a run and wait (for profiling by hand)")
-    ap.add_argument("--serve-scenario", default="", help="with --serve: the scenario's peer settings")
-    ap.add_argument("--max-foreign", type=float, default=0.15,
-                    help="re-run a run during which other processes used more than this many cores (default 0.15)")
-    ap.add_argument("--retries", type=int, default=1, help="re-runs allowed per noisy run (default 1)")
-    ap.add_argument("--base-src", default=None, metavar="DIR",
-                    help="the src/ of another Parley tree for the parley-base peer, e.g. a "
-                         "`git worktree add /tmp/base HEAD~1` -> /tmp/base/src")
-    ap.add_argument("--parley-O", dest="parley_O", action="store_true",
-                    help="start Parley as `python -O -m parley serve` (asserts off) instead of `parley serve`")
+    ap.add_argument(
+        "--serve",
+        metavar="PEER",
+        default=None,
+        help="just start PEER pinned like in a run and wait (for profiling by hand)",
+    )
+    ap.add_argument(
+        "--serve-scenario", default="", help="with --serve: the scenario's peer settings"
+    )
+    ap.add_argument(
+        "--max-foreign",
+        type=float,
+        default=0.15,
+        help="re-run a run during which other processes used more than this many cores (default 0.15)",
+    )
+    ap.add_argument(
+        "--retries", type=int, default=1, help="re-runs allowed per noisy run (default 1)"
+    )
+    ap.add_argument(
+        "--base-src",
+        default=None,
+        metavar="DIR",
+        help="the src/ of another Parley tree for the parley-base peer, e.g. a "
+        "`git worktree add /tmp/base HEAD~1` -> /tmp/base/src",
+    )
+    ap.add_argument(
+        "--parley-O",
+        dest="parley_O",
+        action="store_true",
+        help="start Parley as `python -O -m parley serve` (asserts off) instead of `parley serve`",
+    )
     args = ap.parse_args()
     raise_nofile()
     if args.base_src:
@@ -526,8 +771,11 @@ def main() -> int:
         srv = Server(peer, BENCH / "results" / "logs")
         (BENCH / "results" / "logs").mkdir(parents=True, exist_ok=True)
         srv.start()
-        print("%s ready: proto=%s port=%d pgid=%d (Ctrl-C stops it)" % (peer.name, peer.proto, peer.port, srv.pgid),
-              flush=True)
+        print(
+            "%s ready: proto=%s port=%d pgid=%d (Ctrl-C stops it)"
+            % (peer.name, peer.proto, peer.port, srv.pgid),
+            flush=True,
+        )
         try:
             while srv.proc.poll() is None:
                 time.sleep(0.5)
@@ -551,7 +799,7 @@ def main() -> int:
     # which peers can start at all
     peers_ok = []
     for name in wanted_peers:
-        peer = make_peers("")[name] if name in make_peers("") else None
+        peer = make_peers("").get(name, None)
         if peer is None:
             print("unknown peer %r" % name, file=sys.stderr)
             return 2
@@ -560,7 +808,7 @@ def main() -> int:
             srv = Server(peer, logdir)
             try:
                 srv.start()
-            except Exception as e:  # noqa: BLE001
+            except Exception as e:
                 why = str(e)
             finally:
                 srv.stop()
@@ -583,15 +831,28 @@ def main() -> int:
     codes: dict[str, set[str]] = {}  # peer -> the code Parley said it runs, over all runs
     raw: list = []
     t_start = time.time()
-    print("# %s, %s, cores: server %s, loadgen %s; peers: %s; %d repeat(s)" % (
-        _dt.datetime.now().isoformat(timespec="seconds"), platform.node(), SERVER_CORE, LOADGEN_CORE,
-        ",".join(peers_ok), args.repeats), flush=True)
+    print(
+        "# %s, %s, cores: server %s, loadgen %s; peers: %s; %d repeat(s)"
+        % (
+            _dt.datetime.now().isoformat(timespec="seconds"),
+            platform.node(),
+            SERVER_CORE,
+            LOADGEN_CORE,
+            ",".join(peers_ok),
+            args.repeats,
+        ),
+        flush=True,
+    )
     for rep in range(args.repeats):
         for sc in scs:
-            order = peers_ok[rep % len(peers_ok):] + peers_ok[:rep % len(peers_ok)]   # rotate per repeat
+            order = (
+                peers_ok[rep % len(peers_ok) :] + peers_ok[: rep % len(peers_ok)]
+            )  # rotate per repeat
             for name in order:
                 peer = make_peers(sc.spec["scenario"])[name]
-                if peer.proto not in sc.protos or (peer.only and sc.spec["scenario"] not in peer.only):
+                if peer.proto not in sc.protos or (
+                    peer.only and sc.spec["scenario"] not in peer.only
+                ):
                     continue
                 t0 = time.time()
                 best = None
@@ -603,32 +864,58 @@ def main() -> int:
                         if srv.code:
                             res["code"] = srv.code
                             codes.setdefault(name, set()).add(srv.code)
-                    except Exception as e:  # noqa: BLE001
+                    except Exception as e:
                         res = {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
                     finally:
                         srv.stop()
                     foreign = (res.get("result") or {}).get("foreign_cpu") or 0.0
                     res["attempts"] = attempt + 1
-                    if best is None or (res.get("ok") and (not best.get("ok") or foreign <
-                                        (best.get("result") or {}).get("foreign_cpu", 0.0))):
+                    if best is None or (
+                        res.get("ok")
+                        and (
+                            not best.get("ok")
+                            or foreign < (best.get("result") or {}).get("foreign_cpu", 0.0)
+                        )
+                    ):
                         best = res
                     if not res.get("ok") or foreign <= args.max_foreign or attempt == args.retries:
                         break
-                    print("    %s/%s: %.2f core used by other processes during the run; again" % (
-                        sc.name, name, foreign), flush=True)
+                    print(
+                        "    %s/%s: %.2f core used by other processes during the run; again"
+                        % (sc.name, name, foreign),
+                        flush=True,
+                    )
                     time.sleep(2)
                 res = best
                 r = res.get("result", {})
                 if "rss_after_kb" in r:
                     r["rss_after_mb"] = round(r["rss_after_kb"] / 1024, 1)
                 bad = problems(res)
-                raw.append({**res, "repeat": rep, "scenario": sc.name, "peer": name, "spec": sc.spec,
-                            "started": _dt.datetime.fromtimestamp(t0).isoformat(timespec="seconds")})
+                raw.append(
+                    {
+                        **res,
+                        "repeat": rep,
+                        "scenario": sc.name,
+                        "peer": name,
+                        "spec": sc.spec,
+                        "started": _dt.datetime.fromtimestamp(t0).isoformat(timespec="seconds"),
+                    }
+                )
                 key = sc.metrics[0][1]
-                print("[%d/%d] %-14s %-10s %6.1fs  %s %s%s" % (
-                    rep + 1, args.repeats, sc.name, name, time.time() - t0, sc.metrics[0][0],
-                    fmt(dig(r, key)) if r else "-",
-                    ("   !! " + " | ".join(bad)) if bad else ""), flush=True)
+                print(
+                    "[%d/%d] %-14s %-10s %6.1fs  %s %s%s"
+                    % (
+                        rep + 1,
+                        args.repeats,
+                        sc.name,
+                        name,
+                        time.time() - t0,
+                        sc.metrics[0][0],
+                        fmt(dig(r, key)) if r else "-",
+                        ("   !! " + " | ".join(bad)) if bad else "",
+                    ),
+                    flush=True,
+                )
                 if bad:
                     failures.append("%s/%s: %s" % (sc.name, name, " | ".join(bad)))
                 if res.get("ok"):
@@ -639,19 +926,41 @@ def main() -> int:
         # A source edit during a run makes the compiled build stale: later runs fall back to
         # the source, and the peer's figures mix two builds.
         if len(seen) > 1:
-            failures.append("%s ran different code across runs (a source file changed during the run?): %s"
-                            % (name, " | ".join(sorted(seen))))
+            failures.append(
+                "%s ran different code across runs (a source file changed during the run?): %s"
+                % (name, " | ".join(sorted(seen)))
+            )
     table = summarize(results, scs, peers_ok, base)
     for name, seen in sorted(codes.items()):
         table += "\n%s ran: %s" % (name, " | ".join(sorted(seen)))
-    print("\n# Results (median [min–max] over %d repeat(s)%s)" % (
-        args.repeats, "; ratios are %s/peer per repeat" % base if base else ""))
+    print(
+        "\n# Results (median [min–max] over %d repeat(s)%s)"
+        % (args.repeats, "; ratios are %s/peer per repeat" % base if base else "")
+    )
     print(table)
-    out_path = Path(args.json_out) if args.json_out else BENCH / "results" / (
-        "%s%s.json" % ("smoke-" if args.smoke else "", _dt.datetime.now().strftime("%Y%m%d-%H%M%S")))
+    out_path = (
+        Path(args.json_out)
+        if args.json_out
+        else BENCH
+        / "results"
+        / (
+            "%s%s.json"
+            % ("smoke-" if args.smoke else "", _dt.datetime.now().strftime("%Y%m%d-%H%M%S"))
+        )
+    )
     out_path.parent.mkdir(parents=True, exist_ok=True)
-    out_path.write_text(json.dumps({"started": t_start, "args": vars(args), "peers": peers_ok,
-                                    "runs": raw, "table": table}, indent=1))
+    out_path.write_text(
+        json.dumps(
+            {
+                "started": t_start,
+                "args": vars(args),
+                "peers": peers_ok,
+                "runs": raw,
+                "table": table,
+            },
+            indent=1,
+        )
+    )
     print("\n# raw results: %s" % out_path)
     if failures:
         print("\n# %d run(s) had problems:" % len(failures))

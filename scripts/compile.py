@@ -43,9 +43,12 @@ def build() -> dict[str, str]:
         name="parley-compiled",
         ext_modules=extensions,
         script_args=[
-            "--quiet", "build_ext",
-            "--build-lib", str(BUILD / "lib"),
-            "--build-temp", str(BUILD / "temp"),
+            "--quiet",
+            "build_ext",
+            "--build-lib",
+            str(BUILD / "lib"),
+            "--build-temp",
+            str(BUILD / "temp"),
         ],
     )
     return {
@@ -89,16 +92,20 @@ def main() -> int:
         return 0
     sources = speedups.source_hashes()  # what is compiled is what these hashes describe
     started = time.monotonic()
-    print(f"parley: compiling {len(speedups.MODULES)} modules with mypyc (a minute or two)...",
-          flush=True)
+    print(
+        f"parley: compiling {len(speedups.MODULES)} modules with mypyc (a minute or two)...",
+        flush=True,
+    )
     try:
         built = build()
-    except (SystemExit, Exception) as exc:  # noqa: BLE001 - setuptools exits on a failed build
+    except (SystemExit, Exception) as exc:
         print(f"parley: not compiled, Parley runs its source: {exc!r}", file=sys.stderr)
         return 1 if IN_CI else 0
     install(built, sources)
-    print(f"parley: compiled in {time.monotonic() - started:.0f} s into "
-          f"{speedups.BUILD_DIR.relative_to(ROOT)}")
+    print(
+        f"parley: compiled in {time.monotonic() - started:.0f} s into "
+        f"{speedups.BUILD_DIR.relative_to(ROOT)}"
+    )
     return 0
 
 

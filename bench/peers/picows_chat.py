@@ -8,6 +8,7 @@ uvloop cost for one message in, one message out.
 
     python bench/peers/picows_chat.py --host 127.0.0.1 --port 6231
 """
+
 from __future__ import annotations
 
 import argparse
@@ -28,7 +29,9 @@ class Relay(WSListener):
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         data = orjson.dumps({"socket_id": "%d.%d" % (next(IDS), 1), "activity_timeout": 120})
-        transport.send(TEXT, orjson.dumps({"event": "pusher:connection_established", "data": data.decode()}))
+        transport.send(
+            TEXT, orjson.dumps({"event": "pusher:connection_established", "data": data.decode()})
+        )
 
     def on_ws_disconnected(self, transport: WSTransport) -> None:
         for name in self.channels:
@@ -48,10 +51,20 @@ class Relay(WSListener):
                 name = msg["data"]["channel"]
                 CHANNELS.setdefault(name, {})[transport] = None
                 self.channels.append(name)
-                transport.send(TEXT, orjson.dumps({"event": "pusher_internal:subscription_succeeded",
-                                                   "channel": name, "data": "{}"}))
+                transport.send(
+                    TEXT,
+                    orjson.dumps(
+                        {
+                            "event": "pusher_internal:subscription_succeeded",
+                            "channel": name,
+                            "data": "{}",
+                        }
+                    ),
+                )
             elif event == "pusher:signin":
-                transport.send(TEXT, orjson.dumps({"event": "pusher:signin_success", "data": msg["data"]}))
+                transport.send(
+                    TEXT, orjson.dumps({"event": "pusher:signin_success", "data": msg["data"]})
+                )
             elif event == "pusher:ping":
                 transport.send(TEXT, b'{"event":"pusher:pong","data":{}}')
         elif mt is WSMsgType.CLOSE:

@@ -6,10 +6,10 @@ no channels: this is the floor for "Python + picows + uvloop" fan-out.
 
     python bench/peers/picows_server.py --host 127.0.0.1 --port 6201
 """
+
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 import uvloop
 from picows import WSListener, WSMsgType, WSTransport, ws_create_server

@@ -7,6 +7,7 @@ This mirrors a Pusher client event: the sender is in the room and is not echoed.
 
     python bench/peers/socketio_server.py --host 127.0.0.1 --port 6401
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,14 @@ import argparse
 import socketio
 import uvicorn
 
-sio = socketio.AsyncServer(async_mode="asgi", cors_allowed_origins="*", logger=False,
-                           engineio_logger=False, ping_interval=25, ping_timeout=60)
+sio = socketio.AsyncServer(
+    async_mode="asgi",
+    cors_allowed_origins="*",
+    logger=False,
+    engineio_logger=False,
+    ping_interval=25,
+    ping_timeout=60,
+)
 app = socketio.ASGIApp(sio)
 
 
@@ -38,6 +45,15 @@ if __name__ == "__main__":
     a = ap.parse_args()
     # uvicorn prints "Uvicorn running on http://HOST:PORT" at info level; the runner
     # waits for the port instead, so keep logging quiet.
-    uvicorn.run(app, host=a.host, port=a.port, loop="uvloop", http="httptools",
-                ws="websockets-sansio", ws_ping_interval=None,
-                backlog=4096, log_level="warning", access_log=False)
+    uvicorn.run(
+        app,
+        host=a.host,
+        port=a.port,
+        loop="uvloop",
+        http="httptools",
+        ws="websockets-sansio",
+        ws_ping_interval=None,
+        backlog=4096,
+        log_level="warning",
+        access_log=False,
+    )

@@ -6,10 +6,10 @@ and then receives every text frame that any *other* client sends, via
 
     python bench/peers/websockets_server.py --host 127.0.0.1 --port 6301
 """
+
 from __future__ import annotations
 
 import argparse
-import asyncio
 
 import uvloop
 from websockets.asyncio.server import broadcast, serve
@@ -31,8 +31,9 @@ async def handler(ws) -> None:
 
 
 async def main(host: str, port: int) -> None:
-    async with serve(handler, host, port, backlog=4096, compression=None,
-                     max_queue=None, ping_interval=None) as server:
+    async with serve(
+        handler, host, port, backlog=4096, compression=None, max_queue=None, ping_interval=None
+    ) as server:
         print(f"listening on {host}:{port}", flush=True)
         await server.serve_forever()
 

@@ -127,7 +127,9 @@ def announce(settings: Settings, port: int) -> None:
             f"HTTP API http://{host}:{port}/apps/{app.id} | key={app.key} secret={app.secret}",
             flush=True,
         )
-    print(f"  health http://{host}:{port}/healthz | metrics http://{host}:{port}/metrics", flush=True)
+    print(
+        f"  health http://{host}:{port}/healthz | metrics http://{host}:{port}/metrics", flush=True
+    )
 
 
 async def serve(settings: Settings) -> None:
@@ -138,7 +140,10 @@ async def serve(settings: Settings) -> None:
     gc.freeze()
     gc.set_threshold(10_000, 50, 100)
     logs.info(
-        "listening", host=settings.host, port=running.port, code=speedups.STATUS,
+        "listening",
+        host=settings.host,
+        port=running.port,
+        code=speedups.STATUS,
         settings=describe(settings),
     )
     announce(settings, running.port)

@@ -34,9 +34,7 @@ def main(argv: list[str] | None = None) -> int:
         return cli_users.run(args)
     if args.command == "serve":
         flags = {
-            k: v
-            for k, v in vars(args).items()
-            if k not in ("command", "config") and v is not None
+            k: v for k, v in vars(args).items() if k not in ("command", "config") and v is not None
         }
         try:
             settings = load_settings(flags, config_file=args.config)
@@ -54,7 +52,9 @@ def main(argv: list[str] | None = None) -> int:
             print(f"parley: cannot start: {exc}", file=sys.stderr)
             return 1
         except OSError as exc:
-            print(f"parley: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr)
+            print(
+                f"parley: cannot listen on {settings.host}:{settings.port}: {exc}", file=sys.stderr
+            )
             return 1
         return 0
     return 2

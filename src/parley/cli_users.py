@@ -126,7 +126,7 @@ async def _run(
     store, _ = make_access_stores(settings)
     try:
         await store.start()
-    except Exception as exc:  # noqa: BLE001 - one line for the operator, whatever the driver
+    except Exception as exc:
         raise Refused(f"cannot open the {settings.store} user store: {exc}") from None
     try:
         return await _act(store, args, app_id, info)

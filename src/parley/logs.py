@@ -74,4 +74,4 @@ def debug(event: str, **fields: Any) -> None:
 
 
 def error(event: str, **fields: Any) -> None:
-    logger.error(event, extra={"fields": fields}, exc_info=True)
+    logger.error(event, extra={"fields": fields}, exc_info=True)  # noqa: LOG014 - called in handlers

@@ -55,7 +55,9 @@ class _Collector:
             for app_id, value in counter.items():
                 c.add_metric([app_id], value)
             yield c
-        c = CounterMetricFamily("parley_errors", "Errors sent to clients", labels=["app_id", "code"])
+        c = CounterMetricFamily(
+            "parley_errors", "Errors sent to clients", labels=["app_id", "code"]
+        )
         for (app_id, code), value in m.errors.items():
             c.add_metric([app_id, code], value)
         yield c

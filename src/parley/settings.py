@@ -237,7 +237,8 @@ def load_settings(
         server[name] = _coerce(_SERVER_FIELDS[name].type, value, f"--{name}")
 
     apps = [
-        _app_from_mapping(raw, f"[[apps]] #{i + 1}") for i, raw in enumerate(file_data.get("apps", []))
+        _app_from_mapping(raw, f"[[apps]] #{i + 1}")
+        for i, raw in enumerate(file_data.get("apps", []))
     ]
     env_app = {
         name: env["PARLEY_APP_" + name.upper()]
@@ -258,7 +259,9 @@ def load_settings(
         if unknown or "pattern" not in raw:
             raise ConfigError(f"{where}: needs 'pattern'; unknown keys: {sorted(unknown)}")
         rules.append(
-            HistoryRule(**{k: _coerce(_HISTORY_FIELDS[k].type, v, f"{where}.{k}") for k, v in raw.items()})
+            HistoryRule(
+                **{k: _coerce(_HISTORY_FIELDS[k].type, v, f"{where}.{k}") for k, v in raw.items()}
+            )
         )
     return Settings(**server, apps=tuple(apps), history=tuple(rules))
 

@@ -115,8 +115,9 @@ async def test_the_log_is_replayed_after_sigkill_without_resurrecting_deleted_en
             (1, first_id, {"i": 10}),
             (2, second_id, {"i": 11}),
         ]
-        again = await store.append("1", "k", NewEntry("e", 2, SERVER, idempotency_key="once"),
-                                   Retention())
+        again = await store.append(
+            "1", "k", NewEntry("e", 2, SERVER, idempotency_key="once"), Retention()
+        )
         assert again.duplicate and again.id == keyed_id
         assert not list(log_dir_for(path).glob("*.jsonl"))[1:]  # replayed, removed
     finally:
@@ -237,10 +238,40 @@ async def test_a_log_written_before_E_records_is_replayed_and_read_alike(tmp_pat
     publisher = {"type": "user", "id": "u1"}
     old = [
         ("c", "1", "t", "old-epoch", 1000, 86_400_000),
-        ("e", "1", "t", "old-epoch", 1, now, now + 86_400_000, "id-1", "client-a",
-         orjson.dumps({"n": 1}).decode(), orjson.dumps(publisher).decode(), "u1", None, 1000, 86_400_000),
-        ("e", "1", "t", "old-epoch", 2, now, now + 86_400_000, "id-2", "client-a",
-         orjson.dumps("text").decode(), orjson.dumps(publisher).decode(), "u1", "key-2", 1000, 86_400_000),
+        (
+            "e",
+            "1",
+            "t",
+            "old-epoch",
+            1,
+            now,
+            now + 86_400_000,
+            "id-1",
+            "client-a",
+            orjson.dumps({"n": 1}).decode(),
+            orjson.dumps(publisher).decode(),
+            "u1",
+            None,
+            1000,
+            86_400_000,
+        ),
+        (
+            "e",
+            "1",
+            "t",
+            "old-epoch",
+            2,
+            now,
+            now + 86_400_000,
+            "id-2",
+            "client-a",
+            orjson.dumps("text").decode(),
+            orjson.dumps(publisher).decode(),
+            "u1",
+            "key-2",
+            1000,
+            86_400_000,
+        ),
     ]
     (log_dir / "00000000.jsonl").write_bytes(b"".join(orjson.dumps(op) + b"\n" for op in old))
 

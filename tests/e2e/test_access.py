@@ -36,25 +36,58 @@ MASTER_KEY = base64.b64encode(bytes(range(32))).decode()
 
 
 def add_user(srv: ParleyServer, name: str, password: str, info: dict | None = None) -> None:  # type: ignore[type-arg]
-    env = dict(os.environ, PARLEY_DATA_DIR=str(srv.data_dir), PARLEY_APP_ID=srv.app_id,
-               PARLEY_APP_KEY=srv.key, PARLEY_APP_SECRET=SECRET, **srv.env)
-    args = [sys.executable, "-m", "parley", "users", "add", name, "--app", srv.app_id, "--password-stdin"]
+    env = dict(
+        os.environ,
+        PARLEY_DATA_DIR=str(srv.data_dir),
+        PARLEY_APP_ID=srv.app_id,
+        PARLEY_APP_KEY=srv.key,
+        PARLEY_APP_SECRET=SECRET,
+        **srv.env,
+    )
+    args = [
+        sys.executable,
+        "-m",
+        "parley",
+        "users",
+        "add",
+        name,
+        "--app",
+        srv.app_id,
+        "--password-stdin",
+    ]
     if info is not None:
         args += ["--info", json.dumps(info)]
-    result = subprocess.run(args, input=password + "\n", env=env, capture_output=True, text=True, timeout=30)
+    result = subprocess.run(
+        args, input=password + "\n", env=env, capture_output=True, text=True, timeout=30
+    )
     assert result.returncode == 0, result.stderr
 
 
 def users_cli(srv: ParleyServer, *args: str) -> subprocess.CompletedProcess[str]:
-    env = dict(os.environ, PARLEY_DATA_DIR=str(srv.data_dir), PARLEY_APP_ID=srv.app_id,
-               PARLEY_APP_KEY=srv.key, PARLEY_APP_SECRET=SECRET, **srv.env)
-    return subprocess.run([sys.executable, "-m", "parley", "users", *args, "--app", srv.app_id],
-                          env=env, capture_output=True, text=True, timeout=30)
+    env = dict(
+        os.environ,
+        PARLEY_DATA_DIR=str(srv.data_dir),
+        PARLEY_APP_ID=srv.app_id,
+        PARLEY_APP_KEY=srv.key,
+        PARLEY_APP_SECRET=SECRET,
+        **srv.env,
+    )
+    return subprocess.run(
+        [sys.executable, "-m", "parley", "users", *args, "--app", srv.app_id],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
 
 
-def login(srv: ParleyServer, name: str, password: str, peer_headers: dict[str, str] | None = None) -> ApiResponse:
+def login(
+    srv: ParleyServer, name: str, password: str, peer_headers: dict[str, str] | None = None
+) -> ApiResponse:
     body = json.dumps({"username": name, "password": password}).encode()
-    return http_request(srv, "POST", f"/apps/{srv.app_id}/auth/token", body=body, headers=peer_headers)
+    return http_request(
+        srv, "POST", f"/apps/{srv.app_id}/auth/token", body=body, headers=peer_headers
+    )
 
 
 def token_of(srv: ParleyServer, name: str) -> str:
@@ -73,16 +106,27 @@ def pusher_auth(srv: ParleyServer, token: str, socket_id: str, channel: str) -> 
     return http_request(srv, "POST", f"/apps/{srv.app_id}/pusher/auth", body=body, headers=headers)
 
 
-def grant(srv: ParleyServer, subject: str, resource: str, operations: list[str], ttl_s: float | None = None,
-          token: str | None = None) -> ApiResponse:
+def grant(
+    srv: ParleyServer,
+    subject: str,
+    resource: str,
+    operations: list[str],
+    ttl_s: float | None = None,
+    token: str | None = None,
+) -> ApiResponse:
     body: dict = {"subject": subject, "resource": resource, "operations": operations}  # type: ignore[type-arg]
     if ttl_s is not None:
         body["ttl_s"] = ttl_s
     path = f"/apps/{srv.app_id}/grants"
     if token is None:
         return signed_request(srv, "POST", path, body=body, secret=SECRET)
-    return http_request(srv, "POST", path, body=json.dumps(body).encode(),
-                        headers={"Content-Type": "application/json", **bearer(token)})
+    return http_request(
+        srv,
+        "POST",
+        path,
+        body=json.dumps(body).encode(),
+        headers={"Content-Type": "application/json", **bearer(token)},
+    )
 
 
 def connect(srv: ParleyServer, token: str) -> RawClient:
@@ -128,7 +172,9 @@ def test_login_issues_a_token_for_the_app_and_throttles_failures(srv: ParleyServ
 
 
 def test_failed_logins_are_throttled_per_address_too() -> None:
-    with ParleyServer(secret=SECRET, env={"PARLEY_APP_AUTH": "builtin", "PARLEY_STORE": "memory"}) as server:
+    with ParleyServer(
+        secret=SECRET, env={"PARLEY_APP_AUTH": "builtin", "PARLEY_STORE": "memory"}
+    ) as server:
         statuses = [login(server, f"nobody{i}", "x").status for i in range(21)]
     assert statuses[:20] == [401] * 20 and statuses[20] == 429
 
@@ -154,7 +200,9 @@ def test_grants_open_channels_and_revocation_ends_the_live_subscription(srv: Par
         assert "write" in alice.expect_error(None)["message"]
 
         started = time.monotonic()
-        deleted = signed_request(srv, "DELETE", f"/apps/{srv.app_id}/grants/{grant_id}", secret=SECRET)
+        deleted = signed_request(
+            srv, "DELETE", f"/apps/{srv.app_id}/grants/{grant_id}", secret=SECRET
+        )
         assert deleted.status == 200, deleted.body
         revoked = alice.expect("parley:revoked", channel=channel, timeout=2)
         assert time.monotonic() - started < 1.0
@@ -183,14 +231,30 @@ def test_write_grants_let_identified_users_talk_with_stamped_senders(srv: Parley
     channel = unique("private-team-")
     assert grant(srv, "*", channel, ["read", "write"]).status == 201
     alice_token, bob_token = token_of(srv, "alice"), token_of(srv, "bob")
-    with connect(srv, alice_token) as alice, connect(srv, bob_token) as bob, RawClient(srv.ws_url) as anonymous:
+    with (
+        connect(srv, alice_token) as alice,
+        connect(srv, bob_token) as bob,
+        RawClient(srv.ws_url) as anonymous,
+    ):
         subscribe_via_endpoint(srv, alice, alice_token, channel)
         subscribe_via_endpoint(srv, bob, bob_token, channel)
-        alice.send({"event": "client-msg", "channel": channel, "data": {"user_id": "bob", "text": "hi"}, "user_id": "bob"})
+        alice.send(
+            {
+                "event": "client-msg",
+                "channel": channel,
+                "data": {"user_id": "bob", "text": "hi"},
+                "user_id": "bob",
+            }
+        )
         got = bob.expect("client-msg", channel=channel)
-        assert got["user_id"] == "alice" and got["parley"]["publisher"] == {"type": "user", "id": "alice"}
+        assert got["user_id"] == "alice" and got["parley"]["publisher"] == {
+            "type": "user",
+            "id": "alice",
+        }
         # an anonymous connection cannot even subscribe to a private channel of a builtin app
-        anonymous.subscribe_frame(channel, auth=channel_auth(srv.key, SECRET, anonymous.socket_id, channel))
+        anonymous.subscribe_frame(
+            channel, auth=channel_auth(srv.key, SECRET, anonymous.socket_id, channel)
+        )
         assert "identified" in anonymous.expect_error(None)["message"]
 
 
@@ -214,10 +278,18 @@ def test_per_user_notification_channels_and_read_only_channels(srv: ParleyServer
     with connect(srv, alice_token) as alice, connect(srv, bob_token) as bob:
         subscribe_via_endpoint(srv, alice, alice_token, "private-user-alice")
         assert pusher_auth(srv, bob_token, bob.socket_id, "private-user-alice").status == 403
-        bob.subscribe_frame("private-user-alice", auth=channel_auth(srv.key, SECRET, bob.socket_id, "private-user-alice"))
+        bob.subscribe_frame(
+            "private-user-alice",
+            auth=channel_auth(srv.key, SECRET, bob.socket_id, "private-user-alice"),
+        )
         assert "another user's notification channel" in bob.expect_error(None)["message"]
         sdk(srv, secret=SECRET).trigger("private-user-alice", "chat-request", "from the server")
-        assert alice.expect("chat-request", channel="private-user-alice")["parley"]["publisher"]["type"] == "server"
+        assert (
+            alice.expect("chat-request", channel="private-user-alice")["parley"]["publisher"][
+                "type"
+            ]
+            == "server"
+        )
         alice.send({"event": "client-x", "channel": "private-user-alice", "data": {}})
         assert "read-only" in alice.expect_error(None)["message"]
         subscribe_via_endpoint(srv, alice, alice_token, "private-announce-all")
@@ -225,7 +297,9 @@ def test_per_user_notification_channels_and_read_only_channels(srv: ParleyServer
         assert "read-only" in alice.expect_error(None)["message"]
 
 
-def test_signature_for_another_socket_and_a_socket_of_another_user_are_refused(srv: ParleyServer) -> None:
+def test_signature_for_another_socket_and_a_socket_of_another_user_are_refused(
+    srv: ParleyServer,
+) -> None:
     channel = unique("private-pair-")
     assert grant(srv, "*", channel, ["read"]).status == 201
     alice_token, bob_token = token_of(srv, "alice"), token_of(srv, "bob")
@@ -244,7 +318,10 @@ def test_presence_and_encrypted_channels_through_the_builtin_endpoints(srv: Parl
     token = token_of(srv, "alice")
     with connect(srv, token) as alice:
         reply = pusher_auth(srv, token, alice.socket_id, room).json()
-        assert json.loads(reply["channel_data"]) == {"user_id": "alice", "user_info": {"name": "Alice"}}
+        assert json.loads(reply["channel_data"]) == {
+            "user_id": "alice",
+            "user_info": {"name": "Alice"},
+        }
         frame = alice.subscribe(room, auth=reply["auth"], channel_data=reply["channel_data"])
         assert json.loads(frame["data"])["presence"]["ids"] == ["alice"]
         enc = pusher_auth(srv, token, alice.socket_id, secret_room).json()
@@ -267,10 +344,14 @@ def test_disabling_a_user_ends_their_live_connections(srv: ParleyServer) -> None
 
 
 def test_signed_session_cookie_with_origin_allow_list(srv: ParleyServer) -> None:
-    cookie = URLSafeTimedSerializer(SESSION_SECRET, salt="parley-session").dumps({"user_id": "carol"})
+    cookie = URLSafeTimedSerializer(SESSION_SECRET, salt="parley-session").dumps(
+        {"user_id": "carol"}
+    )
     headers = {"Cookie": f"app_session={cookie}", "Origin": "http://chat.example"}
     with RawClient(srv.ws_url, additional_headers=headers) as carol:
-        data = json.loads(next(f for f in carol.seen if f["event"] == "pusher:connection_established")["data"])
+        data = json.loads(
+            next(f for f in carol.seen if f["event"] == "pusher:connection_established")["data"]
+        )
         assert data["user_id"] == "carol"
     for bad, reason in [
         ({"Cookie": f"app_session={cookie}", "Origin": "http://evil.example"}, "not allowed"),
@@ -281,7 +362,7 @@ def test_signed_session_cookie_with_origin_allow_list(srv: ParleyServer) -> None
 
 
 class _Introspection(BaseHTTPRequestHandler):
-    def do_POST(self) -> None:  # noqa: N802
+    def do_POST(self) -> None:
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
         known = {"good-session": {"user_id": "erin", "info": {"name": "Erin"}}}
         reply = known.get(body.get("cookie"))
@@ -307,7 +388,11 @@ def test_session_cookie_checked_by_the_apps_introspection_url() -> None:
         with ParleyServer(secret=SECRET, env=env) as server:
             ok = {"Cookie": "sid=good-session", "Origin": "http://app.example"}
             with RawClient(server.ws_url, additional_headers=ok) as erin:
-                data = json.loads(next(f for f in erin.seen if f["event"] == "pusher:connection_established")["data"])
+                data = json.loads(
+                    next(f for f in erin.seen if f["event"] == "pusher:connection_established")[
+                        "data"
+                    ]
+                )
                 assert data["user_id"] == "erin"
             bad = {"Cookie": "sid=stolen", "Origin": "http://app.example"}
             with RawClient(server.ws_url, established=False, additional_headers=bad) as client:
@@ -318,7 +403,9 @@ def test_session_cookie_checked_by_the_apps_introspection_url() -> None:
 
 
 @pytest.mark.node
-def test_browser_flow_with_pusher_js_and_token_refusals(srv: ParleyServer, node_modules: object) -> None:
+def test_browser_flow_with_pusher_js_and_token_refusals(
+    srv: ParleyServer, node_modules: object
+) -> None:
     import jwt as pyjwt
 
     from tests.e2e.test_pusher_js import run_scenario
@@ -329,13 +416,19 @@ def test_browser_flow_with_pusher_js_and_token_refusals(srv: ParleyServer, node_
     now = int(time.time())
 
     def sign(claims: dict, key: str = SECRET, alg: str = "HS256") -> str:  # type: ignore[type-arg]
-        return pyjwt.encode({"sub": "alice", "aud": srv.key, "exp": now + 60, **claims}, key, algorithm=alg)
+        return pyjwt.encode(
+            {"sub": "alice", "aud": srv.key, "exp": now + 60, **claims}, key, algorithm=alg
+        )
 
     bad = [
         ["expired", sign({"exp": now - 10}), "expired"],
         ["not-yet-valid", sign({"nbf": now + 600}), "not valid yet"],
         ["wrong-signature", sign({}, key="some-other-secret-0123456789abcdef"), "signature"],
-        ["alg-none", pyjwt.encode({"sub": "alice", "aud": srv.key, "exp": now + 60}, None, algorithm="none"), "not accepted"],
+        [
+            "alg-none",
+            pyjwt.encode({"sub": "alice", "aud": srv.key, "exp": now + 60}, None, algorithm="none"),
+            "not accepted",
+        ],
         ["wrong-audience", sign({"aud": "another-app"}), "audience"],
     ]
     os.environ["PARLEY_E2E_ROOM"], os.environ["PARLEY_E2E_TEAM"] = room, team

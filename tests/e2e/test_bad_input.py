@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 import pytest
 from websockets.exceptions import ConnectionClosed
 
+from tests.conftest import IN_CI
 from tests.support.pusher_raw import (
     ClientPool,
     Closed,
@@ -32,7 +33,6 @@ from tests.support.pusher_raw import (
     unique,
     user_auth,
 )
-from tests.conftest import IN_CI
 from tests.support.server import TIMEOUT, ParleyServer
 
 pytestmark = pytest.mark.e2e

@@ -21,5 +21,7 @@ def test_pusher_js_in_chromium_connects_subscribes_receives_and_is_refused_a_wro
     server: ParleyServer,
 ) -> None:
     require(CHROMIUM.exists(), "Chromium is not installed: apt-get install chromium")
-    require((ROOT / "node_modules" / "playwright-core").is_dir(), "node_modules missing: run `npm ci`")
+    require(
+        (ROOT / "node_modules" / "playwright-core").is_dir(), "node_modules missing: run `npm ci`"
+    )
     run_scenario(server, "browser.mjs")

@@ -44,9 +44,7 @@ class Raw:
             "Sec-WebSocket-Version": "13",
         }
         fields.update({k.replace("_", "-"): v for k, v in headers.items()})
-        head = f"GET {path} HTTP/1.1\r\n" + "".join(
-            f"{k}: {v}\r\n" for k, v in fields.items() if v
-        )
+        head = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items() if v)
         self.sock = socket.create_connection((srv.host, srv.port), timeout=TIMEOUT)
         self.sock.sendall(head.encode() + b"\r\n")
         self.buf = b""
@@ -171,7 +169,9 @@ def pool() -> Iterator[ClientPool]:
     p.close_all()
 
 
-@pytest.mark.parametrize("connection", ["keep-alive, Upgrade", "Upgrade, HTTP2-Settings", "upgrade"])
+@pytest.mark.parametrize(
+    "connection", ["keep-alive, Upgrade", "Upgrade, HTTP2-Settings", "upgrade"]
+)
 def test_connection_header_listing_upgrade_among_others_is_accepted(
     server: ParleyServer, connection: str
 ) -> None:
@@ -179,7 +179,7 @@ def test_connection_header_listing_upgrade_among_others_is_accepted(
     raw = Raw(server, f"/app/{server.key}?protocol=7", Connection=connection)
     try:
         assert raw.head.startswith(b"HTTP/1.1 101 "), raw.head
-        opcode, payload = raw.read_frame()
+        _opcode, payload = raw.read_frame()
         assert json.loads(payload)["event"] == "pusher:connection_established"
     finally:
         raw.close()

@@ -70,8 +70,14 @@ def test_history_paging_both_directions_and_bad_arguments(shared: ParleyServer) 
     back = history(shared, channel, limit="2", direction="backward")
     assert [e["parley"]["offset"] for e in back["events"]] == [7, 6] and back["next"] == 6
     more = history(shared, channel, limit="10", direction="backward", before="6")
-    assert [e["parley"]["offset"] for e in more["events"]] == [5, 4, 3, 2, 1] and more["next"] is None
-    for params, problem in [({"limit": "0"}, "limit"), ({"limit": "x"}, "limit"), ({"direction": "up"}, "direction")]:
+    assert [e["parley"]["offset"] for e in more["events"]] == [5, 4, 3, 2, 1] and more[
+        "next"
+    ] is None
+    for params, problem in [
+        ({"limit": "0"}, "limit"),
+        ({"limit": "x"}, "limit"),
+        ({"direction": "up"}, "direction"),
+    ]:
         response = signed_request(
             shared, "GET", f"/apps/{shared.app_id}/channels/{channel}/history", params=params
         )
@@ -84,13 +90,29 @@ def test_client_events_are_stored_with_their_stamped_sender(shared: ParleyServer
     channel = unique("private-chat-")
     with RawClient(shared.ws_url) as alice, RawClient(shared.ws_url) as bob:
         user_data = json.dumps({"id": "alice"})
-        alice.send_event("pusher:signin", {"auth": user_auth(shared.key, shared.secret, alice.socket_id, user_data), "user_data": user_data})
+        alice.send_event(
+            "pusher:signin",
+            {
+                "auth": user_auth(shared.key, shared.secret, alice.socket_id, user_data),
+                "user_data": user_data,
+            },
+        )
         alice.expect("pusher:signin_success")
         alice.subscribe(channel, secret=shared.secret, key=shared.key)
         bob.subscribe(channel, secret=shared.secret, key=shared.key)
-        alice.send({"event": "client-msg", "channel": channel, "data": {"text": "hi"}, "user_id": "mallory"})
+        alice.send(
+            {
+                "event": "client-msg",
+                "channel": channel,
+                "data": {"text": "hi"},
+                "user_id": "mallory",
+            }
+        )
         got = bob.expect("client-msg", channel=channel)
-    assert got["user_id"] == "alice" and got["parley"]["publisher"] == {"type": "user", "id": "alice"}
+    assert got["user_id"] == "alice" and got["parley"]["publisher"] == {
+        "type": "user",
+        "id": "alice",
+    }
     (stored,) = history(shared, channel)["events"]
     assert stored["user_id"] == "alice" and stored["data"] == {"text": "hi"}
 
@@ -106,7 +128,10 @@ def test_resume_replays_what_was_missed_then_answers_resumed(shared: ParleyServe
         client.trigger(channel, "e", str(i))
     with RawClient(shared.ws_url) as again:
         again.subscribe(channel)
-        again.send_event("parley:resume", {"channel": channel, "since": {"offset": seen["offset"], "epoch": seen["epoch"]}})
+        again.send_event(
+            "parley:resume",
+            {"channel": channel, "since": {"offset": seen["offset"], "epoch": seen["epoch"]}},
+        )
         replay = [again.expect("e", channel=channel) for _ in range(30)]
         resumed = again.expect("parley:resumed", channel=channel)
         client.trigger(channel, "e", "31")
@@ -116,9 +141,13 @@ def test_resume_replays_what_was_missed_then_answers_resumed(shared: ParleyServe
     assert live["parley"]["offset"] == 32
     with RawClient(shared.ws_url) as stale:
         stale.subscribe(channel)
-        stale.send_event("parley:resume", {"channel": channel, "since": {"offset": 1, "epoch": "not-the-epoch"}})
+        stale.send_event(
+            "parley:resume", {"channel": channel, "since": {"offset": 1, "epoch": "not-the-epoch"}}
+        )
         assert stale.expect("parley:resumed", channel=channel)["data"]["recovered"] is False
-        stale.send_event("parley:resume", {"channel": unique("never-"), "since": {"offset": 1, "epoch": "x"}})
+        stale.send_event(
+            "parley:resume", {"channel": unique("never-"), "since": {"offset": 1, "epoch": "x"}}
+        )
         assert "subscribed" in stale.expect("pusher:error")["data"]["message"]
 
 
@@ -136,14 +165,27 @@ def test_history_over_the_socket_needs_a_subscription(shared: ParleyServer) -> N
 
 def test_same_idempotency_key_stores_and_delivers_once(shared: ParleyServer) -> None:
     channel = unique("orders-")
-    body = {"name": "placed", "channels": [channel], "data": '{"id":1}', "idempotency_key": "order-1"}
+    body = {
+        "name": "placed",
+        "channels": [channel],
+        "data": '{"id":1}',
+        "idempotency_key": "order-1",
+    }
     with RawClient(shared.ws_url) as reader:
         reader.subscribe(channel)
         for _ in range(2):
             response = signed_request(shared, "POST", f"/apps/{shared.app_id}/events", body=body)
             assert response.status == 200, response.body
-        batch = {"batch": [{"name": "placed", "channel": channel, "data": "2", "idempotency_key": "order-2"}] * 2}
-        assert signed_request(shared, "POST", f"/apps/{shared.app_id}/batch_events", body=batch).status == 200
+        batch = {
+            "batch": [
+                {"name": "placed", "channel": channel, "data": "2", "idempotency_key": "order-2"}
+            ]
+            * 2
+        }
+        assert (
+            signed_request(shared, "POST", f"/apps/{shared.app_id}/batch_events", body=batch).status
+            == 200
+        )
         sdk(shared).trigger(channel, "barrier", "")
         names = []
         while not names or names[-1] != "barrier":
@@ -239,7 +281,11 @@ def test_pusher_js_recovers_500_missed_events_after_its_socket_is_cut(node_modul
         )
         result = subprocess.run(
             [shutil.which("node") or "node", str(ROOT / "tests/e2e/js/recovery.mjs")],
-            env=env, capture_output=True, text=True, timeout=90, cwd=ROOT,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+            cwd=ROOT,
         )
     assert result.returncode == 0, result.stdout + result.stderr
 
@@ -249,7 +295,10 @@ def test_a_second_server_on_the_same_data_dir_is_refused_clearly(tmp_path: Path)
         env = dict(os.environ, PARLEY_DATA_DIR=str(tmp_path))
         second = subprocess.run(
             [sys.executable, "-m", "parley", "serve", "--host", "127.0.0.1", "--port", "0"],
-            env=env, capture_output=True, text=True, timeout=TIMEOUT * 2,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT * 2,
         )
         assert second.returncode == 1
         assert "cannot start" in second.stderr and "in use by another Parley process" in (

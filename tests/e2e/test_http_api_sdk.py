@@ -124,7 +124,7 @@ def test_trigger_to_several_channels_reaches_each(
         client.subscribe(channel, key=server.key, secret=server.secret, channel_data=cd)
         subscribers.append(client)
     api.trigger(channels, "everywhere", {"k": "v"})
-    for client, channel in zip(subscribers, channels):
+    for client, channel in zip(subscribers, channels, strict=False):
         frame = client.expect("everywhere", channel)
         assert json.loads(frame["data"]) == {"k": "v"}
 

@@ -37,7 +37,9 @@ def test_token_in_query_header_or_path_identifies_the_connection(srv: ParleyServ
     base = f"ws://{srv.host}:{srv.port}"
     with RawClient(f"{srv.ws_url}&token={token(srv, 'q-user')}") as by_query:
         assert established_user(by_query) == "q-user"
-    with RawClient(srv.ws_url, additional_headers={"Authorization": f"Bearer {token(srv, 'h-user')}"}) as by_header:
+    with RawClient(
+        srv.ws_url, additional_headers={"Authorization": f"Bearer {token(srv, 'h-user')}"}
+    ) as by_header:
         assert established_user(by_header) == "h-user"
     with RawClient(f"{base}/token/{token(srv, 'p-user')}/app/{srv.key}?protocol=7") as by_path:
         assert established_user(by_path) == "p-user"
@@ -47,12 +49,25 @@ def test_token_in_query_header_or_path_identifies_the_connection(srv: ParleyServ
 
 def test_identified_connection_is_stamped_and_reachable_as_that_user(srv: ParleyServer) -> None:
     channel = unique("private-room-")
-    with RawClient(f"{srv.ws_url}&token={token(srv, 'alice', info={'name': 'Alice'})}") as alice, RawClient(srv.ws_url) as bob:
+    with (
+        RawClient(f"{srv.ws_url}&token={token(srv, 'alice', info={'name': 'Alice'})}") as alice,
+        RawClient(srv.ws_url) as bob,
+    ):
         alice.subscribe(channel, key=srv.key, secret=SECRET)
         bob.subscribe(channel, key=srv.key, secret=SECRET)
-        alice.send({"event": "client-hi", "channel": channel, "data": {"user_id": "mallory"}, "user_id": "mallory"})
+        alice.send(
+            {
+                "event": "client-hi",
+                "channel": channel,
+                "data": {"user_id": "mallory"},
+                "user_id": "mallory",
+            }
+        )
         got = bob.expect("client-hi", channel=channel)
-        assert got["user_id"] == "alice" and got["parley"]["publisher"] == {"type": "user", "id": "alice"}
+        assert got["user_id"] == "alice" and got["parley"]["publisher"] == {
+            "type": "user",
+            "id": "alice",
+        }
         sdk(srv).send_to_user("alice", "notice", {"n": 1})
         assert alice.expect("notice")["channel"] == "#server-to-user-alice"
         # presence by identity, without channel_data: the member is the token's user
@@ -67,12 +82,26 @@ def test_identified_connection_is_stamped_and_reachable_as_that_user(srv: Parley
         (lambda s: token(s, ttl=-5), "expired"),
         (lambda s: token(s, nbf=int(time.time()) + 600), "not valid yet"),
         (lambda s: token(s, aud="someone-else"), "audience"),
-        (lambda s: jwt.encode({"sub": "a", "aud": s.key, "exp": int(time.time()) + 60}, "another-secret-0123456789abcdef-xyz", algorithm="HS256"), "signature"),
-        (lambda s: jwt.encode({"sub": "a", "aud": s.key, "exp": int(time.time()) + 60}, None, algorithm="none"), "not accepted"),
+        (
+            lambda s: jwt.encode(
+                {"sub": "a", "aud": s.key, "exp": int(time.time()) + 60},
+                "another-secret-0123456789abcdef-xyz",
+                algorithm="HS256",
+            ),
+            "signature",
+        ),
+        (
+            lambda s: jwt.encode(
+                {"sub": "a", "aud": s.key, "exp": int(time.time()) + 60}, None, algorithm="none"
+            ),
+            "not accepted",
+        ),
         (lambda s: token(s, sub="has space"), "'sub'"),
     ],
 )
-def test_bad_tokens_are_refused_with_4009_and_a_reason(srv: ParleyServer, make, reason: str) -> None:  # type: ignore[no-untyped-def]
+def test_bad_tokens_are_refused_with_4009_and_a_reason(
+    srv: ParleyServer, make, reason: str
+) -> None:  # type: ignore[no-untyped-def]
     bad = make(srv)
     base = f"ws://{srv.host}:{srv.port}"
     forms = [
@@ -89,10 +118,13 @@ def test_bad_tokens_are_refused_with_4009_and_a_reason(srv: ParleyServer, make, 
     assert not [line for line in srv.stderr_lines if bad in line], "a token reached the log"
 
 
-def test_token_expiring_while_connected_ends_the_connection_unless_refreshed(srv: ParleyServer) -> None:
-    with RawClient(f"{srv.ws_url}&token={token(srv, 'carol', ttl=2)}") as refreshed, RawClient(
-        f"{srv.ws_url}&token={token(srv, 'dave', ttl=2)}"
-    ) as lapsed:
+def test_token_expiring_while_connected_ends_the_connection_unless_refreshed(
+    srv: ParleyServer,
+) -> None:
+    with (
+        RawClient(f"{srv.ws_url}&token={token(srv, 'carol', ttl=2)}") as refreshed,
+        RawClient(f"{srv.ws_url}&token={token(srv, 'dave', ttl=2)}") as lapsed,
+    ):
         refreshed.send_event("parley:refresh", {"token": token(srv, "mallory", ttl=60)})
         assert "another user" in refreshed.expect_error(None)["message"]
         refreshed.send_event("parley:refresh", {"token": token(srv, "carol", ttl=60)})
@@ -136,7 +168,7 @@ def test_asymmetric_tokens_verified_with_a_jwks(source: str, tmp_path) -> None: 
     key, jwks = _ec_jwks("k1")
 
     class Serve(BaseHTTPRequestHandler):
-        def do_GET(self) -> None:  # noqa: N802
+        def do_GET(self) -> None:
             self.send_response(200)
             self.send_header("Content-Type", "application/json")
             self.end_headers()
@@ -160,7 +192,11 @@ def test_asymmetric_tokens_verified_with_a_jwks(source: str, tmp_path) -> None: 
             forged = jwt.encode(claims, other, algorithm="ES256", headers={"kid": "k1"})
             unknown = jwt.encode(claims, key, algorithm="ES256", headers={"kid": "k9"})
             confused = _hs256_with(claims, jwks)  # the published key used as an HMAC secret
-            for bad, reason in [(forged, "signature"), (unknown, "key id"), (confused, "signature")]:
+            for bad, reason in [
+                (forged, "signature"),
+                (unknown, "key id"),
+                (confused, "signature"),
+            ]:
                 with RawClient(f"{server.ws_url}&token={bad}", established=False) as refused:
                     assert reason in refused.expect_error(4009)["message"]
     finally:

@@ -182,7 +182,7 @@ class RawClient:
                 )
 
     def expect_error(
-        self, code: int | None | str = "any", contains: str = "", timeout: float = TIMEOUT
+        self, code: int | str | None = "any", contains: str = "", timeout: float = TIMEOUT
     ) -> dict[str, Any]:
         """The next pusher:error; its data must be an object {code, message}."""
         frame = self.expect("pusher:error", timeout=timeout)

@@ -27,18 +27,28 @@ def test_default_app_entirely_from_the_environment(tmp_path: Path) -> None:
         "PARLEY_APP_CLIENT_EVENT_RATE": "0",
     }
     (app,) = load_settings(env=env).apps
-    assert (app.id, app.key, app.secret, app.client_events, app.client_event_rate) == ("7", "k", "s", True, 0)
+    assert (app.id, app.key, app.secret, app.client_events, app.client_event_rate) == (
+        "7",
+        "k",
+        "s",
+        True,
+        0,
+    )
     assert not (tmp_path / "default-app.json").exists()
 
 
 def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
     config = tmp_path / "parley.toml"
     config.write_text(
-        '[server]\nport = 7000\nactivity_timeout_s = 60\n'
+        "[server]\nport = 7000\nactivity_timeout_s = 60\n"
         '[[apps]]\nid = "1"\nkey = "a"\nsecret = "x"\n'
         '[[apps]]\nid = "2"\nkey = "b"\nsecret = "y"\nenabled = false\n'
     )
-    settings = load_settings({"port": 7002}, env={"PARLEY_PORT": "7001", "PARLEY_ACTIVITY_TIMEOUT_S": "30"}, config_file=config)
+    settings = load_settings(
+        {"port": 7002},
+        env={"PARLEY_PORT": "7001", "PARLEY_ACTIVITY_TIMEOUT_S": "30"},
+        config_file=config,
+    )
     assert settings.port == 7002 and settings.activity_timeout_s == 30
     assert [a.id for a in settings.apps] == ["1", "2"] and not settings.apps[1].enabled
 
@@ -50,10 +60,16 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
         ('[[apps]]\nid = "1"\nkey = "a"\n', {}, "missing 'secret'"),
         ("", {"PARLEY_PORT": "x"}, "PARLEY_PORT"),
         ("", {"PARLEY_ACTIVITY_TIMEOUT_S": "0"}, "activity_timeout_s"),
-        ('[[apps]]\nid = "1"\nkey = "a"\nsecret = "s"\n[[apps]]\nid = "1"\nkey = "b"\nsecret = "s"\n', {}, "distinct"),
+        (
+            '[[apps]]\nid = "1"\nkey = "a"\nsecret = "s"\n[[apps]]\nid = "1"\nkey = "b"\nsecret = "s"\n',
+            {},
+            "distinct",
+        ),
     ],
 )
-def test_bad_settings_name_the_key(tmp_path: Path, toml: str, env: dict[str, str], problem: str) -> None:
+def test_bad_settings_name_the_key(
+    tmp_path: Path, toml: str, env: dict[str, str], problem: str
+) -> None:
     config = tmp_path / "parley.toml"
     config.write_text(toml)
     with pytest.raises(ConfigError, match=problem):

@@ -10,8 +10,14 @@ from pathlib import Path
 from parley import speedups
 
 
-def write_build(root: Path, *, sources: dict[str, str] | None = None, suffix: str | None = None,
-                skip: str | None = None, modules: list[str] | None = None) -> Path:
+def write_build(
+    root: Path,
+    *,
+    sources: dict[str, str] | None = None,
+    suffix: str | None = None,
+    skip: str | None = None,
+    modules: list[str] | None = None,
+) -> Path:
     suffix = suffix or speedups.extension_suffix()
     files = {"abc__mypyc": f"abc__mypyc{suffix}"}
     files |= {m: f"{m.replace('.', '/')}{suffix}" for m in speedups.MODULES if m != skip}
@@ -38,7 +44,8 @@ def test_a_fresh_build_gives_a_file_for_every_module_and_the_shared_library(tmp_
 
 def test_no_build_runs_the_source(tmp_path: Path) -> None:
     assert speedups.check_build(tmp_path) == (
-        None, "source: no compiled build (scripts/compile.py makes one)"
+        None,
+        "source: no compiled build (scripts/compile.py makes one)",
     )
 
 
@@ -79,14 +86,22 @@ def test_a_build_missing_a_module_or_a_file_is_not_loaded(tmp_path: Path) -> Non
 def test_an_unreadable_manifest_is_reported(tmp_path: Path) -> None:
     (tmp_path / speedups.MANIFEST).write_text("{not json")
     files, status = speedups.check_build(tmp_path)
-    assert files is None and status.startswith("source: the compiled build's manifest is unreadable")
+    assert files is None and status.startswith(
+        "source: the compiled build's manifest is unreadable"
+    )
 
 
 def test_parley_compiled_0_runs_the_source() -> None:
     out = subprocess.run(
-        [sys.executable, "-c",
-         "import parley.core.node as n, parley.speedups as s; print(n.__file__); print(s.STATUS)"],
-        env={"PARLEY_COMPILED": "0", "PATH": ""}, capture_output=True, text=True, check=True,
+        [
+            sys.executable,
+            "-c",
+            "import parley.core.node as n, parley.speedups as s; print(n.__file__); print(s.STATUS)",
+        ],
+        env={"PARLEY_COMPILED": "0", "PATH": ""},
+        capture_output=True,
+        text=True,
+        check=True,
     ).stdout.splitlines()
     assert out == [str(speedups.source_path("parley.core.node")), "source: PARLEY_COMPILED=0"]
 

@@ -79,9 +79,8 @@ def verify_api_request(
             f"Timestamp expired: Given timestamp ({timestamp}) not within "
             f"{int(window_s)}s of server time ({int(now)})"
         )
-    if "body_md5" in query or body:
-        if query.get("body_md5") != hashlib.md5(body).hexdigest():
-            raise Unauthorized("body_md5 does not match the MD5 of the request body")
+    if ("body_md5" in query or body) and query.get("body_md5") != hashlib.md5(body).hexdigest():
+        raise Unauthorized("body_md5 does not match the MD5 of the request body")
     signature = query.get("auth_signature")
     if not signature:
         raise Unauthorized("Missing auth_signature")

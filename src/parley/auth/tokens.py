@@ -48,7 +48,8 @@ def verify_token(
     elif alg in ASYMMETRIC and public_keys:
         kid = header.get("kid")
         keys = tuple(
-            k for k in public_keys
+            k
+            for k in public_keys
             if not isinstance(k, jwt.PyJWK) or kid is None or k.key_id in (None, kid)
         )
         if not keys:

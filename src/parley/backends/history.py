@@ -52,8 +52,13 @@ class NewEntry:
     publisher_json: bytes | None
 
     def __init__(
-        self, event: str, data: Any, publisher: dict[str, Any], user_id: str | None = None,
-        idempotency_key: str | None = None, data_json: bytes | None = None,
+        self,
+        event: str,
+        data: Any,
+        publisher: dict[str, Any],
+        user_id: str | None = None,
+        idempotency_key: str | None = None,
+        data_json: bytes | None = None,
         publisher_json: bytes | None = None,
     ) -> None:
         self.event = event
@@ -93,8 +98,16 @@ class Entry:
     duplicate: bool = field(compare=False)
 
     def __init__(
-        self, offset: int, epoch: str, ts: int, id: str, event: str, data: Any,
-        publisher: dict[str, Any], user_id: str | None, duplicate: bool = False,
+        self,
+        offset: int,
+        epoch: str,
+        ts: int,
+        id: str,
+        event: str,
+        data: Any,
+        publisher: dict[str, Any],
+        user_id: str | None,
+        duplicate: bool = False,
     ) -> None:
         self.offset = offset
         self.epoch = epoch
@@ -462,7 +475,7 @@ class GroupCommit(Generic[T, R]):
                 for _, waiter in batch + self._pending:
                     waiter.future.cancel()  # no submitter waits forever on a store torn down
                 raise
-            except Exception as exc:  # noqa: BLE001 - handed to every submitter of the batch
+            except Exception as exc:
                 # The batch may or may not have been committed; each caller learns it failed.
                 for _, waiter in batch:
                     if not waiter.future.done():
@@ -497,7 +510,7 @@ class SweepingHistoryStore(HistoryStore):
             await asyncio.sleep(self._sweep_interval_s)
             try:
                 await self.sweep()
-            except Exception:  # noqa: BLE001 - logged with its traceback; the next round retries
+            except Exception:
                 logs.error("history_sweep_failed", store=type(self).__name__)
 
     def _now_ms(self) -> int:

@@ -370,7 +370,6 @@ class PostgresHistoryStore(BatchedHistoryStore):
         return removed
 
 
-
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:
     """Rows to columns, for unnest(); `width` keeps the shape when there are no rows."""
     if not rows:

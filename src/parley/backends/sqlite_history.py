@@ -389,7 +389,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
             os.close(fd)
             raise CannotStart(
                 f"the history in {self.path} is in use by another Parley process; one process "
-                "owns a SQLite history (several nodes share PostgreSQL: store = \"postgres\")"
+                'owns a SQLite history (several nodes share PostgreSQL: store = "postgres")'
             ) from None
         self._lock_fd = fd
 
@@ -513,7 +513,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
             if ops:
                 try:
                     summary = await self._write(partial(self._apply, ops))
-                except Exception:  # noqa: BLE001 - kept in the log and in memory; retried
+                except Exception:
                     logs.error("history indexing failed, retrying", operations=_count(ops))
                     self._ops[:0] = ops
                     self._ops_ready.set()
@@ -773,11 +773,27 @@ class SqliteHistoryStore(SweepingHistoryStore):
             epoch = state.epoch
             entry = Entry(seq, epoch, now_ms, id_, new.event, new.data, new.publisher, new.user_id)
             count, age_ms = retention.count_and_age_ms
-            lines.append(orjson.dumps((
-                "E", app_id, channel, epoch, seq, now_ms, now_ms + age_ms, id_, new.event,
-                fragment(new.data_bytes()), fragment(new.publisher_bytes()), new.user_id, idem,
-                count, age_ms,
-            )))
+            lines.append(
+                orjson.dumps(
+                    (
+                        "E",
+                        app_id,
+                        channel,
+                        epoch,
+                        seq,
+                        now_ms,
+                        now_ms + age_ms,
+                        id_,
+                        new.event,
+                        fragment(new.data_bytes()),
+                        fragment(new.publisher_bytes()),
+                        new.user_id,
+                        idem,
+                        count,
+                        age_ms,
+                    )
+                )
+            )
             results.append(entry)
             added.append((state, entry, new, count, age_ms))
             if idem is not None:
@@ -804,10 +820,19 @@ class SqliteHistoryStore(SweepingHistoryStore):
             idem = new.idempotency_key
             if idem is not None:
                 state.keys[idem] = entry
-                chunk.keys.append((
-                    idem, seq, entry.epoch, entry.ts, entry.id, entry.event,
-                    new.data_bytes().decode(), new.publisher_bytes().decode(), entry.user_id,
-                ))
+                chunk.keys.append(
+                    (
+                        idem,
+                        seq,
+                        entry.epoch,
+                        entry.ts,
+                        entry.id,
+                        entry.event,
+                        new.data_bytes().decode(),
+                        new.publisher_bytes().decode(),
+                        entry.user_id,
+                    )
+                )
         return results
 
     def _make_durable(self, app_id: str, channel: str, state: _Channel) -> None:
@@ -891,9 +916,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
         oldest_ms = self._now_ms() - state.max_age_ms
         # The tail is taken before SQLite is asked: whatever leaves the tail meanwhile is in
         # SQLite by the time the query runs, so nothing falls between the two.
-        found = {
-            e.offset: e for e in state.tail if lowest < e.offset < upper and e.ts >= oldest_ms
-        }
+        found = {e.offset: e for e in state.tail if lowest < e.offset < upper and e.ts >= oldest_ms}
         if not state.deletes and lowest + 1 < upper:
             args = (app_id, channel, lowest, upper, oldest_ms, limit, direction, state.epoch)
             for e in await self._read(partial(self._select, *args)):

@@ -136,7 +136,7 @@ def check_info(info: object) -> str | None:
     if info is None:
         return None
     if not isinstance(info, dict):
-        raise ValueError("user info must be a JSON object (or None)")  # noqa: TRY004
+        raise ValueError("user info must be a JSON object (or None)")
     try:
         return orjson.dumps(info).decode()
     except TypeError as exc:

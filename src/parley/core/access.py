@@ -42,10 +42,13 @@ class Access:
         self.grants = grants
         self.users = users
         self.index: dict[str, GrantIndex] = {app_id: GrantIndex() for app_id in node.hubs}
-        self._read_only = {app_id: _patterns(h.app.read_only_channels) for app_id, h in node.hubs.items()}
+        self._read_only = {
+            app_id: _patterns(h.app.read_only_channels) for app_id, h in node.hubs.items()
+        }
         # apps where any subscriber may write: Pusher-mode, no read-only channels
         self._open_writes = {
-            app_id for app_id, h in node.hubs.items()
+            app_id
+            for app_id, h in node.hubs.items()
             if h.app.auth != "builtin" and not self._read_only[app_id]
         }
         self._task: asyncio.Task[None] | None = None
@@ -107,20 +110,34 @@ class Access:
         for grant in self.index[app.id].grants(_now_ms()):
             if "manage" not in grant.operations or not subject_matches(grant.subject, user_id):
                 continue
-            if grant.resource == resource or ("*" not in resource and resource_matches(grant.resource, resource)):
+            if grant.resource == resource or (
+                "*" not in resource and resource_matches(grant.resource, resource)
+            ):
                 return True
         return False
 
     # -- changes -----------------------------------------------------------------------------
 
     async def create(
-        self, app: AppConfig, subject: str, resource: str, operations: list[str],
-        ttl_s: float | None, granted_by: str | None,
+        self,
+        app: AppConfig,
+        subject: str,
+        resource: str,
+        operations: list[str],
+        ttl_s: float | None,
+        granted_by: str | None,
     ) -> Grant:
         grant = await self.grants.create(app.id, subject, resource, operations, ttl_s, granted_by)
         self.index[app.id].add(grant)
-        logs.info("grant created", app_id=app.id, grant_id=grant.id, subject=subject, resource=resource,
-                  operations=",".join(grant.operations), granted_by=granted_by)
+        logs.info(
+            "grant created",
+            app_id=app.id,
+            grant_id=grant.id,
+            subject=subject,
+            resource=resource,
+            operations=",".join(grant.operations),
+            granted_by=granted_by,
+        )
         return grant
 
     async def delete(self, app: AppConfig, grant_id: str) -> Grant | None:
@@ -136,7 +153,11 @@ class Access:
         hub = self.node.hubs[app.id]
         for session in list(hub.sessions.values()):
             conn = session.conn
-            if conn is None or conn.user_id is None or not subject_matches(gone.subject, conn.user_id):
+            if (
+                conn is None
+                or conn.user_id is None
+                or not subject_matches(gone.subject, conn.user_id)
+            ):
                 continue
             for channel in list(conn.subscriptions):
                 if not resource_matches(gone.resource, channel):
@@ -150,9 +171,16 @@ class Access:
         member = conn.subscriptions.get(channel)
         conn.forget(channel)
         self.node.leave(session, hub, channel, member)
-        session.send(frames.frame("parley:revoked", {"channel": channel, "reason": reason}, channel))
-        logs.info("subscription revoked", app_id=hub.app.id, socket_id=session.socket_id,
-                  channel=channel, reason=reason)
+        session.send(
+            frames.frame("parley:revoked", {"channel": channel, "reason": reason}, channel)
+        )
+        logs.info(
+            "subscription revoked",
+            app_id=hub.app.id,
+            socket_id=session.socket_id,
+            channel=channel,
+            reason=reason,
+        )
 
     async def _follow(self) -> None:
         """Expire grants, follow other nodes' grant changes, end disabled users' connections."""

@@ -77,8 +77,7 @@ class AppHub:
             if entry is None:
                 if len(channel.members) >= self.app.max_presence_members:
                     raise PresenceFull(
-                        f"Presence channel {name} is full: "
-                        f"{self.app.max_presence_members} members"
+                        f"Presence channel {name} is full: {self.app.max_presence_members} members"
                     )
                 added = frames.member_added(name, member.user_id, member.user_info)
                 for other in channel.subscribers:
@@ -173,7 +172,11 @@ class AppHub:
         watching = self.watchers.get(user_id)
         if not watching:
             return
-        data = frames.watchlist_events([user_id], []) if online else frames.watchlist_events([], [user_id])
+        data = (
+            frames.watchlist_events([user_id], [])
+            if online
+            else frames.watchlist_events([], [user_id])
+        )
         for peer in list(watching):
             peer.send(data)
 

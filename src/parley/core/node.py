@@ -79,6 +79,8 @@ def _read_jwks(source: str) -> str:
         with urllib.request.urlopen(source, timeout=10) as reply:
             return reply.read().decode()  # type: ignore[no-any-return]
     return Path(source).read_text()
+
+
 SUBSCRIPTION_COUNT_THROTTLE_S = 5.0
 
 
@@ -99,8 +101,15 @@ def entry_frame(channel: str, entry: Entry, new: NewEntry | None = None) -> byte
     data = new.data_bytes() if new is not None else orjson.dumps(entry.data)
     publisher = new.publisher_bytes() if new is not None else orjson.dumps(entry.publisher)
     return frames.stored_event(
-        entry.event, channel, data, entry.user_id, publisher,
-        entry.offset, entry.epoch, entry.ts, entry.id,
+        entry.event,
+        channel,
+        data,
+        entry.user_id,
+        publisher,
+        entry.offset,
+        entry.epoch,
+        entry.ts,
+        entry.id,
     )
 
 
@@ -181,7 +190,9 @@ class Node:
             socket_id = new_socket_id()
         session.socket_id = socket_id
         session.hub = hub
-        session.conn = PusherConnection(app, socket_id, max_frame_bytes=self.settings.max_frame_bytes)
+        session.conn = PusherConnection(
+            app, socket_id, max_frame_bytes=self.settings.max_frame_bytes
+        )
         hub.sessions[socket_id] = session
         self.metrics.connections_total[app.id] += 1
         if cookie is not None and identity is None:
@@ -209,7 +220,9 @@ class Node:
             return
         self._admit(session, hub, identity, protocol)
 
-    def _admit(self, session: Session, hub: AppHub, identity: Identity | None, protocol: str) -> None:
+    def _admit(
+        self, session: Session, hub: AppHub, identity: Identity | None, protocol: str
+    ) -> None:
         assert session.conn is not None
         extra: dict[str, Any] = {}
         if identity is not None:
@@ -250,7 +263,8 @@ class Node:
         allowed = [o.strip() for o in app.allowed_origins.split(",") if o.strip()]
         if origin not in allowed:
             raise ConnectionRefused(
-                CloseCode.UNAUTHORIZED, f"Origin {origin or '(none)'} is not allowed for cookie sessions"
+                CloseCode.UNAUTHORIZED,
+                f"Origin {origin or '(none)'} is not allowed for cookie sessions",
             )
         return morsel.value
 
@@ -261,7 +275,9 @@ class Node:
         except SignatureExpired:
             raise ConnectionRefused(CloseCode.UNAUTHORIZED, "session expired") from None
         except BadSignature:
-            raise ConnectionRefused(CloseCode.UNAUTHORIZED, "session cookie signature is invalid") from None
+            raise ConnectionRefused(
+                CloseCode.UNAUTHORIZED, "session cookie signature is invalid"
+            ) from None
         return self._session_identity(payload)
 
     @staticmethod
@@ -284,7 +300,9 @@ class Node:
         except ConnectionRefused as exc:
             if not session.closing:
                 self.count_error(session, exc.code)
-                logs.info("connection refused", app_id=hub.app.id, code=exc.code, reason=exc.message)
+                logs.info(
+                    "connection refused", app_id=hub.app.id, code=exc.code, reason=exc.message
+                )
                 session.send(frames.error_frame(exc.code, exc.message))
                 session.close(exc.code or CloseCode.UNAUTHORIZED, exc.message)
             return
@@ -296,13 +314,17 @@ class Node:
 
         try:
             timeout = aiohttp.ClientTimeout(total=5)
-            async with aiohttp.ClientSession(timeout=timeout) as client:
-                async with client.post(app.session_introspection_url, json={"cookie": cookie}) as reply:
-                    if reply.status != 200:
-                        raise ConnectionRefused(CloseCode.UNAUTHORIZED, "session not recognized")
-                    payload = await reply.json(content_type=None)
+            async with (
+                aiohttp.ClientSession(timeout=timeout) as client,
+                client.post(app.session_introspection_url, json={"cookie": cookie}) as reply,
+            ):
+                if reply.status != 200:
+                    raise ConnectionRefused(CloseCode.UNAUTHORIZED, "session not recognized")
+                payload = await reply.json(content_type=None)
         except (aiohttp.ClientError, TimeoutError, ValueError):
-            raise ConnectionRefused(CloseCode.UNAUTHORIZED, "session introspection failed") from None
+            raise ConnectionRefused(
+                CloseCode.UNAUTHORIZED, "session introspection failed"
+            ) from None
         return self._session_identity(payload)
 
     def verify_token(self, app: AppConfig, token: str) -> Identity:
@@ -350,7 +372,9 @@ class Node:
             await asyncio.sleep(JWKS_REFRESH_S)
             await self.load_jwks()
 
-    def _refresh(self, session: Session, hub: AppHub, conn: PusherConnection, data: dict[str, Any]) -> None:
+    def _refresh(
+        self, session: Session, hub: AppHub, conn: PusherConnection, data: dict[str, Any]
+    ) -> None:
         token = data.get("token")
         try:
             if not isinstance(token, str) or not token:
@@ -423,8 +447,13 @@ class Node:
         if problem is not None:
             conn.forget(name)
             self.count_error(session, None)
-            logs.info("subscription refused", app_id=hub.app.id, socket_id=session.socket_id,
-                      channel=name, reason=problem)
+            logs.info(
+                "subscription refused",
+                app_id=hub.app.id,
+                socket_id=session.socket_id,
+                channel=name,
+                reason=problem,
+            )
             session.send(frames.error_frame(None, problem, name))
             return
         try:
@@ -501,12 +530,23 @@ class Node:
             )
             publisher = session.publisher = (user_id, stamp, orjson.dumps(stamp))
         new = NewEntry(
-            command.event, command.data, publisher[1], user_id, None, command.data_json, publisher[2]
+            command.event,
+            command.data,
+            publisher[1],
+            user_id,
+            None,
+            command.data_json,
+            publisher[2],
         )
         self._fan_out(hub, command.channel, new, session)
 
     def _fan_out(
-        self, hub: AppHub, name: str, new: NewEntry, exclude: Any = None, cache: bool = False,
+        self,
+        hub: AppHub,
+        name: str,
+        new: NewEntry,
+        exclude: Any = None,
+        cache: bool = False,
         done: asyncio.Future[None] | None = None,
     ) -> None:
         """Queue an event for `name`: it is appended to the channel's history (when it keeps
@@ -537,7 +577,10 @@ class Node:
                 for hub, name, new, exclude, cache, retention, done in batch:
                     if retention is None:
                         data = frames.frame(
-                            new.event, new.data, name, user_id=new.user_id,
+                            new.event,
+                            new.data,
+                            name,
+                            user_id=new.user_id,
                             parley={"publisher": new.publisher},
                         )
                         offset = 0
@@ -552,9 +595,7 @@ class Node:
                             hub.cache[name] = CachedEvent(
                                 data, new.event, new.data, time.monotonic() + hub.app.cache_ttl_s
                             )
-                        hub.messages_out += hub.broadcast(
-                            name, data, exclude, offset
-                        )
+                        hub.messages_out += hub.broadcast(name, data, exclude, offset)
                     if done is not None and not done.done():
                         done.set_result(None)
         finally:
@@ -622,7 +663,9 @@ class Node:
                 hub.app.id, name, offset, epoch, self.settings.recovery_limit
             )
         finally:
-            still_here = channel.subscribers.get(session, None) is held and session in channel.subscribers
+            still_here = (
+                channel.subscribers.get(session, None) is held and session in channel.subscribers
+            )
             if still_here:
                 channel.subscribers[session] = None
         if not still_here:
@@ -641,8 +684,12 @@ class Node:
             if not recovered or held_offset > last:
                 session.send(data)
         logs.debug(
-            "resumed", app_id=hub.app.id, socket_id=session.socket_id, channel=name,
-            recovered=recovered, replayed=len(entries or ()),
+            "resumed",
+            app_id=hub.app.id,
+            socket_id=session.socket_id,
+            channel=name,
+            recovered=recovered,
+            replayed=len(entries or ()),
         )
 
     async def _history_page(
@@ -657,6 +704,7 @@ class Node:
 
     async def read_history(self, app: AppConfig, name: str, args: dict[str, Any]) -> dict[str, Any]:
         """A page of history as the API and `parley:history` answer it."""
+
         def number(key: str, default: int | None) -> int | None:
             value = args.get(key)
             if value in (None, ""):
@@ -676,12 +724,20 @@ class Node:
         if direction not in ("forward", "backward"):
             raise BadRequest("'direction' must be forward or backward")
         page = await self.history.read(
-            app.id, name, after=number("after", None), before=number("before", None),
-            limit=limit, direction="backward" if direction == "backward" else "forward",
+            app.id,
+            name,
+            after=number("after", None),
+            before=number("before", None),
+            limit=limit,
+            direction="backward" if direction == "backward" else "forward",
         )
         events = []
         for entry in page.entries:
-            item: dict[str, Any] = {"event": entry.event, "data": entry.data, "parley": parley_of(entry)}
+            item: dict[str, Any] = {
+                "event": entry.event,
+                "data": entry.data,
+                "parley": parley_of(entry),
+            }
             if entry.user_id is not None:
                 item["user_id"] = entry.user_id
             events.append(item)
@@ -760,7 +816,9 @@ class Node:
         for session in peers:
             session.send(frames.error_frame(CloseCode.UNAUTHORIZED, reason))
             session.close(CloseCode.UNAUTHORIZED, reason)
-        logs.info("user terminated", app_id=app.id, user_id=user_id, connections=len(peers), reason=reason)
+        logs.info(
+            "user terminated", app_id=app.id, user_id=user_id, connections=len(peers), reason=reason
+        )
         return len(peers)
 
     # -- liveness, errors, shutdown ----------------------------------------------------------
@@ -799,9 +857,15 @@ class Node:
                         continue
                     silent = now - session.last_seen
                     if silent > dead_after:
-                        logs.info("pong not received", app_id=hub.app.id, socket_id=session.socket_id)
+                        logs.info(
+                            "pong not received", app_id=hub.app.id, socket_id=session.socket_id
+                        )
                         self.count_error(session, CloseCode.PONG_NOT_RECEIVED)
-                        session.send(frames.error_frame(CloseCode.PONG_NOT_RECEIVED, "Pong reply not received"))
+                        session.send(
+                            frames.error_frame(
+                                CloseCode.PONG_NOT_RECEIVED, "Pong reply not received"
+                            )
+                        )
                         session.close(CloseCode.PONG_NOT_RECEIVED, "Pong reply not received")
                     elif silent > idle_after and not session.pinged:
                         session.pinged = True
@@ -819,7 +883,9 @@ class Node:
                 background.cancel()
         sessions = [s for hub in self.hubs.values() for s in hub.sessions.values()]
         for session in sessions:
-            session.send(frames.error_frame(CloseCode.RECONNECT, "Server is shutting down, reconnect"))
+            session.send(
+                frames.error_frame(CloseCode.RECONNECT, "Server is shutting down, reconnect")
+            )
             session.close(CloseCode.RECONNECT, "Server is shutting down")
         deadline = time.monotonic() + self.settings.shutdown_grace_s
         while any(hub.sessions for hub in self.hubs.values()) and time.monotonic() < deadline:
@@ -837,7 +903,12 @@ class Node:
         }
 
     def _gauges(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {"connections": {}, "channels": {}, "subscriptions": {}, "users": {}}
+        out: dict[str, dict[str, int]] = {
+            "connections": {},
+            "channels": {},
+            "subscriptions": {},
+            "users": {},
+        }
         for app_id, hub in self.hubs.items():
             out["connections"][app_id] = len(hub.sessions)
             out["channels"][app_id] = len(hub.channels)

@@ -48,11 +48,11 @@ def parse_query(query: str) -> dict[str, str]:
 
 class Session:
     __slots__ = (
+        "_close_on_connect",
         "_early",
         "_fragments",
         "_opened",
         "_raw",
-        "_close_on_connect",
         "closing",
         "conn",
         "headers",
@@ -222,7 +222,9 @@ class Session:
             return
         # The close frame queues behind what is buffered; a reader that never drains it is
         # cut off without ceremony once the grace period is over.
-        transport.send_close(WSCloseCode(CloseCode.OVER_CAPACITY), b"Slow consumer: too much buffered")
+        transport.send_close(
+            WSCloseCode(CloseCode.OVER_CAPACITY), b"Slow consumer: too much buffered"
+        )
         transport.disconnect()
         self.node.loop.call_later(5.0, self._abort)
 

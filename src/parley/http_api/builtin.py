@@ -60,7 +60,9 @@ class LoginThrottle:
         for key in keys:
             self._failures.setdefault(key, deque()).append(now)
         if len(self._failures) > 100_000:  # bounded: forget the quiet keys
-            for key in [k for k, v in self._failures.items() if not v or v[-1] <= now - self.window_s]:
+            for key in [
+                k for k, v in self._failures.items() if not v or v[-1] <= now - self.window_s
+            ]:
                 del self._failures[key]
 
     def succeeded(self, keys: list[str]) -> None:
@@ -78,13 +80,18 @@ def _builtin(call: Call) -> None:
     if call.app.auth != "builtin":
         raise Forbidden(
             f"App {call.app.id} authorizes through its own backend; the built-in authorizer "
-            "is off (set auth = \"builtin\")"
+            'is off (set auth = "builtin")'
         )
 
 
 def issue_token(app: AppConfig, user_id: str, info: Any, now: float) -> tuple[str, int]:
     expires_at = int(now + app.token_ttl_s)
-    claims: dict[str, Any] = {"sub": user_id, "aud": app.jwt_audience or app.key, "iat": int(now), "exp": expires_at}
+    claims: dict[str, Any] = {
+        "sub": user_id,
+        "aud": app.jwt_audience or app.key,
+        "iat": int(now),
+        "exp": expires_at,
+    }
     if app.jwt_issuer:
         claims["iss"] = app.jwt_issuer
     if info is not None:
@@ -126,7 +133,9 @@ def register(router: Router) -> None:
             raise Unauthorized("Unknown user, wrong password or disabled user")
         throttle.succeeded(keys[:1])
         token, expires_at = issue_token(call.app, user.name, user.info, time.time())
-        return Response(200, orjson.dumps({"token": token, "expires_at": expires_at, "user_id": user.name}))
+        return Response(
+            200, orjson.dumps({"token": token, "expires_at": expires_at, "user_id": user.name})
+        )
 
     @router.route("POST", "/apps/{app_id}/pusher/auth", "pusher_auth", auth="bearer")
     def pusher_auth(node: Node, call: Call) -> dict[str, Any]:
@@ -195,12 +204,18 @@ def register(router: Router) -> None:
             raise BadRequest("'subject' and 'resource' must be strings")
         if not isinstance(operations, list) or not all(isinstance(o, str) for o in operations):
             raise BadRequest("'operations' must be an array of read, write, presence, manage")
-        if ttl_s is not None and (isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or ttl_s <= 0):
+        if ttl_s is not None and (
+            isinstance(ttl_s, bool) or not isinstance(ttl_s, int | float) or ttl_s <= 0
+        ):
             raise BadRequest("'ttl_s' must be a positive number of seconds")
         may_manage(node, call, resource)
         try:
             grant = await node.access.create(
-                call.app, subject, resource, operations, ttl_s,
+                call.app,
+                subject,
+                resource,
+                operations,
+                ttl_s,
                 call.user.user_id if call.user else None,
             )
         except ValueError as exc:
@@ -211,7 +226,8 @@ def register(router: Router) -> None:
     async def grants_list(node: Node, call: Call) -> dict[str, Any]:
         assert node.access is not None
         grants = await node.access.grants.list(
-            call.app.id, subject=call.params.get("subject") or None,
+            call.app.id,
+            subject=call.params.get("subject") or None,
             resource=call.params.get("resource") or None,
         )
         if call.user is not None:
@@ -219,7 +235,9 @@ def register(router: Router) -> None:
             grants = [g for g in grants if node.access.manages(call.app, user_id, g.resource)]
         return {"grants": [grant_json(g) for g in grants]}
 
-    @router.route("DELETE", "/apps/{app_id}/grants/{grant_id}", "grants_delete", auth="signed_or_bearer")
+    @router.route(
+        "DELETE", "/apps/{app_id}/grants/{grant_id}", "grants_delete", auth="signed_or_bearer"
+    )
     async def grants_delete(node: Node, call: Call) -> dict[str, Any]:
         assert node.access is not None
         (grant_id,) = call.args

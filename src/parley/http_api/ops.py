@@ -13,9 +13,9 @@ def register(router: Router) -> None:
     node = router.node
 
     async def healthz(request: Request) -> Response:
-        return Response(200, orjson.dumps(
-            {"status": "ok", "version": __version__, "code": speedups.STATUS}
-        ))
+        return Response(
+            200, orjson.dumps({"status": "ok", "version": __version__, "code": speedups.STATUS})
+        )
 
     async def readyz(request: Request) -> Response:
         if node.draining:
@@ -31,5 +31,3 @@ def register(router: Router) -> None:
     router.unsigned[("GET", "/healthz")] = healthz
     router.unsigned[("GET", "/readyz")] = readyz
     router.unsigned[("GET", "/metrics")] = metrics
-
-

@@ -112,7 +112,11 @@ def register(router: Router) -> None:
     async def events(node: Node, call: Call) -> dict[str, Any]:
         event = _validate_event(call.app, call.json())
         await node.publish(
-            call.app, event["name"], event["data"], event["channels"], event["socket_id"],
+            call.app,
+            event["name"],
+            event["data"],
+            event["channels"],
+            event["socket_id"],
             event["idempotency_key"],
         )
         if not event["info"]:
@@ -143,7 +147,11 @@ def register(router: Router) -> None:
                 raise PayloadTooLarge(f"batch[{index}]: {exc.message}") from None
         for item in items:
             await node.publish(
-                call.app, item["name"], item["data"], item["channels"], item["socket_id"],
+                call.app,
+                item["name"],
+                item["data"],
+                item["channels"],
+                item["socket_id"],
                 item["idempotency_key"],
             )
         if not any(item["info"] for item in items):

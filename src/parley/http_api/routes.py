@@ -67,7 +67,7 @@ class Router:
         "signed" (Pusher's request signature), "bearer" (a JWT for the app), "signed_or_bearer",
         or "none"."""
         regex = re.compile(
-            "^" + re.sub(r"\{(\w+)\}", lambda m: r"(?P<%s>[^/]+)" % m.group(1), pattern) + "$"
+            "^" + re.sub(r"\{(\w+)\}", lambda m: rf"(?P<{m.group(1)}>[^/]+)", pattern) + "$"
         )
 
         def register(handler: Handler) -> Handler:
@@ -146,7 +146,9 @@ class Router:
                 return name, result
             return name, Response(200, orjson.dumps(result))
         if path_matched:
-            return "unmatched", _error(405, f"Method {request.method} not allowed on {request.path}")
+            return "unmatched", _error(
+                405, f"Method {request.method} not allowed on {request.path}"
+            )
         raise NotFound(f"No route for {request.method} {request.path}")
 
     def _bearer(self, request: Request, app: AppConfig) -> Identity:

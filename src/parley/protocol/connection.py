@@ -81,7 +81,11 @@ class ClientEvent:
     data_json: bytes | None = field(compare=False)  # `data` encoded, once
 
     def __init__(
-        self, channel: str, event: str, data: Any, user_id: str | None,
+        self,
+        channel: str,
+        event: str,
+        data: Any,
+        user_id: str | None,
         data_json: bytes | None = None,
     ) -> None:
         self.channel = channel
@@ -291,7 +295,9 @@ class PusherConnection:
     def _signin(self, data: dict[str, Any]) -> list[Command]:
         user_data = data.get("user_data")
         if not isinstance(user_data, str):
-            raise ConnectionRefused(CloseCode.UNAUTHORIZED, "Invalid signin: user_data must be a string")
+            raise ConnectionRefused(
+                CloseCode.UNAUTHORIZED, "Invalid signin: user_data must be a string"
+            )
         problem = token_problem(
             data.get("auth"),
             self.app.key,
@@ -303,7 +309,9 @@ class PusherConnection:
         try:
             parsed = orjson.loads(user_data)
         except orjson.JSONDecodeError:
-            raise ConnectionRefused(CloseCode.UNAUTHORIZED, "Invalid signin: user_data is not JSON") from None
+            raise ConnectionRefused(
+                CloseCode.UNAUTHORIZED, "Invalid signin: user_data is not JSON"
+            ) from None
         user_id = parsed.get("id") if isinstance(parsed, dict) else None
         if not isinstance(user_id, str) or not user_id:
             raise ConnectionRefused(
@@ -322,7 +330,9 @@ class PusherConnection:
             raise ProtocolError("Invalid signin: watchlist must be an array of user ids")
         assert isinstance(parsed, dict)
         self.identify(user_id, parsed.get("user_info"))
-        ids = tuple(str(w) for w in watchlist if isinstance(w, str | int) and not isinstance(w, bool))
+        ids = tuple(
+            str(w) for w in watchlist if isinstance(w, str | int) and not isinstance(w, bool)
+        )
         commands: list[Command] = [
             Signin(user_id, parsed.get("user_info"), user_data, ids[: self.app.max_watchlist])
         ]

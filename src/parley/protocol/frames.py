@@ -52,8 +52,11 @@ def stored_event(
     encoded (embedded as they are, not parsed again): one orjson call."""
     data = orjson.Fragment(data_json) if data_json != b"null" else None  # `frame` omits None
     parley = {
-        "publisher": orjson.Fragment(publisher_json), "offset": offset, "epoch": epoch,
-        "ts": ts, "id": message_id,
+        "publisher": orjson.Fragment(publisher_json),
+        "offset": offset,
+        "epoch": epoch,
+        "ts": ts,
+        "id": message_id,
     }
     return frame(event, data, channel, user_id=user_id, parley=parley)
 

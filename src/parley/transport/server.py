@@ -53,7 +53,7 @@ class _WsLog:
         self._logger.error(msg, *args, **kwargs)
 
     def exception(self, msg: str, *args: Any, **kwargs: Any) -> None:
-        self._logger.exception(msg, *args, **kwargs)
+        self._logger.exception(msg, *args, **kwargs)  # noqa: LOG004 - picows calls it in handlers
 
 
 @dataclass(slots=True)
@@ -101,7 +101,11 @@ class Listener(WSListener):
     picows to the handler with no Python frame of this class in between."""
 
     __slots__ = (
-        "on_ws_connected", "on_ws_disconnected", "on_ws_frame", "pause_writing", "resume_writing",
+        "on_ws_connected",
+        "on_ws_disconnected",
+        "on_ws_frame",
+        "pause_writing",
+        "resume_writing",
     )
 
     def __init__(self, handler: WsHandler) -> None:
@@ -214,10 +218,20 @@ HttpHandler = Callable[[Request], Awaitable[Response]]
 WsFactory = Callable[[str, str, Any], WsHandler | None]
 
 _REASONS = {
-    200: "OK", 201: "Created", 202: "Accepted", 204: "No Content", 400: "Bad Request",
-    401: "Unauthorized", 403: "Forbidden", 404: "Not Found", 405: "Method Not Allowed",
-    409: "Conflict", 413: "Payload Too Large", 429: "Too Many Requests",
-    431: "Request Header Fields Too Large", 500: "Internal Server Error",
+    200: "OK",
+    201: "Created",
+    202: "Accepted",
+    204: "No Content",
+    400: "Bad Request",
+    401: "Unauthorized",
+    403: "Forbidden",
+    404: "Not Found",
+    405: "Method Not Allowed",
+    409: "Conflict",
+    413: "Payload Too Large",
+    429: "Too Many Requests",
+    431: "Request Header Fields Too Large",
+    500: "Internal Server Error",
     503: "Service Unavailable",
 }
 
@@ -284,7 +298,11 @@ class FrontProtocol(asyncio.Protocol):
         except httptools.HttpParserUpgrade:
             self._reply_and_close(400, b'{"error":"Unexpected upgrade request"}')
         except httptools.HttpParserError as exc:
-            self._reply_and_close(400, b'{"error":"Malformed HTTP request: %s"}' % str(exc).encode()[:80].replace(b'"', b"'"))
+            self._reply_and_close(
+                400,
+                b'{"error":"Malformed HTTP request: %s"}'
+                % str(exc).encode()[:80].replace(b'"', b"'"),
+            )
 
     def on_message_begin(self) -> None:
         self._url = b""

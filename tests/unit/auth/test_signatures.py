@@ -36,7 +36,7 @@ def test_private_channel_vector() -> None:
     ],
 )
 def test_presence_vectors(name: str, expected: str) -> None:
-    data = '{"user_id":10,"user_info":{"name":"%s"}}' % name
+    data = '{"user_id":10,"user_info":{"name":"' + name + '"}}'
     assert sign(SECRET, channel_auth_string("1234.1234", "presence-foobar", data)) == expected
 
 
@@ -54,7 +54,9 @@ def test_token_problems_name_the_fault() -> None:
     assert token_problem(good, KEY, SECRET, message) is None
     assert "Missing" in (token_problem("", KEY, SECRET, message) or "")
     assert "format" in (token_problem("nocolon", KEY, SECRET, message) or "")
-    assert "Invalid key" in (token_problem("other:" + good.split(":")[1], KEY, SECRET, message) or "")
+    assert "Invalid key" in (
+        token_problem("other:" + good.split(":")[1], KEY, SECRET, message) or ""
+    )
     other_socket = make_token(KEY, SECRET, channel_auth_string("2.2", "private-x"))
     assert "Invalid signature" in (token_problem(other_socket, KEY, SECRET, message) or "")
 
@@ -119,7 +121,10 @@ def test_get_with_empty_body_md5_is_kept_in_the_signature() -> None:
     [
         (lambda p: [(k, "1" if k == "auth_timestamp" else v) for k, v in p], "Timestamp expired"),
         (lambda p: [(k, "0" * 32 if k == "body_md5" else v) for k, v in p], "body_md5"),
-        (lambda p: [(k, "f" * 64 if k == "auth_signature" else v) for k, v in p], "Invalid signature"),
+        (
+            lambda p: [(k, "f" * 64 if k == "auth_signature" else v) for k, v in p],
+            "Invalid signature",
+        ),
         (lambda p: [(k, "nope" if k == "auth_key" else v) for k, v in p], "auth_key"),
         (lambda p: [(k, v) for k, v in p if k != "auth_signature"], "Missing auth_signature"),
     ],
@@ -128,8 +133,13 @@ def test_api_request_refusals(mutate, message: str) -> None:  # type: ignore[no-
     params = mutate(_signed("POST", "/apps/3/events", BODY, 5000))
     with pytest.raises(Unauthorized, match=message):
         verify_api_request(
-            method="POST", path="/apps/3/events", params=params, body=BODY,
-            key=KEY, secret=SECRET, now=5000,
+            method="POST",
+            path="/apps/3/events",
+            params=params,
+            body=BODY,
+            key=KEY,
+            secret=SECRET,
+            now=5000,
         )
 
 
@@ -137,6 +147,11 @@ def test_signature_covers_the_path() -> None:
     params = _signed("POST", "/apps/3/events", BODY, 5000)
     with pytest.raises(Unauthorized, match="Invalid signature"):
         verify_api_request(
-            method="POST", path="/apps/4/events", params=params, body=BODY,
-            key=KEY, secret=SECRET, now=5000,
+            method="POST",
+            path="/apps/4/events",
+            params=params,
+            body=BODY,
+            key=KEY,
+            secret=SECRET,
+            now=5000,
         )

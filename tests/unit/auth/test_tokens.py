@@ -22,7 +22,11 @@ def check(token: str, **kw) -> object:  # type: ignore[no-untyped-def]
 
 def test_hs256_identity_with_info() -> None:
     identity = check(hs({"sub": "alice", "info": {"name": "Alice"}}))
-    assert (identity.user_id, identity.info, identity.expires_at) == ("alice", {"name": "Alice"}, NOW + 60)  # type: ignore[attr-defined]
+    assert (identity.user_id, identity.info, identity.expires_at) == (
+        "alice",
+        {"name": "Alice"},
+        NOW + 60,
+    )  # type: ignore[attr-defined]
 
 
 @pytest.mark.parametrize(
@@ -37,7 +41,10 @@ def test_hs256_identity_with_info() -> None:
         (jwt.encode({"aud": AUD, "exp": NOW + 60}, SECRET, algorithm="HS256"), "'sub'"),
         ("not-a-jwt", "not a valid JWT"),
         (jwt.encode({"sub": "a", "aud": AUD, "exp": NOW + 60}, None, algorithm="none"), "'none'"),
-        (jwt.encode({"sub": "a", "aud": AUD, "exp": NOW + 60}, SECRET * 2, algorithm="HS512"), "'HS512'"),
+        (
+            jwt.encode({"sub": "a", "aud": AUD, "exp": NOW + 60}, SECRET * 2, algorithm="HS512"),
+            "'HS512'",
+        ),
     ],
 )
 def test_refusals_say_why(token: str, reason: str) -> None:
@@ -52,13 +59,19 @@ def test_issuer_is_checked_when_configured() -> None:
 
 
 def _pem(private_key) -> str:  # type: ignore[no-untyped-def]
-    return private_key.public_key().public_bytes(
-        serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo
-    ).decode()
+    return (
+        private_key.public_key()
+        .public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo)
+        .decode()
+    )
 
 
 @pytest.mark.parametrize(
-    ("make", "alg"), [(lambda: ec.generate_private_key(ec.SECP256R1()), "ES256"), (ed25519.Ed25519PrivateKey.generate, "EdDSA")]
+    ("make", "alg"),
+    [
+        (lambda: ec.generate_private_key(ec.SECP256R1()), "ES256"),
+        (ed25519.Ed25519PrivateKey.generate, "EdDSA"),
+    ],
 )
 def test_asymmetric_keys_and_no_algorithm_confusion(make, alg: str) -> None:  # type: ignore[no-untyped-def]
     key = make()
@@ -68,6 +81,8 @@ def test_asymmetric_keys_and_no_algorithm_confusion(make, alg: str) -> None:  # 
     with pytest.raises(TokenRejected):
         check(token)  # no public key configured: refused
     # An HS256 token "signed" with the public key text must not pass as the public key.
-    forged = jwt.encode({"sub": "bob", "aud": AUD, "exp": NOW + 60}, SECRET + "x", algorithm="HS256")
+    forged = jwt.encode(
+        {"sub": "bob", "aud": AUD, "exp": NOW + 60}, SECRET + "x", algorithm="HS256"
+    )
     with pytest.raises(TokenRejected, match="signature"):
         check(forged, public_keys=(public,))

@@ -19,7 +19,9 @@ def test_ids_are_32_hex_digits_and_never_repeat_in_a_process() -> None:
 def test_two_processes_draw_different_prefixes() -> None:
     code = "from parley.backends.history import new_message_id as n; print(n())"
     first, second = (
-        subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
-        .stdout.strip() for _ in range(2)
+        subprocess.run(
+            [sys.executable, "-c", code], capture_output=True, text=True, check=True
+        ).stdout.strip()
+        for _ in range(2)
     )
     assert re.fullmatch(r"[0-9a-f]{32}", first) and first[:16] != second[:16]

@@ -13,7 +13,9 @@ from parley.settings import AppConfig
 
 
 class Peer:
-    def __init__(self, socket_id: str, user_id: str | None = None, watchlist: tuple[str, ...] = ()) -> None:
+    def __init__(
+        self, socket_id: str, user_id: str | None = None, watchlist: tuple[str, ...] = ()
+    ) -> None:
         self.socket_id, self.user_id, self.watchlist = socket_id, user_id, watchlist
         self.frames: list[dict] = []  # type: ignore[type-arg]
 
@@ -38,7 +40,11 @@ def test_member_events_once_per_user_and_never_to_the_originator() -> None:
     assert json.loads(watcher.frames[0]["data"]) == {"user_id": "a", "user_info": {"n": 1}}
     assert a1.events() == [] and a2.events() == []
     channel = hub.channels["presence-room"]
-    assert hub.presence_data(channel) == {"ids": ["w", "a"], "hash": {"w": None, "a": {"n": 1}}, "count": 2}
+    assert hub.presence_data(channel) == {
+        "ids": ["w", "a"],
+        "hash": {"w": None, "a": {"n": 1}},
+        "count": 2,
+    }
     hub.leave(a1, "presence-room", Member("a", None))
     assert watcher.events() == ["pusher_internal:member_added"]
     hub.leave(a2, "presence-room", Member("a", None))

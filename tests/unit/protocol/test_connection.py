@@ -32,7 +32,9 @@ def connection(app: AppConfig = APP) -> PusherConnection:
     return conn
 
 
-def send(conn: PusherConnection, event: str, data: Any = None, now: float = 0.0, **extra: Any) -> list[Any]:
+def send(
+    conn: PusherConnection, event: str, data: Any = None, now: float = 0.0, **extra: Any
+) -> list[Any]:
     message: dict[str, Any] = {"event": event, **extra}
     if data is not None:
         message["data"] = data
@@ -86,9 +88,15 @@ def test_public_subscribe_and_sequencing() -> None:
     assert send(conn, "pusher:subscribe", {"channel": "news", "auth": ""}) == [
         Subscribe("news", replace_type("news"), None)
     ]
-    assert "Existing subscription" in error_of(send(conn, "pusher:subscribe", {"channel": "news"}))["message"]
+    assert (
+        "Existing subscription"
+        in error_of(send(conn, "pusher:subscribe", {"channel": "news"}))["message"]
+    )
     assert send(conn, "pusher:unsubscribe", {"channel": "news"}) == [Unsubscribe("news", None)]
-    assert "No current subscription" in error_of(send(conn, "pusher:unsubscribe", {"channel": "news"}))["message"]
+    assert (
+        "No current subscription"
+        in error_of(send(conn, "pusher:unsubscribe", {"channel": "news"}))["message"]
+    )
     assert isinstance(send(conn, "pusher:subscribe", {"channel": "news"})[0], Subscribe)
 
 
@@ -120,24 +128,44 @@ def test_subscribe_with_missing_data_is_an_error_not_a_crash() -> None:
 
 def test_private_channel_auth() -> None:
     conn = connection()
-    (ok,) = send(conn, "pusher:subscribe", {"channel": "private-a", "auth": private_auth("private-a")})
+    (ok,) = send(
+        conn, "pusher:subscribe", {"channel": "private-a", "auth": private_auth("private-a")}
+    )
     assert isinstance(ok, Subscribe) and ok.type.kind is Kind.PRIVATE
-    assert "Missing" in error_of(send(conn, "pusher:subscribe", {"channel": "private-b"}))["message"]
+    assert (
+        "Missing" in error_of(send(conn, "pusher:subscribe", {"channel": "private-b"}))["message"]
+    )
     other_socket = private_auth("private-c", socket_id="9.9")
     error = error_of(send(conn, "pusher:subscribe", {"channel": "private-c", "auth": other_socket}))
     assert error["code"] is None and "Invalid signature" in error["message"]
     wrong_key = private_auth("private-d", key="nope")
-    assert "Invalid key" in error_of(send(conn, "pusher:subscribe", {"channel": "private-d", "auth": wrong_key}))["message"]
+    assert (
+        "Invalid key"
+        in error_of(send(conn, "pusher:subscribe", {"channel": "private-d", "auth": wrong_key}))[
+            "message"
+        ]
+    )
     # a private-channel signature does not open the encrypted channel of another name
-    assert "Invalid signature" in error_of(
-        send(conn, "pusher:subscribe", {"channel": "private-encrypted-a", "auth": private_auth("private-a")})
-    )["message"]
+    assert (
+        "Invalid signature"
+        in error_of(
+            send(
+                conn,
+                "pusher:subscribe",
+                {"channel": "private-encrypted-a", "auth": private_auth("private-a")},
+            )
+        )["message"]
+    )
 
 
 def test_presence_with_channel_data_signed_over_the_raw_string() -> None:
     conn = connection()
     raw = '{"user_id": 10, "user_info": {"name": "A"}}'  # pysher-style separators
-    (sub,) = send(conn, "pusher:subscribe", {"channel": "presence-x", "auth": presence_auth("presence-x", raw), "channel_data": raw})
+    (sub,) = send(
+        conn,
+        "pusher:subscribe",
+        {"channel": "presence-x", "auth": presence_auth("presence-x", raw), "channel_data": raw},
+    )
     assert sub.member == Member("10", {"name": "A"})
 
 
@@ -150,14 +178,29 @@ def test_presence_limits() -> None:
         ('{"user_info":{}}', "user_id"),
         ("not json", "not valid JSON"),
     ]:
-        error = error_of(send(conn, "pusher:subscribe", {"channel": "presence-x", "auth": presence_auth("presence-x", data), "channel_data": data}))
+        error = error_of(
+            send(
+                conn,
+                "pusher:subscribe",
+                {
+                    "channel": "presence-x",
+                    "auth": presence_auth("presence-x", data),
+                    "channel_data": data,
+                },
+            )
+        )
         assert problem in error["message"]
 
 
 def test_presence_by_signin_without_channel_data() -> None:
     conn = connection()
     auth = private_auth("presence-room")
-    assert "signed-in" in error_of(send(conn, "pusher:subscribe", {"channel": "presence-room", "auth": auth}))["message"]
+    assert (
+        "signed-in"
+        in error_of(send(conn, "pusher:subscribe", {"channel": "presence-room", "auth": auth}))[
+            "message"
+        ]
+    )
     signin(conn, "42", user_info={"name": "Ann"})
     (sub,) = send(conn, "pusher:subscribe", {"channel": "presence-room", "auth": auth})
     assert sub.member == Member("42", {"name": "Ann"})
@@ -167,17 +210,37 @@ def test_signed_in_connection_cannot_join_presence_as_another_user() -> None:
     conn = connection()
     signin(conn, "42")
     data = '{"user_id":"43"}'
-    error = error_of(send(conn, "pusher:subscribe", {"channel": "presence-x", "auth": presence_auth("presence-x", data), "channel_data": data}))
+    error = error_of(
+        send(
+            conn,
+            "pusher:subscribe",
+            {
+                "channel": "presence-x",
+                "auth": presence_auth("presence-x", data),
+                "channel_data": data,
+            },
+        )
+    )
     assert "signed in as '42'" in error["message"]
 
 
 def test_signin_and_server_to_user_channel() -> None:
     conn = connection()
-    assert "not signed in" in error_of(send(conn, "pusher:subscribe", {"channel": "#server-to-user-42"}))["message"]
+    assert (
+        "not signed in"
+        in error_of(send(conn, "pusher:subscribe", {"channel": "#server-to-user-42"}))["message"]
+    )
     (command,) = signin(conn, "42", watchlist=["7", "9"])
-    assert command == Signin("42", None, json.dumps({"id": "42", "watchlist": ["7", "9"]}), ("7", "9"))
-    assert "not signed in as" in error_of(send(conn, "pusher:subscribe", {"channel": "#server-to-user-43"}))["message"]
-    assert isinstance(send(conn, "pusher:subscribe", {"channel": "#server-to-user-42"})[0], Subscribe)
+    assert command == Signin(
+        "42", None, json.dumps({"id": "42", "watchlist": ["7", "9"]}), ("7", "9")
+    )
+    assert (
+        "not signed in as"
+        in error_of(send(conn, "pusher:subscribe", {"channel": "#server-to-user-43"}))["message"]
+    )
+    assert isinstance(
+        send(conn, "pusher:subscribe", {"channel": "#server-to-user-42"})[0], Subscribe
+    )
 
 
 def test_bad_signin_closes_with_4009() -> None:
@@ -205,10 +268,19 @@ def test_client_event_rules() -> None:
     conn = subscribed(["private-a", "news"])
     (event,) = send(conn, "client-typing", {"x": 1}, channel="private-a")
     assert event == ClientEvent("private-a", "client-typing", {"x": 1}, None)
-    assert "not subscribed" in error_of(send(conn, "client-typing", {}, channel="private-b"))["message"]
-    assert "only private and presence" in error_of(send(conn, "client-typing", {}, channel="news"))["message"]
+    assert (
+        "not subscribed"
+        in error_of(send(conn, "client-typing", {}, channel="private-b"))["message"]
+    )
+    assert (
+        "only private and presence"
+        in error_of(send(conn, "client-typing", {}, channel="news"))["message"]
+    )
     disabled = subscribed(["private-a"], replace(APP, client_events=False))
-    assert "not have client messaging enabled" in error_of(send(disabled, "client-x", {}, channel="private-a"))["message"]
+    assert (
+        "not have client messaging enabled"
+        in error_of(send(disabled, "client-x", {}, channel="private-a"))["message"]
+    )
 
 
 def test_client_event_carries_the_connection_identity_never_the_payload() -> None:
@@ -221,7 +293,10 @@ def test_client_event_carries_the_connection_identity_never_the_payload() -> Non
 
 def test_client_event_size_cap() -> None:
     conn = subscribed(["private-a"], replace(APP, max_event_bytes=10))
-    assert "limit is 10" in error_of(send(conn, "client-big", "x" * 11, channel="private-a"))["message"]
+    assert (
+        "limit is 10"
+        in error_of(send(conn, "client-big", "x" * 11, channel="private-a"))["message"]
+    )
 
 
 def test_client_event_rate_limit_is_an_error_event_not_a_close() -> None:
@@ -233,7 +308,9 @@ def test_client_event_rate_limit_is_an_error_event_not_a_close() -> None:
     assert isinstance(send(conn, "client-a", {}, now=100.6, channel="private-a")[0], ClientEvent)
     unlimited = subscribed(["private-a"], replace(APP, client_event_rate=0))
     for _ in range(100):
-        assert isinstance(send(unlimited, "client-a", {}, now=5.0, channel="private-a")[0], ClientEvent)
+        assert isinstance(
+            send(unlimited, "client-a", {}, now=5.0, channel="private-a")[0], ClientEvent
+        )
 
 
 @pytest.mark.parametrize(

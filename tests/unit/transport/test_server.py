@@ -40,7 +40,7 @@ def parse_server_frame(data: bytes) -> Frame:
 
 @pytest.mark.parametrize("size", [0, 1, 125, 126, 127, 65535, 65536, 70000])
 def test_text_frame_round_trips_through_a_client_parser(size: int) -> None:
-    payload = bytes((48 + i % 10 for i in range(size)))
+    payload = bytes(48 + i % 10 for i in range(size))
     frame = parse_server_frame(text_frame(payload))
     assert frame.opcode is Opcode.TEXT and frame.fin and frame.data == payload
 
