@@ -18,6 +18,7 @@ from urllib.parse import urlencode
 import pytest
 from itsdangerous import URLSafeTimedSerializer
 
+from tests.support.node_scenarios import run_scenario
 from tests.support.pusher_raw import (
     ApiResponse,
     RawClient,
@@ -407,8 +408,6 @@ def test_browser_flow_with_pusher_js_and_token_refusals(
     srv: ParleyServer, node_modules: object
 ) -> None:
     import jwt as pyjwt
-
-    from tests.e2e.test_pusher_js import run_scenario
 
     room, team = unique("presence-lobby-"), unique("private-crew-")
     assert grant(srv, "*", room, ["presence"]).status == 201

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
-from tests.e2e.test_pusher_js import run_scenario
+from tests.support.node_scenarios import run_scenario
 from tests.support.server import ROOT, ParleyServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node, pytest.mark.usefixtures("node_modules")]

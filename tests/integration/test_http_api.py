@@ -1,0 +1,162 @@
+"""The HTTP API's queries and operations against live connections: channels, channel, users,
+terminate_connections, signature refusals, and the unsigned /healthz, /readyz and /metrics."""
+
+from __future__ import annotations
+
+import re
+
+import pytest
+
+from parley import __version__
+from tests.support.inproc import InProcessApp
+from tests.support.pusher_async import AsyncApi, AsyncClient, AsyncClientPool
+from tests.support.pusher_raw import presence_data, unique
+
+pytestmark = pytest.mark.integration
+
+
+async def member(
+    clients: AsyncClientPool, app: InProcessApp, channel: str, user_id: str
+) -> AsyncClient:
+    client = await clients.connect()
+    await client.subscribe(
+        channel, key=app.app.key, secret=app.app.secret, channel_data=presence_data(user_id)
+    )
+    return client
+
+
+async def test_channel_and_user_queries_follow_the_connections(
+    app: InProcessApp, clients: AsyncClientPool, api: AsyncApi
+) -> None:
+    base = f"/apps/{app.app.id}"
+    news, room = unique("news-"), unique("presence-room-")
+    reader = await clients.connect()
+    await reader.subscribe(news)
+    alice = await member(clients, app, room, "alice")
+    await member(clients, app, room, "alice")
+    bob = await member(clients, app, room, "bob")
+    await alice.expect_next("pusher_internal:member_added", room)
+
+    listed = await api.signed("GET", f"{base}/channels")
+    assert (listed.status, listed.json()) == (200, {"channels": {news: {}, room: {}}})
+    counted = await api.signed(
+        "GET", f"{base}/channels", params={"filter_by_prefix": "presence-", "info": "user_count"}
+    )
+    assert counted.json() == {"channels": {room: {"user_count": 2}}}
+    one = await api.signed(
+        "GET", f"{base}/channels/{room}", params={"info": "user_count,subscription_count"}
+    )
+    assert one.json() == {"occupied": True, "user_count": 2, "subscription_count": 3}
+    users = await api.signed("GET", f"{base}/channels/{room}/users")
+    assert sorted(u["id"] for u in users.json()["users"]) == ["alice", "bob"]
+
+    await bob.close()
+    await alice.expect_next("pusher_internal:member_removed", room)
+    users = await api.signed("GET", f"{base}/channels/{room}/users")
+    assert users.json() == {"users": [{"id": "alice"}]}
+
+    await reader.send_event("pusher:unsubscribe", {"channel": news})
+    await reader.ping()
+    vacated = await api.signed("GET", f"{base}/channels/{news}")
+    assert vacated.json() == {"occupied": False}
+    assert (await api.signed("GET", f"{base}/channels")).json() == {"channels": {room: {}}}
+
+    refused = await api.signed("GET", f"{base}/channels/{news}/users")
+    assert refused.status == 400
+    assert refused.json() == {
+        "error": "Users are only available for presence channels",
+        "status": 400,
+    }
+    refused = await api.signed("GET", f"{base}/channels", params={"info": "user_count"})
+    assert refused.status == 400 and "filter_by_prefix=presence-" in refused.json()["error"]
+
+
+async def test_requests_not_signed_by_the_app_are_401(app: InProcessApp, api: AsyncApi) -> None:
+    path = f"/apps/{app.app.id}/channels"
+    unsigned = await api.request("GET", path)
+    assert unsigned.status == 401 and unsigned.json()["status"] == 401
+    wrong = AsyncApi(app.http_url, app.app.id, app.app.key, "not-the-secret")
+    try:
+        forged = await wrong.signed("GET", path)
+    finally:
+        await wrong.close()
+    assert forged.status == 401 and "signature" in forged.json()["error"].lower()
+    event = {"name": "e", "channels": [unique()], "data": "x"}
+    assert (await api.signed("POST", f"/apps/{app.app.id}/events", body=event)).status == 200
+
+
+async def test_terminate_connections_closes_every_connection_of_that_user_with_4009(
+    app: InProcessApp, clients: AsyncClientPool, api: AsyncApi
+) -> None:
+    key, secret = app.app.key, app.app.secret
+    user = unique("user-")
+    first, second, bystander = (
+        await clients.connect(),
+        await clients.connect(),
+        await clients.connect(),
+    )
+    await first.signin(user, key=key, secret=secret)
+    await second.signin(user, key=key, secret=secret)
+    await bystander.signin(unique("other-"), key=key, secret=secret)
+    # a presence member with that id is not signed in: terminate leaves it alone
+    presence_only = await member(clients, app, unique("presence-"), user)
+
+    response = await api.signed(
+        "POST", f"/apps/{app.app.id}/users/{user}/terminate_connections", body={}
+    )
+    assert (response.status, response.json()) == (200, {})
+    for client in (first, second):
+        assert (await client.expect_error(4009))["message"] == "Connection terminated by the server"
+        assert await client.expect_close() == (4009, "Connection terminated by the server")
+    await bystander.ping()
+    await presence_only.ping()
+
+    # the PyPI SDK's unprefixed path (the app comes from auth_key)
+    third = await clients.connect()
+    await third.signin(user, key=key, secret=secret)
+    response = await api.signed("POST", f"/users/{user}/terminate_connections", body={})
+    assert (response.status, response.json()) == (200, {})
+    await third.expect_error(4009)
+    assert (await third.expect_close())[0] == 4009
+
+
+async def test_healthz_readyz_and_metrics(
+    app: InProcessApp, clients: AsyncClientPool, api: AsyncApi
+) -> None:
+    health = await api.request("GET", "/healthz")
+    assert health.status == 200
+    body = health.json()
+    assert (body["status"], body["version"]) == ("ok", __version__)
+    assert body["code"].startswith(("compiled", "source")), body
+
+    ready = await api.request("GET", "/readyz")
+    assert ready.status == 200
+    assert (ready.json()["status"], ready.json()["apps"]) == ("ready", 1)
+
+    channel = unique("metered-")
+    client = await clients.connect()
+    await client.subscribe(channel)
+    await api.trigger(channel, "e", "1")
+    await api.trigger(channel, "e", "2")
+    await client.expect_next("e", channel)
+    await client.expect_next("e", channel)
+    await client.send_event("pusher:subscribe", {"channel": unique("private-"), "auth": "x:y"})
+    await client.expect_error(None)
+    metrics = await api.request("GET", "/metrics")
+    assert metrics.status == 200
+    assert metrics.headers["content-type"].startswith("text/plain; version=0.0.4")
+    text = metrics.body.decode()
+
+    def value(sample: str) -> float:
+        found = re.search(rf"^{re.escape(sample)} (\S+)$", text, re.MULTILINE)
+        assert found, f"{sample} not in /metrics:\n{text}"
+        return float(found.group(1))
+
+    app_id = f'{{app_id="{app.app.id}"}}'
+    assert value(f"parley_connections{app_id}") == 1
+    assert value(f"parley_connections_opened_total{app_id}") == 1
+    assert value(f"parley_channels{app_id}") == 1
+    assert value(f"parley_subscriptions{app_id}") == 1
+    assert value(f"parley_api_events_total{app_id}") == 2
+    assert value(f'parley_errors_total{{app_id="{app.app.id}",code="none"}}') == 1
+    assert value('parley_http_requests_total{route="events",status="200"}') == 2
