@@ -47,17 +47,17 @@ def make_history(settings: Settings) -> HistoryStore:
 def make_access_stores(settings: Settings) -> tuple[UserStore, GrantStore]:
     """The user and grant stores named by the `store` setting."""
     if settings.store == "memory":
-        from parley.backends.memory_grants import MemoryGrantStore
-        from parley.backends.memory_users import MemoryUserStore
+        from parley.backends.memory.grants import MemoryGrantStore
+        from parley.backends.memory.users import MemoryUserStore
 
         return MemoryUserStore(), MemoryGrantStore()
     if settings.store == "postgres":
-        from parley.backends.postgres_grants import PostgresGrantStore
-        from parley.backends.postgres_users import PostgresUserStore
+        from parley.backends.postgres.grants import PostgresGrantStore
+        from parley.backends.postgres.users import PostgresUserStore
 
         return PostgresUserStore(settings.postgres_url), PostgresGrantStore(settings.postgres_url)
-    from parley.backends.sqlite_grants import SqliteGrantStore
-    from parley.backends.sqlite_users import SqliteUserStore
+    from parley.backends.sqlite.grants import SqliteGrantStore
+    from parley.backends.sqlite.users import SqliteUserStore
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     path = settings.data_dir / "parley.db"

@@ -19,8 +19,8 @@ import pytest
 
 from parley.auth.grants import Grant
 from parley.backends.grants import GrantChange, GrantStore
-from parley.backends.memory_grants import MemoryGrantStore
-from parley.backends.sqlite_grants import SqliteGrantStore
+from parley.backends.memory.grants import MemoryGrantStore
+from parley.backends.sqlite.grants import SqliteGrantStore
 from tests.support.stores import FakeClock, backend_lifecycle
 
 ALL = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -60,7 +60,7 @@ class Backend:
         elif self.kind == "sqlite":
             store = SqliteGrantStore(self.target, clock=self.clock)
         else:
-            from parley.backends.postgres_grants import PostgresGrantStore
+            from parley.backends.postgres.grants import PostgresGrantStore
 
             store = PostgresGrantStore(self.target, clock=self.clock)
         await store.start()

@@ -16,8 +16,8 @@ from typing import Any, Literal
 import pytest
 from argon2 import PasswordHasher
 
-from parley.backends.memory_users import MemoryUserStore
-from parley.backends.sqlite_users import SqliteUserStore
+from parley.backends.memory.users import MemoryUserStore
+from parley.backends.sqlite.users import SqliteUserStore
 from parley.backends.users import User, UserStore
 from tests.support.stores import FakeClock, backend_lifecycle, delete_app_rows
 
@@ -60,7 +60,7 @@ class Backend:
         elif self.kind == "sqlite":
             store = SqliteUserStore(self.target, hasher=hasher, clock=self.clock)
         else:
-            from parley.backends.postgres_users import PostgresUserStore
+            from parley.backends.postgres.users import PostgresUserStore
 
             store = PostgresUserStore(self.target, hasher=hasher, clock=self.clock)
         await store.start()

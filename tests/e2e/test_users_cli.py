@@ -58,10 +58,10 @@ class Cli:
 
     def open_store(self) -> UserStore:
         if self.store == "postgres":
-            from parley.backends.postgres_users import PostgresUserStore
+            from parley.backends.postgres.users import PostgresUserStore
 
             return PostgresUserStore(PG_URL)
-        from parley.backends.sqlite_users import SqliteUserStore
+        from parley.backends.sqlite.users import SqliteUserStore
 
         return SqliteUserStore(self.data_dir / "parley.db")
 

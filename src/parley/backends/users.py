@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import builtins
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -148,6 +149,16 @@ def load_info(stored: str | None) -> dict[str, Any] | None:
         return None
     info: dict[str, Any] = orjson.loads(stored)
     return info
+
+
+# The columns a durable store keeps, in the order of `user_from_row`.
+USER_COLUMNS = "app_id, name, info, created_at, updated_at, disabled_at, password_hash"
+
+
+def user_from_row(row: Sequence[Any]) -> User:
+    """A User from the columns of USER_COLUMNS, in order."""
+    app_id, name, info, created_at, updated_at, disabled_at, password_hash = row
+    return User(app_id, name, load_info(info), created_at, updated_at, disabled_at, password_hash)
 
 
 class Passwords:

@@ -26,7 +26,7 @@ from parley.backends.grants import (
     grant_row,
     new_grant,
 )
-from parley.backends.sqlite_db import SqliteDb
+from parley.backends.sqlite.db import SqliteDb
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS parley_grants (

@@ -10,21 +10,22 @@ from __future__ import annotations
 import builtins
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
 from pathlib import Path
 from typing import Any
 
 from argon2 import PasswordHasher
 
-from parley.backends.sqlite_db import SqliteDb
+from parley.backends.sqlite.db import SqliteDb
 from parley.backends.users import (
+    USER_COLUMNS,
     Passwords,
     User,
     UserStore,
     check_info,
     check_name,
-    load_info,
+    user_from_row,
 )
 
 SCHEMA = """
@@ -41,14 +42,6 @@ CREATE TABLE IF NOT EXISTS parley_users (
 CREATE INDEX IF NOT EXISTS parley_users_disabled
     ON parley_users (disabled_at) WHERE disabled_at IS NOT NULL;
 """
-
-COLUMNS = "app_id, name, info, created_at, updated_at, disabled_at, password_hash"
-
-
-def user_from_row(row: Sequence[Any]) -> User:
-    """A User from the columns of COLUMNS, in order (the PostgreSQL store shares it)."""
-    app_id, name, info, created_at, updated_at, disabled_at, password_hash = row
-    return User(app_id, name, load_info(info), created_at, updated_at, disabled_at, password_hash)
 
 
 class SqliteUserStore(UserStore):
@@ -87,7 +80,9 @@ class SqliteUserStore(UserStore):
     @staticmethod
     def _insert(row: tuple[Any, ...], conn: sqlite3.Connection) -> None:
         try:
-            conn.execute(f"INSERT INTO parley_users ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+            conn.execute(
+                f"INSERT INTO parley_users ({USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row
+            )
         except sqlite3.IntegrityError:
             raise ValueError(f"user {row[1]!r} already exists in app {row[0]!r}") from None
 
@@ -113,7 +108,7 @@ class SqliteUserStore(UserStore):
     @staticmethod
     def _select_one(app_id: str, name: str, conn: sqlite3.Connection) -> User | None:
         row = conn.execute(
-            f"SELECT {COLUMNS} FROM parley_users WHERE app_id = ? AND name = ?", (app_id, name)
+            f"SELECT {USER_COLUMNS} FROM parley_users WHERE app_id = ? AND name = ?", (app_id, name)
         ).fetchone()
         return None if row is None else user_from_row(row)
 
@@ -123,7 +118,7 @@ class SqliteUserStore(UserStore):
     @staticmethod
     def _select_app(app_id: str, conn: sqlite3.Connection) -> builtins.list[User]:
         rows = conn.execute(
-            f"SELECT {COLUMNS} FROM parley_users WHERE app_id = ? ORDER BY name", (app_id,)
+            f"SELECT {USER_COLUMNS} FROM parley_users WHERE app_id = ? ORDER BY name", (app_id,)
         )
         return [user_from_row(r) for r in rows]
 

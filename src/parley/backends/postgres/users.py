@@ -15,8 +15,15 @@ import asyncpg  # type: ignore[import-untyped]
 from argon2 import PasswordHasher
 
 from parley.backends.postgres_history import SCHEMA_LOCK
-from parley.backends.sqlite_users import COLUMNS, user_from_row
-from parley.backends.users import Passwords, User, UserStore, check_info, check_name
+from parley.backends.users import (
+    USER_COLUMNS,
+    Passwords,
+    User,
+    UserStore,
+    check_info,
+    check_name,
+    user_from_row,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS parley_users (
@@ -92,7 +99,7 @@ class PostgresUserStore(UserStore):
         now = self._now_ms()
         row = (app_id, name, stored_info, now, now, None, password_hash)
         inserted = await self.pool.fetchval(
-            f"INSERT INTO parley_users ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            f"INSERT INTO parley_users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
             " ON CONFLICT (app_id, name) DO NOTHING RETURNING 1",
             *row,
         )
@@ -124,14 +131,14 @@ class PostgresUserStore(UserStore):
 
     async def get(self, app_id: str, name: str) -> User | None:
         row = await self.pool.fetchrow(
-            f"SELECT {COLUMNS} FROM parley_users WHERE app_id = $1 AND name = $2", app_id, name
+            f"SELECT {USER_COLUMNS} FROM parley_users WHERE app_id = $1 AND name = $2", app_id, name
         )
         return None if row is None else user_from_row(list(row))
 
     async def list(self, app_id: str) -> builtins.list[User]:
         # COLLATE "C": the same byte order as SQLite and Python, whatever the database's locale.
         rows = await self.pool.fetch(
-            f'SELECT {COLUMNS} FROM parley_users WHERE app_id = $1 ORDER BY name COLLATE "C"',
+            f'SELECT {USER_COLUMNS} FROM parley_users WHERE app_id = $1 ORDER BY name COLLATE "C"',
             app_id,
         )
         return [user_from_row(list(r)) for r in rows]
