@@ -53,16 +53,18 @@ class UserStore(abc.ABC):
     Users are keyed by (app_id, name). Every method may be called concurrently from many tasks,
     and several processes (the server and `parley users`) may share one durable store.
     Implementations: `MemoryUserStore`, `SqliteUserStore`, `PostgresUserStore`; each takes a
-    `hasher` (argon2-cffi's defaults unless given) and a `clock` (Unix seconds).
+    `hasher` (argon2-cffi's defaults unless given) and a `clock` (Unix seconds), and a durable
+    one its technology's database handle (`backends.database`), opened and migrated by its owner.
     """
 
     @abc.abstractmethod
     async def start(self) -> None:
-        """Open connections, create the schema if missing."""
+        """Begin answering (the database handle, if any, is open and migrated)."""
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Release everything; methods called afterwards raise RuntimeError."""
+        """Stop answering: methods called afterwards raise RuntimeError. The database handle
+        stays open: its owner closes it."""
 
     @abc.abstractmethod
     async def add(

@@ -1,7 +1,8 @@
 """`PostgresUserStore`: user accounts in the `parley_users` table of PostgreSQL, shared by every
 node of a cluster and by `parley users`.
 
-Hashing runs on worker threads, never while a connection is held; each call is one statement.
+Hashing runs on worker threads, never while a connection is held; each call is one statement
+on a connection of the process's `PostgresDb` pool. The table is migration 1's.
 """
 
 from __future__ import annotations
@@ -11,10 +12,9 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 from argon2 import PasswordHasher
 
-from parley.backends.postgres_history import SCHEMA_LOCK
+from parley.backends.postgres.db import PostgresDb
 from parley.backends.users import (
     USER_COLUMNS,
     Passwords,
@@ -24,21 +24,6 @@ from parley.backends.users import (
     check_name,
     user_from_row,
 )
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS parley_users (
-    app_id        text NOT NULL,
-    name          text NOT NULL,
-    password_hash text NOT NULL,    -- argon2id, PHC string
-    info          text,             -- a JSON object, or NULL
-    created_at    bigint NOT NULL,  -- milliseconds since the Unix epoch
-    updated_at    bigint NOT NULL,
-    disabled_at   bigint,           -- NULL while enabled
-    PRIMARY KEY (app_id, name)
-);
-CREATE INDEX IF NOT EXISTS parley_users_disabled
-    ON parley_users (disabled_at) WHERE disabled_at IS NOT NULL;
-"""
 
 # One statement: leaves an enabled user untouched and still says whether the user exists.
 ENABLE = """
@@ -53,39 +38,27 @@ SELECT 1 FROM parley_users WHERE app_id = $1 AND name = $2
 class PostgresUserStore(UserStore):
     def __init__(
         self,
-        url: str,
+        db: PostgresDb,
         *,
         hasher: PasswordHasher | None = None,
         clock: Callable[[], float] = time.time,
-        pool_size: int = 2,
     ) -> None:
-        self.url = url
+        self.db = db  # opened, migrated and closed by its owner
         self._passwords = Passwords(hasher)
         self._clock = clock
-        self._pool_size = pool_size
-        self._pool: Any = None  # asyncpg.Pool; asyncpg ships no types
+        self._running = False
 
     async def start(self) -> None:
-        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size)
-        try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-                await conn.execute(SCHEMA)
-        except BaseException:
-            await self._pool.close()
-            self._pool = None
-            raise
+        self._running = True
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        self._running = False
 
     @property
     def pool(self) -> Any:
-        if self._pool is None:
+        if not self._running:
             raise RuntimeError("user store is not running")
-        return self._pool
+        return self.db.pool
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)

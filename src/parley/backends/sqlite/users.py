@@ -2,7 +2,8 @@
 shared by the server and `parley users` (a separate process) through WAL mode.
 
 Hashing runs on worker threads outside any transaction; each read or write is one short
-transaction on the store's own connection thread (see `SqliteDb`).
+transaction on the connection thread of the process's `SqliteDb`, which made the table
+(migration 1).
 """
 
 from __future__ import annotations
@@ -12,7 +13,6 @@ import sqlite3
 import time
 from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from argon2 import PasswordHasher
@@ -28,40 +28,31 @@ from parley.backends.users import (
     user_from_row,
 )
 
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS parley_users (
-    app_id        TEXT NOT NULL,
-    name          TEXT NOT NULL,
-    password_hash TEXT NOT NULL,     -- argon2id, PHC string
-    info          TEXT,              -- a JSON object, or NULL
-    created_at    INTEGER NOT NULL,  -- milliseconds since the Unix epoch
-    updated_at    INTEGER NOT NULL,
-    disabled_at   INTEGER,           -- NULL while enabled
-    PRIMARY KEY (app_id, name)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS parley_users_disabled
-    ON parley_users (disabled_at) WHERE disabled_at IS NOT NULL;
-"""
-
 
 class SqliteUserStore(UserStore):
     def __init__(
         self,
-        path: str | Path,
+        db: SqliteDb,
         *,
         hasher: PasswordHasher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = str(path)
-        self._db = SqliteDb(path, SCHEMA, role="user")
+        self.db = db  # opened, migrated and closed by its owner
         self._passwords = Passwords(hasher)
         self._clock = clock
+        self._running = False
 
     async def start(self) -> None:
-        await self._db.open()
+        self._running = True
 
     async def close(self) -> None:
-        await self._db.close()
+        self._running = False
+
+    @property
+    def _db(self) -> SqliteDb:
+        if not self._running:
+            raise RuntimeError("user store is not running")
+        return self.db
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
