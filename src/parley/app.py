@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from parley import __version__, logs, speedups
-from parley.backends.database import Database, MigrationFailed
+from parley.backends.database import Database, Migration, MigrationFailed
 from parley.backends.grants import GrantStore
 from parley.backends.history import HistoryStore
 from parley.backends.users import UserStore
@@ -70,20 +70,25 @@ async def open_database(settings: Settings) -> Database | None:
         return None
     await db.open()
     try:
-        for migration in await db.migrate():
-            logs.info(
-                "migration_applied",
-                database=db.describe(),
-                version=migration.version,
-                name=migration.name,
-            )
+        _log_applied(db, await db.migrate())
     except MigrationFailed as exc:
+        _log_applied(db, exc.applied)
         await db.close()
         raise CannotStart(f"{db.describe()}: {exc}") from exc
     except BaseException:
         await db.close()
         raise
     return db
+
+
+def _log_applied(db: Database, applied: list[Migration]) -> None:
+    for migration in applied:
+        logs.info(
+            "migration_applied",
+            database=db.describe(),
+            version=migration.version,
+            name=migration.name,
+        )
 
 
 def make_access_stores(db: Database | None) -> tuple[UserStore, GrantStore]:

@@ -192,6 +192,7 @@ async def test_a_failing_migration_rolls_back_and_is_not_recorded(target: Target
     with pytest.raises(MigrationFailed, match=r"migration 3 \(half done\) failed") as failed:
         await db.migrate()
     assert failed.value.migration == broken
+    assert failed.value.applied == list(PROBE[:2])
     assert [row[0] for row in await target.recorded(db)] == [1, 2]  # those before it stay
     assert "half" not in await target.tables(db)  # its first statement was rolled back too
     fixed = await target.open(PROBE)

@@ -30,11 +30,13 @@ class Migration:
 
 
 class MigrationFailed(Exception):
-    """A migration raised: its transaction was rolled back and it is not recorded."""
+    """A migration raised: its transaction was rolled back and it is not recorded. `applied`:
+    the migrations the same run applied before it, which stay."""
 
     def __init__(self, migration: Migration, cause: BaseException) -> None:
         super().__init__(f"migration {migration.version} ({migration.name}) failed: {cause}")
         self.migration = migration
+        self.applied: list[Migration] = []
 
 
 def check_migrations(migrations: Sequence[Migration]) -> Sequence[Migration]:

@@ -92,9 +92,13 @@ async def apply(
     applied = []
     async with pool.acquire() as conn:
         done = await recorded(conn)
-        for migration in migrations:
-            if migration.version not in done and await _apply_one(conn, migration, now_ms):
-                applied.append(migration)
+        try:
+            for migration in migrations:
+                if migration.version not in done and await _apply_one(conn, migration, now_ms):
+                    applied.append(migration)
+        except MigrationFailed as exc:
+            exc.applied = applied
+            raise
     return applied
 
 

@@ -107,9 +107,13 @@ def apply(
     Nothing pending costs one read transaction."""
     done = recorded(conn)
     applied = []
-    for migration in migrations:
-        if migration.version not in done and _apply_one(conn, migration, now_ms):
-            applied.append(migration)
+    try:
+        for migration in migrations:
+            if migration.version not in done and _apply_one(conn, migration, now_ms):
+                applied.append(migration)
+    except MigrationFailed as exc:
+        exc.applied = applied
+        raise
     return applied
 
 
