@@ -34,7 +34,7 @@ import orjson
 from picows import WSMsgType
 
 from parley import speedups
-from parley.app import close_node, make_node
+from parley.app import close_node, make_node, open_database
 from parley.backends.history import Entry
 from parley.core.session import Session
 from parley.settings import AppConfig, Settings
@@ -87,7 +87,9 @@ async def main(store: str, rounds: int, without: str | None) -> None:
         raise SystemExit("--without replaces Node methods: run with PARLEY_COMPILED=0")
     print(speedups.STATUS)
     app = AppConfig(id="1", key=KEY, secret=SECRET, client_events=True, client_event_rate=0)
-    node = await make_node(Settings(data_dir=Path(tempfile.mkdtemp()), store=store, apps=(app,)))
+    settings = Settings(data_dir=Path(tempfile.mkdtemp()), store=store, apps=(app,))
+    db = await open_database(settings)
+    node = await make_node(settings, db)
     node.start()
     sessions = []
     for i in range(USERS):
@@ -161,6 +163,8 @@ async def main(store: str, rounds: int, without: str | None) -> None:
         % (store, without or "-", n, delivered, cpu / n * 1e6)
     )
     await close_node(node)
+    if db is not None:
+        await db.close()
     if without is None and delivered != n:
         raise SystemExit("expected %d deliveries, got %d" % (n, delivered))
 

@@ -9,12 +9,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from parley import __version__, logs, speedups
+from parley.backends.database import Database, Migration, MigrationFailed
 from parley.backends.grants import GrantStore
 from parley.backends.history import HistoryStore
 from parley.backends.users import UserStore
 from parley.core.access import Access
 from parley.core.node import Node
 from parley.core.session import Session
+from parley.errors import CannotStart
 from parley.http_api import builtin, ops, pusher
 from parley.http_api.routes import Router
 from parley.settings import Settings, describe
@@ -26,6 +28,7 @@ class Running:
     node: Node
     server: Server
     port: int
+    db: Database | None  # closed after the node's stores
 
 
 def make_history(settings: Settings) -> HistoryStore:
@@ -44,32 +47,82 @@ def make_history(settings: Settings) -> HistoryStore:
     return SqliteHistoryStore(settings.data_dir / "parley.db")
 
 
-def make_access_stores(settings: Settings) -> tuple[UserStore, GrantStore]:
-    """The user and grant stores named by the `store` setting."""
+def make_database(settings: Settings) -> Database | None:
+    """The process's one handle on the database the `store` setting names, not yet open; None
+    for memory. Every store of that technology shares it (the history store does not yet)."""
     if settings.store == "memory":
-        from parley.backends.memory_grants import MemoryGrantStore
-        from parley.backends.memory_users import MemoryUserStore
-
-        return MemoryUserStore(), MemoryGrantStore()
+        return None
     if settings.store == "postgres":
-        from parley.backends.postgres_grants import PostgresGrantStore
-        from parley.backends.postgres_users import PostgresUserStore
+        from parley.backends.postgres.db import PostgresDb
 
-        return PostgresUserStore(settings.postgres_url), PostgresGrantStore(settings.postgres_url)
-    from parley.backends.sqlite_grants import SqliteGrantStore
-    from parley.backends.sqlite_users import SqliteUserStore
+        return PostgresDb(settings.postgres_url)
+    from parley.backends.sqlite.db import SqliteDb
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
-    path = settings.data_dir / "parley.db"
-    return SqliteUserStore(path), SqliteGrantStore(path)
+    return SqliteDb(settings.data_dir / "parley.db")
 
 
-async def make_node(settings: Settings) -> Node:
+async def open_database(settings: Settings) -> Database | None:
+    """`make_database`, opened, with its pending migrations applied and logged; the caller
+    closes it after the stores. A failed migration is CannotStart."""
+    db = make_database(settings)
+    if db is None:
+        return None
+    await db.open()
+    try:
+        _log_applied(db, await db.migrate())
+    except MigrationFailed as exc:
+        _log_applied(db, exc.applied)
+        await db.close()
+        raise CannotStart(f"{db.describe()}: {exc}") from exc
+    except BaseException:
+        await db.close()
+        raise
+    return db
+
+
+def _log_applied(db: Database, applied: list[Migration]) -> None:
+    for migration in applied:
+        logs.info(
+            "migration_applied",
+            database=db.describe(),
+            version=migration.version,
+            name=migration.name,
+        )
+
+
+def make_access_stores(db: Database | None) -> tuple[UserStore, GrantStore]:
+    """The user and grant stores on `db` (from `open_database`): memory ones when it is None."""
+    if db is None:
+        from parley.backends.memory.grants import MemoryGrantStore
+        from parley.backends.memory.users import MemoryUserStore
+
+        return MemoryUserStore(), MemoryGrantStore()
+    from parley.backends.sqlite.db import SqliteDb
+
+    if isinstance(db, SqliteDb):
+        from parley.backends.sqlite.grants import SqliteGrantStore
+        from parley.backends.sqlite.users import SqliteUserStore
+
+        return SqliteUserStore(db), SqliteGrantStore(db)
+    from parley.backends.postgres.db import PostgresDb
+
+    if isinstance(db, PostgresDb):
+        from parley.backends.postgres.grants import PostgresGrantStore
+        from parley.backends.postgres.users import PostgresUserStore
+
+        return PostgresUserStore(db), PostgresGrantStore(db)
+    raise TypeError(f"no user and grant stores for {db.describe()}")
+
+
+async def make_node(settings: Settings, db: Database | None) -> Node:
     """The node with its stores started and its access decisions attached: everything but
-    the listener (`start` adds it; bench/inproc_chat.py drives a node without one)."""
+    the listener (`start` adds it; bench/inproc_chat.py drives a node without one). `db` is
+    the process's database handle from `open_database`, which the caller closes after
+    `close_node`."""
     history = make_history(settings)
     await history.start()
-    users, grants = make_access_stores(settings)
+    users, grants = make_access_stores(db)
     await users.start()
     await grants.start()
     node = Node(settings, history)
@@ -80,7 +133,7 @@ async def make_node(settings: Settings) -> Node:
 
 
 async def close_node(node: Node) -> None:
-    """Drain the node's connections and close its stores."""
+    """Drain the node's connections and close its stores (not the database handle)."""
     await node.shutdown()
     access = node.access
     if access is not None:
@@ -90,7 +143,17 @@ async def close_node(node: Node) -> None:
 
 
 async def start(settings: Settings) -> Running:
-    node = await make_node(settings)
+    db = await open_database(settings)
+    try:
+        return await _start(settings, db)
+    except BaseException:
+        if db is not None:
+            await db.close()
+        raise
+
+
+async def _start(settings: Settings, db: Database | None) -> Running:
+    node = await make_node(settings, db)
     router = Router(node)
     ops.register(router)
     pusher.register(router)
@@ -109,13 +172,15 @@ async def start(settings: Settings) -> Running:
     )
     port = await server.start(settings.host, settings.port)
     node.start()
-    return Running(node, server, port)
+    return Running(node, server, port, db)
 
 
 async def stop(running: Running) -> None:
     await running.server.stop_listening()
     await close_node(running.node)
     running.server.close_http()
+    if running.db is not None:
+        await running.db.close()
 
 
 def announce(settings: Settings, port: int) -> None:

@@ -121,17 +121,22 @@ def _read_password(name: str, from_stdin: bool) -> str:
 async def _run(
     args: argparse.Namespace, settings: Settings, app_id: str, info: dict[str, Any] | None
 ) -> int:
-    from parley.app import make_access_stores
+    from parley.app import make_access_stores, open_database
 
-    store, _ = make_access_stores(settings)
     try:
-        await store.start()
+        db = await open_database(settings)
     except Exception as exc:
         raise Refused(f"cannot open the {settings.store} user store: {exc}") from None
     try:
-        return await _act(store, args, app_id, info)
+        store, _ = make_access_stores(db)
+        await store.start()
+        try:
+            return await _act(store, args, app_id, info)
+        finally:
+            await store.close()
     finally:
-        await store.close()
+        if db is not None:
+            await db.close()
 
 
 async def _act(

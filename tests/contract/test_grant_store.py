@@ -18,9 +18,12 @@ from typing import Any
 import pytest
 
 from parley.auth.grants import Grant
+from parley.backends.database import Database
 from parley.backends.grants import GrantChange, GrantStore
-from parley.backends.memory_grants import MemoryGrantStore
-from parley.backends.sqlite_grants import SqliteGrantStore
+from parley.backends.memory.grants import MemoryGrantStore
+from parley.backends.sqlite.db import SqliteDb
+from parley.backends.sqlite.grants import SqliteGrantStore
+from tests.support.databases import open_database
 from tests.support.stores import FakeClock, backend_lifecycle
 
 ALL = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
@@ -40,7 +43,7 @@ class Backend:
     target: str  # SQLite path or PostgreSQL URL
     app_id: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:12]}")
     clock: FakeClock = field(default_factory=lambda: FakeClock(_now_s()))
-    opened: list[GrantStore] = field(default_factory=list)
+    opened: list[GrantStore | Database] = field(default_factory=list)
     memory: MemoryGrantStore | None = None
     apps: list[str] = field(default_factory=list)  # extra app ids to clean up
 
@@ -54,17 +57,25 @@ class Backend:
         return app
 
     async def open(self) -> GrantStore:
+        """A store; a durable one on a database handle of its own, as another process has."""
         store: GrantStore
+        db: Database | None = None
         if self.kind == "memory":
             store = self.memory = self.memory or MemoryGrantStore(clock=self.clock)
-        elif self.kind == "sqlite":
-            store = SqliteGrantStore(self.target, clock=self.clock)
         else:
-            from parley.backends.postgres_grants import PostgresGrantStore
+            db = await open_database(self.kind, self.target)
+            if isinstance(db, SqliteDb):
+                store = SqliteGrantStore(db, clock=self.clock)
+            else:
+                from parley.backends.postgres.db import PostgresDb
+                from parley.backends.postgres.grants import PostgresGrantStore
 
-            store = PostgresGrantStore(self.target, clock=self.clock)
+                assert isinstance(db, PostgresDb)
+                store = PostgresGrantStore(db, clock=self.clock)
         await store.start()
-        self.opened.append(store)
+        self.opened.append(store)  # closed before its database
+        if db is not None:
+            self.opened.append(db)
         return store
 
 

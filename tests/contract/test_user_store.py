@@ -16,9 +16,12 @@ from typing import Any, Literal
 import pytest
 from argon2 import PasswordHasher
 
-from parley.backends.memory_users import MemoryUserStore
-from parley.backends.sqlite_users import SqliteUserStore
+from parley.backends.database import Database
+from parley.backends.memory.users import MemoryUserStore
+from parley.backends.sqlite.db import SqliteDb
+from parley.backends.sqlite.users import SqliteUserStore
 from parley.backends.users import User, UserStore
+from tests.support.databases import open_database
 from tests.support.stores import FakeClock, backend_lifecycle, delete_app_rows
 
 T0 = 1_700_000_000.0
@@ -49,22 +52,30 @@ class Backend:
     app_id: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:12]}")
     clock: FakeClock = field(default_factory=lambda: FakeClock(T0))
     hasher: CountingHasher = field(default_factory=CountingHasher)
-    opened: list[UserStore] = field(default_factory=list)
+    opened: list[UserStore | Database] = field(default_factory=list)
     memory: MemoryUserStore | None = None
 
     async def open(self, hasher: PasswordHasher | None = None) -> UserStore:
+        """A store; a durable one on a database handle of its own, as another process has."""
         hasher = hasher or self.hasher
         store: UserStore
+        db: Database | None = None
         if self.kind == "memory":
             store = self.memory = self.memory or MemoryUserStore(hasher=hasher, clock=self.clock)
-        elif self.kind == "sqlite":
-            store = SqliteUserStore(self.target, hasher=hasher, clock=self.clock)
         else:
-            from parley.backends.postgres_users import PostgresUserStore
+            db = await open_database(self.kind, self.target)
+            if isinstance(db, SqliteDb):
+                store = SqliteUserStore(db, hasher=hasher, clock=self.clock)
+            else:
+                from parley.backends.postgres.db import PostgresDb
+                from parley.backends.postgres.users import PostgresUserStore
 
-            store = PostgresUserStore(self.target, hasher=hasher, clock=self.clock)
+                assert isinstance(db, PostgresDb)
+                store = PostgresUserStore(db, hasher=hasher, clock=self.clock)
         await store.start()
-        self.opened.append(store)
+        self.opened.append(store)  # closed before its database
+        if db is not None:
+            self.opened.append(db)
         return store
 
 

@@ -3,6 +3,7 @@ checked afterwards through the store the server uses."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
@@ -13,8 +14,10 @@ from pathlib import Path
 
 import pytest
 
+from parley.app import make_access_stores
 from parley.backends.users import UserStore
 from tests.conftest import require
+from tests.support.databases import open_database
 from tests.support.server import ROOT, TIMEOUT
 from tests.support.stores import PG_URL, delete_app_rows, postgres_problem
 
@@ -56,14 +59,20 @@ class Cli:
             timeout=TIMEOUT * 3,
         )
 
-    def open_store(self) -> UserStore:
+    @contextlib.asynccontextmanager
+    async def open_store(self) -> AsyncIterator[UserStore]:
+        """The user store the server uses on this data directory (or PostgreSQL), started."""
         if self.store == "postgres":
-            from parley.backends.postgres_users import PostgresUserStore
-
-            return PostgresUserStore(PG_URL)
-        from parley.backends.sqlite_users import SqliteUserStore
-
-        return SqliteUserStore(self.data_dir / "parley.db")
+            db = await open_database("postgres", PG_URL)
+        else:
+            db = await open_database("sqlite", str(self.data_dir / "parley.db"))
+        store, _ = make_access_stores(db)
+        await store.start()
+        try:
+            yield store
+        finally:
+            await store.close()
+            await db.close()
 
 
 @pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
@@ -91,9 +100,7 @@ async def test_add_list_disable_enable(cli: Cli) -> None:
     assert listed.stdout.split() == ["ann", "enabled", "bob", "enabled"]
     assert "$argon2" not in listed.stdout
 
-    store = cli.open_store()
-    await store.start()
-    try:
+    async with cli.open_store() as store:
         user = await store.verify(app, "ann", "s3cret pw")  # the newline was dropped
         assert user is not None and user.info == {"name": "Ann"}
         assert user.password_hash.startswith("$argon2id$")
@@ -111,8 +118,6 @@ async def test_add_list_disable_enable(cli: Cli) -> None:
         enabled = cli("enable", "ann")
         assert enabled.returncode == 0, enabled.stderr
         assert await store.verify(app, "ann", "s3cret pw") is not None
-    finally:
-        await store.close()
 
 
 async def test_refusals_exit_non_zero_with_a_message(cli: Cli) -> None:

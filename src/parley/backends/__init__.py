@@ -1,2 +1,10 @@
-"""Pluggable engines: one small interface per role and its implementations, named <Tech><Role>
-(`history.HistoryStore` -> `MemoryHistoryStore`, `SqliteHistoryStore`, `PostgresHistoryStore`)."""
+"""Pluggable engines: one small interface per role at this level (`users.UserStore`,
+`grants.GrantStore`, `history.HistoryStore`) and its implementations grouped by technology,
+one package each: `memory/` (this process only: tests, single node), `sqlite/` (one file under
+the data directory), `postgres/` (shared by a cluster); `redis/` comes with the scale-out work.
+
+A technology package imports the role interfaces and itself, never another technology, so any
+of them can be left out of a deployment. Inside one, a class is named <Tech><Role>
+(`sqlite.users.SqliteUserStore`). The history stores still live here as `<tech>_history.py`
+until they move into their technology's package.
+"""

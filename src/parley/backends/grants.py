@@ -61,16 +61,18 @@ class GrantStore(abc.ABC):
     Grants are keyed by (app_id, id). Every method may be called concurrently from many tasks.
     Expired grants are never returned by `get`, `list` or `active`, nor deleted by `delete`.
     Implementations: `MemoryGrantStore`, `SqliteGrantStore`, `PostgresGrantStore`; each takes a
-    `clock` (Unix seconds).
+    `clock` (Unix seconds), and a durable one its technology's database handle
+    (`backends.database`), opened and migrated by its owner.
     """
 
     @abc.abstractmethod
     async def start(self) -> None:
-        """Open connections, create the schema if missing, sweep once."""
+        """Begin answering (the database handle, if any, is open and migrated); sweep once."""
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Release everything; methods called afterwards raise RuntimeError."""
+        """Stop answering: methods called afterwards raise RuntimeError. The database handle
+        stays open: its owner closes it."""
 
     @abc.abstractmethod
     async def create(

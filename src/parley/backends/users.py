@@ -15,6 +15,7 @@ from __future__ import annotations
 import abc
 import asyncio
 import builtins
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -52,16 +53,18 @@ class UserStore(abc.ABC):
     Users are keyed by (app_id, name). Every method may be called concurrently from many tasks,
     and several processes (the server and `parley users`) may share one durable store.
     Implementations: `MemoryUserStore`, `SqliteUserStore`, `PostgresUserStore`; each takes a
-    `hasher` (argon2-cffi's defaults unless given) and a `clock` (Unix seconds).
+    `hasher` (argon2-cffi's defaults unless given) and a `clock` (Unix seconds), and a durable
+    one its technology's database handle (`backends.database`), opened and migrated by its owner.
     """
 
     @abc.abstractmethod
     async def start(self) -> None:
-        """Open connections, create the schema if missing."""
+        """Begin answering (the database handle, if any, is open and migrated)."""
 
     @abc.abstractmethod
     async def close(self) -> None:
-        """Release everything; methods called afterwards raise RuntimeError."""
+        """Stop answering: methods called afterwards raise RuntimeError. The database handle
+        stays open: its owner closes it."""
 
     @abc.abstractmethod
     async def add(
@@ -148,6 +151,16 @@ def load_info(stored: str | None) -> dict[str, Any] | None:
         return None
     info: dict[str, Any] = orjson.loads(stored)
     return info
+
+
+# The columns a durable store keeps, in the order of `user_from_row`.
+USER_COLUMNS = "app_id, name, info, created_at, updated_at, disabled_at, password_hash"
+
+
+def user_from_row(row: Sequence[Any]) -> User:
+    """A User from the columns of USER_COLUMNS, in order."""
+    app_id, name, info, created_at, updated_at, disabled_at, password_hash = row
+    return User(app_id, name, load_info(info), created_at, updated_at, disabled_at, password_hash)
 
 
 class Passwords:

@@ -1,7 +1,8 @@
 """`SqliteGrantStore`: grants in the `parley_grants` table of the embedded SQLite file, where
 every process opening the same file (the server, an admin tool) sees the others' changes.
 
-Each call is one short transaction on the store's own connection thread (see `SqliteDb`).
+Each call is one short transaction on the connection thread of the process's `SqliteDb`, which
+made the table (migration 1).
 """
 
 from __future__ import annotations
@@ -11,7 +12,6 @@ import sqlite3
 import time
 from collections.abc import Callable, Iterable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from parley.auth.grants import Grant
@@ -26,45 +26,35 @@ from parley.backends.grants import (
     grant_row,
     new_grant,
 )
-from parley.backends.sqlite_db import SqliteDb
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS parley_grants (
-    id         TEXT NOT NULL,
-    app_id     TEXT NOT NULL,
-    subject    TEXT NOT NULL,     -- a user id, or '*'
-    resource   TEXT NOT NULL,     -- a channel name, or a pattern with '*'
-    operations TEXT NOT NULL,     -- sorted, comma-separated
-    created_at INTEGER NOT NULL,  -- milliseconds since the Unix epoch
-    expires_at INTEGER,           -- NULL: until revoked
-    granted_by TEXT,
-    deleted_at INTEGER,           -- set when revoked: the row is a tombstone for an hour
-    PRIMARY KEY (app_id, id)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS parley_grants_created ON parley_grants (created_at);
-CREATE INDEX IF NOT EXISTS parley_grants_deleted
-    ON parley_grants (deleted_at) WHERE deleted_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS parley_grants_expires
-    ON parley_grants (expires_at) WHERE expires_at IS NOT NULL;
-"""
+from parley.backends.sqlite.db import SqliteDb
 
 LIVE = "deleted_at IS NULL AND (expires_at IS NULL OR expires_at > :now)"
 SWEEP = "DELETE FROM parley_grants WHERE deleted_at < ? OR expires_at < ?"
 
 
 class SqliteGrantStore(GrantStore):
-    def __init__(self, path: str | Path, *, clock: Callable[[], float] = time.time) -> None:
-        self.path = str(path)
-        self._db = SqliteDb(path, SCHEMA, role="grant")
+    def __init__(self, db: SqliteDb, *, clock: Callable[[], float] = time.time) -> None:
+        self.db = db  # opened, migrated and closed by its owner
         self._clock = clock
         self._swept_at = 0
+        self._running = False
 
     async def start(self) -> None:
-        await self._db.open()
-        await self.sweep()
+        self._running = True
+        try:
+            await self.sweep()
+        except BaseException:
+            self._running = False
+            raise
 
     async def close(self) -> None:
-        await self._db.close()
+        self._running = False
+
+    @property
+    def _db(self) -> SqliteDb:
+        if not self._running:
+            raise RuntimeError("grant store is not running")
+        return self.db
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)

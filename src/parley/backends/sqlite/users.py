@@ -2,7 +2,8 @@
 shared by the server and `parley users` (a separate process) through WAL mode.
 
 Hashing runs on worker threads outside any transaction; each read or write is one short
-transaction on the store's own connection thread (see `SqliteDb`).
+transaction on the connection thread of the process's `SqliteDb`, which made the table
+(migration 1).
 """
 
 from __future__ import annotations
@@ -10,65 +11,48 @@ from __future__ import annotations
 import builtins
 import sqlite3
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from functools import partial
-from pathlib import Path
 from typing import Any
 
 from argon2 import PasswordHasher
 
-from parley.backends.sqlite_db import SqliteDb
+from parley.backends.sqlite.db import SqliteDb
 from parley.backends.users import (
+    USER_COLUMNS,
     Passwords,
     User,
     UserStore,
     check_info,
     check_name,
-    load_info,
+    user_from_row,
 )
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS parley_users (
-    app_id        TEXT NOT NULL,
-    name          TEXT NOT NULL,
-    password_hash TEXT NOT NULL,     -- argon2id, PHC string
-    info          TEXT,              -- a JSON object, or NULL
-    created_at    INTEGER NOT NULL,  -- milliseconds since the Unix epoch
-    updated_at    INTEGER NOT NULL,
-    disabled_at   INTEGER,           -- NULL while enabled
-    PRIMARY KEY (app_id, name)
-) WITHOUT ROWID;
-CREATE INDEX IF NOT EXISTS parley_users_disabled
-    ON parley_users (disabled_at) WHERE disabled_at IS NOT NULL;
-"""
-
-COLUMNS = "app_id, name, info, created_at, updated_at, disabled_at, password_hash"
-
-
-def user_from_row(row: Sequence[Any]) -> User:
-    """A User from the columns of COLUMNS, in order (the PostgreSQL store shares it)."""
-    app_id, name, info, created_at, updated_at, disabled_at, password_hash = row
-    return User(app_id, name, load_info(info), created_at, updated_at, disabled_at, password_hash)
 
 
 class SqliteUserStore(UserStore):
     def __init__(
         self,
-        path: str | Path,
+        db: SqliteDb,
         *,
         hasher: PasswordHasher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
-        self.path = str(path)
-        self._db = SqliteDb(path, SCHEMA, role="user")
+        self.db = db  # opened, migrated and closed by its owner
         self._passwords = Passwords(hasher)
         self._clock = clock
+        self._running = False
 
     async def start(self) -> None:
-        await self._db.open()
+        self._running = True
 
     async def close(self) -> None:
-        await self._db.close()
+        self._running = False
+
+    @property
+    def _db(self) -> SqliteDb:
+        if not self._running:
+            raise RuntimeError("user store is not running")
+        return self.db
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -87,7 +71,9 @@ class SqliteUserStore(UserStore):
     @staticmethod
     def _insert(row: tuple[Any, ...], conn: sqlite3.Connection) -> None:
         try:
-            conn.execute(f"INSERT INTO parley_users ({COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row)
+            conn.execute(
+                f"INSERT INTO parley_users ({USER_COLUMNS}) VALUES (?, ?, ?, ?, ?, ?, ?)", row
+            )
         except sqlite3.IntegrityError:
             raise ValueError(f"user {row[1]!r} already exists in app {row[0]!r}") from None
 
@@ -113,7 +99,7 @@ class SqliteUserStore(UserStore):
     @staticmethod
     def _select_one(app_id: str, name: str, conn: sqlite3.Connection) -> User | None:
         row = conn.execute(
-            f"SELECT {COLUMNS} FROM parley_users WHERE app_id = ? AND name = ?", (app_id, name)
+            f"SELECT {USER_COLUMNS} FROM parley_users WHERE app_id = ? AND name = ?", (app_id, name)
         ).fetchone()
         return None if row is None else user_from_row(row)
 
@@ -123,7 +109,7 @@ class SqliteUserStore(UserStore):
     @staticmethod
     def _select_app(app_id: str, conn: sqlite3.Connection) -> builtins.list[User]:
         rows = conn.execute(
-            f"SELECT {COLUMNS} FROM parley_users WHERE app_id = ? ORDER BY name", (app_id,)
+            f"SELECT {USER_COLUMNS} FROM parley_users WHERE app_id = ? ORDER BY name", (app_id,)
         )
         return [user_from_row(r) for r in rows]
 

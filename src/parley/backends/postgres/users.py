@@ -1,7 +1,8 @@
 """`PostgresUserStore`: user accounts in the `parley_users` table of PostgreSQL, shared by every
 node of a cluster and by `parley users`.
 
-Hashing runs on worker threads, never while a connection is held; each call is one statement.
+Hashing runs on worker threads, never while a connection is held; each call is one statement
+on a connection of the process's `PostgresDb` pool. The table is migration 1's.
 """
 
 from __future__ import annotations
@@ -11,27 +12,18 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-import asyncpg  # type: ignore[import-untyped]
 from argon2 import PasswordHasher
 
-from parley.backends.postgres_history import SCHEMA_LOCK
-from parley.backends.sqlite_users import COLUMNS, user_from_row
-from parley.backends.users import Passwords, User, UserStore, check_info, check_name
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS parley_users (
-    app_id        text NOT NULL,
-    name          text NOT NULL,
-    password_hash text NOT NULL,    -- argon2id, PHC string
-    info          text,             -- a JSON object, or NULL
-    created_at    bigint NOT NULL,  -- milliseconds since the Unix epoch
-    updated_at    bigint NOT NULL,
-    disabled_at   bigint,           -- NULL while enabled
-    PRIMARY KEY (app_id, name)
-);
-CREATE INDEX IF NOT EXISTS parley_users_disabled
-    ON parley_users (disabled_at) WHERE disabled_at IS NOT NULL;
-"""
+from parley.backends.postgres.db import PostgresDb
+from parley.backends.users import (
+    USER_COLUMNS,
+    Passwords,
+    User,
+    UserStore,
+    check_info,
+    check_name,
+    user_from_row,
+)
 
 # One statement: leaves an enabled user untouched and still says whether the user exists.
 ENABLE = """
@@ -46,39 +38,27 @@ SELECT 1 FROM parley_users WHERE app_id = $1 AND name = $2
 class PostgresUserStore(UserStore):
     def __init__(
         self,
-        url: str,
+        db: PostgresDb,
         *,
         hasher: PasswordHasher | None = None,
         clock: Callable[[], float] = time.time,
-        pool_size: int = 2,
     ) -> None:
-        self.url = url
+        self.db = db  # opened, migrated and closed by its owner
         self._passwords = Passwords(hasher)
         self._clock = clock
-        self._pool_size = pool_size
-        self._pool: Any = None  # asyncpg.Pool; asyncpg ships no types
+        self._running = False
 
     async def start(self) -> None:
-        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size)
-        try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-                await conn.execute(SCHEMA)
-        except BaseException:
-            await self._pool.close()
-            self._pool = None
-            raise
+        self._running = True
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        self._running = False
 
     @property
     def pool(self) -> Any:
-        if self._pool is None:
+        if not self._running:
             raise RuntimeError("user store is not running")
-        return self._pool
+        return self.db.pool
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
@@ -92,7 +72,7 @@ class PostgresUserStore(UserStore):
         now = self._now_ms()
         row = (app_id, name, stored_info, now, now, None, password_hash)
         inserted = await self.pool.fetchval(
-            f"INSERT INTO parley_users ({COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
+            f"INSERT INTO parley_users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
             " ON CONFLICT (app_id, name) DO NOTHING RETURNING 1",
             *row,
         )
@@ -124,14 +104,14 @@ class PostgresUserStore(UserStore):
 
     async def get(self, app_id: str, name: str) -> User | None:
         row = await self.pool.fetchrow(
-            f"SELECT {COLUMNS} FROM parley_users WHERE app_id = $1 AND name = $2", app_id, name
+            f"SELECT {USER_COLUMNS} FROM parley_users WHERE app_id = $1 AND name = $2", app_id, name
         )
         return None if row is None else user_from_row(list(row))
 
     async def list(self, app_id: str) -> builtins.list[User]:
         # COLLATE "C": the same byte order as SQLite and Python, whatever the database's locale.
         rows = await self.pool.fetch(
-            f'SELECT {COLUMNS} FROM parley_users WHERE app_id = $1 ORDER BY name COLLATE "C"',
+            f'SELECT {USER_COLUMNS} FROM parley_users WHERE app_id = $1 ORDER BY name COLLATE "C"',
             app_id,
         )
         return [user_from_row(list(r)) for r in rows]

@@ -1,7 +1,8 @@
 """`PostgresGrantStore`: grants in the `parley_grants` table of PostgreSQL, shared by every node
 of a cluster; each node follows the others' creations and revocations with `changes_since`.
 
-Each call is one statement; nothing here holds a lock across round trips.
+Each call is one statement on a connection of the process's `PostgresDb` pool; nothing here
+holds a lock across round trips. The table is migration 1's.
 """
 
 from __future__ import annotations
@@ -10,8 +11,6 @@ import builtins
 import time
 from collections.abc import Callable, Iterable
 from typing import Any
-
-import asyncpg  # type: ignore[import-untyped]
 
 from parley.auth.grants import Grant
 from parley.backends.grants import (
@@ -25,27 +24,7 @@ from parley.backends.grants import (
     grant_row,
     new_grant,
 )
-from parley.backends.postgres_history import SCHEMA_LOCK
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS parley_grants (
-    id         text NOT NULL,
-    app_id     text NOT NULL,
-    subject    text NOT NULL,    -- a user id, or '*'
-    resource   text NOT NULL,    -- a channel name, or a pattern with '*'
-    operations text NOT NULL,    -- sorted, comma-separated
-    created_at bigint NOT NULL,  -- milliseconds since the Unix epoch
-    expires_at bigint,           -- NULL: until revoked
-    granted_by text,
-    deleted_at bigint,           -- set when revoked: the row is a tombstone for an hour
-    PRIMARY KEY (app_id, id)
-);
-CREATE INDEX IF NOT EXISTS parley_grants_created ON parley_grants (created_at);
-CREATE INDEX IF NOT EXISTS parley_grants_deleted
-    ON parley_grants (deleted_at) WHERE deleted_at IS NOT NULL;
-CREATE INDEX IF NOT EXISTS parley_grants_expires
-    ON parley_grants (expires_at) WHERE expires_at IS NOT NULL;
-"""
+from parley.backends.postgres.db import PostgresDb
 
 # $1 app_id, $2 now; "live": neither revoked nor expired.
 SELECT_LIVE = f"""
@@ -67,37 +46,28 @@ WHERE (created_at >= $1 OR deleted_at >= $1) AND ($2::text IS NULL OR app_id = $
 
 
 class PostgresGrantStore(GrantStore):
-    def __init__(
-        self, url: str, *, clock: Callable[[], float] = time.time, pool_size: int = 2
-    ) -> None:
-        self.url = url
+    def __init__(self, db: PostgresDb, *, clock: Callable[[], float] = time.time) -> None:
+        self.db = db  # opened, migrated and closed by its owner
         self._clock = clock
-        self._pool_size = pool_size
-        self._pool: Any = None  # asyncpg.Pool; asyncpg ships no types
         self._swept_at = 0
+        self._running = False
 
     async def start(self) -> None:
-        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size)
+        self._running = True
         try:
-            async with self._pool.acquire() as conn, conn.transaction():
-                await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-                await conn.execute(SCHEMA)
             await self.sweep()
         except BaseException:
-            await self._pool.close()
-            self._pool = None
+            self._running = False
             raise
 
     async def close(self) -> None:
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        self._running = False
 
     @property
     def pool(self) -> Any:
-        if self._pool is None:
+        if not self._running:
             raise RuntimeError("grant store is not running")
-        return self._pool
+        return self.db.pool
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)

@@ -1,33 +1,50 @@
-"""`SqliteDb`: one SQLite connection driven by one thread, for the low-volume roles (users,
-grants) that keep their own tables in `<data_dir>/parley.db` beside history's.
+"""`SqliteDb`: the process's one handle on `<data_dir>/parley.db` for the low-volume roles (users,
+grants): one SQLite connection driven by one thread, shared by their stores.
 
-It knows no table: each store hands it its schema. Every call is one short transaction, so other
-processes on the same file (the server, `parley users`) wait at most for one of them.
+It knows no table: the schema comes from `migrations.MIGRATIONS`, applied by `migrate`. Every
+call is one short transaction, so other processes on the same file (the server, `parley users`)
+wait at most for one of them, and the stores sharing the thread take turns call by call. The
+history store keeps its own connections and threads on the same file (`sqlite_history`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import Callable
+import time
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from functools import partial
 from pathlib import Path
 from typing import TypeVar
 
+from parley.backends.database import Database, Migration
+from parley.backends.sqlite import migrations as schema
+
 T = TypeVar("T")
 
 
-class SqliteDb:
-    def __init__(self, path: str | Path, schema: str, *, role: str) -> None:
+class SqliteDb(Database):
+    def __init__(
+        self,
+        path: str | Path,
+        *,
+        migrations: Sequence[Migration] = schema.MIGRATIONS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
         self.path = str(path)
-        self._schema = schema
-        self._role = role  # "user", "grant": names the thread and the errors
+        self.migrations = migrations
+        self._clock = clock
         self._thread: ThreadPoolExecutor | None = None
         self._conn: sqlite3.Connection | None = None
 
+    def describe(self) -> str:
+        return f"SQLite {self.path}"
+
     async def open(self) -> None:
-        self._thread = ThreadPoolExecutor(1, thread_name_prefix=f"parley-{self._role}-db")
+        if self._thread is not None:
+            return
+        self._thread = ThreadPoolExecutor(1, thread_name_prefix="parley-db")
         try:
             await self._call(self._open)
         except BaseException:
@@ -41,6 +58,9 @@ class SqliteDb:
             self._thread.shutdown(wait=True)
             self._thread = None
 
+    async def migrate(self) -> list[Migration]:
+        return await self._call(partial(self._migrate, self.migrations))
+
     async def read(self, fn: Callable[[sqlite3.Connection], T]) -> T:
         """Run `fn` in one read transaction (one snapshot)."""
         return await self._call(partial(self._in_transaction, "BEGIN", fn))
@@ -51,8 +71,13 @@ class SqliteDb:
 
     async def _call(self, fn: Callable[[], T]) -> T:
         if self._thread is None:
-            raise RuntimeError(f"{self._role} store is not running")
+            raise RuntimeError(f"{self.describe()} is not open")
         return await asyncio.get_running_loop().run_in_executor(self._thread, fn)
+
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError(f"{self.describe()} is not open")
+        return self._conn
 
     def _open(self) -> None:
         # isolation_level=None: transactions are begun and ended explicitly, nothing implicit.
@@ -64,7 +89,6 @@ class SqliteDb:
             mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
             if str(mode).lower() != "wal":
                 raise RuntimeError(f"SQLite refused WAL mode for {self.path} (got {mode})")
-            conn.executescript(self._schema)
         except BaseException:
             conn.close()
             raise
@@ -75,10 +99,14 @@ class SqliteDb:
             self._conn.close()
             self._conn = None
 
+    def _migrate(self, migrations: Sequence[Migration]) -> list[Migration]:
+        return schema.apply(self._connection(), migrations, self._now_ms)
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
     def _in_transaction(self, begin: str, fn: Callable[[sqlite3.Connection], T]) -> T:
-        conn = self._conn
-        if conn is None:
-            raise RuntimeError(f"{self._role} store is not running")
+        conn = self._connection()
         conn.execute(begin)
         try:
             result = fn(conn)

@@ -1,0 +1,1 @@
+"""The PostgreSQL technology: stores in one database shared by every node of a cluster."""

@@ -1,0 +1,72 @@
+"""`PostgresDb`: the process's one handle on Parley's PostgreSQL database: ONE asyncpg pool that
+every PostgreSQL store of the process borrows connections from, instead of a pool each.
+
+It knows no table: the schema comes from `migrations.MIGRATIONS`, applied by `migrate`. A store
+takes the handle, reads `pool` on every call (RuntimeError once the handle is closed), and never
+opens or closes it: the composition root does, after the stores have closed.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable, Sequence
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg  # type: ignore[import-untyped]
+
+from parley.backends.database import Database, Migration
+from parley.backends.postgres import migrations as schema
+
+# Connections at most, for every store together: the users and grants stores had 2 each.
+POOL_SIZE = 4
+
+
+class PostgresDb(Database):
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = POOL_SIZE,
+        migrations: Sequence[Migration] = schema.MIGRATIONS,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.url = url
+        self.pool_size = pool_size
+        self.migrations = migrations
+        self._clock = clock
+        self._pool: Any = None  # asyncpg.Pool; asyncpg ships no types
+
+    def describe(self) -> str:
+        return f"PostgreSQL {_without_password(self.url)}"
+
+    async def open(self) -> None:
+        if self._pool is None:
+            self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self.pool_size)
+
+    async def close(self) -> None:
+        if self._pool is not None:
+            pool, self._pool = self._pool, None
+            await pool.close()
+
+    @property
+    def pool(self) -> Any:
+        """The asyncpg pool; RuntimeError when the handle is not open."""
+        if self._pool is None:
+            raise RuntimeError(f"{self.describe()} is not open")
+        return self._pool
+
+    async def migrate(self) -> list[Migration]:
+        return await schema.apply(self.pool, self.migrations, self._now_ms)
+
+    def _now_ms(self) -> int:
+        return int(self._clock() * 1000)
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.rpartition("@")
+    user = netloc[0].partition(":")[0]
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
