@@ -1,4 +1,4 @@
-"""The envelope: the publisher's wire forms, extras, equality."""
+"""The envelope: the publisher's wire forms, and frames byte for byte as before it existed."""
 
 from __future__ import annotations
 
@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
+from parley.protocol import frames
 from parley.publication import (
     NO_EXTRAS,
     NO_POSITION,
@@ -15,6 +16,29 @@ from parley.publication import (
     StreamPosition,
     extras_of,
 )
+
+
+def old_stored_event(
+    event: str,
+    channel: str,
+    data_json: bytes,
+    user_id: str | None,
+    publisher_json: bytes,
+    offset: int,
+    epoch: str,
+    ts: int,
+    message_id: str,
+) -> bytes:
+    """`frames.stored_event` as it was before the envelope (nine arguments), kept verbatim."""
+    data = orjson.Fragment(data_json) if data_json != b"null" else None
+    parley = {
+        "publisher": orjson.Fragment(publisher_json),
+        "offset": offset,
+        "epoch": epoch,
+        "ts": ts,
+        "id": message_id,
+    }
+    return frames.frame(event, data, channel, user_id=user_id, parley=parley)
 
 
 @pytest.mark.parametrize(
@@ -54,6 +78,67 @@ def test_what_is_not_a_publisher_is_refused(value: Any) -> None:
 def test_an_unknown_kind_is_refused() -> None:
     with pytest.raises(ValueError, match="unknown publisher kind"):
         Publisher("admin", "1")  # type: ignore[arg-type]
+
+
+# The publisher stamps that the node made before the envelope, by sender.
+OLD_STAMPS = [
+    (Publisher("user", "42"), {"type": "user", "id": "42"}, "42"),
+    (Publisher("server", "1"), {"type": "server", "app_id": "1"}, None),
+    (Publisher("connection", "123.456"), {"type": "connection", "socket_id": "123.456"}, None),
+]
+
+
+@pytest.mark.parametrize(("publisher", "stamp", "user_id"), OLD_STAMPS)
+@pytest.mark.parametrize("data", [{"m": "hi", "n": [1, None]}, 'an "API" string', None, ""])
+def test_frames_are_byte_for_byte_as_before(
+    publisher: Publisher, stamp: dict[str, Any], user_id: str | None, data: Any
+) -> None:
+    position = StreamPosition(7, "ep0ch")
+    publication = Publication(
+        "private-chat", "client-m", data, publisher, position, 1_700_000_000_123, "a" * 32
+    )
+    old = old_stored_event(
+        "client-m",
+        "private-chat",
+        orjson.dumps(data),
+        user_id,
+        orjson.dumps(stamp),
+        7,
+        "ep0ch",
+        1_700_000_000_123,
+        "a" * 32,
+    )
+    assert frames.stored_event(publication) == old
+    # a channel that keeps no history: as the node wrote it before
+    unstored = Publication("private-chat", "client-m", data, publisher)
+    old_unstored = frames.frame(
+        "client-m", data, "private-chat", user_id=user_id, parley={"publisher": stamp}
+    )
+    assert frames.unstored_event(unstored) == old_unstored
+    # the history page's `parley` object
+    assert publication.parley() == orjson.loads(old)["parley"]
+
+
+def test_extras_join_the_parley_object_of_both_frames() -> None:
+    extras = {"signature": "c2ln", "conversation": {"id": "c-1"}}
+    publication = Publication(
+        "c", "e", 1, Publisher("server", "1"), StreamPosition(3, "ep"), 5, "id", extras
+    )
+    parley = orjson.loads(frames.stored_event(publication))["parley"]
+    assert parley == {
+        "publisher": {"type": "server", "app_id": "1"},
+        "offset": 3,
+        "epoch": "ep",
+        "ts": 5,
+        "id": "id",
+        **extras,
+    }
+    assert publication.parley() == parley
+    unstored = Publication("c", "e", 1, Publisher("server", "1"), extras=extras)
+    assert orjson.loads(frames.unstored_event(unstored))["parley"] == {
+        "publisher": {"type": "server", "app_id": "1"},
+        **extras,
+    }
 
 
 @pytest.mark.parametrize("key", ["publisher", "offset", "epoch", "ts", "id"])
