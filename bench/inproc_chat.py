@@ -35,8 +35,9 @@ from picows import WSMsgType
 
 from parley import speedups
 from parley.app import close_node, make_node, open_database
-from parley.backends.history import Entry
+from parley.backends.history import Stored
 from parley.core.session import Session
+from parley.publication import StreamPosition
 from parley.settings import AppConfig, Settings
 
 KEY, SECRET = "benchkey", "benchsecret"
@@ -135,11 +136,14 @@ async def main(store: str, rounds: int, without: str | None) -> None:
         node._client_event = lambda *a, **k: None  # type: ignore[method-assign]
     elif without == "append":
 
-        async def append_many(items: Any) -> list[Entry]:
-            return [
-                Entry(1, "e", 1, "id", n.event, n.data, n.publisher, n.user_id)
-                for _, _, n, _ in items
-            ]
+        async def append_many(items: Any) -> list[Stored]:
+            out = []
+            for item in items:
+                publication = item.publication
+                publication.position = StreamPosition(1, "e")
+                publication.ts, publication.id = 1, "id"
+                out.append(Stored(publication))
+            return out
 
         node.history.append_many = append_many  # type: ignore[method-assign]
     gc.freeze()  # as `parley serve` does once it is up (app.serve)

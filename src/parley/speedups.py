@@ -38,6 +38,7 @@ MANIFEST = "manifest.json"
 # a class extending a compiled one is compiled too (postgres_history). No compiled class may
 # extend picows's WSListener, a C type: transport.server.Listener, which does, stays source.
 MODULES = (
+    "parley.publication",
     "parley.metrics",
     "parley.protocol.channels",
     "parley.protocol.frames",

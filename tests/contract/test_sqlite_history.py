@@ -12,16 +12,23 @@ from pathlib import Path
 import orjson
 import pytest
 
-from parley.backends.history import NewEntry, Retention
+from parley.backends.history import Retention
 from parley.backends.sqlite_history import SqliteHistoryStore, log_dir_for
 from parley.errors import CannotStart
+from parley.publication import Publication, Publisher, StreamPosition
 from tests.support.server import TIMEOUT
 
-SERVER = {"type": "server", "app_id": "1"}
+SERVER = Publisher("server", "1")
 
 
-def msg(i: int) -> NewEntry:
-    return NewEntry(event="message", data={"i": i}, publisher=SERVER)
+def msg(channel: str, i: int) -> Publication:
+    return Publication(channel, "message", {"i": i}, SERVER)
+
+
+async def put(store: SqliteHistoryStore, app_id: str, publication: Publication) -> Publication:
+    stored = await store.append(app_id, publication, Retention())
+    assert not stored.duplicate
+    return stored.publication
 
 
 async def test_a_second_store_on_the_same_file_is_refused(tmp_path: Path) -> None:
@@ -30,11 +37,11 @@ async def test_a_second_store_on_the_same_file_is_refused(tmp_path: Path) -> Non
     second = SqliteHistoryStore(tmp_path / "h.db")
     with pytest.raises(CannotStart, match="in use by another Parley process"):
         await second.start()
-    await first.append("1", "c", msg(1), Retention())
+    await first.append("1", msg("c", 1), Retention())
     await first.close()
     third = SqliteHistoryStore(tmp_path / "h.db")  # the lock goes with the owner
     await third.start()
-    assert (await third.position("1", "c"))[0] == 1
+    assert (await third.position("1", "c")).offset == 1
     await third.close()
 
 
@@ -43,47 +50,51 @@ async def test_reads_merge_what_is_indexed_with_the_tail(tmp_path: Path) -> None
     store = SqliteHistoryStore(tmp_path / "h.db", index_interval_s=3600)
     await store.start()
     try:
-        written = [await store.append("1", "m", msg(i), Retention()) for i in range(10)]
+        written = [await put(store, "1", msg("m", i)) for i in range(10)]
         await store._flush()
         assert not store._channels[("1", "m")].tail  # all of it is in SQLite now
-        written += [await store.append("1", "m", msg(i), Retention()) for i in range(10, 15)]
+        written += [await put(store, "1", msg("m", i)) for i in range(10, 15)]
         assert len(store._channels[("1", "m")].tail) == 5
-        forward, after = [], None
+        forward: list[Publication] = []
+        after = None
         while True:
             page = await store.read("1", "m", after=after, limit=4)
-            forward += page.entries
+            forward += page.publications
             if page.next is None:
                 break
             after = page.next
         assert forward == written
         backward = await store.read("1", "m", limit=6, direction="backward")
-        assert backward.entries == written[::-1][:6] and backward.next == 10
-        _, epoch = await store.position("1", "m")
-        assert await store.since("1", "m", 3, epoch, 100) == written[3:]
-        kept = await store.append("1", "k", msg(0), Retention(max_count=3))
-        assert kept.offset == 1
+        assert backward.publications == written[::-1][:6] and backward.next == 10
+        epoch = (await store.position("1", "m")).epoch
+        assert await store.since("1", "m", StreamPosition(3, epoch), 100) == written[3:]
+        kept = await store.append("1", msg("k", 0), Retention(max_count=3))
+        assert kept.publication.position.offset == 1
     finally:
         await store.close()
 
 
 CHILD = r"""
 import asyncio, sys
-from parley.backends.history import NewEntry, Retention
+from parley.backends.history import Retention
 from parley.backends.sqlite_history import SqliteHistoryStore, log_dir_for
+from parley.publication import Publication, Publisher
 
 async def main(path):
     store = SqliteHistoryStore(path, index_interval_s=3600)
     await store.start()
-    pub = {"type": "server"}
+    pub = Publisher("server", "1")
     for i in range(5):
-        await store.append("1", "gone", NewEntry("e", {"i": i}, pub), Retention())
+        await store.append("1", Publication("gone", "e", {"i": i}, pub), Retention())
     await store._flush()                     # these five are in SQLite (and in the log)
     epoch = await store.delete("1", "gone")  # logged only: not applied to SQLite yet
-    kept = [await store.append("1", "gone", NewEntry("e", {"i": i}, pub), Retention())
+    kept = [(await store.append("1", Publication("gone", "e", {"i": i}, pub),
+                                Retention())).publication
             for i in (10, 11)]
-    keyed = await store.append("1", "k", NewEntry("e", 1, pub, idempotency_key="once"),
-                               Retention())
-    print(epoch, kept[0].id, kept[1].id, keyed.id, flush=True)
+    keyed = await store.append(
+        "1", Publication("k", "e", 1, pub, idempotency_key="once", extras={"sig": "s1"}),
+        Retention())
+    print(epoch, kept[0].id, kept[1].id, keyed.publication.id, flush=True)
     await asyncio.sleep(3600)
 
 asyncio.run(main(sys.argv[1]))
@@ -111,14 +122,17 @@ async def test_the_log_is_replayed_after_sigkill_without_resurrecting_deleted_en
     try:
         page = await store.read("1", "gone")
         assert page.epoch == epoch
-        assert [(e.offset, e.id, e.data) for e in page.entries] == [
+        assert [(p.position.offset, p.id, p.data) for p in page.publications] == [
             (1, first_id, {"i": 10}),
             (2, second_id, {"i": 11}),
         ]
         again = await store.append(
-            "1", "k", NewEntry("e", 2, SERVER, idempotency_key="once"), Retention()
+            "1", Publication("k", "e", 2, SERVER, idempotency_key="once"), Retention()
         )
-        assert again.duplicate and again.id == keyed_id
+        assert again.duplicate and again.publication.id == keyed_id
+        assert again.publication.extras == {"sig": "s1"}  # replayed with the key
+        keyed = (await store.read("1", "k")).publications
+        assert [(p.id, p.extras) for p in keyed] == [(keyed_id, {"sig": "s1"})]
         assert not list(log_dir_for(path).glob("*.jsonl"))[1:]  # replayed, removed
     finally:
         await store.close()
@@ -141,7 +155,7 @@ async def test_a_database_with_one_row_per_entry_is_moved_to_chunks(tmp_path: Pa
         INSERT INTO parley_history_channels VALUES ('1', 'old', 'ep0ch', 2, 1000, 4000000000000);
         INSERT INTO parley_history_entries VALUES
             (1, '1', 'old', 1, 1700000000000, 9000000000000, 'id1', 'e', '{"i":1}',
-             '{"type":"server"}', NULL),
+             '{"type":"server","app_id":"1"}', NULL),
             (2, '1', 'old', 2, 1700000000001, 9000000000000, 'id2', 'e', '"text"',
              '{"type":"user","id":"u"}', 'u');
         """
@@ -153,11 +167,13 @@ async def test_a_database_with_one_row_per_entry_is_moved_to_chunks(tmp_path: Pa
     try:
         page = await store.read("1", "old")
         assert page.epoch == "ep0ch"
-        assert [(e.offset, e.id, e.data, e.publisher, e.user_id) for e in page.entries] == [
-            (1, "id1", {"i": 1}, {"type": "server"}, None),
-            (2, "id2", "text", {"type": "user", "id": "u"}, "u"),
+        assert [
+            (p.position.offset, p.id, p.data, p.publisher, p.user_id) for p in page.publications
+        ] == [
+            (1, "id1", {"i": 1}, SERVER, None),
+            (2, "id2", "text", Publisher("user", "u"), "u"),
         ]
-        assert (await store.append("1", "old", msg(3), Retention())).offset == 3
+        assert (await put(store, "1", msg("old", 3))).position.offset == 3
     finally:
         await store.close()
 
@@ -172,14 +188,13 @@ async def test_appends_wait_for_an_indexer_far_behind(
     await store.start()
     try:
         for i in range(11):  # the 11th goes over the bound: the indexer has indexed nothing
-            await store.append("1", "b", msg(i), Retention())
+            await put(store, "1", msg("b", i))
         assert store._indexed == 0
-        late = await store.append("1", "b", msg(11), Retention())
+        late = await put(store, "1", msg("b", 11))
         assert store._indexed >= 11  # it waited for an indexing round
-        assert late.offset == 12
-        assert [e.offset for e in (await store.read("1", "b", limit=20)).entries] == list(
-            range(1, 13)
-        )
+        assert late.position.offset == 12
+        page = await store.read("1", "b", limit=20)
+        assert [p.position.offset for p in page.publications] == list(range(1, 13))
     finally:
         await store.close()
 
@@ -196,7 +211,7 @@ async def test_a_store_that_cannot_replay_its_log_releases_what_it_took(tmp_path
     store = SqliteHistoryStore(path)  # the lock was released: this one starts
     await store.start()
     try:
-        assert (await store.append("1", "c", msg(1), Retention())).offset == 1
+        assert (await put(store, "1", msg("c", 1))).position.offset == 1
     finally:
         await store.close()
 
@@ -208,7 +223,7 @@ async def test_a_torn_last_line_in_the_log_is_skipped_and_the_rest_replayed(
     log_dir = log_dir_for(path)
     store = SqliteHistoryStore(path, index_interval_s=3600)
     await store.start()
-    written = [await store.append("1", "t", msg(i), Retention()) for i in range(3)]
+    written = [await put(store, "1", msg("t", i)) for i in range(3)]
     logged = next(log_dir.glob("*.jsonl")).read_bytes()
     await store.close()  # indexes everything and drops the log
     assert not list(log_dir.glob("*.jsonl"))
@@ -221,10 +236,10 @@ async def test_a_torn_last_line_in_the_log_is_skipped_and_the_rest_replayed(
     reopened = SqliteHistoryStore(path)
     await reopened.start()
     try:
-        entries = (await reopened.read("1", "t")).entries
-        assert entries[:3] == written  # replayed again: not duplicated
-        assert [(e.offset, e.id) for e in entries[3:]] == [(4, "id-of-the-fourth")]
-        assert (await reopened.append("1", "t", msg(5), Retention())).offset == 5
+        read = (await reopened.read("1", "t")).publications
+        assert read[:3] == written  # replayed again: not duplicated
+        assert [(p.position.offset, p.id) for p in read[3:]] == [(4, "id-of-the-fourth")]
+        assert (await put(reopened, "1", msg("t", 5))).position.offset == 5
     finally:
         await reopened.close()
 
@@ -280,17 +295,22 @@ async def test_a_log_written_before_E_records_is_replayed_and_read_alike(tmp_pat
     try:
         page = await store.read("1", "t")
         assert page.epoch == "old-epoch"
-        assert [(e.offset, e.id, e.data, e.publisher, e.user_id) for e in page.entries] == [
-            (1, "id-1", {"n": 1}, publisher, "u1"),
-            (2, "id-2", "text", publisher, "u1"),
+        sender = Publisher("user", "u1")
+        assert [
+            (p.position.offset, p.id, p.data, p.publisher, p.user_id) for p in page.publications
+        ] == [
+            (1, "id-1", {"n": 1}, sender, "u1"),
+            (2, "id-2", "text", sender, "u1"),
         ]
         repeated = await store.append(
-            "1", "t", NewEntry("client-a", "text", publisher, "u1", "key-2"), Retention()
+            "1", Publication("t", "client-a", "text", sender, idempotency_key="key-2"), Retention()
         )
-        assert repeated.duplicate and repeated.id == "id-2"  # its idempotency key was replayed
-        third = await store.append("1", "t", msg(3), Retention())
-        assert third.offset == 3
+        # its idempotency key was replayed
+        assert repeated.duplicate and repeated.publication.id == "id-2"
+        third = await put(store, "1", msg("t", 3))
+        assert third.position.offset == 3
         await store._flush()
-        assert [e.offset for e in (await store.read("1", "t")).entries] == [1, 2, 3]
+        page = await store.read("1", "t")
+        assert [p.position.offset for p in page.publications] == [1, 2, 3]
     finally:
         await store.close()

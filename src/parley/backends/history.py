@@ -19,12 +19,18 @@ import contextlib
 import itertools
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from typing import Any, Generic, Literal, TypeVar
 
 import orjson
 
 from parley import logs
+from parley.publication import (
+    Publication,
+    Publisher,
+    StreamPosition,
+    extras_of,
+)
 
 Direction = Literal["forward", "backward"]
 
@@ -36,90 +42,6 @@ MAX_PAGE = 1000
 UNLIMITED = 2**62
 
 
-# init=False: the __init__ below is compiled by mypyc; a dataclass-made one is not (5x slower)
-@dataclass(slots=True, init=False)  # not frozen: built per message, and frozen __init__ is slower
-class NewEntry:
-    """What the node appends: an event as it will be delivered, with its stamped sender."""
-
-    event: str
-    data: Any  # str for HTTP API events, any JSON value for client events
-    publisher: dict[str, Any]  # {"type": "user", "id": "42"}, {"type": "server", "app_id": "1"}
-    user_id: str | None
-    idempotency_key: str | None  # a repeat within 5 minutes returns the first Entry
-    # The JSON of `data` and `publisher` when the caller has it already, so that a message is
-    # encoded once for its size check, the store and the frame (see `data_bytes`).
-    data_json: bytes | None
-    publisher_json: bytes | None
-
-    def __init__(
-        self,
-        event: str,
-        data: Any,
-        publisher: dict[str, Any],
-        user_id: str | None = None,
-        idempotency_key: str | None = None,
-        data_json: bytes | None = None,
-        publisher_json: bytes | None = None,
-    ) -> None:
-        self.event = event
-        self.data = data
-        self.publisher = publisher
-        self.user_id = user_id
-        self.idempotency_key = idempotency_key
-        self.data_json = data_json
-        self.publisher_json = publisher_json
-
-    def data_bytes(self) -> bytes:
-        if self.data_json is None:
-            self.data_json = orjson.dumps(self.data)
-        return self.data_json
-
-    def publisher_bytes(self) -> bytes:
-        if self.publisher_json is None:
-            self.publisher_json = orjson.dumps(self.publisher)
-        return self.publisher_json
-
-
-# init=False: the __init__ below is compiled by mypyc; a dataclass-made one is not (5x slower)
-@dataclass(slots=True, init=False)  # not frozen: built per message, and frozen __init__ is slower
-class Entry:
-    """One stored event and where it stands in its channel."""
-
-    offset: int
-    epoch: str
-    ts: int  # server time, milliseconds since the Unix epoch
-    id: str  # message id, unique
-    event: str
-    data: Any
-    publisher: dict[str, Any]
-    user_id: str | None
-    # True only on what `append` returns for a repeated idempotency key: it was stored (and
-    # delivered) before, so the caller must not fan it out again. Not part of equality.
-    duplicate: bool = field(compare=False)
-
-    def __init__(
-        self,
-        offset: int,
-        epoch: str,
-        ts: int,
-        id: str,
-        event: str,
-        data: Any,
-        publisher: dict[str, Any],
-        user_id: str | None,
-        duplicate: bool = False,
-    ) -> None:
-        self.offset = offset
-        self.epoch = epoch
-        self.ts = ts
-        self.id = id
-        self.event = event
-        self.data = data
-        self.publisher = publisher
-        self.user_id = user_id
-        self.duplicate = duplicate
-
-
 @dataclass(frozen=True, slots=True)
 class Page:
     """One page of a read; `next` is the offset to pass as `after` (forward) or `before`
@@ -127,7 +49,7 @@ class Page:
 
     channel: str
     epoch: str
-    entries: list[Entry]
+    publications: list[Publication]
     next: int | None
 
 
@@ -158,6 +80,37 @@ class Retention:
         return UNLIMITED if self.max_age_s is None else int(self.max_age_s * 1000)
 
 
+# init=False: the __init__ below is compiled by mypyc; a dataclass-made one is not (5x slower)
+@dataclass(slots=True, init=False)  # not frozen: built per message, and frozen __init__ is slower
+class Append:
+    """One append of `append_many`: a publication for a channel of an app, and the channel's
+    retention from now on."""
+
+    app_id: str
+    publication: Publication
+    retention: Retention
+
+    def __init__(self, app_id: str, publication: Publication, retention: Retention) -> None:
+        self.app_id = app_id
+        self.publication = publication
+        self.retention = retention
+
+
+# init=False: the __init__ below is compiled by mypyc; a dataclass-made one is not (5x slower)
+@dataclass(slots=True, init=False)  # not frozen: built per message, and frozen __init__ is slower
+class Stored:
+    """What an append gives back: the publication as stored, stamped with its position, ts and
+    id; or, when `duplicate`, the publication first stored under the same idempotency key (it
+    was stored and delivered before, so the caller must not fan it out again)."""
+
+    publication: Publication
+    duplicate: bool
+
+    def __init__(self, publication: Publication, duplicate: bool = False) -> None:
+        self.publication = publication
+        self.duplicate = duplicate
+
+
 class HistoryStore(abc.ABC):
     """Append-only, per-channel history with (offset, epoch) positions.
 
@@ -177,26 +130,29 @@ class HistoryStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def append(
-        self, app_id: str, channel: str, entry: NewEntry, retention: Retention
-    ) -> Entry:
-        """Store `entry` with the channel's next offset; durable when it returns.
+    async def append(self, app_id: str, publication: Publication, retention: Retention) -> Stored:
+        """Store `publication` on its channel with the channel's next offset; durable when it
+        returns. The store stamps the publication itself (`position`, `ts`, `id`), so that the
+        caller makes its frame with what it has already encoded, and keeps a copy of its own
+        (`Publication.kept`).
 
         Concurrent appends to one channel get strictly increasing, gapless offsets in the order
         they were called, and return in that order. Many appends share one commit. If
-        `entry.idempotency_key` was seen on this channel (in this epoch) within 5 minutes, the
-        first Entry is returned again with `duplicate=True` and nothing is stored. `retention`
-        becomes the channel's retention; entries beyond it are trimmed or hidden from then on.
-        A cancelled append may still be stored.
+        `publication.idempotency_key` was seen on this channel (in this epoch) within 5
+        minutes, the first publication is returned again with `duplicate=True` and nothing is
+        stored. `retention` becomes the channel's retention; publications beyond it are trimmed
+        or hidden from then on. A cancelled append may still be stored.
         """
 
-    async def append_many(
-        self, items: Sequence[tuple[str, str, NewEntry, Retention]]
-    ) -> list[Entry]:
-        """Several appends `(app_id, channel, entry, retention)`, in order, with one await:
-        the same result as calling `append` for each in turn, so a caller that fans out in
-        batches pays for one wake-up, not one per entry."""
-        return list(await asyncio.gather(*(self.append(*item) for item in items)))
+    async def append_many(self, items: Sequence[Append]) -> list[Stored]:
+        """Several appends, in order, with one await: the same result as calling `append` for
+        each in turn, so a caller that fans out in batches pays for one wake-up, not one per
+        publication."""
+        return list(
+            await asyncio.gather(
+                *(self.append(i.app_id, i.publication, i.retention) for i in items)
+            )
+        )
 
     @abc.abstractmethod
     async def read(
@@ -209,7 +165,8 @@ class HistoryStore(abc.ABC):
         limit: int = 100,
         direction: Direction = "forward",
     ) -> Page:
-        """A page of entries with `after < offset < before` (both exclusive, both optional).
+        """A page of publications with `after < offset < before` (both exclusive, both
+        optional), each with its extras (not its idempotency key).
 
         Forward pages run oldest first from just after `after` (or the oldest kept entry);
         backward pages run newest first from just before `before` (or the newest). `limit` is
@@ -217,8 +174,9 @@ class HistoryStore(abc.ABC):
         """
 
     @abc.abstractmethod
-    async def position(self, app_id: str, channel: str) -> tuple[int, str]:
-        """(last offset or 0, epoch). Asking fixes the epoch of a channel never written."""
+    async def position(self, app_id: str, channel: str) -> StreamPosition:
+        """The last offset handed out (0 if none) and the epoch. Asking fixes the epoch of a
+        channel never written."""
 
     @abc.abstractmethod
     async def delete(self, app_id: str, channel: str) -> str:
@@ -227,12 +185,13 @@ class HistoryStore(abc.ABC):
 
     @abc.abstractmethod
     async def since(
-        self, app_id: str, channel: str, offset: int, epoch: str, limit: int
-    ) -> list[Entry] | None:
-        """Recovery: every entry after `offset`, in order (empty when nothing was missed).
+        self, app_id: str, channel: str, position: StreamPosition, limit: int
+    ) -> list[Publication] | None:
+        """Recovery: every publication after `position`, in order (empty when nothing was
+        missed).
 
-        None when it cannot be done: `epoch` is not the channel's epoch, `offset` is ahead of
-        the channel, the entry `offset + 1` is no longer kept, or more than `limit` entries
+        None when it cannot be done: its epoch is not the channel's epoch, its offset is ahead
+        of the channel, the publication at offset + 1 is no longer kept, or more than `limit`
         would be needed.
         """
 
@@ -272,53 +231,71 @@ def check_read_args(after: int | None, before: int | None, limit: int, direction
         raise ValueError("before must not be negative")
 
 
-def page_of(channel: str, epoch: str, rows: list[Entry], limit: int) -> Page:
-    """Build a page from up to `limit + 1` entries fetched in the page's direction."""
+def page_of(channel: str, epoch: str, rows: list[Publication], limit: int) -> Page:
+    """Build a page from up to `limit + 1` publications fetched in the page's direction."""
     if len(rows) > limit:
         rows = rows[:limit]
-        return Page(channel, epoch, rows, rows[-1].offset)
+        return Page(channel, epoch, rows, rows[-1].position.offset)
     return Page(channel, epoch, rows, None)
 
 
-def recovered(rows: Sequence[Entry], offset: int, last: int) -> list[Entry] | None:
-    """The answer to `since` given the kept entries after `offset` (in order, up to `last`):
-    all of them when they are exactly offset+1..last, None when any is missing."""
-    if len(rows) != last - offset or (rows and rows[0].offset != offset + 1):
+def recovered(rows: Sequence[Publication], offset: int, last: int) -> list[Publication] | None:
+    """The answer to `since` given the kept publications after `offset` (in order, up to
+    `last`): all of them when they are exactly offset+1..last, None when any is missing."""
+    if len(rows) != last - offset or (rows and rows[0].position.offset != offset + 1):
         return None
     return list(rows)
+
+
+def publication_from_row(channel: str, epoch: str, row: Sequence[Any]) -> Publication:
+    """A publication from the columns seq, ts, id, event, data, publisher, extras."""
+    seq, ts, id_, event, data, publisher, extras = row
+    return Publication(
+        channel,
+        event,
+        orjson.loads(data),
+        Publisher.from_wire(orjson.loads(publisher)),
+        StreamPosition(seq, epoch),
+        ts,
+        id_,
+        extras_of(extras),
+    )
 
 
 # -- shared by the durable stores ---------------------------------------------------------------
 
 
-@dataclass(slots=True)  # not frozen: built per message, and frozen __init__ is slower
+# init=False: the __init__ below is compiled by mypyc; a dataclass-made one is not (5x slower)
+@dataclass(slots=True, init=False)  # not frozen: built per message, and frozen __init__ is slower
 class PendingAppend:
-    """An append as queued for a batch: stamped, named and serialized on the caller's task, so
-    an entry that is not JSON fails its own caller and never the batch."""
+    """An append as queued for a batch: named and serialized on the caller's task, so a
+    publication that is not JSON fails its own caller and never the batch. Its `ts` and `id`
+    go to the publication once the batch stores it."""
 
     app_id: str
-    channel: str
-    entry: NewEntry
+    publication: Publication
     retention: Retention
     ts: int
     id: str
     data_json: str
     publisher_json: str
+    extras_json: str | None
 
-    @classmethod
-    def stamp(
-        cls, app_id: str, channel: str, entry: NewEntry, retention: Retention, now_ms: int
-    ) -> PendingAppend:
-        return cls(
-            app_id,
-            channel,
-            entry,
-            retention,
-            now_ms,
-            new_message_id(),
-            entry.data_bytes().decode(),
-            entry.publisher_bytes().decode(),
-        )
+    def __init__(
+        self, app_id: str, publication: Publication, retention: Retention, now_ms: int
+    ) -> None:
+        self.app_id = app_id
+        self.publication = publication
+        self.retention = retention
+        self.ts = now_ms
+        self.id = new_message_id()
+        self.data_json = publication.data_bytes().decode()
+        self.publisher_json = publication.publisher.json().decode()
+        self.extras_json = publication.extras_json()
+
+    @property
+    def expires_ms(self) -> int:
+        return self.ts + self.retention.age_ms_or_unlimited
 
 
 @dataclass(slots=True)
@@ -336,69 +313,42 @@ IdempotencyKey = tuple[str, str, str]  # (app_id, channel, key)
 
 @dataclass(slots=True)
 class BatchPlan:
-    """What one batch writes, in the column order of the parley_history_* tables."""
+    """What one batch stores."""
 
-    results: list[Entry]  # one per submitted append, in order
-    entries: list[tuple[Any, ...]]  # app_id, channel, seq, ts, expires_ms, id, event, data,
-    # publisher, user_id
-    keys: list[tuple[Any, ...]]  # app_id, channel, key, seq, epoch, ts, id, event, data,
-    # publisher, user_id
+    results: list[Stored]  # one per submitted append, in order
+    stored: list[PendingAppend]  # the appends stored, in order, their publications stamped
 
 
 def plan_batch(
     items: Sequence[PendingAppend],
     channels: dict[ChannelKey, ChannelCursor],
-    firsts: dict[IdempotencyKey, Entry],
+    firsts: dict[IdempotencyKey, Publication],
 ) -> BatchPlan:
-    """Give each append its offset, in order, or its first Entry when its idempotency key was
-    seen within the window. `channels` (every channel of the batch, locked) and `firsts` (the
-    stored entries of the batch's keys) are updated as the batch goes."""
-    plan = BatchPlan([], [], [])
+    """Give each append its offset, in order, or its first publication when its idempotency
+    key was seen within the window. `channels` (every channel of the batch, locked) and
+    `firsts` (the stored publications of the batch's keys) are updated as the batch goes.
+    Planning a batch again (after a rollback) stamps its publications again, alike."""
+    plan = BatchPlan([], [])
     for item in items:
-        where = (item.app_id, item.channel)
+        publication = item.publication
+        where = (item.app_id, publication.channel)
         cursor = channels[where]
         cursor.retention = item.retention
-        key = item.entry.idempotency_key
+        key = publication.idempotency_key
         if key is not None:
             first = firsts.get((*where, key))
             if first is not None and first.ts >= item.ts - IDEMPOTENCY_WINDOW_MS:
-                plan.results.append(replace(first, duplicate=True))
+                plan.results.append(Stored(first, True))
                 continue
         cursor.last += 1
-        entry = Entry(
-            offset=cursor.last,
-            epoch=cursor.epoch,
-            ts=item.ts,
-            id=item.id,
-            event=item.entry.event,
-            data=item.entry.data,
-            publisher=item.entry.publisher,
-            user_id=item.entry.user_id,
-        )
-        plan.results.append(entry)
-        stored = (item.id, item.entry.event, item.data_json, item.publisher_json)
-        user_id = item.entry.user_id
-        expires_ms = item.ts + item.retention.age_ms_or_unlimited
-        plan.entries.append((*where, cursor.last, item.ts, expires_ms, *stored, user_id))
+        publication.position = StreamPosition(cursor.last, cursor.epoch)
+        publication.ts = item.ts
+        publication.id = item.id
+        plan.results.append(Stored(publication))
+        plan.stored.append(item)
         if key is not None:
-            firsts[(*where, key)] = entry
-            plan.keys.append((*where, key, cursor.last, cursor.epoch, item.ts, *stored, user_id))
+            firsts[(*where, key)] = publication
     return plan
-
-
-def entry_from_row(epoch: str, row: Sequence[Any]) -> Entry:
-    """An Entry from the columns seq, ts, id, event, data, publisher, user_id."""
-    seq, ts, id_, event, data, publisher, user_id = row
-    return Entry(
-        offset=seq,
-        epoch=epoch,
-        ts=ts,
-        id=id_,
-        event=event,
-        data=orjson.loads(data),
-        publisher=orjson.loads(publisher),
-        user_id=user_id,
-    )
 
 
 T = TypeVar("T")
@@ -522,7 +472,7 @@ class BatchedHistoryStore(SweepingHistoryStore):
     append is stamped on the caller's task and handed to a `GroupCommit`, which commits what
     has collected in one transaction."""
 
-    _commits: GroupCommit[PendingAppend, Entry] | None
+    _commits: GroupCommit[PendingAppend, Stored] | None
     _max_batch: int
 
     def _start_batching(self) -> None:
@@ -539,23 +489,16 @@ class BatchedHistoryStore(SweepingHistoryStore):
             self._commits = None
 
     @abc.abstractmethod
-    async def _commit(self, items: list[PendingAppend]) -> list[Entry]:
-        """Write one batch in one transaction; one Entry per item, in order."""
+    async def _commit(self, items: list[PendingAppend]) -> list[Stored]:
+        """Write one batch in one transaction; one result per item, in order."""
 
-    async def append(
-        self, app_id: str, channel: str, entry: NewEntry, retention: Retention
-    ) -> Entry:
-        if self._commits is None:
-            raise RuntimeError("history store is not running")
-        pending = PendingAppend.stamp(app_id, channel, entry, retention, self._now_ms())
-        return await self._commits.submit(pending)
+    async def append(self, app_id: str, publication: Publication, retention: Retention) -> Stored:
+        return (await self.append_many((Append(app_id, publication, retention),)))[0]
 
-    async def append_many(
-        self, items: Sequence[tuple[str, str, NewEntry, Retention]]
-    ) -> list[Entry]:
+    async def append_many(self, items: Sequence[Append]) -> list[Stored]:
         if self._commits is None:
             raise RuntimeError("history store is not running")
         now_ms = self._now_ms()
         return await self._commits.submit_many(
-            [PendingAppend.stamp(a, c, e, r, now_ms) for a, c, e, r in items]
+            [PendingAppend(i.app_id, i.publication, i.retention, now_ms) for i in items]
         )

@@ -9,22 +9,23 @@ from __future__ import annotations
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from parley.backends.history import (
     IDEMPOTENCY_WINDOW_MS,
+    Append,
     Direction,
-    Entry,
     HistoryStore,
-    NewEntry,
     Page,
     Retention,
+    Stored,
     check_read_args,
     new_epoch,
     new_message_id,
     page_of,
     recovered,
 )
+from parley.publication import Publication, StreamPosition
 
 
 @dataclass(slots=True)
@@ -32,8 +33,8 @@ class _Channel:
     epoch: str
     last: int = 0
     retention: Retention = field(default_factory=Retention)
-    entries: deque[Entry] = field(default_factory=deque)
-    keys: dict[str, Entry] = field(default_factory=dict)  # idempotency key -> first Entry
+    publications: deque[Publication] = field(default_factory=deque)
+    keys: dict[str, Publication] = field(default_factory=dict)  # idempotency key -> the first
 
 
 class MemoryHistoryStore(HistoryStore):
@@ -59,56 +60,48 @@ class MemoryHistoryStore(HistoryStore):
         return state
 
     @staticmethod
-    def _kept(state: _Channel, now_ms: int) -> list[Entry]:
-        """The entries that retention still keeps."""
+    def _kept(state: _Channel, now_ms: int) -> list[Publication]:
+        """The publications that retention still keeps."""
         oldest_ms = now_ms - state.retention.age_ms_or_unlimited
         lowest = state.last - state.retention.count_or_unlimited
-        return [e for e in state.entries if e.offset > lowest and e.ts >= oldest_ms]
+        return [p for p in state.publications if p.position.offset > lowest and p.ts >= oldest_ms]
 
     @staticmethod
     def _drop_expired(state: _Channel, now_ms: int) -> int:
         oldest_ms = now_ms - state.retention.age_ms_or_unlimited
         dropped = 0
-        while state.entries and state.entries[0].ts < oldest_ms:
-            state.entries.popleft()
+        while state.publications and state.publications[0].ts < oldest_ms:
+            state.publications.popleft()
             dropped += 1
         return dropped
 
-    async def append_many(
-        self, items: Sequence[tuple[str, str, NewEntry, Retention]]
-    ) -> list[Entry]:
-        return [await self.append(*item) for item in items]  # never suspends: no tasks needed
+    async def append_many(self, items: Sequence[Append]) -> list[Stored]:
+        # never suspends: no tasks needed
+        return [await self.append(i.app_id, i.publication, i.retention) for i in items]
 
-    async def append(
-        self, app_id: str, channel: str, entry: NewEntry, retention: Retention
-    ) -> Entry:
+    async def append(self, app_id: str, publication: Publication, retention: Retention) -> Stored:
         if not self._running:
             raise RuntimeError("history store is not running")
         now_ms = self._now_ms()
-        state = self._channel(app_id, channel)
+        state = self._channel(app_id, publication.channel)
         state.retention = retention
-        if entry.idempotency_key is not None:
-            first = state.keys.get(entry.idempotency_key)
+        key = publication.idempotency_key
+        if key is not None:
+            first = state.keys.get(key)
             if first is not None and first.ts >= now_ms - IDEMPOTENCY_WINDOW_MS:
-                return replace(first, duplicate=True)
+                return Stored(first, True)
         state.last += 1
-        stored = Entry(
-            offset=state.last,
-            epoch=state.epoch,
-            ts=now_ms,
-            id=new_message_id(),
-            event=entry.event,
-            data=entry.data,
-            publisher=entry.publisher,
-            user_id=entry.user_id,
-        )
-        state.entries.append(stored)
-        if entry.idempotency_key is not None:
-            state.keys[entry.idempotency_key] = stored
-        while len(state.entries) > retention.count_or_unlimited:
-            state.entries.popleft()
+        publication.position = StreamPosition(state.last, state.epoch)
+        publication.ts = now_ms
+        publication.id = new_message_id()
+        kept = publication.kept()
+        state.publications.append(kept)
+        if key is not None:
+            state.keys[key] = kept
+        while len(state.publications) > retention.count_or_unlimited:
+            state.publications.popleft()
         self._drop_expired(state, now_ms)
-        return stored
+        return Stored(publication)
 
     async def read(
         self,
@@ -123,17 +116,18 @@ class MemoryHistoryStore(HistoryStore):
         check_read_args(after, before, limit, direction)
         state = self._channel(app_id, channel)
         rows = [
-            e
-            for e in self._kept(state, self._now_ms())
-            if (after is None or e.offset > after) and (before is None or e.offset < before)
+            p
+            for p in self._kept(state, self._now_ms())
+            if (after is None or p.position.offset > after)
+            and (before is None or p.position.offset < before)
         ]
         if direction == "backward":
             rows.reverse()
         return page_of(channel, state.epoch, rows[: limit + 1], limit)
 
-    async def position(self, app_id: str, channel: str) -> tuple[int, str]:
+    async def position(self, app_id: str, channel: str) -> StreamPosition:
         state = self._channel(app_id, channel)
-        return state.last, state.epoch
+        return StreamPosition(state.last, state.epoch)
 
     async def delete(self, app_id: str, channel: str) -> str:
         old = self._channels.get((app_id, channel))
@@ -144,14 +138,15 @@ class MemoryHistoryStore(HistoryStore):
         return state.epoch
 
     async def since(
-        self, app_id: str, channel: str, offset: int, epoch: str, limit: int
-    ) -> list[Entry] | None:
+        self, app_id: str, channel: str, position: StreamPosition, limit: int
+    ) -> list[Publication] | None:
+        offset = position.offset
         state = self._channels.get((app_id, channel))
-        if state is None or state.epoch != epoch or offset < 0 or offset > state.last:
+        if state is None or state.epoch != position.epoch or offset < 0 or offset > state.last:
             return None
         if state.last - offset > limit:
             return None
-        rows = [e for e in self._kept(state, self._now_ms()) if e.offset > offset]
+        rows = [p for p in self._kept(state, self._now_ms()) if p.position.offset > offset]
         return recovered(rows, offset, state.last)
 
     async def sweep(self) -> int:

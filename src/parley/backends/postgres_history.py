@@ -27,19 +27,20 @@ from parley.backends.history import (
     ChannelCursor,
     ChannelKey,
     Direction,
-    Entry,
     GroupCommit,
     IdempotencyKey,
     Page,
     PendingAppend,
     Retention,
+    Stored,
     check_read_args,
-    entry_from_row,
     new_epoch,
     page_of,
     plan_batch,
+    publication_from_row,
     recovered,
 )
+from parley.publication import Publication, StreamPosition
 
 SCHEMA_LOCK = 0x7061726C6579  # "parley": serializes schema creation between starting nodes
 SCHEMA = """
@@ -61,8 +62,8 @@ CREATE TABLE IF NOT EXISTS parley_history_entries (
     id         text NOT NULL,
     event      text NOT NULL,
     data       text NOT NULL,    -- JSON, kept as text so it is delivered byte for byte
-    publisher  text NOT NULL,    -- JSON
-    user_id    text,
+    publisher  text NOT NULL,    -- JSON, as in the frame's parley.publisher
+    extras     text,             -- JSON object of the publication's extras; NULL: none
     PRIMARY KEY (app_id, channel, seq)
 );
 CREATE INDEX IF NOT EXISTS parley_history_entries_expires
@@ -78,13 +79,17 @@ CREATE TABLE IF NOT EXISTS parley_history_keys (
     event     text NOT NULL,
     data      text NOT NULL,
     publisher text NOT NULL,
-    user_id   text,
+    extras    text,
     PRIMARY KEY (app_id, channel, key)
 );
 CREATE INDEX IF NOT EXISTS parley_history_keys_ts ON parley_history_keys (ts);
+-- Tables made before extras existed (their user_id column, nullable, is no longer written).
+-- Until the versioned migrations come.
+ALTER TABLE parley_history_entries ADD COLUMN IF NOT EXISTS extras text;
+ALTER TABLE parley_history_keys ADD COLUMN IF NOT EXISTS extras text;
 """
 
-ENTRY_COLUMNS = "seq, ts, id, event, data, publisher, user_id"
+ENTRY_COLUMNS = "seq, ts, id, event, data, publisher, extras"
 
 LOCK_CHANNELS = """
 SELECT c.app_id, c.channel, c.epoch, c.last_seq
@@ -114,19 +119,19 @@ JOIN unnest($1::text[], $2::text[], $3::text[]) AS u(app_id, channel, key)
 WRITE_BATCH = """
 WITH new_entries AS (
     INSERT INTO parley_history_entries
-        (app_id, channel, seq, ts, expires_ms, id, event, data, publisher, user_id)
+        (app_id, channel, seq, ts, expires_ms, id, event, data, publisher, extras)
     SELECT * FROM unnest($1::text[], $2::text[], $3::bigint[], $4::bigint[], $5::bigint[],
                          $6::text[], $7::text[], $8::text[], $9::text[], $10::text[])
 ), new_keys AS (
     INSERT INTO parley_history_keys
-        (app_id, channel, key, seq, epoch, ts, id, event, data, publisher, user_id)
+        (app_id, channel, key, seq, epoch, ts, id, event, data, publisher, extras)
     SELECT * FROM unnest($11::text[], $12::text[], $13::text[], $14::bigint[], $15::text[],
                          $16::bigint[], $17::text[], $18::text[], $19::text[], $20::text[],
                          $21::text[])
     ON CONFLICT (app_id, channel, key) DO UPDATE SET
         seq = EXCLUDED.seq, epoch = EXCLUDED.epoch, ts = EXCLUDED.ts, id = EXCLUDED.id,
         event = EXCLUDED.event, data = EXCLUDED.data, publisher = EXCLUDED.publisher,
-        user_id = EXCLUDED.user_id
+        extras = EXCLUDED.extras
 ), moved AS (
     UPDATE parley_history_channels c
     SET last_seq = u.last_seq, max_count = u.max_count, max_age_ms = u.max_age_ms
@@ -145,7 +150,7 @@ def _select_sql(order: str) -> str:
     """The channel row and a slice of its kept entries in one statement, hence one snapshot.
     No row: the channel does not exist. Entry columns NULL: it has no entry in the slice."""
     return f"""
-SELECT c.epoch, c.last_seq, e.seq, e.ts, e.id, e.event, e.data, e.publisher, e.user_id
+SELECT c.epoch, c.last_seq, e.seq, e.ts, e.id, e.event, e.data, e.publisher, e.extras
 FROM parley_history_channels c
 LEFT JOIN LATERAL (
     SELECT {ENTRY_COLUMNS} FROM parley_history_entries x
@@ -187,7 +192,7 @@ class PostgresHistoryStore(BatchedHistoryStore):
         self._pool_size = pool_size
         self._sweep_interval_s = sweep_interval_s
         self._pool: Any = None  # asyncpg.Pool; asyncpg ships no types
-        self._commits: GroupCommit[PendingAppend, Entry] | None = None
+        self._commits: GroupCommit[PendingAppend, Stored] | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -213,7 +218,7 @@ class PostgresHistoryStore(BatchedHistoryStore):
 
     # -- appends (append and append_many come from BatchedHistoryStore) ----------------------
 
-    async def _commit(self, items: list[PendingAppend]) -> list[Entry]:
+    async def _commit(self, items: list[PendingAppend]) -> list[Stored]:
         for attempt in range(1, 6):
             try:
                 async with self.pool.acquire() as conn, conn.transaction():
@@ -224,25 +229,36 @@ class PostgresHistoryStore(BatchedHistoryStore):
         async with self.pool.acquire() as conn, conn.transaction():
             return await self._write_batch(conn, items)
 
-    async def _write_batch(self, conn: Any, items: list[PendingAppend]) -> list[Entry]:
-        channels = await self._lock_channels(conn, sorted({(i.app_id, i.channel) for i in items}))
-        firsts: dict[IdempotencyKey, Entry] = {}
+    async def _write_batch(self, conn: Any, items: list[PendingAppend]) -> list[Stored]:
+        channels = await self._lock_channels(
+            conn, sorted({(i.app_id, i.publication.channel) for i in items})
+        )
+        firsts: dict[IdempotencyKey, Publication] = {}
         asked = sorted(
-            {(i.app_id, i.channel, k) for i in items if (k := i.entry.idempotency_key) is not None}
+            {
+                (i.app_id, i.publication.channel, k)
+                for i in items
+                if (k := i.publication.idempotency_key) is not None
+            }
         )
         if asked:
             for r in await conn.fetch(FIND_KEYS, *_columns(asked, 3)):
-                firsts[(r[0], r[1], r[2])] = entry_from_row(r[3], list(r)[4:])
+                firsts[(r[0], r[1], r[2])] = publication_from_row(r[1], r[3], list(r)[4:])
         plan = plan_batch(items, channels, firsts)
         # Entries that the count already drops are not written at all (see WRITE_BATCH).
         floor = {w: c.last - c.retention.count_or_unlimited for w, c in channels.items()}
-        entries = [r for r in plan.entries if r[2] > floor[(r[0], r[1])]]
+        entries = [
+            i
+            for i in plan.stored
+            if i.publication.position.offset > floor[(i.app_id, i.publication.channel)]
+        ]
+        keyed = [i for i in plan.stored if i.publication.idempotency_key is not None]
         moves = [
             (a, c, cur.last, cur.retention.count_or_unlimited, cur.retention.age_ms_or_unlimited)
             for (a, c), cur in channels.items()
         ]
         await conn.execute(
-            WRITE_BATCH, *_columns(entries, 10), *_columns(plan.keys, 11), *_columns(moves, 5)
+            WRITE_BATCH, *_entry_columns(entries), *_key_columns(keyed), *_columns(moves, 5)
         )
         return plan.results
 
@@ -268,7 +284,7 @@ class PostgresHistoryStore(BatchedHistoryStore):
 
     # -- channel state -----------------------------------------------------------------------
 
-    async def position(self, app_id: str, channel: str) -> tuple[int, str]:
+    async def position(self, app_id: str, channel: str) -> StreamPosition:
         row = await self.pool.fetchrow(
             "SELECT last_seq, epoch FROM parley_history_channels"
             " WHERE app_id = $1 AND channel = $2",
@@ -279,8 +295,8 @@ class PostgresHistoryStore(BatchedHistoryStore):
             async with self.pool.acquire() as conn, conn.transaction():
                 channels = await self._lock_channels(conn, [(app_id, channel)])
             state = channels[(app_id, channel)]
-            return state.last, state.epoch
-        return int(row[0]), str(row[1])
+            return StreamPosition(state.last, state.epoch)
+        return StreamPosition(int(row[0]), str(row[1]))
 
     async def delete(self, app_id: str, channel: str) -> str:
         async with self.pool.acquire() as conn, conn.transaction():
@@ -309,7 +325,7 @@ class PostgresHistoryStore(BatchedHistoryStore):
         before: int | None,
         limit: int,
         direction: Direction,
-    ) -> tuple[str, int, list[Entry]] | None:
+    ) -> tuple[str, int, list[Publication]] | None:
         found = await self.pool.fetch(
             SELECT[direction],
             app_id,
@@ -322,7 +338,11 @@ class PostgresHistoryStore(BatchedHistoryStore):
         if not found:
             return None
         epoch, last = str(found[0][0]), int(found[0][1])
-        return epoch, last, [entry_from_row(epoch, list(r)[2:]) for r in found if r[2] is not None]
+        return (
+            epoch,
+            last,
+            [publication_from_row(channel, epoch, list(r)[2:]) for r in found if r[2] is not None],
+        )
 
     async def read(
         self,
@@ -337,18 +357,18 @@ class PostgresHistoryStore(BatchedHistoryStore):
         check_read_args(after, before, limit, direction)
         found = await self._select(app_id, channel, after or 0, before, limit + 1, direction)
         if found is None:
-            _, epoch = await self.position(app_id, channel)
-            return Page(channel, epoch, [], None)
+            return Page(channel, (await self.position(app_id, channel)).epoch, [], None)
         epoch, _, rows = found
         return page_of(channel, epoch, rows, limit)
 
     async def since(
-        self, app_id: str, channel: str, offset: int, epoch: str, limit: int
-    ) -> list[Entry] | None:
+        self, app_id: str, channel: str, position: StreamPosition, limit: int
+    ) -> list[Publication] | None:
+        offset = position.offset
         if offset < 0 or limit < 0:
             return None
         found = await self._select(app_id, channel, offset, None, limit + 1, "forward")
-        if found is None or found[0] != epoch:
+        if found is None or found[0] != position.epoch:
             return None
         _, last, rows = found
         if offset > last or last - offset > limit:
@@ -368,6 +388,39 @@ class PostgresHistoryStore(BatchedHistoryStore):
                 if count < SWEEP_CHUNK:
                     break
         return removed
+
+
+def _entry_columns(items: Sequence[PendingAppend]) -> list[list[Any]]:
+    """The parley_history_entries rows of stored appends, column by column (for unnest)."""
+    return [
+        [i.app_id for i in items],
+        [i.publication.channel for i in items],
+        [i.publication.position.offset for i in items],
+        [i.ts for i in items],
+        [i.expires_ms for i in items],
+        [i.id for i in items],
+        [i.publication.event for i in items],
+        [i.data_json for i in items],
+        [i.publisher_json for i in items],
+        [i.extras_json for i in items],
+    ]
+
+
+def _key_columns(items: Sequence[PendingAppend]) -> list[list[Any]]:
+    """The parley_history_keys rows of stored appends with a key, column by column."""
+    return [
+        [i.app_id for i in items],
+        [i.publication.channel for i in items],
+        [i.publication.idempotency_key for i in items],
+        [i.publication.position.offset for i in items],
+        [i.publication.position.epoch for i in items],
+        [i.ts for i in items],
+        [i.id for i in items],
+        [i.publication.event for i in items],
+        [i.data_json for i in items],
+        [i.publisher_json for i in items],
+        [i.extras_json for i in items],
+    ]
 
 
 def _columns(rows: Sequence[Sequence[Any]], width: int) -> list[list[Any]]:

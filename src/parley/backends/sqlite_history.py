@@ -39,30 +39,37 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Final, TypeVar
 
 import orjson
 
 from parley import logs
 from parley.backends.history import (
     IDEMPOTENCY_WINDOW_MS,
+    Append,
     Direction,
-    Entry,
-    NewEntry,
     Page,
     Retention,
+    Stored,
     SweepingHistoryStore,
     check_read_args,
-    entry_from_row,
     new_epoch,
     new_message_id,
     page_of,
+    publication_from_row,
     recovered,
 )
 from parley.errors import CannotStart
+from parley.publication import (
+    NO_EXTRAS,
+    Publication,
+    Publisher,
+    StreamPosition,
+    extras_of,
+)
 
 SCHEMA = """
 CREATE TABLE IF NOT EXISTS parley_history_channels (
@@ -105,7 +112,7 @@ CREATE TABLE IF NOT EXISTS parley_history_keys (
     event     TEXT NOT NULL,
     data      TEXT NOT NULL,
     publisher TEXT NOT NULL,
-    user_id   TEXT,
+    extras    TEXT,               -- JSON object of the publication's extras; NULL: none
     PRIMARY KEY (app_id, channel, key)
 );
 CREATE INDEX IF NOT EXISTS parley_history_keys_ts ON parley_history_keys (ts);
@@ -121,7 +128,7 @@ FROM parley_history_entries;
 DROP TABLE parley_history_entries;
 """
 
-ENTRY_COLUMNS = "seq, ts, id, event, data, publisher, user_id"
+ENTRY_COLUMNS = "seq, ts, id, event, data, publisher, extras"
 # The channel's last offset: trimming by count never removes the newest entry, deleting the
 # history resets last_seq with the chunks, and the sweep raises last_seq before expiring.
 NEWEST_CHUNK = """(SELECT e.last_seq FROM parley_history_chunks e
@@ -146,18 +153,103 @@ DELETE FROM parley_history_keys WHERE rowid IN
     (SELECT rowid FROM parley_history_keys WHERE ts < ? LIMIT ?)
 """
 
-# Logged operations, as tuples (the same in memory, in the log and to the indexer):
+# Logged operations, as JSON arrays (tuples in memory, the same to the indexer):
 #   ("E", app_id, channel, epoch, seq, ts, expires_ms, id, event, data, publisher, user_id,
-#    idempotency_key, max_count, max_age_ms)                    an appended entry
+#    idempotency_key, max_count, max_age_ms[, extras])          an appended publication
 #   ("c", app_id, channel, epoch, max_count, max_age_ms)        a channel's first epoch
 #   ("d", app_id, channel, new_epoch)                           its history deleted
-# "E" holds `data` and `publisher` as JSON values, written from the bytes the node encoded
-# once per message. Logs and chunks written before hold "e" entries instead, the same fields
-# with `data` and `publisher` as JSON text; they are still read.
+# "E" holds `data`, `publisher` and `extras` (only when there are any) as JSON values, written
+# from the bytes the node encoded once per message; `user_id` is the publisher's, kept for
+# the records' shape and not read. Logs and chunks written before hold "e" entries instead,
+# the same fields with `data` and `publisher` as JSON text; they are still read.
+# `_entry_line` writes an "E" record and `_publication_of` reads one: the fields by name.
 Op = tuple[Any, ...]
 Logged = tuple[Op, bytes]  # an operation and its line in the log (JSON, no newline)
 ChannelKey = tuple[str, str]
 ENTRY_KINDS = ("E", "e")
+# the fields of an entry record ("E" or "e")
+KIND: Final = 0
+APP_ID: Final = 1
+CHANNEL: Final = 2
+EPOCH: Final = 3
+SEQ: Final = 4
+TS: Final = 5
+EXPIRES: Final = 6
+ID: Final = 7
+EVENT: Final = 8
+DATA: Final = 9
+PUBLISHER: Final = 10
+IDEMPOTENCY_KEY: Final = 12
+MAX_COUNT: Final = 13
+MAX_AGE_MS: Final = 14
+EXTRAS: Final = 15  # absent when there are none
+
+
+def _entry_line(
+    app_id: str, publication: Publication, expires_ms: int, max_count: int, max_age_ms: int
+) -> bytes:
+    """The log line of an appended publication: its data, publisher and extras embedded as the
+    JSON already encoded."""
+    fragment = orjson.Fragment
+    position = publication.position
+    publisher = publication.publisher
+    record: tuple[Any, ...] = (
+        "E",
+        app_id,
+        publication.channel,
+        position.epoch,
+        position.offset,
+        publication.ts,
+        expires_ms,
+        publication.id,
+        publication.event,
+        fragment(publication.data_bytes()),
+        fragment(publisher.json()),
+        publisher.user_id,
+        publication.idempotency_key,
+        max_count,
+        max_age_ms,
+    )
+    if publication.extras:
+        record += (publication.extras,)
+    return orjson.dumps(record)
+
+
+def _publication_of(op: Sequence[Any], epoch: str) -> Publication:
+    """The publication of a decoded entry record."""
+    data, publisher = op[DATA], op[PUBLISHER]
+    if op[KIND] == "e":  # written before "E": data and publisher as JSON text
+        data, publisher = orjson.loads(data), orjson.loads(publisher)
+    return Publication(
+        op[CHANNEL],
+        op[EVENT],
+        data,
+        Publisher.from_wire(publisher),
+        StreamPosition(op[SEQ], epoch),
+        op[TS],
+        op[ID],
+        extras_of(op[EXTRAS]) if len(op) > EXTRAS else NO_EXTRAS,
+    )
+
+
+def _key_row(
+    key: str,
+    seq: int,
+    epoch: str,
+    ts: int,
+    id_: str,
+    event: str,
+    data: str,
+    publisher: str,
+    extras: str | None,
+) -> tuple[Any, ...]:
+    """A chunk's idempotency key as the indexer writes it: the parley_history_keys columns
+    after app_id and channel (see KEY_COLUMNS), data, publisher and extras as JSON text."""
+    return (key, seq, epoch, ts, id_, event, data, publisher, extras)
+
+
+KEY_COLUMNS = "app_id, channel, key, seq, epoch, ts, id, event, data, publisher, extras"
+KEY_ROW_SEQ: Final = 1  # where `_key_row` puts the seq
 
 
 @dataclass(slots=True)
@@ -175,8 +267,7 @@ class _Chunk:
     max_count: int  # retention given by its newest entry
     max_age_ms: int
     lines: list[bytes]
-    keys: list[tuple[Any, ...]]  # idempotency keys: (key, seq, epoch, ts, id, event, data,
-    #                              publisher, user_id), data and publisher as JSON text
+    keys: list[tuple[Any, ...]]  # idempotency keys, as made by `_key_row`
 
     @classmethod
     def opened(cls, key: ChannelKey, epoch: str, seq: int, expires: int) -> _Chunk:
@@ -193,6 +284,16 @@ class _Chunk:
             self.high = expires
 
 
+@dataclass(slots=True)
+class _Indexed:
+    """What an indexing round did to one channel."""
+
+    ops: int = 0  # logged operations applied
+    deletes: int = 0  # of which deletes
+    epoch: str | None = None  # the epoch and offset of the newest entry indexed, if any
+    offset: int = 0
+
+
 Item = _Chunk | Logged  # what the indexer applies: a chunk, or a "c" or "d" operation
 
 
@@ -202,22 +303,32 @@ def _group(ops: Sequence[Logged]) -> list[Item]:
     items: list[Item] = []
     open_: dict[ChannelKey, _Chunk] = {}
     for op, line in ops:
-        key = (op[1], op[2])
-        if op[0] not in ENTRY_KINDS:
+        key = (op[APP_ID], op[CHANNEL])
+        if op[KIND] not in ENTRY_KINDS:
             open_.pop(key, None)
             items.append((op, line))
             continue
-        epoch, seq, expires = op[3], op[4], op[6]
+        epoch, seq, expires = op[EPOCH], op[SEQ], op[EXPIRES]
         chunk = open_.get(key)
         if chunk is None or chunk.epoch != epoch or seq != chunk.last + 1:
             chunk = open_[key] = _Chunk.opened(key, epoch, seq, expires)
             items.append(chunk)
-        chunk.add(seq, expires, line, op[13], op[14])
-        if op[12] is not None:
-            data, publisher = op[9], op[10]
-            if op[0] == "E":
-                data, publisher = orjson.dumps(data).decode(), orjson.dumps(publisher).decode()
-            chunk.keys.append((op[12], seq, epoch, op[5], op[7], op[8], data, publisher, op[11]))
+        chunk.add(seq, expires, line, op[MAX_COUNT], op[MAX_AGE_MS])
+        if op[IDEMPOTENCY_KEY] is not None:
+            publication = _publication_of(op, epoch)
+            chunk.keys.append(
+                _key_row(
+                    op[IDEMPOTENCY_KEY],
+                    seq,
+                    epoch,
+                    publication.ts,
+                    publication.id,
+                    publication.event,
+                    publication.data_bytes().decode(),
+                    publication.publisher.json().decode(),
+                    publication.extras_json(),
+                )
+            )
     return items
 
 
@@ -268,8 +379,8 @@ class _Channel:
     max_count: int
     max_age_ms: int
     durable: bool  # False until something logged names this epoch
-    tail: deque[Entry] = field(default_factory=deque)  # logged, not yet in SQLite, in order
-    keys: dict[str, Entry] = field(default_factory=dict)  # idempotency keys of the tail
+    tail: deque[Publication] = field(default_factory=deque)  # logged, not in SQLite yet
+    keys: dict[str, Publication] = field(default_factory=dict)  # idempotency keys of the tail
     pending: int = 0  # logged operations of this channel not yet indexed
     deletes: int = 0  # deletes not yet applied in SQLite: its rows there are of an old epoch
 
@@ -401,6 +512,10 @@ class SqliteHistoryStore(SweepingHistoryStore):
             conn.close()
             raise RuntimeError(f"SQLite refused WAL mode for {self.path} (got {mode})")
         conn.executescript(SCHEMA)
+        # A keys table made before extras existed (its user_id column is no longer written).
+        # Until the versioned migrations come.
+        if "extras" not in {r[1] for r in conn.execute("PRAGMA table_info(parley_history_keys)")}:
+            conn.execute("ALTER TABLE parley_history_keys ADD COLUMN extras TEXT")
         old = conn.execute(
             "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'parley_history_entries'"
         ).fetchone()
@@ -527,25 +642,26 @@ class SqliteHistoryStore(SweepingHistoryStore):
             if self._closing and not self._ops:
                 return
 
-    def _after_indexing(self, count: int, summary: dict[ChannelKey, list[Any]]) -> None:
+    def _after_indexing(self, count: int, summary: dict[ChannelKey, _Indexed]) -> None:
         """On the loop: drop from the tails what SQLite now holds, delete finished segments."""
         self._indexed += count
-        for key, (ops, deletes, epoch, offset) in summary.items():
+        for key, done in summary.items():
             state = self._channels.get(key)
             if state is None:
                 continue
-            state.pending -= ops
-            state.deletes -= deletes
-            if state.epoch != epoch:
+            state.pending -= done.ops
+            state.deletes -= done.deletes
+            if state.epoch != done.epoch:
                 continue
+            offset = done.offset
             tail = state.tail
-            if tail and tail[-1].offset <= offset:
+            if tail and tail[-1].position.offset <= offset:
                 tail.clear()
             else:
-                while tail and tail[0].offset <= offset:
+                while tail and tail[0].position.offset <= offset:
                     tail.popleft()
             if state.keys:
-                for k in [k for k, e in state.keys.items() if e.offset <= offset]:
+                for k in [k for k, p in state.keys.items() if p.position.offset <= offset]:
                     del state.keys[k]
         while self._closed_segments and self._closed_segments[0][0] <= self._indexed:
             _, path = self._closed_segments.popleft()
@@ -570,15 +686,15 @@ class SqliteHistoryStore(SweepingHistoryStore):
             self._hurry.set()
             await waiter
 
-    def _apply(self, items: Sequence[Item]) -> dict[ChannelKey, list[Any]]:
+    def _apply(self, items: Sequence[Item]) -> dict[ChannelKey, _Indexed]:
         """In the writer thread: apply logged operations to SQLite in one transaction, a row
         per chunk. Safe to repeat (replay after a crash): entries already there are ignored,
         and entries of an epoch that a delete has replaced are dropped.
 
-        Returns per channel [operations, deletes, epoch and offset of the newest entry]."""
+        Returns what it did per channel."""
         conn = self._wconn
         assert conn is not None
-        summary: dict[ChannelKey, list[Any]] = {}
+        summary: dict[ChannelKey, _Indexed] = {}
         # per channel: epoch, max_count, max_age_ms, newest offset already indexed; kept from
         # round to round (this thread is the history's only writer), forgotten on a failure
         known = self._known
@@ -596,7 +712,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
         conn: sqlite3.Connection,
         items: Sequence[Item],
         known: dict[ChannelKey, list[Any] | None],
-        summary: dict[ChannelKey, list[Any]],
+        summary: dict[ChannelKey, _Indexed],
     ) -> None:
         with _transaction(conn, "BEGIN IMMEDIATE"):
 
@@ -625,8 +741,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
                     rows,
                 )
                 conn.executemany(
-                    "INSERT OR REPLACE INTO parley_history_keys (app_id, channel, key, seq,"
-                    " epoch, ts, id, event, data, publisher, user_id)"
+                    f"INSERT OR REPLACE INTO parley_history_keys ({KEY_COLUMNS})"
                     " VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                     keys,
                 )
@@ -648,11 +763,11 @@ class SqliteHistoryStore(SweepingHistoryStore):
                 key = item.key if isinstance(item, _Chunk) else (item[0][1], item[0][2])
                 done = summary.get(key)
                 if done is None:
-                    done = summary[key] = [0, 0, None, 0]
+                    done = summary[key] = _Indexed()
                 row = known[key] if key in known else row_of(key)
                 if isinstance(item, _Chunk):
-                    done[0] += len(item.lines)
-                    done[2], done[3] = item.epoch, item.last
+                    done.ops += len(item.lines)
+                    done.epoch, done.offset = item.epoch, item.last
                     if row is None:
                         row = create(key, item.epoch, item.max_count, item.max_age_ms)
                     elif row[0] != item.epoch or item.last <= row[3]:
@@ -672,16 +787,16 @@ class SqliteHistoryStore(SweepingHistoryStore):
                     rows.append((*key, first, item.last, item.low, item.high, entries))
                     row[3] = item.last
                     if item.keys:
-                        keys.extend((*key, *k) for k in item.keys if k[1] >= first)
+                        keys.extend((*key, *k) for k in item.keys if k[KEY_ROW_SEQ] >= first)
                     continue
                 op = item[0]
                 kind = op[0]
-                done[0] += 1
+                done.ops += 1
                 if kind == "c":
                     if row is None:
                         create(key, op[3], op[4], op[5])
                 elif kind == "d":
-                    done[1] += 1
+                    done.deletes += 1
                     new = op[3]
                     if row is not None and row[0] == new:
                         continue  # applied before (a replay)
@@ -703,14 +818,10 @@ class SqliteHistoryStore(SweepingHistoryStore):
 
     # -- appends ---------------------------------------------------------------------------
 
-    async def append(
-        self, app_id: str, channel: str, entry: NewEntry, retention: Retention
-    ) -> Entry:
-        return (await self.append_many(((app_id, channel, entry, retention),)))[0]
+    async def append(self, app_id: str, publication: Publication, retention: Retention) -> Stored:
+        return (await self.append_many((Append(app_id, publication, retention),)))[0]
 
-    async def append_many(
-        self, items: Sequence[tuple[str, str, NewEntry, Retention]]
-    ) -> list[Entry]:
+    async def append_many(self, items: Sequence[Append]) -> list[Stored]:
         """Appends are planned and logged on the caller's task with no await in between (one
         write() per call), so call order is offset order and no group-commit task is needed:
         the node's pump already hands over everything a loop turn produced in one call."""
@@ -737,8 +848,10 @@ class SqliteHistoryStore(SweepingHistoryStore):
         self._channels[key] = state
         return state
 
-    def _stored_key(self, app_id: str, channel: str, state: _Channel, key: str) -> Entry | None:
-        """The first entry of an idempotency key, from the tail or else from SQLite."""
+    def _stored_key(
+        self, app_id: str, channel: str, state: _Channel, key: str
+    ) -> Publication | None:
+        """The first publication of an idempotency key, from the tail or else from SQLite."""
         first = state.keys.get(key)
         if first is not None or state.deletes or self._lconn is None:
             return first
@@ -749,88 +862,78 @@ class SqliteHistoryStore(SweepingHistoryStore):
         ).fetchone()
         if row is None or row[0] != state.epoch:
             return None
-        return entry_from_row(row[0], row[1:])
+        return publication_from_row(channel, row[0], row[1:])
 
-    def _append_now(self, items: Sequence[tuple[str, str, NewEntry, Retention]]) -> list[Entry]:
+    def _append_now(self, items: Sequence[Append]) -> list[Stored]:
         now_ms = self._now_ms()
-        results: list[Entry] = []
+        results: list[Stored] = []
         lines: list[bytes] = []
-        added: list[tuple[_Channel, Entry, NewEntry, int, int]] = []
+        added: list[Append] = []  # the appends stored (not repeats), in order
+        states: list[_Channel] = []  # and their channels
         lasts: dict[ChannelKey, int] = {}
-        seen: dict[tuple[str, str, str], Entry] = {}  # keys first used in this batch
-        fragment = orjson.Fragment
-        for app_id, channel, new, retention in items:
-            key = (app_id, channel)
+        seen: dict[tuple[str, str, str], Publication] = {}  # keys first used in this batch
+        for item in items:
+            publication = item.publication
+            app_id, channel = item.app_id, publication.channel
             state = self._state(app_id, channel)
-            idem = new.idempotency_key
+            idem = publication.idempotency_key
             if idem is not None:
-                first = seen.get((*key, idem)) or self._stored_key(*key, state, idem)
-                if first is not None and first.ts >= now_ms - IDEMPOTENCY_WINDOW_MS:
-                    results.append(replace(first, duplicate=True))
-                    continue
-            seq = lasts[key] = lasts.get(key, state.last) + 1
-            id_ = new_message_id()
-            epoch = state.epoch
-            entry = Entry(seq, epoch, now_ms, id_, new.event, new.data, new.publisher, new.user_id)
-            count, age_ms = retention.count_and_age_ms
-            lines.append(
-                orjson.dumps(
-                    (
-                        "E",
-                        app_id,
-                        channel,
-                        epoch,
-                        seq,
-                        now_ms,
-                        now_ms + age_ms,
-                        id_,
-                        new.event,
-                        fragment(new.data_bytes()),
-                        fragment(new.publisher_bytes()),
-                        new.user_id,
-                        idem,
-                        count,
-                        age_ms,
-                    )
+                first = seen.get((app_id, channel, idem)) or self._stored_key(
+                    app_id, channel, state, idem
                 )
-            )
-            results.append(entry)
-            added.append((state, entry, new, count, age_ms))
+                if first is not None and first.ts >= now_ms - IDEMPOTENCY_WINDOW_MS:
+                    results.append(Stored(first, True))
+                    continue
+            key = state.key
+            seq = lasts[key] = lasts.get(key, state.last) + 1
+            publication.position = StreamPosition(seq, state.epoch)
+            publication.ts = now_ms
+            publication.id = new_message_id()
+            count, age_ms = item.retention.count_and_age_ms
+            lines.append(_entry_line(app_id, publication, now_ms + age_ms, count, age_ms))
+            results.append(Stored(publication))
+            added.append(item)
+            states.append(state)
             if idem is not None:
-                seen[(*key, idem)] = entry
+                seen[(app_id, channel, idem)] = publication
         if not lines:
             return results
         lines.append(b"")
         self._write_log(b"\n".join(lines), len(added))  # on an I/O error nothing below happens
         open_chunks = self._open_chunks
         queue = self._ops
-        for (state, entry, new, count, age_ms), line in zip(added, lines, strict=False):
-            state.tail.append(entry)
-            seq, expires = entry.offset, entry.ts + age_ms
+        for item, state, line in zip(added, states, lines, strict=False):
+            publication = item.publication
+            kept = publication.kept()
+            state.tail.append(kept)
+            position = publication.position
+            seq, epoch = position.offset, position.epoch
+            count, age_ms = item.retention.count_and_age_ms
+            expires = publication.ts + age_ms
             state.last = seq
             state.max_count, state.max_age_ms = count, age_ms
             state.durable = True
             state.pending += 1
             key = state.key
             chunk = open_chunks.get(key)
-            if chunk is None or chunk.epoch != entry.epoch:
-                chunk = open_chunks[key] = _Chunk.opened(key, entry.epoch, seq, expires)
+            if chunk is None or chunk.epoch != epoch:
+                chunk = open_chunks[key] = _Chunk.opened(key, epoch, seq, expires)
                 queue.append(chunk)
             chunk.add(seq, expires, line, count, age_ms)
-            idem = new.idempotency_key
+            idem = publication.idempotency_key
             if idem is not None:
-                state.keys[idem] = entry
+                state.keys[idem] = kept
                 chunk.keys.append(
-                    (
+                    _key_row(
                         idem,
                         seq,
-                        entry.epoch,
-                        entry.ts,
-                        entry.id,
-                        entry.event,
-                        new.data_bytes().decode(),
-                        new.publisher_bytes().decode(),
-                        entry.user_id,
+                        epoch,
+                        publication.ts,
+                        publication.id,
+                        publication.event,
+                        publication.data_bytes().decode(),
+                        publication.publisher.json().decode(),
+                        publication.extras_json(),
                     )
                 )
         return results
@@ -844,11 +947,11 @@ class SqliteHistoryStore(SweepingHistoryStore):
 
     # -- channel state -----------------------------------------------------------------------
 
-    async def position(self, app_id: str, channel: str) -> tuple[int, str]:
+    async def position(self, app_id: str, channel: str) -> StreamPosition:
         self._check_running()
         state = self._state(app_id, channel)
         self._make_durable(app_id, channel, state)
-        return state.last, state.epoch
+        return StreamPosition(state.last, state.epoch)
 
     async def delete(self, app_id: str, channel: str) -> str:
         self._check_running()
@@ -887,14 +990,15 @@ class SqliteHistoryStore(SweepingHistoryStore):
         return page_of(channel, epoch, rows, limit)
 
     async def since(
-        self, app_id: str, channel: str, offset: int, epoch: str, limit: int
-    ) -> list[Entry] | None:
+        self, app_id: str, channel: str, position: StreamPosition, limit: int
+    ) -> list[Publication] | None:
         self._check_running()
+        offset = position.offset
         if offset < 0 or limit < 0:
             return None
         state = self._state(app_id, channel)
         last = state.last
-        if state.epoch != epoch or offset > last or last - offset > limit:
+        if state.epoch != position.epoch or offset > last or last - offset > limit:
             return None
         rows = await self._fetch(app_id, channel, state, offset, None, limit + 1, "forward")
         return recovered(rows, offset, last)
@@ -908,19 +1012,23 @@ class SqliteHistoryStore(SweepingHistoryStore):
         before: int | None,
         limit: int,
         direction: Direction,
-    ) -> list[Entry]:
-        """Up to `limit` entries kept by retention with after < offset < before, in
+    ) -> list[Publication]:
+        """Up to `limit` publications kept by retention with after < offset < before, in
         `direction`: the tail as it is now, merged with what SQLite holds."""
         lowest = max(after, state.last - state.max_count)
         upper = state.last + 1 if before is None else min(before, state.last + 1)
         oldest_ms = self._now_ms() - state.max_age_ms
         # The tail is taken before SQLite is asked: whatever leaves the tail meanwhile is in
         # SQLite by the time the query runs, so nothing falls between the two.
-        found = {e.offset: e for e in state.tail if lowest < e.offset < upper and e.ts >= oldest_ms}
+        found = {
+            p.position.offset: p
+            for p in state.tail
+            if lowest < p.position.offset < upper and p.ts >= oldest_ms
+        }
         if not state.deletes and lowest + 1 < upper:
             args = (app_id, channel, lowest, upper, oldest_ms, limit, direction, state.epoch)
-            for e in await self._read(partial(self._select, *args)):
-                found.setdefault(e.offset, e)
+            for p in await self._read(partial(self._select, *args)):
+                found.setdefault(p.position.offset, p)
         rows = sorted(found.values(), key=_offset, reverse=direction == "backward")
         return rows[:limit]
 
@@ -935,7 +1043,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
         direction: Direction,
         epoch: str,
         conn: sqlite3.Connection,
-    ) -> list[Entry]:
+    ) -> list[Publication]:
         forward = direction == "forward"
         cursor = conn.execute(
             "SELECT entries FROM parley_history_chunks"
@@ -943,18 +1051,15 @@ class SqliteHistoryStore(SweepingHistoryStore):
             f" ORDER BY last_seq {'ASC' if forward else 'DESC'}",
             (app_id, channel, lowest, upper),
         )
-        out: list[Entry] = []
+        out: list[Publication] = []
         for (blob,) in cursor:
             items = orjson.loads(blob)
             if not forward:
                 items.reverse()
             for op in items:
-                seq, ts = op[4], op[5]
+                seq, ts = op[SEQ], op[TS]
                 if lowest < seq < upper and ts >= oldest_ms:
-                    data, publisher = op[9], op[10]
-                    if op[0] == "e":  # written before "E": data and publisher as JSON text
-                        data, publisher = orjson.loads(data), orjson.loads(publisher)
-                    out.append(Entry(seq, epoch, ts, op[7], op[8], data, publisher, op[11]))
+                    out.append(_publication_of(op, epoch))
                     if len(out) >= limit:
                         return out
         return out
@@ -1004,7 +1109,9 @@ class SqliteHistoryStore(SweepingHistoryStore):
             for row, max_expires, blob, age_ms in rows:
                 items = orjson.loads(blob)
                 # what the channel's retention keeps now (it may have changed since)
-                kept = [] if max_expires < now_ms else [i for i in items if i[5] + age_ms >= now_ms]
+                kept = (
+                    [] if max_expires < now_ms else [i for i in items if i[TS] + age_ms >= now_ms]
+                )
                 removed += len(items) - len(kept)
                 if not kept:
                     conn.execute("DELETE FROM parley_history_chunks WHERE row = ?", (row,))
@@ -1012,7 +1119,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
                 conn.execute(
                     "UPDATE parley_history_chunks SET first_seq = ?, min_expires = ?,"
                     " entries = ? WHERE row = ?",
-                    (kept[0][4], kept[0][5] + age_ms, orjson.dumps(kept), row),
+                    (kept[0][SEQ], kept[0][TS] + age_ms, orjson.dumps(kept), row),
                 )
         return removed, len(rows)
 
@@ -1023,5 +1130,5 @@ class SqliteHistoryStore(SweepingHistoryStore):
             return conn.execute(SWEEP_KEYS, (cutoff, SWEEP_CHUNK)).rowcount
 
 
-def _offset(entry: Entry) -> int:
-    return entry.offset
+def _offset(publication: Publication) -> int:
+    return publication.position.offset

@@ -12,6 +12,7 @@ import fnmatch
 import os
 import time
 import urllib.request
+from dataclasses import dataclass
 from functools import lru_cache
 from http.cookies import CookieError, SimpleCookie
 from pathlib import Path
@@ -23,7 +24,7 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from parley import logs
 from parley.auth.tokens import USER_ID_RE, Identity, TokenRejected, verify_token
-from parley.backends.history import Entry, HistoryStore, NewEntry, Retention
+from parley.backends.history import Append, HistoryStore, Retention
 from parley.core.hub import AppHub, CachedEvent, Channel, PresenceFull
 from parley.core.session import Session
 from parley.errors import BadRequest, ConnectionRefused, ParleyError
@@ -41,6 +42,7 @@ from parley.protocol.connection import (
     Subscribe,
     Unsubscribe,
 )
+from parley.publication import Publication, Publisher, StreamPosition
 from parley.settings import AppConfig, Settings
 
 if TYPE_CHECKING:
@@ -84,33 +86,33 @@ def _read_jwks(source: str) -> str:
 SUBSCRIPTION_COUNT_THROTTLE_S = 5.0
 
 
-def parley_of(entry: Entry) -> dict[str, Any]:
-    """The `parley` object of a delivered event: who sent it and where it stands."""
-    return {
-        "publisher": entry.publisher,
-        "offset": entry.offset,
-        "epoch": entry.epoch,
-        "ts": entry.ts,
-        "id": entry.id,
-    }
+# init=False: the __init__ below is compiled by mypyc; a dataclass-made one is not (5x slower)
+@dataclass(slots=True, init=False)  # not frozen: built per message, and frozen __init__ is slower
+class Outgoing:
+    """A publication in the outbox: stored (when its channel keeps history), then delivered."""
 
+    hub: AppHub
+    publication: Publication
+    exclude: Any  # the session not to deliver to (the sender), or None
+    cache: bool  # a cache channel: its frame becomes the channel's cached event
+    retention: Retention | None  # None: the channel keeps no history
+    done: asyncio.Future[None] | None  # resolved once delivered
 
-def entry_frame(channel: str, entry: Entry, new: NewEntry | None = None) -> bytes:
-    """The frame of a stored event; given the NewEntry it came from, its data and publisher
-    go in as the JSON already encoded for the store."""
-    data = new.data_bytes() if new is not None else orjson.dumps(entry.data)
-    publisher = new.publisher_bytes() if new is not None else orjson.dumps(entry.publisher)
-    return frames.stored_event(
-        entry.event,
-        channel,
-        data,
-        entry.user_id,
-        publisher,
-        entry.offset,
-        entry.epoch,
-        entry.ts,
-        entry.id,
-    )
+    def __init__(
+        self,
+        hub: AppHub,
+        publication: Publication,
+        exclude: Any,
+        cache: bool,
+        retention: Retention | None,
+        done: asyncio.Future[None] | None,
+    ) -> None:
+        self.hub = hub
+        self.publication = publication
+        self.exclude = exclude
+        self.cache = cache
+        self.retention = retention
+        self.done = done
 
 
 class Node:
@@ -129,7 +131,7 @@ class Node:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._outbox: list[tuple[Any, ...]] = []
+        self._outbox: list[Outgoing] = []
         self._pump: asyncio.Task[None] | None = None
         self._key_cache: dict[str, tuple[str, ...]] = {}
         self._jwks: dict[str, tuple[Any, ...]] = {}
@@ -522,38 +524,31 @@ class Node:
                 return
         user_id = command.user_id
         publisher = session.publisher
-        if publisher is None or publisher[0] != user_id:  # made once per sender, not per event
-            stamp = (
-                {"type": "user", "id": user_id}
+        if publisher is None or publisher.user_id != user_id:  # once per sender, not per event
+            publisher = session.publisher = (
+                Publisher("user", user_id)
                 if user_id is not None
-                else {"type": "connection", "socket_id": session.socket_id}
+                else Publisher("connection", session.socket_id)
             )
-            publisher = session.publisher = (user_id, stamp, orjson.dumps(stamp))
-        new = NewEntry(
-            command.event,
-            command.data,
-            publisher[1],
-            user_id,
-            None,
-            command.data_json,
-            publisher[2],
+        publication = Publication(
+            command.channel, command.event, command.data, publisher, data_json=command.data_json
         )
-        self._fan_out(hub, command.channel, new, session)
+        self._fan_out(hub, publication, session)
 
     def _fan_out(
         self,
         hub: AppHub,
-        name: str,
-        new: NewEntry,
+        publication: Publication,
         exclude: Any = None,
         cache: bool = False,
         done: asyncio.Future[None] | None = None,
     ) -> None:
-        """Queue an event for `name`: it is appended to the channel's history (when it keeps
-        one) and then the same bytes go to every subscriber, so nothing is delivered that is
-        not durable. One pump serves the queue in order, a batch per commit; `done` resolves
-        once this event is delivered."""
-        self._outbox.append((hub, name, new, exclude, cache, self.retention(name), done))
+        """Queue a publication: it is appended to its channel's history (when it keeps one)
+        and then the same bytes go to every subscriber, so nothing is delivered that is not
+        durable. One pump serves the queue in order, a batch per commit; `done` resolves once
+        this publication is delivered."""
+        retention = self.retention(publication.channel)
+        self._outbox.append(Outgoing(hub, publication, exclude, cache, retention, done))
         if self._pump is None:
             self._pump = self.loop.create_task(self._pump_outbox())
 
@@ -562,40 +557,42 @@ class Node:
             while self._outbox:
                 batch, self._outbox = self._outbox, []
                 appends = [
-                    (hub.app.id, name, new, retention)
-                    for hub, name, new, _, _, retention, _ in batch
-                    if retention is not None
+                    Append(o.hub.app.id, o.publication, o.retention)
+                    for o in batch
+                    if o.retention is not None
                 ]
                 try:
                     stored = iter(await self.history.append_many(appends) if appends else ())
                 except Exception as exc:
                     logs.error("history append failed: events not delivered", events=len(batch))
-                    for *_, done in batch:
-                        if done is not None and not done.done():
-                            done.set_exception(exc)
+                    for o in batch:
+                        if o.done is not None and not o.done.done():
+                            o.done.set_exception(exc)
                     continue
-                for hub, name, new, exclude, cache, retention, done in batch:
-                    if retention is None:
-                        data = frames.frame(
-                            new.event,
-                            new.data,
-                            name,
-                            user_id=new.user_id,
-                            parley={"publisher": new.publisher},
-                        )
+                for o in batch:
+                    publication = o.publication
+                    if o.retention is None:
+                        data = frames.unstored_event(publication)
                         offset = 0
                     else:
-                        entry = next(stored)
-                        if entry.duplicate:
+                        result = next(stored)
+                        if result.duplicate:
                             data = b""
                         else:
-                            data, offset = entry_frame(name, entry, new), entry.offset
+                            publication = result.publication
+                            data = frames.stored_event(publication)
+                            offset = publication.position.offset
                     if data:
-                        if cache:
+                        hub, name = o.hub, publication.channel
+                        if o.cache:
                             hub.cache[name] = CachedEvent(
-                                data, new.event, new.data, time.monotonic() + hub.app.cache_ttl_s
+                                data,
+                                publication.event,
+                                publication.data,
+                                time.monotonic() + hub.app.cache_ttl_s,
                             )
-                        hub.messages_out += hub.broadcast(name, data, exclude, offset)
+                        hub.messages_out += hub.broadcast(name, data, o.exclude, offset)
+                    done = o.done
                     if done is not None and not done.done():
                         done.set_result(None)
         finally:
@@ -659,8 +656,8 @@ class Node:
         held: list[tuple[int, bytes]] = []
         channel.subscribers[session] = held
         try:
-            entries = await self.history.since(
-                hub.app.id, name, offset, epoch, self.settings.recovery_limit
+            missed = await self.history.since(
+                hub.app.id, name, StreamPosition(offset, epoch), self.settings.recovery_limit
             )
         finally:
             still_here = (
@@ -671,12 +668,12 @@ class Node:
         if not still_here:
             return
         last = offset
-        if entries is not None:
-            for entry in entries:
-                session.send(entry_frame(name, entry))
-            if entries:
-                last = entries[-1].offset
-        recovered = entries is not None
+        if missed is not None:
+            for publication in missed:
+                session.send(frames.stored_event(publication))
+            if missed:
+                last = missed[-1].position.offset
+        recovered = missed is not None
         session.send(
             frames.frame("parley:resumed", {"channel": name, "recovered": recovered}, name)
         )
@@ -689,7 +686,7 @@ class Node:
             socket_id=session.socket_id,
             channel=name,
             recovered=recovered,
-            replayed=len(entries or ()),
+            replayed=len(missed or ()),
         )
 
     async def _history_page(
@@ -732,14 +729,14 @@ class Node:
             direction="backward" if direction == "backward" else "forward",
         )
         events = []
-        for entry in page.entries:
+        for publication in page.publications:
             item: dict[str, Any] = {
-                "event": entry.event,
-                "data": entry.data,
-                "parley": parley_of(entry),
+                "event": publication.event,
+                "data": publication.data,
+                "parley": publication.parley(),
             }
-            if entry.user_id is not None:
-                item["user_id"] = entry.user_id
+            if publication.user_id is not None:
+                item["user_id"] = publication.user_id
             events.append(item)
         return {"channel": name, "epoch": page.epoch, "events": events, "next": page.next}
 
@@ -772,25 +769,29 @@ class Node:
         on cache channels; a repeated idempotency key stores and delivers nothing."""
         hub = self.hubs[app.id]
         exclude = hub.sessions.get(socket_id) if socket_id else None
-        publisher = {"type": "server", "app_id": app.id}
-        new = NewEntry(event, data, publisher, None, idempotency_key)
+        publisher = Publisher("server", app.id)
+        data_json = orjson.dumps(data)  # once for all the channels
         queued = []
         for name in channels:
+            publication = Publication(
+                name, event, data, publisher, idempotency_key=idempotency_key, data_json=data_json
+            )
             user_id = server_to_user_id(name)
             if user_id is not None:
-                encoded = frames.frame(event, data, name, parley={"publisher": publisher})
+                encoded = frames.unstored_event(publication)
                 hub.messages_out += hub.send_to_user(user_id, encoded, exclude)
             else:
-                queued.append(name)
+                queued.append(publication)
         self.metrics.api_events[app.id] += 1
         if not queued:
             return
         # All of one publish join the same batch (nothing yields in between), which is served
         # in order: once the last is delivered, all are; a failed batch fails the last.
         last: asyncio.Future[None] = self.loop.create_future()
-        for name in queued:
-            done = last if name is queued[-1] else None
-            self._fan_out(hub, name, new, exclude, channel_type(name).cache, done)
+        for publication in queued:
+            done = last if publication is queued[-1] else None
+            cache = channel_type(publication.channel).cache
+            self._fan_out(hub, publication, exclude, cache, done)
         await last
 
     async def delete_history(self, app: AppConfig, name: str) -> str:

@@ -22,6 +22,7 @@ from parley.errors import ConnectionRefused
 from parley.protocol import frames
 from parley.protocol.codes import CloseCode
 from parley.protocol.connection import PusherConnection
+from parley.publication import Publisher
 
 if TYPE_CHECKING:
     from parley.core.hub import AppHub
@@ -90,8 +91,8 @@ class Session:
         self._early: list[bytes] | None = None  # what is sent before the transport exists
         self._close_on_connect: tuple[int, str] | None = None  # a close asked for before then
         self.token_expires_at: float | None = None
-        # the sender stamp of its client events, with its JSON: (user id, stamp, JSON)
-        self.publisher: tuple[str | None, dict[str, Any], bytes] | None = None
+        # the publisher of its client events (with its JSON), made at its first one
+        self.publisher: Publisher | None = None
 
     @property
     def user_id(self) -> str | None:

@@ -11,6 +11,7 @@ from typing import Any
 import orjson
 
 from parley.errors import ProtocolError
+from parley.publication import Publication
 
 
 def dumps(value: Any) -> str:
@@ -37,28 +38,38 @@ def frame(
     return orjson.dumps(out)
 
 
-def stored_event(
-    event: str,
-    channel: str,
-    data_json: bytes,
-    user_id: str | None,
-    publisher_json: bytes,
-    offset: int,
-    epoch: str,
-    ts: int,
-    message_id: str,
-) -> bytes:
-    """The frame of a stored event, made by `frame` from its data and publisher already
-    encoded (embedded as they are, not parsed again): one orjson call."""
+def stored_event(publication: Publication) -> bytes:
+    """The frame of a stored publication, made by `frame` with its data and publisher embedded
+    as the JSON already encoded (not parsed again): one orjson call. Extras join `parley`."""
+    data_json = publication.data_bytes()
     data = orjson.Fragment(data_json) if data_json != b"null" else None  # `frame` omits None
+    publisher = publication.publisher
+    position = publication.position
     parley = {
-        "publisher": orjson.Fragment(publisher_json),
-        "offset": offset,
-        "epoch": epoch,
-        "ts": ts,
-        "id": message_id,
+        "publisher": orjson.Fragment(publisher.json()),
+        "offset": position.offset,
+        "epoch": position.epoch,
+        "ts": publication.ts,
+        "id": publication.id,
     }
-    return frame(event, data, channel, user_id=user_id, parley=parley)
+    if publication.extras:
+        parley.update(publication.extras)
+    return frame(
+        publication.event, data, publication.channel, user_id=publisher.user_id, parley=parley
+    )
+
+
+def unstored_event(publication: Publication) -> bytes:
+    """The frame of a publication on a channel that keeps no history: no position."""
+    data_json = publication.data_bytes()
+    data = orjson.Fragment(data_json) if data_json != b"null" else None
+    publisher = publication.publisher
+    parley = {"publisher": orjson.Fragment(publisher.json())}
+    if publication.extras:
+        parley.update(publication.extras)
+    return frame(
+        publication.event, data, publication.channel, user_id=publisher.user_id, parley=parley
+    )
 
 
 def error_frame(code: int | None, message: str, channel: str | None = None) -> bytes:
