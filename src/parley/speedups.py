@@ -44,6 +44,7 @@ MODULES = (
     "parley.protocol.connection",
     "parley.core.access",
     "parley.core.hub",
+    "parley.core.ids",
     "parley.core.session",
     "parley.core.node",
     "parley.backends.history",

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
-import os
 import time
 import urllib.request
 from functools import lru_cache
@@ -25,6 +24,7 @@ from parley import logs
 from parley.auth.tokens import USER_ID_RE, Identity, TokenRejected, verify_token
 from parley.backends.history import Entry, HistoryStore, NewEntry, Retention
 from parley.core.hub import AppHub, CachedEvent, Channel, PresenceFull
+from parley.core.ids import new_socket_id
 from parley.core.session import Session
 from parley.errors import BadRequest, ConnectionRefused, ParleyError
 from parley.metrics import Metrics
@@ -48,30 +48,6 @@ if TYPE_CHECKING:
 
 SUPPORTED_PROTOCOLS = range(5, 8)
 JWKS_REFRESH_S = 300.0
-
-
-class _Entropy:
-    """Bytes of the OS's CSPRNG, fetched 4 KiB at a time: one system call per ~400 socket
-    ids instead of one each (a connection storm makes thousands a second)."""
-
-    def __init__(self) -> None:
-        self.pool = b""
-        self.at = 0
-
-    def take(self, n: int) -> bytes:
-        if self.at + n > len(self.pool):
-            self.pool, self.at = os.urandom(4096), 0
-        self.at += n
-        return self.pool[self.at - n : self.at]
-
-
-_ENTROPY = _Entropy()
-
-
-def new_socket_id() -> str:
-    """Two CSPRNG integers below 10^10 joined by a dot."""
-    raw = int.from_bytes(_ENTROPY.take(10), "big")
-    return f"{(raw >> 40) % 10**10}.{(raw & (2**40 - 1)) % 10**10}"
 
 
 def _read_jwks(source: str) -> str:
