@@ -41,12 +41,12 @@ from parley.protocol.connection import (
     Subscribe,
     Unsubscribe,
 )
+from parley.protocol.handshake import Handshake, parse_handshake
 from parley.settings import AppConfig, Settings
 
 if TYPE_CHECKING:
     from parley.core.access import Access
 
-SUPPORTED_PROTOCOLS = range(5, 8)
 JWKS_REFRESH_S = 300.0
 
 
@@ -128,27 +128,12 @@ class Node:
         """Validate the handshake, register the session and send connection_established."""
         if self.draining:
             raise ConnectionRefused(CloseCode.RECONNECT, "Server is shutting down, reconnect")
-        path, token = session.path, session.query.get("token")
-        if path.startswith("/token/"):
-            _, _, token, rest = path.split("/", 3)
-            path = "/" + rest
-        authorization = session.headers.get("authorization", "") if session.headers else ""
-        if token is None and authorization.lower().startswith("bearer "):
-            token = authorization[7:].strip()
-        parts = path.split("/")
-        if len(parts) != 3 or parts[1] != "app" or not parts[2]:
-            raise ConnectionRefused(CloseCode.PATH_NOT_FOUND, f"Path not found: {path}")
-        app = self.apps_by_key.get(parts[2])
+        handshake = parse_handshake(session.path, session.query, session.headers)
+        app = self.apps_by_key.get(handshake.app_key)
         if app is None:
             raise ConnectionRefused(CloseCode.APP_NOT_FOUND, "Application does not exist")
-        raw_protocol = session.query.get("protocol")
-        if raw_protocol is None:
-            raise ConnectionRefused(CloseCode.NO_PROTOCOL, "No protocol version supplied")
-        if not raw_protocol.isdigit() or int(raw_protocol) not in SUPPORTED_PROTOCOLS:
-            raise ConnectionRefused(
-                CloseCode.UNSUPPORTED_PROTOCOL,
-                f"Unsupported protocol version {raw_protocol!r}: use 5, 6 or 7",
-            )
+        if handshake.refusal is not None:
+            raise handshake.refusal
         if not app.enabled:
             raise ConnectionRefused(CloseCode.APP_DISABLED, "Application is disabled")
         hub = self.hubs[app.id]
@@ -157,8 +142,9 @@ class Node:
                 CloseCode.OVER_CONNECTION_QUOTA,
                 f"Application is over its connection quota of {app.max_connections}",
             )
+        token = handshake.token
         identity = self._verify_token(app, token) if token else None
-        cookie = None if identity is not None else self._session_cookie(app, session)
+        cookie = None if identity is not None else self._session_cookie(app, handshake)
         if cookie is not None and app.session_secret:
             identity = self._signed_session(app, cookie)
         socket_id = new_socket_id()
@@ -173,16 +159,16 @@ class Node:
         self.metrics.connections_total[app.id] += 1
         if cookie is not None and identity is None:
             # The app's introspection URL decides; connection_established waits for it.
-            self._spawn(self._introspect_then_admit(session, hub, cookie, raw_protocol))
+            self._spawn(self._introspect_then_admit(session, hub, cookie, handshake))
             return
         if identity is not None and app.auth == "builtin" and self.access is not None:
             # A token outlives a `parley users disable`: the user store has the last word.
-            self._spawn(self._check_user_then_admit(session, hub, identity, raw_protocol))
+            self._spawn(self._check_user_then_admit(session, hub, identity, handshake))
             return
-        self._admit(session, hub, identity, raw_protocol)
+        self._admit(session, hub, identity, handshake)
 
     async def _check_user_then_admit(
-        self, session: Session, hub: AppHub, identity: Identity, protocol: str
+        self, session: Session, hub: AppHub, identity: Identity, handshake: Handshake
     ) -> None:
         assert self.access is not None
         user = await self.access.users.get(hub.app.id, identity.user_id)
@@ -194,10 +180,10 @@ class Node:
             session.send(frames.error_frame(CloseCode.UNAUTHORIZED, "user disabled"))
             session.close(CloseCode.UNAUTHORIZED, "user disabled")
             return
-        self._admit(session, hub, identity, protocol)
+        self._admit(session, hub, identity, handshake)
 
     def _admit(
-        self, session: Session, hub: AppHub, identity: Identity | None, protocol: str
+        self, session: Session, hub: AppHub, identity: Identity | None, handshake: Handshake
     ) -> None:
         assert session.conn is not None
         extra: dict[str, Any] = {}
@@ -216,15 +202,15 @@ class Node:
                 app_id=hub.app.id,
                 socket_id=session.socket_id,
                 user_id=identity.user_id if identity else None,
-                client=session.query.get("client"),
-                protocol=protocol,
+                client=handshake.client,
+                protocol=str(handshake.protocol),
             )
 
-    def _session_cookie(self, app: AppConfig, session: Session) -> str | None:
+    def _session_cookie(self, app: AppConfig, handshake: Handshake) -> str | None:
         """The app's session cookie from the handshake, once the Origin is allowed."""
-        if not app.session_cookie or not session.headers:
+        if not app.session_cookie:
             return None
-        raw = session.headers.get("cookie")
+        raw = handshake.cookie
         if not raw:
             return None
         jar = SimpleCookie()
@@ -235,7 +221,7 @@ class Node:
         morsel = jar.get(app.session_cookie)
         if morsel is None:
             return None
-        origin = session.headers.get("origin", "")
+        origin = handshake.origin
         allowed = [o.strip() for o in app.allowed_origins.split(",") if o.strip()]
         if origin not in allowed:
             raise ConnectionRefused(
@@ -269,7 +255,7 @@ class Node:
         return Identity(payload, info, None)
 
     async def _introspect_then_admit(
-        self, session: Session, hub: AppHub, cookie: str, protocol: str
+        self, session: Session, hub: AppHub, cookie: str, handshake: Handshake
     ) -> None:
         try:
             identity = await self._introspect(hub.app, cookie)
@@ -283,7 +269,7 @@ class Node:
                 session.close(exc.code or CloseCode.UNAUTHORIZED, exc.message)
             return
         if not session.closing and hub.sessions.get(session.socket_id) is session:
-            self._admit(session, hub, identity, protocol)
+            self._admit(session, hub, identity, handshake)
 
     async def _introspect(self, app: AppConfig, cookie: str) -> Identity:
         import aiohttp
