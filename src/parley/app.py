@@ -73,7 +73,7 @@ async def make_node(settings: Settings) -> Node:
     await users.start()
     await grants.start()
     node = Node(settings, history)
-    await node.load_jwks()
+    await node.identities.load_jwks()
     node.access = Access(node, grants, users)
     await node.access.start()
     return node

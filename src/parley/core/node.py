@@ -10,19 +10,16 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import time
-import urllib.request
 from functools import lru_cache
-from http.cookies import CookieError, SimpleCookie
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jwt
 import orjson
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from parley import logs
-from parley.auth.tokens import USER_ID_RE, Identity, TokenRejected, verify_token
+from parley.auth.identity import Identities
+from parley.auth.tokens import Identity, TokenRejected
 from parley.backends.history import Entry, HistoryStore, NewEntry, Retention
+from parley.core.authenticate import Authenticator
 from parley.core.hub import AppHub, CachedEvent, Channel, PresenceFull
 from parley.core.ids import new_socket_id
 from parley.core.session import Session
@@ -46,16 +43,6 @@ from parley.settings import AppConfig, Settings
 
 if TYPE_CHECKING:
     from parley.core.access import Access
-
-JWKS_REFRESH_S = 300.0
-
-
-def _read_jwks(source: str) -> str:
-    if source.startswith(("http://", "https://")):
-        with urllib.request.urlopen(source, timeout=10) as reply:
-            return reply.read().decode()  # type: ignore[no-any-return]
-    return Path(source).read_text()
-
 
 SUBSCRIPTION_COUNT_THROTTLE_S = 5.0
 
@@ -96,6 +83,8 @@ class Node:
         self.retention = lru_cache(maxsize=4096)(self._retention)
         self.hubs: dict[str, AppHub] = {app.id: AppHub(app) for app in settings.apps}
         self.apps_by_key: dict[str, AppConfig] = {app.key: app for app in settings.apps}
+        self.identities = Identities(settings.apps)  # the HTTP API verifies Bearer tokens with it
+        self.authenticator = Authenticator(self.identities)
         self.max_outbound_bytes = settings.max_outbound_bytes
         self.max_message_bytes = max(1024 * 1024, settings.max_frame_bytes * 4)
         self.metrics = Metrics()
@@ -107,9 +96,6 @@ class Node:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._outbox: list[tuple[Any, ...]] = []
         self._pump: asyncio.Task[None] | None = None
-        self._key_cache: dict[str, tuple[str, ...]] = {}
-        self._jwks: dict[str, tuple[Any, ...]] = {}
-        self._jwks_task: asyncio.Task[None] | None = None
         self.access: Access | None = None  # set by the composition root
 
     @property
@@ -142,11 +128,10 @@ class Node:
                 CloseCode.OVER_CONNECTION_QUOTA,
                 f"Application is over its connection quota of {app.max_connections}",
             )
-        token = handshake.token
-        identity = self._verify_token(app, token) if token else None
-        cookie = None if identity is not None else self._session_cookie(app, handshake)
-        if cookie is not None and app.session_secret:
-            identity = self._signed_session(app, cookie)
+        identity: Identity | None = None
+        cookie: str | None = None
+        if handshake.token or handshake.cookie:  # most connections carry neither
+            identity, cookie = self.authenticator.handshake(app, handshake)
         socket_id = new_socket_id()
         while socket_id in hub.sessions:
             socket_id = new_socket_id()
@@ -157,7 +142,7 @@ class Node:
         )
         hub.sessions[socket_id] = session
         self.metrics.connections_total[app.id] += 1
-        if cookie is not None and identity is None:
+        if cookie is not None:
             # The app's introspection URL decides; connection_established waits for it.
             self._spawn(self._introspect_then_admit(session, hub, cookie, handshake))
             return
@@ -206,59 +191,11 @@ class Node:
                 protocol=str(handshake.protocol),
             )
 
-    def _session_cookie(self, app: AppConfig, handshake: Handshake) -> str | None:
-        """The app's session cookie from the handshake, once the Origin is allowed."""
-        if not app.session_cookie:
-            return None
-        raw = handshake.cookie
-        if not raw:
-            return None
-        jar = SimpleCookie()
-        try:
-            jar.load(raw)
-        except CookieError:
-            return None
-        morsel = jar.get(app.session_cookie)
-        if morsel is None:
-            return None
-        origin = handshake.origin
-        allowed = [o.strip() for o in app.allowed_origins.split(",") if o.strip()]
-        if origin not in allowed:
-            raise ConnectionRefused(
-                CloseCode.UNAUTHORIZED,
-                f"Origin {origin or '(none)'} is not allowed for cookie sessions",
-            )
-        return morsel.value
-
-    def _signed_session(self, app: AppConfig, cookie: str) -> Identity:
-        serializer = URLSafeTimedSerializer(app.session_secret, salt=app.session_salt)
-        try:
-            payload = serializer.loads(cookie, max_age=int(app.session_max_age_s))
-        except SignatureExpired:
-            raise ConnectionRefused(CloseCode.UNAUTHORIZED, "session expired") from None
-        except BadSignature:
-            raise ConnectionRefused(
-                CloseCode.UNAUTHORIZED, "session cookie signature is invalid"
-            ) from None
-        return self._session_identity(payload)
-
-    @staticmethod
-    def _session_identity(payload: Any) -> Identity:
-        info = None
-        if isinstance(payload, dict):
-            info = payload.get("info")
-            payload = payload.get("user_id", payload.get("id"))
-        if isinstance(payload, int) and not isinstance(payload, bool):
-            payload = str(payload)
-        if not isinstance(payload, str) or not USER_ID_RE.fullmatch(payload):
-            raise ConnectionRefused(CloseCode.UNAUTHORIZED, "session holds no valid user id")
-        return Identity(payload, info, None)
-
     async def _introspect_then_admit(
         self, session: Session, hub: AppHub, cookie: str, handshake: Handshake
     ) -> None:
         try:
-            identity = await self._introspect(hub.app, cookie)
+            identity = await self.authenticator.introspect(hub.app, cookie)
         except ConnectionRefused as exc:
             if not session.closing:
                 self.count_error(session, exc.code)
@@ -271,69 +208,6 @@ class Node:
         if not session.closing and hub.sessions.get(session.socket_id) is session:
             self._admit(session, hub, identity, handshake)
 
-    async def _introspect(self, app: AppConfig, cookie: str) -> Identity:
-        import aiohttp
-
-        try:
-            timeout = aiohttp.ClientTimeout(total=5)
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as client,
-                client.post(app.session_introspection_url, json={"cookie": cookie}) as reply,
-            ):
-                if reply.status != 200:
-                    raise ConnectionRefused(CloseCode.UNAUTHORIZED, "session not recognized")
-                payload = await reply.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            raise ConnectionRefused(
-                CloseCode.UNAUTHORIZED, "session introspection failed"
-            ) from None
-        return self._session_identity(payload)
-
-    def verify_token(self, app: AppConfig, token: str) -> Identity:
-        """The identity a JWT gives in `app`; TokenRejected says why not."""
-        return verify_token(
-            token,
-            secret=app.secret,
-            audience=app.jwt_audience or app.key,
-            public_keys=self._public_keys(app),
-            issuer=app.jwt_issuer or None,
-            now=time.time(),
-        )
-
-    def _verify_token(self, app: AppConfig, token: str) -> Identity:
-        try:
-            return self.verify_token(app, token)
-        except TokenRejected as exc:
-            raise ConnectionRefused(CloseCode.UNAUTHORIZED, str(exc)) from None
-
-    def _public_keys(self, app: AppConfig) -> tuple[Any, ...]:
-        cached = self._key_cache.get(app.id)
-        if cached is None:
-            paths = [p.strip() for p in app.jwt_public_keys.split(",") if p.strip()]
-            cached = tuple(Path(p).read_text() for p in paths)
-            self._key_cache[app.id] = cached
-        return cached + self._jwks.get(app.id, ())
-
-    async def load_jwks(self) -> None:
-        """Read every app's JWKS (file or URL); a failure keeps the keys already known."""
-        for hub in self.hubs.values():
-            source = hub.app.jwt_jwks
-            if not source:
-                continue
-            try:
-                text = await asyncio.to_thread(_read_jwks, source)
-                keys = tuple(jwt.PyJWKSet.from_json(text).keys)
-            except (OSError, ValueError, jwt.PyJWTError) as exc:
-                logs.warning("jwks not loaded", app_id=hub.app.id, source=source, error=str(exc))
-                continue
-            self._jwks[hub.app.id] = keys
-            logs.info("jwks loaded", app_id=hub.app.id, keys=len(keys))
-
-    async def _refresh_jwks(self) -> None:
-        while True:
-            await asyncio.sleep(JWKS_REFRESH_S)
-            await self.load_jwks()
-
     def _refresh(
         self, session: Session, hub: AppHub, conn: PusherConnection, data: dict[str, Any]
     ) -> None:
@@ -341,7 +215,7 @@ class Node:
         try:
             if not isinstance(token, str) or not token:
                 raise TokenRejected("parley:refresh needs a token")
-            identity = self.verify_token(hub.app, token)
+            identity = self.identities.verify_token(hub.app, token)
             if identity.user_id != conn.user_id:
                 raise TokenRejected("the refreshed token is for another user")
         except TokenRejected as exc:
@@ -787,8 +661,7 @@ class Node:
 
     def start(self) -> None:
         self._sweeper = self.loop.create_task(self._sweep_idle())
-        if any(hub.app.jwt_jwks.startswith(("http://", "https://")) for hub in self.hubs.values()):
-            self._jwks_task = self.loop.create_task(self._refresh_jwks())
+        self.identities.start()
         for hub in self.hubs.values():
             self.loop.call_later(60, self._expire_cache, hub)
 
@@ -840,9 +713,9 @@ class Node:
     async def shutdown(self) -> None:
         """Drain: every connection is closed with 4200 so clients reconnect elsewhere at once."""
         self.draining = True
-        for background in (self._sweeper, self._jwks_task):
-            if background is not None:
-                background.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.identities.stop()
         sessions = [s for hub in self.hubs.values() for s in hub.sessions.values()]
         for session in sessions:
             session.send(
