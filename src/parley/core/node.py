@@ -23,7 +23,7 @@ from parley.core.authenticate import Authenticator
 from parley.core.hub import AppHub, CachedEvent, Channel, PresenceFull
 from parley.core.ids import new_socket_id
 from parley.core.session import Session
-from parley.errors import BadRequest, ConnectionRefused, ParleyError
+from parley.errors import ConnectionRefused, ParleyError
 from parley.metrics import Metrics
 from parley.protocol import frames
 from parley.protocol.channels import channel_type, server_to_user_id
@@ -31,9 +31,12 @@ from parley.protocol.codes import CloseCode
 from parley.protocol.connection import (
     ClientEvent,
     Close,
-    Extension,
+    HistoryQuery,
+    HistoryRequest,
     PusherConnection,
+    Refresh,
     Reply,
+    Resume,
     Signin,
     Subscribe,
     Unsubscribe,
@@ -208,22 +211,6 @@ class Node:
         if not session.closing and hub.sessions.get(session.socket_id) is session:
             self._admit(session, hub, identity, handshake)
 
-    def _refresh(
-        self, session: Session, hub: AppHub, conn: PusherConnection, data: dict[str, Any]
-    ) -> None:
-        token = data.get("token")
-        try:
-            if not isinstance(token, str) or not token:
-                raise TokenRejected("parley:refresh needs a token")
-            identity = self.identities.verify_token(hub.app, token)
-            if identity.user_id != conn.user_id:
-                raise TokenRejected("the refreshed token is for another user")
-        except TokenRejected as exc:
-            session.send(frames.error_frame(None, f"Refresh refused: {exc}"))
-            return
-        session.token_expires_at = identity.expires_at
-        session.send(frames.frame("parley:refresh_succeeded", {"expires_at": identity.expires_at}))
-
     def close_session(self, session: Session) -> None:
         hub, conn = session.hub, session.conn
         if hub is None or conn is None or hub.sessions.get(session.socket_id) is not session:
@@ -263,8 +250,10 @@ class Node:
                     reason=command.reason,
                 )
                 session.close(command.code, command.reason)
-            elif type(command) is Extension:
-                self._extension(session, hub, conn, command)
+            elif type(command) is Resume or type(command) is HistoryRequest:
+                self._recover(session, hub, command)
+            elif type(command) is Refresh:
+                self._refresh(session, hub, conn, command)
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -448,43 +437,29 @@ class Node:
                 return Retention(rule.max_count, rule.max_age_s)
         return Retention(self.settings.history_max_count, self.settings.history_max_age_s)
 
-    # -- parley:* extensions -----------------------------------------------------------------
+    # -- parley:* requests -------------------------------------------------------------------
 
-    def _extension(
-        self, session: Session, hub: AppHub, conn: PusherConnection, command: Extension
-    ) -> None:
-        if command.event == "parley:refresh":
-            self._refresh(session, hub, conn, command.data)
-            return
-        channel = command.data.get("channel")
-        if command.event not in ("parley:resume", "parley:history"):
-            session.send(frames.error_frame(None, f"Unsupported event {command.event!r}"))
-            return
-        if not isinstance(channel, str) or channel not in conn.subscriptions:
-            session.send(
-                frames.error_frame(
-                    None, f"{command.event} needs a channel this connection is subscribed to"
-                )
-            )
-            return
+    def _recover(self, session: Session, hub: AppHub, command: Resume | HistoryRequest) -> None:
+        channel = command.channel
         if self.retention(channel) is None:
             session.send(frames.error_frame(None, f"Channel {channel} keeps no history"))
-            return
-        if command.event == "parley:resume":
-            since = command.data.get("since")
-            if (
-                not isinstance(since, dict)
-                or not isinstance(since.get("offset"), int)
-                or isinstance(since.get("offset"), bool)
-                or not isinstance(since.get("epoch"), str)
-            ):
-                session.send(
-                    frames.error_frame(None, "parley:resume needs since: {offset: int, epoch: str}")
-                )
-                return
-            self._spawn(self._resume(session, hub, channel, since["offset"], since["epoch"]))
+        elif isinstance(command, Resume):
+            self._spawn(self._resume(session, hub, channel, command.offset, command.epoch))
         else:
-            self._spawn(self._history_page(session, hub, channel, command.data))
+            self._spawn(self._history_page(session, hub, channel, command.query))
+
+    def _refresh(
+        self, session: Session, hub: AppHub, conn: PusherConnection, command: Refresh
+    ) -> None:
+        try:
+            identity = self.identities.verify_token(hub.app, command.token)
+            if identity.user_id != conn.user_id:
+                raise TokenRejected("the refreshed token is for another user")
+        except TokenRejected as exc:
+            session.send(frames.error_frame(None, f"Refresh refused: {exc}"))
+            return
+        session.token_expires_at = identity.expires_at
+        session.send(frames.frame("parley:refresh_succeeded", {"expires_at": identity.expires_at}))
 
     async def _resume(
         self, session: Session, hub: AppHub, name: str, offset: int, epoch: str
@@ -529,43 +504,24 @@ class Node:
         )
 
     async def _history_page(
-        self, session: Session, hub: AppHub, name: str, data: dict[str, Any]
+        self, session: Session, hub: AppHub, name: str, query: HistoryQuery
     ) -> None:
         try:
-            page = await self.read_history(hub.app, name, data)
+            page = await self.read_history(hub.app, name, query)
         except ParleyError as exc:
             session.send(frames.error_frame(None, exc.message, name))
             return
         session.send(frames.frame("parley:history_page", page, name))
 
-    async def read_history(self, app: AppConfig, name: str, args: dict[str, Any]) -> dict[str, Any]:
+    async def read_history(self, app: AppConfig, name: str, query: HistoryQuery) -> dict[str, Any]:
         """A page of history as the API and `parley:history` answer it."""
-
-        def number(key: str, default: int | None) -> int | None:
-            value = args.get(key)
-            if value in (None, ""):
-                return default
-            try:
-                parsed = int(value)
-            except (TypeError, ValueError):
-                raise BadRequest(f"{key!r} must be an integer") from None
-            if parsed < 0:
-                raise BadRequest(f"{key!r} must not be negative")
-            return parsed
-
-        limit = number("limit", 100) or 0
-        if not 1 <= limit <= 1000:
-            raise BadRequest("'limit' must be between 1 and 1000")
-        direction = args.get("direction") or "forward"
-        if direction not in ("forward", "backward"):
-            raise BadRequest("'direction' must be forward or backward")
         page = await self.history.read(
             app.id,
             name,
-            after=number("after", None),
-            before=number("before", None),
-            limit=limit,
-            direction="backward" if direction == "backward" else "forward",
+            after=query.after,
+            before=query.before,
+            limit=query.limit,
+            direction=query.direction,
         )
         events = []
         for entry in page.entries:

@@ -9,6 +9,7 @@ from parley.core.node import Node
 from parley.errors import BadRequest, NotFound, PayloadTooLarge
 from parley.http_api.routes import Call, Router
 from parley.protocol.channels import Kind, channel_name_problem, channel_type
+from parley.protocol.connection import history_query
 from parley.settings import AppConfig
 
 SOCKET_ID_RE = re.compile(r"\d+\.\d+")
@@ -218,7 +219,7 @@ def register(router: Router) -> None:
     async def history(node: Node, call: Call) -> dict[str, Any]:
         (name,) = call.args
         _history_channel(node, name)
-        return await node.read_history(call.app, name, call.params)
+        return await node.read_history(call.app, name, history_query(call.params))
 
     @router.route("DELETE", "/apps/{app_id}/channels/{channel}/history", "history_delete")
     async def delete_history(node: Node, call: Call) -> dict[str, Any]:
