@@ -1,8 +1,10 @@
 """The node: owns the apps' hubs and the engines, and carries out what sessions and the
 HTTP API ask for: subscribe, publish, sign in, terminate, shut down.
 
-It knows sessions only through their small surface (send, close, the protocol machine) and
-the wire only through `protocol.frames`.
+It knows sessions only through their small surface (send, close, the protocol machine), the
+wire only through `protocol` (frames, the handshake, the commands of the connection machine),
+and identity only through `core.authenticate` (auth.identity behind it). The HTTP API asks it
+questions through its query methods (`channel_info`, `channels`, `presence_users`, `session`).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import time
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
@@ -50,6 +53,15 @@ if TYPE_CHECKING:
 SUBSCRIPTION_COUNT_THROTTLE_S = 5.0
 
 
+@dataclass(frozen=True, slots=True)
+class ChannelInfo:
+    """A channel on this node, as the HTTP API reports it."""
+
+    occupied: bool
+    subscription_count: int
+    user_count: int  # presence members; 0 for other channels
+
+
 def parley_of(entry: Entry) -> dict[str, Any]:
     """The `parley` object of a delivered event: who sent it and where it stands."""
     return {
@@ -85,8 +97,9 @@ class Node:
         self.history = history
         self.retention = lru_cache(maxsize=4096)(self._retention)
         self.hubs: dict[str, AppHub] = {app.id: AppHub(app) for app in settings.apps}
+        self.apps: tuple[AppConfig, ...] = tuple(hub.app for hub in self.hubs.values())
         self.apps_by_key: dict[str, AppConfig] = {app.key: app for app in settings.apps}
-        self.identities = Identities(settings.apps)  # the HTTP API verifies Bearer tokens with it
+        self.identities = Identities(self.apps)  # the HTTP API verifies Bearer tokens with it
         self.authenticator = Authenticator(self.identities)
         self.max_outbound_bytes = settings.max_outbound_bytes
         self.max_message_bytes = max(1024 * 1024, settings.max_frame_bytes * 4)
@@ -599,6 +612,49 @@ class Node:
         if cached is None or cached.expires_at <= time.monotonic():
             return None
         return cached
+
+    def channel_info(self, app: AppConfig, name: str) -> ChannelInfo:
+        channel = self.hubs[app.id].channels.get(name)
+        if channel is None:
+            return ChannelInfo(False, 0, 0)
+        return ChannelInfo(True, len(channel.subscribers), len(channel.members))
+
+    def channels(self, app: AppConfig, prefix: str = "") -> list[str]:
+        """The app's occupied channels whose name starts with `prefix`, sorted."""
+        return sorted(name for name in self.hubs[app.id].channels if name.startswith(prefix))
+
+    def presence_users(self, app: AppConfig, name: str) -> list[str]:
+        """The user ids of a presence channel's members, in the order they joined."""
+        channel = self.hubs[app.id].channels.get(name)
+        return list(channel.members) if channel is not None else []
+
+    def session(self, app: AppConfig, socket_id: str) -> Session | None:
+        return self.hubs[app.id].sessions.get(socket_id)
+
+    def connections(self, app: AppConfig) -> list[Session]:
+        return list(self.hubs[app.id].sessions.values())
+
+    def online(self, app: AppConfig, user_id: str) -> bool:
+        """Is `user_id` signed in on a connection to this node?"""
+        return user_id in self.hubs[app.id].users
+
+    def revoke(self, session: Session, channel: str, reason: str) -> None:
+        """End a subscription that is no longer allowed, with `parley:revoked`."""
+        hub, conn = session.hub, session.conn
+        assert hub is not None and conn is not None
+        member = conn.subscriptions.get(channel)
+        conn.forget(channel)
+        self.leave(session, hub, channel, member)
+        session.send(
+            frames.frame("parley:revoked", {"channel": channel, "reason": reason}, channel)
+        )
+        logs.info(
+            "subscription revoked",
+            app_id=hub.app.id,
+            socket_id=session.socket_id,
+            channel=channel,
+            reason=reason,
+        )
 
     def terminate_user(
         self, app: AppConfig, user_id: str, reason: str = "Connection terminated by the server"
