@@ -3,7 +3,8 @@
 Theory of operation: the session feeds every inbound text frame to `receive(text, now)`,
 which validates and authorizes it and returns commands: `Reply` bytes for this connection,
 or requests (`Subscribe`, `Unsubscribe`, `ClientEvent`, `Signin`, and Parley's own `Resume`,
-`HistoryRequest`, `Refresh`) that need the node's shared state, or `Close`. Time is an argument; nothing here touches a socket or a clock.
+`HistoryRequest`, `Refresh`) that need the node's shared state, or `Close`. Time is an
+argument; nothing here touches a socket or a clock.
 Errors a client causes come back as `Reply(pusher:error)`, never as exceptions.
 """
 
@@ -231,7 +232,7 @@ class PusherConnection:
         self._tokens_at = 0.0
         self._max_frame_bytes = max_frame_bytes
 
-    # -- lifecycle ---------------------------------------------------------------------------
+    # -- lifecycle -------------------------------------------------------------------------
 
     def establish(self, activity_timeout: int, **extra: Any) -> bytes:
         self.state = _OPEN

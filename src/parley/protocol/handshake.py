@@ -14,12 +14,13 @@ exists and is enabled, its connection quota, a draining node) are the node's.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Final
 
 from parley.errors import ConnectionRefused
 from parley.protocol.codes import CloseCode
 
-SUPPORTED_PROTOCOLS = range(5, 8)
+OLDEST_PROTOCOL: Final = 5  # the protocol versions Parley speaks (pusher-js sends 7)
+NEWEST_PROTOCOL: Final = 7
 
 
 # init=False: the __init__ below is compiled by mypyc; a dataclass-made one is not (one per
@@ -62,9 +63,10 @@ def parse_handshake(path: str, query: dict[str, str], headers: Any) -> Handshake
         if len(parts) != 4:
             raise ConnectionRefused(CloseCode.PATH_NOT_FOUND, f"Path not found: {path}")
         token, path = parts[2], "/" + parts[3]
-    authorization = headers.get("authorization", "") if headers else ""
-    if token is None and authorization.lower().startswith("bearer "):
-        token = authorization[7:].strip()
+    if token is None and headers:
+        authorization: str | None = headers.get("authorization")
+        if authorization and authorization[:7].lower() == "bearer ":
+            token = authorization[7:].strip()
     parts = path.split("/")
     if len(parts) != 3 or parts[1] != "app" or not parts[2]:
         raise ConnectionRefused(CloseCode.PATH_NOT_FOUND, f"Path not found: {path}")
@@ -73,13 +75,18 @@ def parse_handshake(path: str, query: dict[str, str], headers: Any) -> Handshake
     raw_protocol = query.get("protocol")
     if raw_protocol is None:
         refusal = ConnectionRefused(CloseCode.NO_PROTOCOL, "No protocol version supplied")
-    elif not raw_protocol.isdigit() or int(raw_protocol) not in SUPPORTED_PROTOCOLS:
-        refusal = ConnectionRefused(
-            CloseCode.UNSUPPORTED_PROTOCOL,
-            f"Unsupported protocol version {raw_protocol!r}: use 5, 6 or 7",
-        )
     else:
-        protocol = int(raw_protocol)
+        if raw_protocol.isdigit():
+            try:
+                protocol = int(raw_protocol)
+            except ValueError:  # digits int() does not read, such as "²"
+                pass
+        if not OLDEST_PROTOCOL <= protocol <= NEWEST_PROTOCOL:
+            protocol = 0
+            refusal = ConnectionRefused(
+                CloseCode.UNSUPPORTED_PROTOCOL,
+                f"Unsupported protocol version {raw_protocol!r}: use 5, 6 or 7",
+            )
     cookie = headers.get("cookie") if headers else None
     origin = headers.get("origin", "") if cookie else ""  # only a cookie session needs it
     return Handshake(parts[2], protocol, token, query.get("client"), cookie, origin, refusal)

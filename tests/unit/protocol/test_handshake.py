@@ -56,7 +56,11 @@ def test_a_missing_protocol_is_kept_as_a_4008_refusal_for_the_node_to_raise() ->
     )
 
 
-@pytest.mark.parametrize("version", ["4", "8", "abc", "", "7.0", "-7"])
+def test_a_version_with_a_leading_zero_is_read_as_a_number() -> None:
+    assert parse("/app/key", {"protocol": "07"}).protocol == 7
+
+
+@pytest.mark.parametrize("version", ["4", "8", "abc", "", "7.0", "-7", "²", "99999999999999999999"])
 def test_an_unsupported_protocol_is_kept_as_a_4007_refusal(version: str) -> None:
     handshake = parse("/app/key", {"protocol": version})
     assert handshake.protocol == 0 and handshake.refusal is not None
@@ -80,6 +84,8 @@ def test_token_in_a_bearer_header(scheme: str) -> None:
 
 def test_no_token_without_a_bearer_scheme() -> None:
     assert parse("/app/key", headers={"authorization": "Basic dXNlcjpwYXNz"}).token is None
+    assert parse("/app/key", headers={"authorization": "Bearer"}).token is None
+    assert parse("/app/key", headers={"authorization": "Bearer "}).token == ""
     assert parse("/app/key", headers={}).token is None
 
 
