@@ -126,7 +126,7 @@ async def make_node(settings: Settings, db: Database | None) -> Node:
     await users.start()
     await grants.start()
     node = Node(settings, history)
-    await node.load_jwks()
+    await node.identities.load_jwks()
     node.access = Access(node, grants, users)
     await node.access.start()
     return node

@@ -43,12 +43,18 @@ class ConnectionRefused(ParleyError):
         super().__init__(message, code=code)
 
 
+class InvalidArgument(ParleyError):
+    """A request's argument is out of its domain (a history page's `limit`, say): a 400 from
+    the HTTP API, a `pusher:error` on a connection."""
+
+
 class ConfigError(ParleyError):
     """Bad settings; the message names the key."""
 
 
 class HttpError(ParleyError):
-    """An HTTP API request was refused."""
+    """An HTTP API request was refused. Raised by the HTTP API only: the core raises the
+    errors above, which the API translates by their `http_status`."""
 
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)

@@ -1,13 +1,14 @@
 """The per-message modules compiled by mypyc, used in place of their source when a build of
 them is present and fresh.
 
-Every message goes through the modules in MODULES. They are plain Python that passes
-`mypy --strict`, and `scripts/compile.py` turns that same source into C extension modules
-with mypyc (there is no second implementation to keep in step): about 1.2x the chat
-throughput of the source on one core (bench/README.md). The build goes to `_compiled/` beside
-this file with a manifest of the SHA-256 of every source file of the package it was built
-against: compiled code checks the types of what it reads from the modules it imports, so a
-change to any of them (settings, say) makes the build stale, not only a change to MODULES.
+Every message goes through the modules in MODULES (and every connection through the
+handshake's and the socket ids'). They are plain Python that passes `mypy --strict`, and
+`scripts/compile.py` turns that same source into C extension modules with mypyc (there is
+no second implementation to keep in step): about 1.2x the chat throughput of the source on
+one core (bench/README.md). The build goes to `_compiled/` beside this file with a manifest
+of the SHA-256 of every source file of the package it was built against: compiled code
+checks the types of what it reads from the modules it imports, so a change to any of them
+(settings, say) makes the build stale, not only a change to MODULES.
 
 `use_compiled()`, called by `parley/__init__.py` before any other Parley module is imported,
 puts a finder first on `sys.meta_path` that loads those extension modules, but only when every
@@ -43,8 +44,10 @@ MODULES = (
     "parley.protocol.channels",
     "parley.protocol.frames",
     "parley.protocol.connection",
+    "parley.protocol.handshake",
     "parley.core.access",
     "parley.core.hub",
+    "parley.core.ids",
     "parley.core.session",
     "parley.core.node",
     "parley.backends.history",

@@ -13,23 +13,46 @@ from __future__ import annotations
 import asyncio
 import fnmatch
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any, Protocol
 
 from parley import logs
 from parley.auth.grants import GrantIndex, resource_matches, subject_matches
-from parley.protocol import frames
 from parley.protocol.channels import ChannelType, channel_type
+from parley.protocol.connection import PusherConnection
 from parley.settings import AppConfig
 
 if TYPE_CHECKING:
     from parley.auth.grants import Grant
     from parley.backends.grants import GrantStore
     from parley.backends.users import UserStore
-    from parley.core.node import Node
-    from parley.core.session import Session
 
 USER_CHANNEL_PREFIX = "private-user-"
 POLL_INTERVAL_S = 0.25
+
+
+class Connection(Protocol):
+    """A live connection, as Access sees it: its protocol state (user, subscriptions)."""
+
+    @property
+    def conn(self) -> PusherConnection | None: ...
+
+
+class Connections(Protocol):
+    """What Access needs of the node (core.node.Node): the apps, their live connections,
+    and two operations on them."""
+
+    @property
+    def apps(self) -> tuple[AppConfig, ...]: ...
+
+    def connections(self, app: AppConfig) -> Sequence[Connection]: ...
+
+    def online(self, app: AppConfig, user_id: str) -> bool: ...
+
+    def revoke(self, session: Any, channel: str, reason: str) -> None:
+        """End the subscription to `channel` of `session` (one of `connections`)."""
+
+    def terminate_user(self, app: AppConfig, user_id: str, reason: str) -> int: ...
 
 
 def _patterns(raw: str) -> tuple[str, ...]:
@@ -37,19 +60,16 @@ def _patterns(raw: str) -> tuple[str, ...]:
 
 
 class Access:
-    def __init__(self, node: Node, grants: GrantStore, users: UserStore) -> None:
-        self.node = node
+    def __init__(self, live: Connections, grants: GrantStore, users: UserStore) -> None:
+        self.live = live
         self.grants = grants
         self.users = users
-        self.index: dict[str, GrantIndex] = {app_id: GrantIndex() for app_id in node.hubs}
-        self._read_only = {
-            app_id: _patterns(h.app.read_only_channels) for app_id, h in node.hubs.items()
-        }
+        self.apps: dict[str, AppConfig] = {app.id: app for app in live.apps}
+        self.index: dict[str, GrantIndex] = {app_id: GrantIndex() for app_id in self.apps}
+        self._read_only = {app.id: _patterns(app.read_only_channels) for app in live.apps}
         # apps where any subscriber may write: Pusher-mode, no read-only channels
         self._open_writes = {
-            app_id
-            for app_id, h in node.hubs.items()
-            if h.app.auth != "builtin" and not self._read_only[app_id]
+            app.id for app in live.apps if app.auth != "builtin" and not self._read_only[app.id]
         }
         self._task: asyncio.Task[None] | None = None
         self._since_ms = int(time.time() * 1000)
@@ -150,9 +170,8 @@ class Access:
 
     def recheck(self, app: AppConfig, gone: Grant, reason: str) -> None:
         """End the live subscriptions that `gone` allowed and nothing else still allows."""
-        hub = self.node.hubs[app.id]
-        for session in list(hub.sessions.values()):
-            conn = session.conn
+        for connection in self.live.connections(app):
+            conn = connection.conn
             if (
                 conn is None
                 or conn.user_id is None
@@ -163,24 +182,7 @@ class Access:
                 if not resource_matches(gone.resource, channel):
                     continue
                 if self.subscribe_problem(app, conn.user_id, channel, channel_type(channel)):
-                    self.revoke(session, channel, reason)
-
-    def revoke(self, session: Session, channel: str, reason: str) -> None:
-        hub, conn = session.hub, session.conn
-        assert hub is not None and conn is not None
-        member = conn.subscriptions.get(channel)
-        conn.forget(channel)
-        self.node.leave(session, hub, channel, member)
-        session.send(
-            frames.frame("parley:revoked", {"channel": channel, "reason": reason}, channel)
-        )
-        logs.info(
-            "subscription revoked",
-            app_id=hub.app.id,
-            socket_id=session.socket_id,
-            channel=channel,
-            reason=reason,
-        )
+                    self.live.revoke(connection, channel, reason)
 
     async def _follow(self) -> None:
         """Expire grants, follow other nodes' grant changes, end disabled users' connections."""
@@ -189,7 +191,7 @@ class Access:
             await asyncio.sleep(POLL_INTERVAL_S)
             now = _now_ms()
             for app_id, index in self.index.items():
-                app = self.node.hubs[app_id].app
+                app = self.apps[app_id]
                 for grant in index.expired(now):
                     logs.info("grant expired", app_id=app_id, grant_id=grant.id)
                     self.recheck(app, grant, "grant expired")
@@ -212,11 +214,11 @@ class Access:
                 index.add(change.grant)
             else:
                 index.remove(change.grant.id)
-                self.recheck(self.node.hubs[change.grant.app_id].app, change.grant, "grant revoked")
+                self.recheck(self.apps[change.grant.app_id], change.grant, "grant revoked")
         for app_id, name in await self.users.disabled_since(None, since):
-            hub = self.node.hubs.get(app_id)
-            if hub is not None and name in hub.users:
-                self.node.terminate_user(hub.app, name, reason="User disabled")
+            app = self.apps.get(app_id)
+            if app is not None and self.live.online(app, name):
+                self.live.terminate_user(app, name, reason="User disabled")
 
 
 def _now_ms() -> int:

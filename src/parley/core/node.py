@@ -1,33 +1,32 @@
 """The node: owns the apps' hubs and the engines, and carries out what sessions and the
 HTTP API ask for: subscribe, publish, sign in, terminate, shut down.
 
-It knows sessions only through their small surface (send, close, the protocol machine) and
-the wire only through `protocol.frames`.
+It knows sessions only through their small surface (send, close, the protocol machine), the
+wire only through `protocol` (frames, the handshake, the commands of the connection machine),
+and identity only through `core.authenticate` (auth.identity behind it). The HTTP API asks it
+questions through its query methods (`channel_info`, `channels`, `presence_users`, `session`).
 """
 
 from __future__ import annotations
 
 import asyncio
 import fnmatch
-import os
 import time
-import urllib.request
 from dataclasses import dataclass
 from functools import lru_cache
-from http.cookies import CookieError, SimpleCookie
-from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-import jwt
 import orjson
-from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from parley import logs
-from parley.auth.tokens import USER_ID_RE, Identity, TokenRejected, verify_token
+from parley.auth.identity import Identities
+from parley.auth.tokens import Identity, TokenRejected
 from parley.backends.history import Append, HistoryStore, Retention
+from parley.core.authenticate import Authenticator
 from parley.core.hub import AppHub, CachedEvent, Channel, PresenceFull
+from parley.core.ids import new_socket_id
 from parley.core.session import Session
-from parley.errors import BadRequest, ConnectionRefused, ParleyError
+from parley.errors import ConnectionRefused, ParleyError
 from parley.metrics import Metrics
 from parley.protocol import frames
 from parley.protocol.channels import channel_type, server_to_user_id
@@ -35,55 +34,33 @@ from parley.protocol.codes import CloseCode
 from parley.protocol.connection import (
     ClientEvent,
     Close,
-    Extension,
+    HistoryQuery,
+    HistoryRequest,
     PusherConnection,
+    Refresh,
     Reply,
+    Resume,
     Signin,
     Subscribe,
     Unsubscribe,
 )
+from parley.protocol.handshake import Handshake, parse_handshake
 from parley.publication import Publication, Publisher, StreamPosition
 from parley.settings import AppConfig, Settings
 
 if TYPE_CHECKING:
     from parley.core.access import Access
 
-SUPPORTED_PROTOCOLS = range(5, 8)
-JWKS_REFRESH_S = 300.0
-
-
-class _Entropy:
-    """Bytes of the OS's CSPRNG, fetched 4 KiB at a time: one system call per ~400 socket
-    ids instead of one each (a connection storm makes thousands a second)."""
-
-    def __init__(self) -> None:
-        self.pool = b""
-        self.at = 0
-
-    def take(self, n: int) -> bytes:
-        if self.at + n > len(self.pool):
-            self.pool, self.at = os.urandom(4096), 0
-        self.at += n
-        return self.pool[self.at - n : self.at]
-
-
-_ENTROPY = _Entropy()
-
-
-def new_socket_id() -> str:
-    """Two CSPRNG integers below 10^10 joined by a dot."""
-    raw = int.from_bytes(_ENTROPY.take(10), "big")
-    return f"{(raw >> 40) % 10**10}.{(raw & (2**40 - 1)) % 10**10}"
-
-
-def _read_jwks(source: str) -> str:
-    if source.startswith(("http://", "https://")):
-        with urllib.request.urlopen(source, timeout=10) as reply:
-            return reply.read().decode()  # type: ignore[no-any-return]
-    return Path(source).read_text()
-
-
 SUBSCRIPTION_COUNT_THROTTLE_S = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class ChannelInfo:
+    """A channel on this node, as the HTTP API reports it."""
+
+    occupied: bool
+    subscription_count: int
+    user_count: int  # presence members; 0 for other channels
 
 
 # init=False: the __init__ below is compiled by mypyc; a dataclass-made one is not (5x slower)
@@ -121,7 +98,10 @@ class Node:
         self.history = history
         self.retention = lru_cache(maxsize=4096)(self._retention)
         self.hubs: dict[str, AppHub] = {app.id: AppHub(app) for app in settings.apps}
+        self.apps: tuple[AppConfig, ...] = tuple(hub.app for hub in self.hubs.values())
         self.apps_by_key: dict[str, AppConfig] = {app.key: app for app in settings.apps}
+        self.identities = Identities(self.apps)  # the HTTP API verifies Bearer tokens with it
+        self.authenticator = Authenticator(self.identities)
         self.max_outbound_bytes = settings.max_outbound_bytes
         self.max_message_bytes = max(1024 * 1024, settings.max_frame_bytes * 4)
         self.metrics = Metrics()
@@ -133,9 +113,6 @@ class Node:
         self._tasks: set[asyncio.Task[Any]] = set()
         self._outbox: list[Outgoing] = []
         self._pump: asyncio.Task[None] | None = None
-        self._key_cache: dict[str, tuple[str, ...]] = {}
-        self._jwks: dict[str, tuple[Any, ...]] = {}
-        self._jwks_task: asyncio.Task[None] | None = None
         self.access: Access | None = None  # set by the composition root
 
     @property
@@ -154,27 +131,12 @@ class Node:
         """Validate the handshake, register the session and send connection_established."""
         if self.draining:
             raise ConnectionRefused(CloseCode.RECONNECT, "Server is shutting down, reconnect")
-        path, token = session.path, session.query.get("token")
-        if path.startswith("/token/"):
-            _, _, token, rest = path.split("/", 3)
-            path = "/" + rest
-        authorization = session.headers.get("authorization", "") if session.headers else ""
-        if token is None and authorization.lower().startswith("bearer "):
-            token = authorization[7:].strip()
-        parts = path.split("/")
-        if len(parts) != 3 or parts[1] != "app" or not parts[2]:
-            raise ConnectionRefused(CloseCode.PATH_NOT_FOUND, f"Path not found: {path}")
-        app = self.apps_by_key.get(parts[2])
+        handshake = parse_handshake(session.path, session.query, session.headers)
+        app = self.apps_by_key.get(handshake.app_key)
         if app is None:
             raise ConnectionRefused(CloseCode.APP_NOT_FOUND, "Application does not exist")
-        raw_protocol = session.query.get("protocol")
-        if raw_protocol is None:
-            raise ConnectionRefused(CloseCode.NO_PROTOCOL, "No protocol version supplied")
-        if not raw_protocol.isdigit() or int(raw_protocol) not in SUPPORTED_PROTOCOLS:
-            raise ConnectionRefused(
-                CloseCode.UNSUPPORTED_PROTOCOL,
-                f"Unsupported protocol version {raw_protocol!r}: use 5, 6 or 7",
-            )
+        if handshake.refusal is not None:
+            raise handshake.refusal
         if not app.enabled:
             raise ConnectionRefused(CloseCode.APP_DISABLED, "Application is disabled")
         hub = self.hubs[app.id]
@@ -183,10 +145,10 @@ class Node:
                 CloseCode.OVER_CONNECTION_QUOTA,
                 f"Application is over its connection quota of {app.max_connections}",
             )
-        identity = self._verify_token(app, token) if token else None
-        cookie = None if identity is not None else self._session_cookie(app, session)
-        if cookie is not None and app.session_secret:
-            identity = self._signed_session(app, cookie)
+        identity: Identity | None = None
+        cookie: str | None = None
+        if handshake.token or handshake.cookie:  # most connections carry neither
+            identity, cookie = self.authenticator.handshake(app, handshake)
         socket_id = new_socket_id()
         while socket_id in hub.sessions:
             socket_id = new_socket_id()
@@ -197,18 +159,18 @@ class Node:
         )
         hub.sessions[socket_id] = session
         self.metrics.connections_total[app.id] += 1
-        if cookie is not None and identity is None:
+        if cookie is not None:
             # The app's introspection URL decides; connection_established waits for it.
-            self._spawn(self._introspect_then_admit(session, hub, cookie, raw_protocol))
+            self._spawn(self._introspect_then_admit(session, hub, cookie, handshake))
             return
         if identity is not None and app.auth == "builtin" and self.access is not None:
             # A token outlives a `parley users disable`: the user store has the last word.
-            self._spawn(self._check_user_then_admit(session, hub, identity, raw_protocol))
+            self._spawn(self._check_user_then_admit(session, hub, identity, handshake))
             return
-        self._admit(session, hub, identity, raw_protocol)
+        self._admit(session, hub, identity, handshake)
 
     async def _check_user_then_admit(
-        self, session: Session, hub: AppHub, identity: Identity, protocol: str
+        self, session: Session, hub: AppHub, identity: Identity, handshake: Handshake
     ) -> None:
         assert self.access is not None
         user = await self.access.users.get(hub.app.id, identity.user_id)
@@ -220,10 +182,10 @@ class Node:
             session.send(frames.error_frame(CloseCode.UNAUTHORIZED, "user disabled"))
             session.close(CloseCode.UNAUTHORIZED, "user disabled")
             return
-        self._admit(session, hub, identity, protocol)
+        self._admit(session, hub, identity, handshake)
 
     def _admit(
-        self, session: Session, hub: AppHub, identity: Identity | None, protocol: str
+        self, session: Session, hub: AppHub, identity: Identity | None, handshake: Handshake
     ) -> None:
         assert session.conn is not None
         extra: dict[str, Any] = {}
@@ -242,63 +204,15 @@ class Node:
                 app_id=hub.app.id,
                 socket_id=session.socket_id,
                 user_id=identity.user_id if identity else None,
-                client=session.query.get("client"),
-                protocol=protocol,
+                client=handshake.client,
+                protocol=str(handshake.protocol),
             )
-
-    def _session_cookie(self, app: AppConfig, session: Session) -> str | None:
-        """The app's session cookie from the handshake, once the Origin is allowed."""
-        if not app.session_cookie or not session.headers:
-            return None
-        raw = session.headers.get("cookie")
-        if not raw:
-            return None
-        jar = SimpleCookie()
-        try:
-            jar.load(raw)
-        except CookieError:
-            return None
-        morsel = jar.get(app.session_cookie)
-        if morsel is None:
-            return None
-        origin = session.headers.get("origin", "")
-        allowed = [o.strip() for o in app.allowed_origins.split(",") if o.strip()]
-        if origin not in allowed:
-            raise ConnectionRefused(
-                CloseCode.UNAUTHORIZED,
-                f"Origin {origin or '(none)'} is not allowed for cookie sessions",
-            )
-        return morsel.value
-
-    def _signed_session(self, app: AppConfig, cookie: str) -> Identity:
-        serializer = URLSafeTimedSerializer(app.session_secret, salt=app.session_salt)
-        try:
-            payload = serializer.loads(cookie, max_age=int(app.session_max_age_s))
-        except SignatureExpired:
-            raise ConnectionRefused(CloseCode.UNAUTHORIZED, "session expired") from None
-        except BadSignature:
-            raise ConnectionRefused(
-                CloseCode.UNAUTHORIZED, "session cookie signature is invalid"
-            ) from None
-        return self._session_identity(payload)
-
-    @staticmethod
-    def _session_identity(payload: Any) -> Identity:
-        info = None
-        if isinstance(payload, dict):
-            info = payload.get("info")
-            payload = payload.get("user_id", payload.get("id"))
-        if isinstance(payload, int) and not isinstance(payload, bool):
-            payload = str(payload)
-        if not isinstance(payload, str) or not USER_ID_RE.fullmatch(payload):
-            raise ConnectionRefused(CloseCode.UNAUTHORIZED, "session holds no valid user id")
-        return Identity(payload, info, None)
 
     async def _introspect_then_admit(
-        self, session: Session, hub: AppHub, cookie: str, protocol: str
+        self, session: Session, hub: AppHub, cookie: str, handshake: Handshake
     ) -> None:
         try:
-            identity = await self._introspect(hub.app, cookie)
+            identity = await self.authenticator.introspect(hub.app, cookie)
         except ConnectionRefused as exc:
             if not session.closing:
                 self.count_error(session, exc.code)
@@ -309,86 +223,7 @@ class Node:
                 session.close(exc.code or CloseCode.UNAUTHORIZED, exc.message)
             return
         if not session.closing and hub.sessions.get(session.socket_id) is session:
-            self._admit(session, hub, identity, protocol)
-
-    async def _introspect(self, app: AppConfig, cookie: str) -> Identity:
-        import aiohttp
-
-        try:
-            timeout = aiohttp.ClientTimeout(total=5)
-            async with (
-                aiohttp.ClientSession(timeout=timeout) as client,
-                client.post(app.session_introspection_url, json={"cookie": cookie}) as reply,
-            ):
-                if reply.status != 200:
-                    raise ConnectionRefused(CloseCode.UNAUTHORIZED, "session not recognized")
-                payload = await reply.json(content_type=None)
-        except (aiohttp.ClientError, TimeoutError, ValueError):
-            raise ConnectionRefused(
-                CloseCode.UNAUTHORIZED, "session introspection failed"
-            ) from None
-        return self._session_identity(payload)
-
-    def verify_token(self, app: AppConfig, token: str) -> Identity:
-        """The identity a JWT gives in `app`; TokenRejected says why not."""
-        return verify_token(
-            token,
-            secret=app.secret,
-            audience=app.jwt_audience or app.key,
-            public_keys=self._public_keys(app),
-            issuer=app.jwt_issuer or None,
-            now=time.time(),
-        )
-
-    def _verify_token(self, app: AppConfig, token: str) -> Identity:
-        try:
-            return self.verify_token(app, token)
-        except TokenRejected as exc:
-            raise ConnectionRefused(CloseCode.UNAUTHORIZED, str(exc)) from None
-
-    def _public_keys(self, app: AppConfig) -> tuple[Any, ...]:
-        cached = self._key_cache.get(app.id)
-        if cached is None:
-            paths = [p.strip() for p in app.jwt_public_keys.split(",") if p.strip()]
-            cached = tuple(Path(p).read_text() for p in paths)
-            self._key_cache[app.id] = cached
-        return cached + self._jwks.get(app.id, ())
-
-    async def load_jwks(self) -> None:
-        """Read every app's JWKS (file or URL); a failure keeps the keys already known."""
-        for hub in self.hubs.values():
-            source = hub.app.jwt_jwks
-            if not source:
-                continue
-            try:
-                text = await asyncio.to_thread(_read_jwks, source)
-                keys = tuple(jwt.PyJWKSet.from_json(text).keys)
-            except (OSError, ValueError, jwt.PyJWTError) as exc:
-                logs.warning("jwks not loaded", app_id=hub.app.id, source=source, error=str(exc))
-                continue
-            self._jwks[hub.app.id] = keys
-            logs.info("jwks loaded", app_id=hub.app.id, keys=len(keys))
-
-    async def _refresh_jwks(self) -> None:
-        while True:
-            await asyncio.sleep(JWKS_REFRESH_S)
-            await self.load_jwks()
-
-    def _refresh(
-        self, session: Session, hub: AppHub, conn: PusherConnection, data: dict[str, Any]
-    ) -> None:
-        token = data.get("token")
-        try:
-            if not isinstance(token, str) or not token:
-                raise TokenRejected("parley:refresh needs a token")
-            identity = self.verify_token(hub.app, token)
-            if identity.user_id != conn.user_id:
-                raise TokenRejected("the refreshed token is for another user")
-        except TokenRejected as exc:
-            session.send(frames.error_frame(None, f"Refresh refused: {exc}"))
-            return
-        session.token_expires_at = identity.expires_at
-        session.send(frames.frame("parley:refresh_succeeded", {"expires_at": identity.expires_at}))
+            self._admit(session, hub, identity, handshake)
 
     def close_session(self, session: Session) -> None:
         hub, conn = session.hub, session.conn
@@ -429,8 +264,10 @@ class Node:
                     reason=command.reason,
                 )
                 session.close(command.code, command.reason)
-            elif type(command) is Extension:
-                self._extension(session, hub, conn, command)
+            elif type(command) is Resume or type(command) is HistoryRequest:
+                self._recover(session, hub, command)
+            elif type(command) is Refresh:
+                self._refresh(session, hub, conn, command)
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -609,43 +446,29 @@ class Node:
                 return Retention(rule.max_count, rule.max_age_s)
         return Retention(self.settings.history_max_count, self.settings.history_max_age_s)
 
-    # -- parley:* extensions -----------------------------------------------------------------
+    # -- parley:* requests -------------------------------------------------------------------
 
-    def _extension(
-        self, session: Session, hub: AppHub, conn: PusherConnection, command: Extension
-    ) -> None:
-        if command.event == "parley:refresh":
-            self._refresh(session, hub, conn, command.data)
-            return
-        channel = command.data.get("channel")
-        if command.event not in ("parley:resume", "parley:history"):
-            session.send(frames.error_frame(None, f"Unsupported event {command.event!r}"))
-            return
-        if not isinstance(channel, str) or channel not in conn.subscriptions:
-            session.send(
-                frames.error_frame(
-                    None, f"{command.event} needs a channel this connection is subscribed to"
-                )
-            )
-            return
+    def _recover(self, session: Session, hub: AppHub, command: Resume | HistoryRequest) -> None:
+        channel = command.channel
         if self.retention(channel) is None:
             session.send(frames.error_frame(None, f"Channel {channel} keeps no history"))
-            return
-        if command.event == "parley:resume":
-            since = command.data.get("since")
-            if (
-                not isinstance(since, dict)
-                or not isinstance(since.get("offset"), int)
-                or isinstance(since.get("offset"), bool)
-                or not isinstance(since.get("epoch"), str)
-            ):
-                session.send(
-                    frames.error_frame(None, "parley:resume needs since: {offset: int, epoch: str}")
-                )
-                return
-            self._spawn(self._resume(session, hub, channel, since["offset"], since["epoch"]))
+        elif isinstance(command, Resume):
+            self._spawn(self._resume(session, hub, channel, command.offset, command.epoch))
         else:
-            self._spawn(self._history_page(session, hub, channel, command.data))
+            self._spawn(self._history_page(session, hub, channel, command.query))
+
+    def _refresh(
+        self, session: Session, hub: AppHub, conn: PusherConnection, command: Refresh
+    ) -> None:
+        try:
+            identity = self.identities.verify_token(hub.app, command.token)
+            if identity.user_id != conn.user_id:
+                raise TokenRejected("the refreshed token is for another user")
+        except TokenRejected as exc:
+            session.send(frames.error_frame(None, f"Refresh refused: {exc}"))
+            return
+        session.token_expires_at = identity.expires_at
+        session.send(frames.frame("parley:refresh_succeeded", {"expires_at": identity.expires_at}))
 
     async def _resume(
         self, session: Session, hub: AppHub, name: str, offset: int, epoch: str
@@ -690,43 +513,24 @@ class Node:
         )
 
     async def _history_page(
-        self, session: Session, hub: AppHub, name: str, data: dict[str, Any]
+        self, session: Session, hub: AppHub, name: str, query: HistoryQuery
     ) -> None:
         try:
-            page = await self.read_history(hub.app, name, data)
+            page = await self.read_history(hub.app, name, query)
         except ParleyError as exc:
             session.send(frames.error_frame(None, exc.message, name))
             return
         session.send(frames.frame("parley:history_page", page, name))
 
-    async def read_history(self, app: AppConfig, name: str, args: dict[str, Any]) -> dict[str, Any]:
+    async def read_history(self, app: AppConfig, name: str, query: HistoryQuery) -> dict[str, Any]:
         """A page of history as the API and `parley:history` answer it."""
-
-        def number(key: str, default: int | None) -> int | None:
-            value = args.get(key)
-            if value in (None, ""):
-                return default
-            try:
-                parsed = int(value)
-            except (TypeError, ValueError):
-                raise BadRequest(f"{key!r} must be an integer") from None
-            if parsed < 0:
-                raise BadRequest(f"{key!r} must not be negative")
-            return parsed
-
-        limit = number("limit", 100) or 0
-        if not 1 <= limit <= 1000:
-            raise BadRequest("'limit' must be between 1 and 1000")
-        direction = args.get("direction") or "forward"
-        if direction not in ("forward", "backward"):
-            raise BadRequest("'direction' must be forward or backward")
         page = await self.history.read(
             app.id,
             name,
-            after=number("after", None),
-            before=number("before", None),
-            limit=limit,
-            direction="backward" if direction == "backward" else "forward",
+            after=query.after,
+            before=query.before,
+            limit=query.limit,
+            direction=query.direction,
         )
         events = []
         for publication in page.publications:
@@ -809,6 +613,49 @@ class Node:
             return None
         return cached
 
+    def channel_info(self, app: AppConfig, name: str) -> ChannelInfo:
+        channel = self.hubs[app.id].channels.get(name)
+        if channel is None:
+            return ChannelInfo(False, 0, 0)
+        return ChannelInfo(True, len(channel.subscribers), len(channel.members))
+
+    def channels(self, app: AppConfig, prefix: str = "") -> list[str]:
+        """The app's occupied channels whose name starts with `prefix`, sorted."""
+        return sorted(name for name in self.hubs[app.id].channels if name.startswith(prefix))
+
+    def presence_users(self, app: AppConfig, name: str) -> list[str]:
+        """The user ids of a presence channel's members, in the order they joined."""
+        channel = self.hubs[app.id].channels.get(name)
+        return list(channel.members) if channel is not None else []
+
+    def session(self, app: AppConfig, socket_id: str) -> Session | None:
+        return self.hubs[app.id].sessions.get(socket_id)
+
+    def connections(self, app: AppConfig) -> list[Session]:
+        return list(self.hubs[app.id].sessions.values())
+
+    def online(self, app: AppConfig, user_id: str) -> bool:
+        """Is `user_id` signed in on a connection to this node?"""
+        return user_id in self.hubs[app.id].users
+
+    def revoke(self, session: Session, channel: str, reason: str) -> None:
+        """End a subscription that is no longer allowed, with `parley:revoked`."""
+        hub, conn = session.hub, session.conn
+        assert hub is not None and conn is not None
+        member = conn.subscriptions.get(channel)
+        conn.forget(channel)
+        self.leave(session, hub, channel, member)
+        session.send(
+            frames.frame("parley:revoked", {"channel": channel, "reason": reason}, channel)
+        )
+        logs.info(
+            "subscription revoked",
+            app_id=hub.app.id,
+            socket_id=session.socket_id,
+            channel=channel,
+            reason=reason,
+        )
+
     def terminate_user(
         self, app: AppConfig, user_id: str, reason: str = "Connection terminated by the server"
     ) -> int:
@@ -826,8 +673,7 @@ class Node:
 
     def start(self) -> None:
         self._sweeper = self.loop.create_task(self._sweep_idle())
-        if any(hub.app.jwt_jwks.startswith(("http://", "https://")) for hub in self.hubs.values()):
-            self._jwks_task = self.loop.create_task(self._refresh_jwks())
+        self.identities.start()
         for hub in self.hubs.values():
             self.loop.call_later(60, self._expire_cache, hub)
 
@@ -879,9 +725,9 @@ class Node:
     async def shutdown(self) -> None:
         """Drain: every connection is closed with 4200 so clients reconnect elsewhere at once."""
         self.draining = True
-        for background in (self._sweeper, self._jwks_task):
-            if background is not None:
-                background.cancel()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        self.identities.stop()
         sessions = [s for hub in self.hubs.values() for s in hub.sessions.values()]
         for session in sessions:
             session.send(

@@ -103,7 +103,7 @@ def _socket_of(node: Node, call: Call, user: Identity) -> str:
     socket_id = call.form().get("socket_id", "")
     if not SOCKET_ID_RE.fullmatch(socket_id):
         raise BadRequest("Missing or invalid socket_id")
-    session = node.hubs[call.app.id].sessions.get(socket_id)
+    session = node.session(call.app, socket_id)
     if session is not None and session.user_id not in (None, user.user_id):
         raise Forbidden("That socket is connected as another user")
     return socket_id

@@ -22,7 +22,7 @@ def register(router: Router) -> None:
             return Response(503, orjson.dumps({"status": "draining"}))
         return Response(
             200,
-            orjson.dumps({"status": "ready", "apps": len(node.hubs), "checks": {"broker": "ok"}}),
+            orjson.dumps({"status": "ready", "apps": len(node.apps), "checks": {"broker": "ok"}}),
         )
 
     async def metrics(request: Request) -> Response:

@@ -9,6 +9,7 @@ from parley.core.node import Node
 from parley.errors import BadRequest, NotFound, PayloadTooLarge
 from parley.http_api.routes import Call, Router
 from parley.protocol.channels import Kind, channel_name_problem, channel_type
+from parley.protocol.connection import history_query
 from parley.settings import AppConfig
 
 SOCKET_ID_RE = re.compile(r"\d+\.\d+")
@@ -88,14 +89,16 @@ def _validate_event(app: AppConfig, body: Any, *, batch_item: bool = False) -> d
 
 
 def _channel_attrs(node: Node, app: AppConfig, channel: str, attrs: list[str]) -> dict[str, int]:
-    hub = node.hubs[app.id]
+    if not attrs:
+        return {}
+    info = node.channel_info(app, channel)
     out: dict[str, int] = {}
     for attr in attrs:
         if attr == "user_count":
             if channel_type(channel).kind is Kind.PRESENCE:
-                out["user_count"] = hub.user_count(channel)
+                out["user_count"] = info.user_count
         elif attr == "subscription_count":
-            out["subscription_count"] = hub.subscription_count(channel)
+            out["subscription_count"] = info.subscription_count
     return out
 
 
@@ -168,12 +171,10 @@ def register(router: Router) -> None:
         attrs = _info_attrs(call.params.get("info"), _EVENT_INFO)
         if "user_count" in attrs and not prefix.startswith("presence-"):
             raise BadRequest("info=user_count requires filter_by_prefix=presence-")
-        hub = node.hubs[call.app.id]
         return {
             "channels": {
                 name: _channel_attrs(node, call.app, name, attrs)
-                for name in sorted(hub.channels)
-                if name.startswith(prefix)
+                for name in node.channels(call.app, prefix)
             }
         }
 
@@ -185,15 +186,15 @@ def register(router: Router) -> None:
             raise BadRequest(problem)
         attrs = _info_attrs(call.params.get("info"), {"user_count", "subscription_count", "cache"})
         ctype = channel_type(name)
-        hub = node.hubs[call.app.id]
-        out: dict[str, Any] = {"occupied": name in hub.channels}
+        info = node.channel_info(call.app, name)
+        out: dict[str, Any] = {"occupied": info.occupied}
         for attr in attrs:
             if attr == "user_count":
                 if ctype.kind is not Kind.PRESENCE:
                     raise BadRequest("info=user_count is only available for presence channels")
-                out["user_count"] = hub.user_count(name)
+                out["user_count"] = info.user_count
             elif attr == "subscription_count":
-                out["subscription_count"] = hub.subscription_count(name)
+                out["subscription_count"] = info.subscription_count
             elif attr == "cache":
                 if not ctype.cache:
                     raise BadRequest("info=cache is only available for cache channels")
@@ -210,15 +211,13 @@ def register(router: Router) -> None:
         (name,) = call.args
         if channel_type(name).kind is not Kind.PRESENCE:
             raise BadRequest("Users are only available for presence channels")
-        channel = node.hubs[call.app.id].channels.get(name)
-        members = list(channel.members) if channel else []
-        return {"users": [{"id": uid} for uid in members]}
+        return {"users": [{"id": uid} for uid in node.presence_users(call.app, name)]}
 
     @router.route("GET", "/apps/{app_id}/channels/{channel}/history", "history")
     async def history(node: Node, call: Call) -> dict[str, Any]:
         (name,) = call.args
         _history_channel(node, name)
-        return await node.read_history(call.app, name, call.params)
+        return await node.read_history(call.app, name, history_query(call.params))
 
     @router.route("DELETE", "/apps/{app_id}/channels/{channel}/history", "history_delete")
     async def delete_history(node: Node, call: Call) -> dict[str, Any]:

@@ -156,7 +156,7 @@ class Router:
         if not header.lower().startswith("bearer "):
             raise Unauthorized("Missing 'Authorization: Bearer <token>' (or a signed request)")
         try:
-            return self.node.verify_token(app, header[7:].strip())
+            return self.node.identities.verify_token(app, header[7:].strip())
         except TokenRejected as exc:
             raise Unauthorized(f"Invalid bearer token: {exc}") from None
 

@@ -2,21 +2,29 @@
 
 Theory of operation: the session feeds every inbound text frame to `receive(text, now)`,
 which validates and authorizes it and returns commands: `Reply` bytes for this connection,
-or requests (`Subscribe`, `Unsubscribe`, `ClientEvent`, `Signin`) that need the node's
-shared state, or `Close`. Time is an argument; nothing here touches a socket or a clock.
+or requests (`Subscribe`, `Unsubscribe`, `ClientEvent`, `Signin`, and Parley's own `Resume`,
+`HistoryRequest`, `Refresh`) that need the node's shared state, or `Close`. Time is an
+argument; nothing here touches a socket or a clock.
 Errors a client causes come back as `Reply(pusher:error)`, never as exceptions.
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any
+from typing import Any, Literal
 
 import orjson
 
 from parley.auth.signatures import channel_auth_string, token_problem, user_auth_string
-from parley.errors import ConnectionRefused, ParleyError, ProtocolError, RateLimited
+from parley.errors import (
+    ConnectionRefused,
+    InvalidArgument,
+    ParleyError,
+    ProtocolError,
+    RateLimited,
+)
 from parley.protocol import frames
 from parley.protocol.channels import (
     USER_ID_RE,
@@ -39,7 +47,7 @@ class Member:
 @dataclass(slots=True, init=False)  # not frozen: built per message, and frozen __init__ is slower
 class Reply:
     frame: bytes
-    error: bool  # a pusher:error: the node counts it by `code` without decoding it
+    error: bool  # a pusher:error the node counts (by `code`) in parley_errors_total
     code: int | None
 
     def __init__(self, frame: bytes, error: bool = False, code: int | None = None) -> None:
@@ -104,14 +112,87 @@ class Signin:
 
 
 @dataclass(frozen=True, slots=True)
-class Extension:
-    """A `parley:*` request, handled by the session (history, resume, refresh)."""
+class Resume:
+    """`parley:resume`: replay what `channel` stored after `offset` of `epoch`, then go live."""
 
-    event: str
-    data: dict[str, Any]
+    channel: str
+    offset: int
+    epoch: str
 
 
-Command = Reply | Close | Subscribe | Unsubscribe | ClientEvent | Signin | Extension
+@dataclass(frozen=True, slots=True)
+class HistoryQuery:
+    """Which page of a channel's history: the arguments of `parley:history` and of the HTTP
+    API's GET .../history, checked by `history_query`."""
+
+    limit: int = 100
+    direction: Literal["forward", "backward"] = "forward"
+    after: int | None = None
+    before: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class HistoryRequest:
+    """`parley:history`: a page of `channel`'s history."""
+
+    channel: str
+    query: HistoryQuery
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """`parley:refresh`: a new JWT for the connection's user (the node verifies it)."""
+
+    token: str
+
+
+Command = (
+    Reply
+    | Close
+    | Subscribe
+    | Unsubscribe
+    | ClientEvent
+    | Signin
+    | Resume
+    | HistoryRequest
+    | Refresh
+)
+
+
+def history_query(args: Mapping[str, Any]) -> HistoryQuery:
+    """The page `args` ask for (strings from a query, or JSON values); InvalidArgument says
+    which argument is wrong."""
+
+    def number(key: str, default: int | None) -> int | None:
+        value = args.get(key)
+        if value in (None, ""):
+            return default
+        try:
+            parsed = int(value)
+        except (TypeError, ValueError):
+            raise InvalidArgument(f"{key!r} must be an integer") from None
+        if parsed < 0:
+            raise InvalidArgument(f"{key!r} must not be negative")
+        return parsed
+
+    limit = number("limit", 100) or 0
+    if not 1 <= limit <= 1000:
+        raise InvalidArgument("'limit' must be between 1 and 1000")
+    direction = args.get("direction") or "forward"
+    if direction not in ("forward", "backward"):
+        raise InvalidArgument("'direction' must be forward or backward")
+    return HistoryQuery(
+        limit,
+        "backward" if direction == "backward" else "forward",
+        number("after", None),
+        number("before", None),
+    )
+
+
+def _notice(message: str, channel: str | None = None) -> Reply:
+    """A `pusher:error` (code null) that refuses a `parley:*` request: not counted in
+    parley_errors_total, as these never were."""
+    return Reply(frames.error_frame(None, message, channel))
 
 
 class State(Enum):
@@ -203,7 +284,7 @@ class PusherConnection:
             if event == "pusher:signin":
                 return self._signin(frames.data_object(message))
             if event.startswith("parley:"):
-                return [Extension(event, frames.data_object(message))]
+                return self._parley(event, frames.data_object(message))
             if event.startswith(_RESERVED_PREFIXES):
                 raise ProtocolError(f"Unsupported event from client: {event!r} is reserved")
             raise ProtocolError(
@@ -345,6 +426,36 @@ class PusherConnection:
                 )
             )
         return commands
+
+    # -- parley:* ----------------------------------------------------------------------------
+
+    def _parley(self, event: str, data: dict[str, Any]) -> list[Command]:
+        """Parley's own requests; whether the channel keeps history, and whose token it is,
+        the node decides."""
+        if event == "parley:refresh":
+            token = data.get("token")
+            if not isinstance(token, str) or not token:
+                return [_notice("Refresh refused: parley:refresh needs a token")]
+            return [Refresh(token)]
+        if event not in ("parley:resume", "parley:history"):
+            return [_notice(f"Unsupported event {event!r}")]
+        channel = data.get("channel")
+        if not isinstance(channel, str) or channel not in self.subscriptions:
+            return [_notice(f"{event} needs a channel this connection is subscribed to")]
+        if event == "parley:history":
+            try:
+                return [HistoryRequest(channel, history_query(data))]
+            except InvalidArgument as exc:
+                return [_notice(exc.message, channel)]
+        since = data.get("since")
+        if (
+            not isinstance(since, dict)
+            or not isinstance(since.get("offset"), int)
+            or isinstance(since.get("offset"), bool)
+            or not isinstance(since.get("epoch"), str)
+        ):
+            return [_notice("parley:resume needs since: {offset: int, epoch: str}")]
+        return [Resume(channel, since["offset"], since["epoch"])]
 
     # -- client events -----------------------------------------------------------------------
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 
-from parley.core.node import new_socket_id
+from parley.core.ids import new_socket_id
 
 
 def test_socket_ids_have_the_pusher_shape_and_do_not_repeat_across_pool_refills() -> None:
