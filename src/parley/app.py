@@ -19,6 +19,7 @@ from parley.http_api import builtin, ops, pusher
 from parley.http_api.routes import Router
 from parley.settings import Settings, describe
 from parley.transport.server import Server
+from parley.transport.websocket import WebSocket
 
 
 @dataclass
@@ -96,10 +97,11 @@ async def start(settings: Settings) -> Running:
     pusher.register(router)
     builtin.register(router)
 
-    def ws_factory(path: str, query: str, headers: Any) -> Session | None:
+    def ws_factory(path: str, query: str, headers: Any) -> WebSocket | None:
         if not path.startswith(("/app/", "/token/")):
             return None
-        return Session(node, path, query, headers)
+        session = Session(node, path, query, headers)
+        return WebSocket(session, node.max_message_bytes, node.max_outbound_bytes)
 
     server = Server(
         router,
