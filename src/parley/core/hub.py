@@ -7,6 +7,7 @@ It must not know the wire format beyond calling `frames` for the pusher_internal
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -17,10 +18,13 @@ from parley.settings import AppConfig
 
 
 class Peer(Protocol):
-    """What the hub needs of a session."""
+    """What the hub needs of a session. `broadcast` writes through `write`, the transport's
+    own write while the peer is open (a no-op once it closes); everything else through
+    `send`."""
 
     socket_id: str
     watchlist: tuple[str, ...]
+    write: Callable[[bytes], None]
 
     @property
     def user_id(self) -> str | None: ...
@@ -119,7 +123,7 @@ class AppHub:
     def broadcast(self, name: str, data: bytes, exclude: Any = None, offset: int = 0) -> int:
         """Write `data` to every local subscriber of `name` but `exclude`; return the count.
 
-        Peers never leave a channel synchronously inside `send` (a slow consumer's close is
+        Peers never leave a channel synchronously inside `write` (a slow consumer's close is
         scheduled), so the subscriber dict is iterated without a copy.
         """
         channel = self.channels.get(name)
@@ -131,7 +135,7 @@ class AppHub:
             if peer is exclude:
                 continue
             if held is None:
-                peer.send(data)
+                peer.write(data)
             else:
                 held.append((offset, data))
             sent += 1

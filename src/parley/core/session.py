@@ -17,7 +17,7 @@ soon as the transport is there.
 from __future__ import annotations
 
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -46,7 +46,16 @@ def parse_query(query: str) -> dict[str, str]:
     return out
 
 
+def _drop(data: bytes) -> None:
+    """`Session.write` of a session with no transport yet, or closing: writes nothing."""
+
+
 class Session:
+    """One connection. `send` is the way to write to it; the hub's fan-out calls `write`,
+    which is the transport's own `write` while the session is connected and not closing
+    (`_drop` otherwise): one Python call per delivery fewer (bench/README.md, "The
+    Transport seam")."""
+
     __slots__ = (
         "_close_on_connect",
         "_early",
@@ -65,6 +74,7 @@ class Session:
         "token_expires_at",
         "transport",
         "watchlist",
+        "write",
     )
 
     def __init__(self, node: Node, path: str, query: str, headers: Any) -> None:
@@ -77,6 +87,7 @@ class Session:
         self.socket_id = ""
         self.watchlist: tuple[str, ...] = ()
         self.transport: Transport | None = None
+        self.write: Callable[[bytes], None] = _drop
         self.last_seen = time.monotonic()
         self.pinged = False
         self.closing = False
@@ -108,6 +119,7 @@ class Session:
     def connected(self, transport: Transport) -> None:
         """The transport exists: from now on everything sent is written to it."""
         self.transport = transport
+        self.write = transport.write
         if not self._opened:  # a transport that does not call open first
             self._open()
         elif self._close_on_connect is not None:
@@ -144,11 +156,15 @@ class Session:
         """A binary message from the client: not part of the protocol, answered, not read."""
         self.send(frames.error_frame(None, "Binary frames are not supported: send JSON text"))
 
+    def stalled(self) -> None:
+        """The transport found more buffered than the client may have (within the write that
+        went over): nothing more is written; `slow_consumer` follows once it closes."""
+        self._stop()
+
     def slow_consumer(self, buffered: int) -> None:
         """The transport is closing the connection (4100): the client did not read what was
-        written to it, `buffered` bytes of it are still queued. The transport set `closing`
-        as soon as it found out (within the write that went over), so nothing was written
-        since."""
+        written to it, `buffered` bytes of it are still queued. Nothing was written since
+        `stalled`."""
         logs.warning(
             "slow consumer closed",
             app_id=self.hub.app.id if self.hub else None,
@@ -159,7 +175,7 @@ class Session:
 
     def disconnected(self) -> None:
         """The connection is gone."""
-        self.closing = True
+        self._stop()
         self.node.close_session(self)
 
     # -- output ------------------------------------------------------------------------------
@@ -191,5 +207,9 @@ class Session:
         if transport is None:  # opened during the handshake: close once it is answered
             self._close_on_connect = (code, reason)
             return
-        self.closing = True
+        self._stop()
         transport.close(code, reason)
+
+    def _stop(self) -> None:
+        self.closing = True
+        self.write = _drop

@@ -133,7 +133,7 @@ class WebSocket:
         if self.paused and self._raw.get_write_buffer_size() > self.max_outbound_bytes:
             # The session writes nothing more from now on; the close is scheduled, so that no
             # subscriber leaves a channel while the hub iterates it (AppHub.broadcast).
-            self.session.closing = True
+            self.session.stalled()
             asyncio.get_running_loop().call_soon(self._slow_consumer)
 
     def write_many(self, datas: Iterable[bytes]) -> None:

@@ -18,6 +18,7 @@ class Peer:
     ) -> None:
         self.socket_id, self.user_id, self.watchlist = socket_id, user_id, watchlist
         self.frames: list[dict] = []  # type: ignore[type-arg]
+        self.write = self.send  # what broadcast calls (a session's transport's write)
 
     def send(self, data: bytes) -> None:
         self.frames.append(json.loads(data))
@@ -71,6 +72,17 @@ def test_broadcast_same_bytes_to_all_but_the_excluded() -> None:
     hub.leave(peers[0], "news", None)
     assert hub.broadcast("news", b'{"event":"e"}') == 2
     assert hub.broadcast("empty", b'{"event":"e"}') == 0
+
+
+def test_broadcast_writes_through_the_peers_write_not_its_send() -> None:
+    """A session's `write` is its transport's own: the fan-out skips `Session.send`."""
+    hub = AppHub(APP)
+    peer = Peer("1")
+    written: list[bytes] = []
+    peer.write = written.append
+    hub.join(peer, "news", channel_type("news"), None)
+    hub.broadcast("news", b'{"event":"e"}')
+    assert written == [b'{"event":"e"}'] and peer.frames == []
 
 
 def test_online_offline_follow_the_first_and_last_connection() -> None:

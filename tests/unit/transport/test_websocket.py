@@ -232,6 +232,7 @@ def test_a_slow_consumer_is_closed_with_4100_after_the_write_that_went_over() ->
         ws.write(b'{"event":"d"}')
         assert ws.session.closing and transport.closes == []  # the close is scheduled
         ws.session.send(b'{"event":"e"}')  # the session writes nothing more
+        ws.session.write(b'{"event":"f"}')  # nor does the hub's fan-out
         await asyncio.sleep(0)
         return ws, transport, [m["event"] for m in transport.messages()]
 
