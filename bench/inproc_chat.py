@@ -42,7 +42,7 @@ from parley.app import close_node, make_node
 from parley.backends.history import Entry
 from parley.core.session import Session
 from parley.settings import AppConfig, Settings
-from parley.transport.websocket import WebSocket
+from parley.transport.websocket import Limits, WebSocket
 
 KEY, SECRET = "benchkey", "benchsecret"
 USERS = 1000
@@ -113,6 +113,7 @@ async def main(store: str, rounds: int, without: str | None, core: bool) -> None
     node.start()
     # per user: its WebSocket and fake picows transport, or (--core) its session and Transport
     sessions: list[tuple[Any, Any]] = []
+    limits = Limits(node.max_message_bytes, node.max_outbound_bytes)
     for i in range(USERS):
         session = Session(node, "/app/" + KEY, "protocol=7", {})
         if core:
@@ -121,7 +122,7 @@ async def main(store: str, rounds: int, without: str | None, core: bool) -> None
             sessions.append((session, counting))
         else:
             ws, fake = (
-                WebSocket(session, node.max_message_bytes, node.max_outbound_bytes),
+                WebSocket(session, limits),
                 FakeWSTransport(),
             )
             ws.on_ws_connected(fake)  # type: ignore[arg-type]

@@ -19,7 +19,7 @@ from parley.http_api import builtin, ops, pusher
 from parley.http_api.routes import Router
 from parley.settings import Settings, describe
 from parley.transport.server import Server
-from parley.transport.websocket import WebSocket
+from parley.transport.websocket import Limits, WebSocket
 
 
 @dataclass
@@ -97,11 +97,12 @@ async def start(settings: Settings) -> Running:
     pusher.register(router)
     builtin.register(router)
 
+    limits = Limits(node.max_message_bytes, node.max_outbound_bytes)
+
     def ws_factory(path: str, query: str, headers: Any) -> WebSocket | None:
         if not path.startswith(("/app/", "/token/")):
             return None
-        session = Session(node, path, query, headers)
-        return WebSocket(session, node.max_message_bytes, node.max_outbound_bytes)
+        return WebSocket(Session(node, path, query, headers), limits)
 
     server = Server(
         router,

@@ -7,7 +7,6 @@ It must not know the wire format beyond calling `frames` for the pusher_internal
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
@@ -18,13 +17,14 @@ from parley.settings import AppConfig
 
 
 class Peer(Protocol):
-    """What the hub needs of a session. `broadcast` writes through `write`, the transport's
-    own write while the peer is open (a no-op once it closes); everything else through
-    `send`."""
+    """What the hub needs of a session. `broadcast` writes to its `transport`
+    (core.transport) directly, one Python call per delivery fewer than through `send`; a
+    subscribed session always has one (it writes nothing once the session is closing).
+    Everything else goes through `send`."""
 
     socket_id: str
     watchlist: tuple[str, ...]
-    write: Callable[[bytes], None]
+    transport: Any
 
     @property
     def user_id(self) -> str | None: ...
@@ -123,7 +123,7 @@ class AppHub:
     def broadcast(self, name: str, data: bytes, exclude: Any = None, offset: int = 0) -> int:
         """Write `data` to every local subscriber of `name` but `exclude`; return the count.
 
-        Peers never leave a channel synchronously inside `write` (a slow consumer's close is
+        Peers never leave a channel synchronously inside a write (a slow consumer's close is
         scheduled), so the subscriber dict is iterated without a copy.
         """
         channel = self.channels.get(name)
@@ -135,7 +135,7 @@ class AppHub:
             if peer is exclude:
                 continue
             if held is None:
-                peer.write(data)
+                peer.transport.write(data)
             else:
                 held.append((offset, data))
             sent += 1

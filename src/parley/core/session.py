@@ -4,8 +4,8 @@ out, through a `Transport` (core.transport).
 Whatever carries the connection (`transport.websocket.WebSocket` for picows) calls the
 session with the connection's events: `open` (the handshake is valid, not yet answered),
 `connected` (the transport exists), `activity` (any frame from the client), `receive` (one
-whole text message), `binary` (a binary message), `slow_consumer` (too much buffered: the
-transport closes it) and `disconnected`. It owns no frames, sockets or buffers.
+whole text message), `binary` (a binary message), `stalled` and `slow_consumer` (too much
+buffered: the transport closes it) and `disconnected`. It owns no frames, sockets or buffers.
 
 The session owns no protocol rules (those are in protocol.connection) and no shared state
 (that is the node's); it owns the connection's liveness (`last_seen`, `pinged`), its
@@ -17,7 +17,7 @@ soon as the transport is there.
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -46,15 +46,28 @@ def parse_query(query: str) -> dict[str, str]:
     return out
 
 
-def _drop(data: bytes) -> None:
-    """`Session.write` of a session with no transport yet, or closing: writes nothing."""
+class _Closed:
+    """The transport of a session once it is closing: writes nothing, closes nothing."""
+
+    __slots__ = ()
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def write_many(self, datas: Iterable[bytes]) -> None:
+        pass
+
+    def close(self, code: int, reason: str) -> None:
+        pass
+
+
+_CLOSED = _Closed()
 
 
 class Session:
-    """One connection. `send` is the way to write to it; the hub's fan-out calls `write`,
-    which is the transport's own `write` while the session is connected and not closing
-    (`_drop` otherwise): one Python call per delivery fewer (bench/README.md, "The
-    Transport seam")."""
+    """One connection. `send` is the way to write to it. The hub's fan-out writes to
+    `transport` directly, one Python call per delivery fewer (bench/README.md, "The
+    Transport seam"): so once the session is closing, `transport` is `_CLOSED`."""
 
     __slots__ = (
         "_close_on_connect",
@@ -74,7 +87,6 @@ class Session:
         "token_expires_at",
         "transport",
         "watchlist",
-        "write",
     )
 
     def __init__(self, node: Node, path: str, query: str, headers: Any) -> None:
@@ -87,7 +99,6 @@ class Session:
         self.socket_id = ""
         self.watchlist: tuple[str, ...] = ()
         self.transport: Transport | None = None
-        self.write: Callable[[bytes], None] = _drop
         self.last_seen = time.monotonic()
         self.pinged = False
         self.closing = False
@@ -119,7 +130,6 @@ class Session:
     def connected(self, transport: Transport) -> None:
         """The transport exists: from now on everything sent is written to it."""
         self.transport = transport
-        self.write = transport.write
         if not self._opened:  # a transport that does not call open first
             self._open()
         elif self._close_on_connect is not None:
@@ -212,4 +222,5 @@ class Session:
 
     def _stop(self) -> None:
         self.closing = True
-        self.write = _drop
+        if self.transport is not None:
+            self.transport = _CLOSED

@@ -9,14 +9,18 @@ pings, closes slow consumers); the benchmark's peers and the unit tests have the
 The contract:
 
 - `write(data)` sends one whole text message (a UTF-8 JSON frame). It does not block and
-  does not raise; once the connection is closing it may drop the message.
+  does not raise.
 - `write_many(datas)` sends several, in order, as `write` would one by one.
 - `close(code, reason)` ends the connection with that close code (a Pusher 4xxx, or a
-  WebSocket 1xxx) and reason, after what was written before it. Closing twice is harmless:
-  the second is ignored. The transport tells the session when the connection is gone
-  (`Session.disconnected`), which may be later.
+  WebSocket 1xxx) and reason, after what was written before it. The transport tells the
+  session when the connection is gone (`Session.disconnected`), which may be later.
 
-The session keeps its own state (`closing`) and never writes after it asked for a close.
+A transport that finds its client too slow to read (more buffered than allowed) calls
+`Session.stalled` within that write and closes the connection itself (4100).
+
+The session calls neither method once it is closing (asked for a close, stalled, or
+disconnected): it swaps its transport for one that does nothing, so that the hub's fan-out,
+which writes to `session.transport` directly (core.hub.AppHub.broadcast), need not ask.
 """
 
 from __future__ import annotations

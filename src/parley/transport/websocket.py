@@ -29,27 +29,28 @@ _MAX_FRAME_PAYLOAD = 8192  # picows copies frames up to this size (see write)
 _HIGH_WATER = 65536  # uvloop's default: pause_writing once more than this is buffered
 
 
+class Limits:
+    """What every connection of a server is held to; one object, shared."""
+
+    __slots__ = ("max_message_bytes", "max_outbound_bytes")
+
+    def __init__(self, max_message_bytes: int, max_outbound_bytes: int) -> None:
+        self.max_message_bytes = max_message_bytes  # a longer fragmented message: 1009
+        self.max_outbound_bytes = max_outbound_bytes  # more buffered for a client: 4100
+
+
 class WebSocket:
     """picows's handler for one connection (`transport.server.WsHandler`) and its session's
-    `Transport`."""
+    `Transport`. Its fields are few on purpose: one per connection (bench/README.md, "The
+    Transport seam")."""
 
-    __slots__ = (
-        "_fragments",
-        "_raw",
-        "max_message_bytes",
-        "max_outbound_bytes",
-        "paused",
-        "session",
-        "transport",
-    )
+    __slots__ = ("_fragments", "limits", "paused", "session", "transport")
 
     transport: WSTransport  # set once connected; the session writes only after that
 
-    def __init__(self, session: Session, max_message_bytes: int, max_outbound_bytes: int) -> None:
+    def __init__(self, session: Session, limits: Limits) -> None:
         self.session = session
-        self.max_message_bytes = max_message_bytes
-        self.max_outbound_bytes = max_outbound_bytes
-        self._raw: Any = None  # uvloop's transport under picows's
+        self.limits = limits
         self.paused = False  # the socket's buffer is over its high-water mark (64 KiB)
         self._fragments: bytearray | None = None
 
@@ -62,9 +63,9 @@ class WebSocket:
 
     def on_ws_connected(self, transport: WSTransport) -> None:
         self.transport = transport
-        self._raw = transport.underlying_transport
-        if self.max_outbound_bytes < _HIGH_WATER:  # pause_writing must come first
-            self._raw.set_write_buffer_limits(high=self.max_outbound_bytes)
+        limit = self.limits.max_outbound_bytes
+        if limit < _HIGH_WATER:  # pause_writing must come first
+            transport.underlying_transport.set_write_buffer_limits(high=limit)
         self.session.connected(self)
 
     def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
@@ -97,7 +98,7 @@ class WebSocket:
             return None  # a continuation of a binary or unknown message: ignored
         else:
             self._fragments += payload
-        if len(self._fragments) > self.max_message_bytes:
+        if len(self._fragments) > self.limits.max_message_bytes:
             self._fragments = None
             self.session.close(CloseCode.MESSAGE_TOO_BIG, "Message too big")
             return None
@@ -130,7 +131,11 @@ class WebSocket:
             for start in range(0, len(data), _MAX_FRAME_PAYLOAD):
                 kind = _TEXT if start == 0 else _CONTINUATION
                 transport.send(kind, view[start : start + _MAX_FRAME_PAYLOAD], start >= last)
-        if self.paused and self._raw.get_write_buffer_size() > self.max_outbound_bytes:
+        if (
+            self.paused
+            and transport.underlying_transport.get_write_buffer_size()
+            > self.limits.max_outbound_bytes
+        ):
             # The session writes nothing more from now on; the close is scheduled, so that no
             # subscriber leaves a channel while the hub iterates it (AppHub.broadcast).
             self.session.stalled()
@@ -150,8 +155,8 @@ class WebSocket:
     # -- the slow consumer -------------------------------------------------------------------
 
     def _slow_consumer(self) -> None:
-        self.session.slow_consumer(self._raw.get_write_buffer_size())
         transport = self.transport
+        self.session.slow_consumer(transport.underlying_transport.get_write_buffer_size())
         if transport.is_disconnected:
             return
         # The close frame queues behind what is buffered; a reader that never drains it is

@@ -166,26 +166,20 @@ def test_a_disconnected_session_leaves_its_hub() -> None:
     assert session.closing and session.socket_id not in hub.sessions
 
 
-def test_the_hubs_write_is_the_transports_own_while_open_and_nothing_once_closing() -> None:
-    session, transport = connected_session()
-    assert session.write == transport.write  # fan-out skips `send` (AppHub.broadcast)
-    session.write(b'{"event":"fanned"}')
-    session.close(CloseCode.NORMAL, "done")
-    session.write(b'{"event":"late"}')
-    assert transport.events == ["pusher:connection_established", "fanned"]
-
-
-def test_the_hubs_write_writes_nothing_before_the_transport_or_after_a_stall_or_a_disconnect() -> (
-    None
-):
-    session = Session(make_node(), PATH, "protocol=7", {})
-    session.write(b'{"event":"early"}')
-    transport = RecordingTransport()
-    session.connected(transport)
-    assert transport.events == ["pusher:connection_established"]
-    for stop in (Session.stalled, Session.disconnected):
+def test_the_hub_writes_to_the_transport_while_open_and_to_nothing_once_closing() -> None:
+    for stop in (
+        lambda session: session.close(CloseCode.NORMAL, "done"),
+        Session.stalled,
+        Session.disconnected,
+    ):
         session, transport = connected_session()
+        assert session.transport is transport  # what AppHub.broadcast writes to
+        session.transport.write(b'{"event":"fanned"}')
         stop(session)
-        session.write(b'{"event":"late"}')
+        assert session.closing and session.transport is not None
+        session.transport.write(b'{"event":"late"}')
+        session.transport.write_many([b'{"event":"late"}'])
         session.send(b'{"event":"late"}')
-        assert transport.events == ["pusher:connection_established"] and session.closing
+        session.close(CloseCode.NORMAL, "again")
+        assert transport.events == ["pusher:connection_established", "fanned"]
+        assert len(transport.closes) <= 1
