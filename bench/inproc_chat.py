@@ -1,12 +1,15 @@
 """The chat scenario's Python path without sockets: CPU per client event through Parley.
 
 1,000 signed-in sessions in 500 private channels, on fake transports; each round every user
-sends one client event, fed to `Session.on_ws_frame` 50 frames per loop turn (as a busy
-server sees them), and the node stores, stamps and delivers it to the partner. Prints CPU
-µs per message (the history writer thread included). No kernel, no picows, no uvloop: what
-is left is Parley's own Python, the part a profile of the real server spreads thinly.
+sends one client event, fed to the connection's `WebSocket.on_ws_frame` 50 frames per loop
+turn (as a busy server sees them), and the node stores, stamps and delivers it to the
+partner, whose `WebSocket.write` hands it to a fake picows transport. Prints CPU µs per
+message (the history writer thread included). No kernel, no picows, no uvloop: what is left
+is Parley's own Python, the part a profile of the real server spreads thinly. With `--core`
+the sessions are driven through the core's seam instead (`Session.receive`, and a
+`Transport` that counts writes): the same minus `transport.websocket`.
 
-    .venv/bin/python bench/inproc_chat.py [--store sqlite|memory] [--rounds 60]
+    .venv/bin/python bench/inproc_chat.py [--store sqlite|memory] [--rounds 60] [--core]
         [--without fanout|client|append]   # stub a stage out, to see what it costs
     taskset -c 0 ... py-spy record -r 250 -- .venv/bin/python bench/inproc_chat.py --rounds 300
 
@@ -27,6 +30,7 @@ import hashlib
 import hmac
 import tempfile
 import time
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +43,7 @@ from parley.backends.history import Stored
 from parley.core.session import Session
 from parley.publication import StreamPosition
 from parley.settings import AppConfig, Settings
+from parley.transport.websocket import Limits, WebSocket
 
 KEY, SECRET = "benchkey", "benchsecret"
 USERS = 1000
@@ -50,8 +55,8 @@ class _Raw:
         return 0
 
 
-class FakeTransport:
-    """What Session uses of a picows transport; counts what it is sent."""
+class FakeWSTransport:
+    """What WebSocket uses of a picows transport; counts what it is sent."""
 
     def __init__(self) -> None:
         self.sent = 0
@@ -69,6 +74,23 @@ class FakeTransport:
         self.is_disconnected = True
 
 
+class CountingTransport:
+    """The core's Transport (parley.core.transport), counting what it is given (`--core`)."""
+
+    def __init__(self) -> None:
+        self.sent = 0
+
+    def write(self, data: bytes) -> None:
+        self.sent += 1
+
+    def write_many(self, datas: Iterable[bytes]) -> None:
+        for _ in datas:
+            self.sent += 1
+
+    def close(self, code: int, reason: str) -> None:
+        pass
+
+
 class Frame:
     __slots__ = ("fin", "msg_type", "payload")
 
@@ -83,7 +105,7 @@ def sign(text: str) -> str:
     return KEY + ":" + hmac.new(SECRET.encode(), text.encode(), hashlib.sha256).hexdigest()
 
 
-async def main(store: str, rounds: int, without: str | None) -> None:
+async def main(store: str, rounds: int, without: str | None, core: bool) -> None:
     if without is not None and speedups.compiled():
         raise SystemExit("--without replaces Node methods: run with PARLEY_COMPILED=0")
     print(speedups.STATUS)
@@ -92,36 +114,39 @@ async def main(store: str, rounds: int, without: str | None) -> None:
     db = await open_database(settings)
     node = await make_node(settings, db)
     node.start()
-    sessions = []
+    # per user: its WebSocket and fake picows transport, or (--core) its session and Transport
+    sessions: list[tuple[Any, Any]] = []
+    limits = Limits(node.max_message_bytes, node.max_outbound_bytes)
     for i in range(USERS):
-        session, transport = Session(node, "/app/" + KEY, "protocol=7", {}), FakeTransport()
-        session.on_ws_connected(transport)  # type: ignore[arg-type]
-        sessions.append((session, transport))
+        session = Session(node, "/app/" + KEY, "protocol=7", {})
+        if core:
+            counting = CountingTransport()
+            session.connected(counting)
+            sessions.append((session, counting))
+        else:
+            ws, fake = (
+                WebSocket(session, limits),
+                FakeWSTransport(),
+            )
+            ws.on_ws_connected(fake)  # type: ignore[arg-type]
+            sessions.append((ws, fake))
         user_data = orjson.dumps({"id": "user-%d" % i}).decode()
-        auth = sign("%s::user::%s" % (session.socket_id, user_data))
-        session.on_ws_frame(
-            transport,
-            Frame(
-                orjson.dumps(  # type: ignore[arg-type]
-                    {"event": "pusher:signin", "data": {"auth": auth, "user_data": user_data}}
-                )
-            ),
-        )
         channel = "private-chat-%d" % (i // 2)
-        session.on_ws_frame(
-            transport,
-            Frame(
-                orjson.dumps(  # type: ignore[arg-type]
-                    {
-                        "event": "pusher:subscribe",
-                        "data": {
-                            "auth": sign("%s:%s" % (session.socket_id, channel)),
-                            "channel": channel,
-                        },
-                    }
-                )
-            ),
-        )
+        for message in (
+            {
+                "event": "pusher:signin",
+                "data": {
+                    "auth": sign("%s::user::%s" % (session.socket_id, user_data)),
+                    "user_data": user_data,
+                },
+            },
+            {
+                "event": "pusher:subscribe",
+                "data": {"auth": sign("%s:%s" % (session.socket_id, channel)), "channel": channel},
+            },
+        ):
+            if session.activity():
+                session.receive(orjson.dumps(message))
     await asyncio.sleep(0.05)
     frames = [
         Frame(
@@ -152,9 +177,15 @@ async def main(store: str, rounds: int, without: str | None) -> None:
     cpu0 = time.process_time()
     for _ in range(rounds):
         for start in range(0, USERS, PER_TURN):
-            for i in range(start, start + PER_TURN):
-                session, transport = sessions[i]
-                session.on_ws_frame(transport, frames[i])  # type: ignore[arg-type]
+            if core:
+                for i in range(start, start + PER_TURN):
+                    session = sessions[i][0]
+                    if session.activity():
+                        session.receive(frames[i].payload)
+            else:
+                for i in range(start, start + PER_TURN):
+                    ws, fake = sessions[i]
+                    ws.on_ws_frame(fake, frames[i])
             await asyncio.sleep(0)
             await asyncio.sleep(0)
     while node._pump is not None:
@@ -180,5 +211,8 @@ if __name__ == "__main__":
     ap.add_argument("--store", default="sqlite", choices=("sqlite", "memory"))
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--without", choices=("fanout", "client", "append"), default=None)
+    ap.add_argument(
+        "--core", action="store_true", help="drive Session through the core's seam, no WebSocket"
+    )
     args = ap.parse_args()
-    asyncio.run(main(args.store, args.rounds, args.without))
+    asyncio.run(main(args.store, args.rounds, args.without, args.core))

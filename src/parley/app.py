@@ -21,6 +21,7 @@ from parley.http_api import builtin, ops, pusher
 from parley.http_api.routes import Router
 from parley.settings import Settings, describe
 from parley.transport.server import Server
+from parley.transport.websocket import Limits, WebSocket
 
 
 @dataclass
@@ -159,10 +160,12 @@ async def _start(settings: Settings, db: Database | None) -> Running:
     pusher.register(router)
     builtin.register(router)
 
-    def ws_factory(path: str, query: str, headers: Any) -> Session | None:
+    limits = Limits(node.max_message_bytes, node.max_outbound_bytes)
+
+    def ws_factory(path: str, query: str, headers: Any) -> WebSocket | None:
         if not path.startswith(("/app/", "/token/")):
             return None
-        return Session(node, path, query, headers)
+        return WebSocket(Session(node, path, query, headers), limits)
 
     server = Server(
         router,

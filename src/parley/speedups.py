@@ -38,6 +38,7 @@ MANIFEST = "manifest.json"
 # Compiled together: an interpreted class may not extend a compiled one, so every module with
 # a class extending a compiled one is compiled too (postgres_history). No compiled class may
 # extend picows's WSListener, a C type: transport.server.Listener, which does, stays source.
+# core.transport (a Protocol, only a type to the compiled code) needs no compiling.
 MODULES = (
     "parley.publication",
     "parley.metrics",
@@ -50,6 +51,7 @@ MODULES = (
     "parley.core.ids",
     "parley.core.session",
     "parley.core.node",
+    "parley.transport.websocket",
     "parley.backends.history",
     "parley.backends.memory_history",
     "parley.backends.sqlite_history",

@@ -179,8 +179,7 @@ class Node:
         if user is not None and user.disabled:
             self.count_error(session, CloseCode.UNAUTHORIZED)
             logs.info("connection refused", app_id=hub.app.id, code=4009, reason="user disabled")
-            session.send(frames.error_frame(CloseCode.UNAUTHORIZED, "user disabled"))
-            session.close(CloseCode.UNAUTHORIZED, "user disabled")
+            session.disconnect(CloseCode.UNAUTHORIZED, "user disabled")
             return
         self._admit(session, hub, identity, handshake)
 
@@ -219,8 +218,7 @@ class Node:
                 logs.info(
                     "connection refused", app_id=hub.app.id, code=exc.code, reason=exc.message
                 )
-                session.send(frames.error_frame(exc.code, exc.message))
-                session.close(exc.code or CloseCode.UNAUTHORIZED, exc.message)
+                session.disconnect(exc.code or CloseCode.UNAUTHORIZED, exc.message)
             return
         if not session.closing and hub.sessions.get(session.socket_id) is session:
             self._admit(session, hub, identity, handshake)
@@ -662,8 +660,7 @@ class Node:
         hub = self.hubs[app.id]
         peers = list(hub.users.get(user_id, {}))
         for session in peers:
-            session.send(frames.error_frame(CloseCode.UNAUTHORIZED, reason))
-            session.close(CloseCode.UNAUTHORIZED, reason)
+            session.disconnect(CloseCode.UNAUTHORIZED, reason)
         logs.info(
             "user terminated", app_id=app.id, user_id=user_id, connections=len(peers), reason=reason
         )
@@ -699,8 +696,7 @@ class Node:
                     if expires is not None and wall > expires and not session.closing:
                         logs.info("token expired", app_id=hub.app.id, socket_id=session.socket_id)
                         self.count_error(session, CloseCode.UNAUTHORIZED)
-                        session.send(frames.error_frame(CloseCode.UNAUTHORIZED, "token expired"))
-                        session.close(CloseCode.UNAUTHORIZED, "token expired")
+                        session.disconnect(CloseCode.UNAUTHORIZED, "token expired")
                         continue
                     silent = now - session.last_seen
                     if silent > dead_after:
@@ -708,12 +704,7 @@ class Node:
                             "pong not received", app_id=hub.app.id, socket_id=session.socket_id
                         )
                         self.count_error(session, CloseCode.PONG_NOT_RECEIVED)
-                        session.send(
-                            frames.error_frame(
-                                CloseCode.PONG_NOT_RECEIVED, "Pong reply not received"
-                            )
-                        )
-                        session.close(CloseCode.PONG_NOT_RECEIVED, "Pong reply not received")
+                        session.disconnect(CloseCode.PONG_NOT_RECEIVED, "Pong reply not received")
                     elif silent > idle_after and not session.pinged:
                         session.pinged = True
                         session.send(frames.PING)
@@ -730,10 +721,9 @@ class Node:
         self.identities.stop()
         sessions = [s for hub in self.hubs.values() for s in hub.sessions.values()]
         for session in sessions:
-            session.send(
-                frames.error_frame(CloseCode.RECONNECT, "Server is shutting down, reconnect")
+            session.disconnect(
+                CloseCode.RECONNECT, "Server is shutting down, reconnect", "Server is shutting down"
             )
-            session.close(CloseCode.RECONNECT, "Server is shutting down")
         deadline = time.monotonic() + self.settings.shutdown_grace_s
         while any(hub.sessions for hub in self.hubs.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)

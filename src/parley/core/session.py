@@ -1,23 +1,28 @@
-"""One WebSocket connection: pumps frames between the transport and the protocol machine.
+"""One client connection, as the core sees it: whole text messages in, whole text messages
+out, through a `Transport` (core.transport).
 
-picows calls it through `transport.server.Listener`, not as a WSListener subclass: a class
-extending picows's C type could not be compiled by mypyc (see speedups), and the node reads a
-session's fields on every message.
+Whatever carries the connection (`transport.websocket.WebSocket` for picows) calls the
+session with the connection's events: `open` (the handshake is valid, not yet answered),
+`connected` (the transport exists), `activity` (any frame from the client), `receive` (one
+whole text message), `binary` (a binary message), `stalled` and `slow_consumer` (too much
+buffered: the transport closes it) and `disconnected`. It owns no frames, sockets or buffers.
 
 The session owns no protocol rules (those are in protocol.connection) and no shared state
-(that is the node's); it owns the socket, its liveness and its bounded outbound buffer:
-a client that cannot keep up with `max_outbound_bytes` queued is closed with 4100.
+(that is the node's); it owns the connection's liveness (`last_seen`, `pinged`), its
+`closing` state, and what it sends before its transport exists: the first messages go out
+in the same write as the handshake's answer, and a close asked for then is carried out as
+soon as the transport is there.
 """
 
 from __future__ import annotations
 
 import time
+from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
-from picows import WSCloseCode, WSMsgType, WSTransport
-
 from parley import logs
+from parley.core.transport import Transport
 from parley.errors import ConnectionRefused
 from parley.protocol import frames
 from parley.protocol.codes import CloseCode
@@ -27,11 +32,6 @@ from parley.publication import Publisher
 if TYPE_CHECKING:
     from parley.core.hub import AppHub
     from parley.core.node import Node
-
-_TEXT = WSMsgType.TEXT  # Enum members looked up once, not on every frame
-_CONTINUATION = WSMsgType.CONTINUATION
-_MAX_FRAME_PAYLOAD = 8192  # picows copies frames up to this size (see send)
-_HIGH_WATER = 65536  # uvloop's default: pause_writing once more than this is buffered
 
 
 def parse_query(query: str) -> dict[str, str]:
@@ -47,13 +47,33 @@ def parse_query(query: str) -> dict[str, str]:
     return out
 
 
+class _Closed:
+    """The transport of a session once it is closing: writes nothing, closes nothing."""
+
+    __slots__ = ()
+
+    def write(self, data: bytes) -> None:
+        pass
+
+    def write_many(self, datas: Iterable[bytes]) -> None:
+        pass
+
+    def close(self, code: int, reason: str) -> None:
+        pass
+
+
+_CLOSED = _Closed()
+
+
 class Session:
+    """One connection. `send` is the way to write to it. The hub's fan-out writes to
+    `transport` directly, one Python call per delivery fewer (bench/README.md, "The
+    Transport seam"): so once the session is closing, `transport` is `_CLOSED`."""
+
     __slots__ = (
         "_close_on_connect",
         "_early",
-        "_fragments",
         "_opened",
-        "_raw",
         "closing",
         "conn",
         "headers",
@@ -61,7 +81,6 @@ class Session:
         "last_seen",
         "node",
         "path",
-        "paused",
         "pinged",
         "publisher",
         "query",
@@ -80,13 +99,10 @@ class Session:
         self.conn: PusherConnection | None = None
         self.socket_id = ""
         self.watchlist: tuple[str, ...] = ()
-        self.transport: WSTransport | None = None
-        self._raw: Any = None
+        self.transport: Transport | None = None
         self.last_seen = time.monotonic()
         self.pinged = False
-        self.paused = False  # the socket's buffer is over its high-water mark (64 KiB)
         self.closing = False
-        self._fragments: bytearray | None = None
         self._opened = False
         self._early: list[bytes] | None = None  # what is sent before the transport exists
         self._close_on_connect: tuple[int, str] | None = None  # a close asked for before then
@@ -98,11 +114,12 @@ class Session:
     def user_id(self) -> str | None:
         return self.conn.user_id if self.conn is not None else None
 
-    # -- picows callbacks --------------------------------------------------------------------
+    # -- the connection's events, from its transport -----------------------------------------
 
-    def on_ws_upgrade(self) -> list[bytes]:
+    def open(self) -> list[bytes]:
         """The handshake is valid and not yet answered: open the session now, so that what it
-        sends first (connection_established, or a refusal) goes out with the 101 response."""
+        sends first (connection_established, or a refusal) goes out with the answer. Returns
+        those messages; a close asked for meanwhile waits for `connected`."""
         early: list[bytes] = []
         self._early = early
         try:
@@ -111,12 +128,10 @@ class Session:
             self._early = None
         return early
 
-    def on_ws_connected(self, transport: WSTransport) -> None:
+    def connected(self, transport: Transport) -> None:
+        """The transport exists: from now on everything sent is written to it."""
         self.transport = transport
-        self._raw = transport.underlying_transport
-        if self.node.max_outbound_bytes < _HIGH_WATER:  # pause_writing must come first
-            self._raw.set_write_buffer_limits(high=self.node.max_outbound_bytes)
-        if not self._opened:  # a transport that does not call on_ws_upgrade
+        if not self._opened:  # a transport that does not call open first
             self._open()
         elif self._close_on_connect is not None:
             code, reason = self._close_on_connect
@@ -131,54 +146,47 @@ class Session:
             self.node.count_error(self, exc.code)
             path = self.path if not self.path.startswith("/token/") else "/token/<redacted>"
             logs.info("connection refused", code=exc.code, reason=exc.message, path=path)
-            self.send(frames.error_frame(exc.code, exc.message))
-            self.close(exc.code or CloseCode.UNAUTHORIZED, exc.message)
+            self.disconnect(exc.code or CloseCode.UNAUTHORIZED, exc.message)
 
-    def on_ws_frame(self, transport: WSTransport, frame: Any) -> None:
+    def activity(self) -> bool:
+        """The client was heard from (any frame, a pong included): the idle sweep's clock.
+        True while the session takes messages (it is open and not closing)."""
         self.last_seen = time.monotonic()
         self.pinged = False
-        kind = frame.msg_type
-        if kind is _TEXT or kind is _CONTINUATION:
-            if self.conn is None or self.closing:
-                return
-            payload = frame.get_payload_as_bytes()
-            if kind is _CONTINUATION or not frame.fin:
-                payload = self._reassemble(kind, payload, frame.fin)
-                if payload is None:
-                    return
-            try:
-                self.node.receive(self, payload, self.last_seen)
-            except Exception:
-                logs.error("unexpected error handling a frame", socket_id=self.socket_id)
-                self.close(CloseCode.INTERNAL_ERROR, "Internal server error")
-        elif kind is WSMsgType.CLOSE:
-            transport.send_close(frame.get_close_code(), frame.get_close_message())
-            transport.disconnect()
-        elif kind is WSMsgType.PING:
-            transport.send_pong(frame.get_payload_as_bytes())
-        elif kind is WSMsgType.BINARY:
-            self.send(frames.error_frame(None, "Binary frames are not supported: send JSON text"))
-        # A PONG only counts as activity, which is recorded above.
+        return self.conn is not None and not self.closing
 
-    def _reassemble(self, kind: Any, payload: bytes, fin: bool) -> bytes | None:
-        """A fragmented text message, whole once its last frame arrives (bounded in size)."""
-        if kind is _TEXT:
-            self._fragments = bytearray(payload)
-        elif self._fragments is None:
-            return None  # a continuation of a binary or unknown message: ignored
-        else:
-            self._fragments += payload
-        if len(self._fragments) > self.node.max_message_bytes:
-            self._fragments = None
-            self.close(CloseCode.MESSAGE_TOO_BIG, "Message too big")
-            return None
-        if not fin:
-            return None
-        whole, self._fragments = bytes(self._fragments), None
-        return whole
+    def receive(self, text: bytes) -> None:
+        """One whole text message from the client (after `activity` said it is taken)."""
+        try:
+            self.node.receive(self, text, self.last_seen)
+        except Exception:
+            logs.error("unexpected error handling a frame", socket_id=self.socket_id)
+            self.close(CloseCode.INTERNAL_ERROR, "Internal server error")
 
-    def on_ws_disconnected(self, transport: WSTransport) -> None:
-        self.closing = True
+    def binary(self) -> None:
+        """A binary message from the client: not part of the protocol, answered, not read."""
+        self.send(frames.error_frame(None, "Binary frames are not supported: send JSON text"))
+
+    def stalled(self) -> None:
+        """The transport found more buffered than the client may have (within the write that
+        went over): nothing more is written; `slow_consumer` follows once it closes."""
+        self._stop()
+
+    def slow_consumer(self, buffered: int) -> None:
+        """The transport is closing the connection (4100): the client did not read what was
+        written to it, `buffered` bytes of it are still queued. Nothing was written since
+        `stalled`."""
+        logs.warning(
+            "slow consumer closed",
+            app_id=self.hub.app.id if self.hub else None,
+            socket_id=self.socket_id,
+            buffered=buffered,
+        )
+        self.node.count_error(self, CloseCode.OVER_CAPACITY)
+
+    def disconnected(self) -> None:
+        """The connection is gone."""
+        self._stop()
         self.node.close_session(self)
 
     # -- output ------------------------------------------------------------------------------
@@ -189,57 +197,31 @@ class Session:
             if self._early is not None and not self.closing:
                 self._early.append(data)
             return
-        if len(data) <= _MAX_FRAME_PAYLOAD:
-            transport.send(_TEXT, data)
-        else:
-            # picows 2.3.1 hands uvloop a view of its reused header buffer for payloads over
-            # 8 KiB; while the socket is backed up that header is overwritten by the next send
-            # and the stream is corrupted. Fragments of at most 8 KiB are copied whole.
-            view = memoryview(data)
-            last = len(data) - _MAX_FRAME_PAYLOAD
-            for start in range(0, len(data), _MAX_FRAME_PAYLOAD):
-                kind = _TEXT if start == 0 else WSMsgType.CONTINUATION
-                transport.send(kind, view[start : start + _MAX_FRAME_PAYLOAD], start >= last)
-        if self.paused and self._raw.get_write_buffer_size() > self.node.max_outbound_bytes:
-            self.closing = True
-            self.node.loop.call_soon(self._slow_consumer)
+        transport.write(data)
 
-    def pause_writing(self) -> None:
-        self.paused = True  # only now can a send find more than max_outbound_bytes buffered
-
-    def resume_writing(self) -> None:
-        self.paused = False
-
-    def _slow_consumer(self) -> None:
-        logs.warning(
-            "slow consumer closed",
-            app_id=self.hub.app.id if self.hub else None,
-            socket_id=self.socket_id,
-            buffered=self._raw.get_write_buffer_size(),
-        )
-        self.node.count_error(self, CloseCode.OVER_CAPACITY)
+    def send_many(self, datas: Iterable[bytes]) -> None:
         transport = self.transport
-        if transport is None or transport.is_disconnected:
+        if transport is None or self.closing:
+            for data in datas:
+                self.send(data)
             return
-        # The close frame queues behind what is buffered; a reader that never drains it is
-        # cut off without ceremony once the grace period is over.
-        transport.send_close(
-            WSCloseCode(CloseCode.OVER_CAPACITY), b"Slow consumer: too much buffered"
-        )
-        transport.disconnect()
-        self.node.loop.call_later(5.0, self._abort)
+        transport.write_many(datas)
 
-    def _abort(self) -> None:
-        if self.transport is not None and not self.transport.is_disconnected:
-            self.transport.disconnect(graceful=False)
+    def disconnect(self, code: int, message: str, reason: str | None = None) -> None:
+        """End the connection and say why: a pusher:error with `code` and `message`, then a
+        close with `code` and `reason` (the message unless given)."""
+        self.send(frames.error_frame(code, message))
+        self.close(code, message if reason is None else reason)
 
     def close(self, code: int, reason: str) -> None:
         transport = self.transport
         if transport is None:  # opened during the handshake: close once it is answered
             self._close_on_connect = (code, reason)
             return
-        if transport.is_close_frame_sent:
-            return
+        self._stop()
+        transport.close(code, reason)
+
+    def _stop(self) -> None:
         self.closing = True
-        transport.send_close(WSCloseCode(code), reason.encode()[:120])
-        transport.disconnect()
+        if self.transport is not None:
+            self.transport = _CLOSED

@@ -167,8 +167,8 @@ class _Accepted:
     options it sets are already in effect (uvloop sets TCP_NODELAY on every accepted socket,
     and Linux starts a connection in quick-ack mode; tests/unit/transport checks both) and the addresses
     and options it reads only feed that info line, which is off whenever this is used (see
-    `Server.make_ws_protocol`). Everything picows and the session call later goes straight to
-    uvloop's transport: `write` and `get_write_buffer_size` are its bound methods."""
+    `Server.make_ws_protocol`). Everything picows and the WebSocket handler call later goes
+    straight to uvloop's transport: `write` and `get_write_buffer_size` are its bound methods."""
 
     __slots__ = ("_fd", "_transport", "get_write_buffer_size", "write")
 
@@ -196,7 +196,7 @@ class _Accepted:
     def getsockopt(self, level: int, option: int) -> int:
         return 0  # only read for picows's info line
 
-    # -- the rest of asyncio.Transport that picows or the session use --
+    # -- the rest of asyncio.Transport that picows or the WebSocket handler use --
 
     def writelines(self, data: Any) -> None:
         self._transport.writelines(data)
@@ -447,7 +447,7 @@ class Server:
             20.0,
             20.0,
             WSAutoPingStrategy.PING_WHEN_IDLE,
-            False,  # enable_auto_pong: the session answers PINGs so they count as activity
+            False,  # enable_auto_pong: the handler answers PINGs so they count as activity
             self.max_frame_bytes,
             None,  # extra headers
             1024,  # initial read buffer: small (it grows), memory per idle connection matters
