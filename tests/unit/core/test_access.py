@@ -8,9 +8,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from parley.backends.memory_grants import MemoryGrantStore
-from parley.backends.memory_users import MemoryUserStore
 
+from parley.backends.memory.grants import MemoryGrantStore
+from parley.backends.memory.users import MemoryUserStore
 from parley.core.access import Access, Connections
 from parley.protocol.channels import channel_type
 from parley.protocol.connection import PusherConnection
