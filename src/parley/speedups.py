@@ -34,18 +34,21 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 BUILD_DIR = PACKAGE_DIR / "_compiled"
 MANIFEST = "manifest.json"
 
-# Compiled together: an interpreted class may not extend a compiled one, so every module with
-# a class extending a compiled one is compiled too (postgres_history). No compiled class may
-# extend picows's WSListener, a C type: transport.server.Listener, which does, stays source.
+# What qualifies a module (bench/README.md, "Compiled with mypyc", has the profile): its code
+# runs for every message on some store (a client event or a publish is parsed, checked,
+# stamped, stored, fanned out and written), or it holds a class extending a class compiled
+# here: an interpreted class may not extend a compiled one (the history stores extend
+# backends.history's). No compiled class may extend picows's WSListener, a C type:
+# transport.server.Listener, which does, stays source. Per connection, per subscribe or per
+# scrape is not enough (metrics: its counters are ints in the hub).
 MODULES = (
-    "parley.metrics",
-    "parley.protocol.channels",
     "parley.protocol.frames",
     "parley.protocol.connection",
-    "parley.core.access",
-    "parley.core.hub",
+    "parley.protocol.channels",
     "parley.core.session",
     "parley.core.node",
+    "parley.core.hub",
+    "parley.core.access",
     "parley.backends.history",
     "parley.backends.memory_history",
     "parley.backends.sqlite_history",
