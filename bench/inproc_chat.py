@@ -8,6 +8,7 @@ is left is Parley's own Python, the part a profile of the real server spreads th
 
     .venv/bin/python bench/inproc_chat.py [--store sqlite|memory] [--rounds 60]
         [--without fanout|client|append]   # stub a stage out, to see what it costs
+        [--users 1000]                     # --rounds 0: connect, sign in, subscribe only
     taskset -c 0 ... py-spy record -r 250 -- .venv/bin/python bench/inproc_chat.py --rounds 300
 
 The compiled build is used when it is fresh, as by `parley serve` (src/parley/speedups.py);
@@ -82,7 +83,7 @@ def sign(text: str) -> str:
     return KEY + ":" + hmac.new(SECRET.encode(), text.encode(), hashlib.sha256).hexdigest()
 
 
-async def main(store: str, rounds: int, without: str | None) -> None:
+async def main(store: str, rounds: int, without: str | None, users: int = USERS) -> None:
     if without is not None and speedups.compiled():
         raise SystemExit("--without replaces Node methods: run with PARLEY_COMPILED=0")
     print(speedups.STATUS)
@@ -90,7 +91,7 @@ async def main(store: str, rounds: int, without: str | None) -> None:
     node = await make_node(Settings(data_dir=Path(tempfile.mkdtemp()), store=store, apps=(app,)))
     node.start()
     sessions = []
-    for i in range(USERS):
+    for i in range(users):
         session, transport = Session(node, "/app/" + KEY, "protocol=7", {}), FakeTransport()
         session.on_ws_connected(transport)  # type: ignore[arg-type]
         sessions.append((session, transport))
@@ -125,7 +126,7 @@ async def main(store: str, rounds: int, without: str | None) -> None:
             b'{"event":"client-m","channel":"private-chat-%d","data":{"m":"#%d#%d#","p":"%s"}}'
             % (i // 2, i, time.time_ns(), b"x" * 50)
         )
-        for i in range(USERS)
+        for i in range(users)
     ]
     if without == "fanout":
         node._fan_out = lambda *a, **k: None  # type: ignore[method-assign]
@@ -145,7 +146,7 @@ async def main(store: str, rounds: int, without: str | None) -> None:
     before = sum(t.sent for _, t in sessions)
     cpu0 = time.process_time()
     for _ in range(rounds):
-        for start in range(0, USERS, PER_TURN):
+        for start in range(0, users, PER_TURN):
             for i in range(start, start + PER_TURN):
                 session, transport = sessions[i]
                 session.on_ws_frame(transport, frames[i])  # type: ignore[arg-type]
@@ -155,10 +156,10 @@ async def main(store: str, rounds: int, without: str | None) -> None:
         await asyncio.sleep(0)
     cpu = time.process_time() - cpu0
     delivered = sum(t.sent for _, t in sessions) - before
-    n = rounds * USERS
+    n = rounds * users
     print(
-        "store=%s without=%s: %d messages, %d delivered, %.2f µs CPU per message"
-        % (store, without or "-", n, delivered, cpu / n * 1e6)
+        "store=%s without=%s: %d connections, %d messages, %d delivered, %s µs CPU per message"
+        % (store, without or "-", users, n, delivered, "%.2f" % (cpu / n * 1e6) if n else "-")
     )
     await close_node(node)
     if without is None and delivered != n:
@@ -172,5 +173,11 @@ if __name__ == "__main__":
     ap.add_argument("--store", default="sqlite", choices=("sqlite", "memory"))
     ap.add_argument("--rounds", type=int, default=60)
     ap.add_argument("--without", choices=("fanout", "client", "append"), default=None)
+    ap.add_argument(
+        "--users",
+        type=int,
+        default=USERS,
+        help="connections (even, a multiple of 50); with --rounds 0 only their opening is run",
+    )
     args = ap.parse_args()
-    asyncio.run(main(args.store, args.rounds, args.without))
+    asyncio.run(main(args.store, args.rounds, args.without, args.users))
