@@ -11,6 +11,7 @@ the sessions are driven through the core's seam instead (`Session.receive`, and 
 
     .venv/bin/python bench/inproc_chat.py [--store sqlite|memory] [--rounds 60] [--core]
         [--without fanout|client|append]   # stub a stage out, to see what it costs
+        [--users 1000]                     # --rounds 0: connect, sign in, subscribe only
     taskset -c 0 ... py-spy record -r 250 -- .venv/bin/python bench/inproc_chat.py --rounds 300
 
 The compiled build is used when it is fresh, as by `parley serve` (src/parley/speedups.py);
@@ -105,7 +106,9 @@ def sign(text: str) -> str:
     return KEY + ":" + hmac.new(SECRET.encode(), text.encode(), hashlib.sha256).hexdigest()
 
 
-async def main(store: str, rounds: int, without: str | None, core: bool) -> None:
+async def main(
+    store: str, rounds: int, without: str | None, core: bool, users: int = USERS
+) -> None:
     if without is not None and speedups.compiled():
         raise SystemExit("--without replaces Node methods: run with PARLEY_COMPILED=0")
     print(speedups.STATUS)
@@ -117,7 +120,7 @@ async def main(store: str, rounds: int, without: str | None, core: bool) -> None
     # per user: its WebSocket and fake picows transport, or (--core) its session and Transport
     sessions: list[tuple[Any, Any]] = []
     limits = Limits(node.max_message_bytes, node.max_outbound_bytes)
-    for i in range(USERS):
+    for i in range(users):
         session = Session(node, "/app/" + KEY, "protocol=7", {})
         if core:
             counting = CountingTransport()
@@ -153,7 +156,7 @@ async def main(store: str, rounds: int, without: str | None, core: bool) -> None
             b'{"event":"client-m","channel":"private-chat-%d","data":{"m":"#%d#%d#","p":"%s"}}'
             % (i // 2, i, time.time_ns(), b"x" * 50)
         )
-        for i in range(USERS)
+        for i in range(users)
     ]
     if without == "fanout":
         node._fan_out = lambda *a, **k: None  # type: ignore[method-assign]
@@ -176,7 +179,7 @@ async def main(store: str, rounds: int, without: str | None, core: bool) -> None
     before = sum(t.sent for _, t in sessions)
     cpu0 = time.process_time()
     for _ in range(rounds):
-        for start in range(0, USERS, PER_TURN):
+        for start in range(0, users, PER_TURN):
             if core:
                 for i in range(start, start + PER_TURN):
                     session = sessions[i][0]
@@ -192,10 +195,10 @@ async def main(store: str, rounds: int, without: str | None, core: bool) -> None
         await asyncio.sleep(0)
     cpu = time.process_time() - cpu0
     delivered = sum(t.sent for _, t in sessions) - before
-    n = rounds * USERS
+    n = rounds * users
     print(
-        "store=%s without=%s: %d messages, %d delivered, %.2f µs CPU per message"
-        % (store, without or "-", n, delivered, cpu / n * 1e6)
+        "store=%s without=%s: %d connections, %d messages, %d delivered, %s µs CPU per message"
+        % (store, without or "-", users, n, delivered, "%.2f" % (cpu / n * 1e6) if n else "-")
     )
     await close_node(node)
     if db is not None:
@@ -214,5 +217,11 @@ if __name__ == "__main__":
     ap.add_argument(
         "--core", action="store_true", help="drive Session through the core's seam, no WebSocket"
     )
+    ap.add_argument(
+        "--users",
+        type=int,
+        default=USERS,
+        help="connections (even, a multiple of 50); with --rounds 0 only their opening is run",
+    )
     args = ap.parse_args()
-    asyncio.run(main(args.store, args.rounds, args.without, args.core))
+    asyncio.run(main(args.store, args.rounds, args.without, args.core, args.users))

@@ -76,6 +76,22 @@ PARLEY_CMD = [str(VENV_BIN / "parley"), "serve"]
 BASE_SRC: list[str] = []  # --base-src: the source tree of the `parley-base` peer
 
 
+def compile_parley(names: list[str]) -> None:
+    """Bring the compiled build of each Parley tree to be measured up to date first (a no-op
+    when it is fresh: src/parley/speedups.py), so that a run measures the source only when
+    asked to with PARLEY_COMPILED=0; a peer that ran its source otherwise is reported as a
+    problem after the table."""
+    if os.environ.get("PARLEY_COMPILED") == "0":
+        return
+    roots = {ROOT for n in names if n.startswith("parley") and n != "parley-base"}
+    if "parley-base" in names and BASE_SRC:
+        roots.add(Path(BASE_SRC[0]).parent)
+    for root in sorted(roots):
+        script = root / "scripts" / "compile.py"
+        if script.exists():
+            subprocess.run([PY, str(script)], check=False)
+
+
 def make_peers(scenario: str) -> dict[str, Peer]:
     soketi_env = {
         "SOKETI_HOST": "127.0.0.1",
@@ -767,6 +783,7 @@ def main() -> int:
         PARLEY_CMD[:] = [PY, "-O", "-m", "parley", "serve"]
 
     if args.serve:
+        compile_parley([args.serve])
         peer = make_peers(args.serve_scenario)[args.serve]
         srv = Server(peer, BENCH / "results" / "logs")
         (BENCH / "results" / "logs").mkdir(parents=True, exist_ok=True)
@@ -796,6 +813,7 @@ def main() -> int:
     logdir = BENCH / "results" / "logs"
     logdir.mkdir(parents=True, exist_ok=True)
 
+    compile_parley(wanted_peers)
     # which peers can start at all
     peers_ok = []
     for name in wanted_peers:
@@ -929,6 +947,12 @@ def main() -> int:
             failures.append(
                 "%s ran different code across runs (a source file changed during the run?): %s"
                 % (name, " | ".join(sorted(seen)))
+            )
+        source = sorted(c for c in seen if c.startswith("source:"))
+        if source and os.environ.get("PARLEY_COMPILED") != "0":
+            failures.append(
+                "%s ran its source, not the compiled build (%s); PARLEY_COMPILED=0 measures "
+                "the source on purpose" % (name, source[0])
             )
     table = summarize(results, scs, peers_ok, base)
     for name, seen in sorted(codes.items()):

@@ -35,22 +35,25 @@ PACKAGE_DIR = Path(__file__).resolve().parent
 BUILD_DIR = PACKAGE_DIR / "_compiled"
 MANIFEST = "manifest.json"
 
-# Compiled together: an interpreted class may not extend a compiled one, so every module with
-# a class extending a compiled one is compiled too (postgres_history). No compiled class may
-# extend picows's WSListener, a C type: transport.server.Listener, which does, stays source.
-# core.transport (a Protocol, only a type to the compiled code) needs no compiling.
+# What qualifies a module (bench/README.md, "Compiled with mypyc", has the profile): its code
+# runs for every message on some store (a client event or a publish is parsed, checked,
+# stamped, stored, fanned out and written), or for every connection opened (the handshake and
+# socket ids: the connection storm), or it holds a class extending a class compiled here: an
+# interpreted class may not extend a compiled one (the history stores extend
+# backends.history's). No compiled class may extend picows's WSListener, a C type:
+# transport.server.Listener, which does, stays source. Per subscribe or per scrape is not
+# enough (metrics: its counters are ints in the hub); core.transport is only a Protocol.
 MODULES = (
     "parley.publication",
-    "parley.metrics",
-    "parley.protocol.channels",
     "parley.protocol.frames",
     "parley.protocol.connection",
+    "parley.protocol.channels",
     "parley.protocol.handshake",
-    "parley.core.access",
-    "parley.core.hub",
-    "parley.core.ids",
     "parley.core.session",
     "parley.core.node",
+    "parley.core.hub",
+    "parley.core.access",
+    "parley.core.ids",
     "parley.transport.websocket",
     "parley.backends.history",
     "parley.backends.memory_history",
