@@ -29,7 +29,9 @@ from tests.support.pusher_raw import (
     ApiResponse,
     Closed,
     Frame,
+    FrameWait,
     channel_auth,
+    error_data,
     sign_query,
     summary,
     user_auth,
@@ -116,23 +118,14 @@ class AsyncClient:
     ) -> Frame:
         """Read until a frame with this event (and channel) arrives; frames before it are
         skipped, unless `forbid` matches one of them."""
+        wait = FrameWait(event, channel, where, forbid)
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(
-                    f"no {event!r} on {channel!r} within {timeout}s; seen: {summary(self.seen)}"
-                )
-            frame = await self.recv(left)
-            matched = frame.get("event") == event and (
-                channel is None or frame.get("channel") == channel
-            )
-            if matched and (where is None or where(frame)):
+                raise wait.timed_out(timeout, self.seen)
+            if wait.matches(frame := await self.recv(left)):
                 return frame
-            if forbid is not None and forbid(frame):
-                raise AssertionError(
-                    f"forbidden frame arrived before {event!r}: {summary([frame])}"
-                )
 
     async def expect_next(self, event: str, channel: str | None = None) -> Frame:
         """The very next frame, which must be this event (on this channel)."""
@@ -147,16 +140,7 @@ class AsyncClient:
     ) -> dict[str, Any]:
         """The next pusher:error; its data must be an object {code, message}."""
         frame = await self.expect("pusher:error", timeout=timeout)
-        data = frame.get("data")
-        assert isinstance(data, dict), f"pusher:error data must be an object: {frame}"
-        assert "code" in data and isinstance(data.get("message"), str), frame
-        if code != "any":
-            assert data["code"] == code, f"expected code {code}, got {frame}"
-        if contains:
-            assert contains.lower() in data["message"].lower(), (
-                f"expected {contains!r} in the error message: {frame}"
-            )
-        return data
+        return error_data(frame, code, contains)
 
     async def expect_close(self, timeout: float = TIMEOUT) -> tuple[int | None, str]:
         """Read until the server closes; return its close code and reason."""

@@ -69,6 +69,50 @@ def summary(frames: list[Frame], last: int = 5) -> str:
     return "[" + ", ".join(out) + "]"
 
 
+@dataclass(frozen=True)
+class FrameWait:
+    """What `expect` waits for, as one pure check shared by the sync and asyncio clients: a
+    frame with this event (and channel) that `where` accepts; `forbid` fails the wait."""
+
+    event: str
+    channel: str | None = None
+    where: Callable[[Frame], bool] | None = None
+    forbid: Callable[[Frame], bool] | None = None
+
+    def matches(self, frame: Frame) -> bool:
+        """True for the awaited frame; raises on a forbidden one; False to keep reading."""
+        matched = frame.get("event") == self.event and (
+            self.channel is None or frame.get("channel") == self.channel
+        )
+        if matched and (self.where is None or self.where(frame)):
+            return True
+        if self.forbid is not None and self.forbid(frame):
+            raise AssertionError(
+                f"forbidden frame arrived before {self.event!r}: {summary([frame])}"
+            )
+        return False
+
+    def timed_out(self, timeout: float, seen: list[Frame]) -> AssertionError:
+        return AssertionError(
+            f"no {self.event!r} on {self.channel!r} within {timeout}s; seen: {summary(seen)}"
+        )
+
+
+def error_data(frame: Frame, code: int | str | None, contains: str) -> dict[str, Any]:
+    """A pusher:error's data, checked: an object {code, message}, with this code (unless
+    "any") and a message containing `contains`."""
+    data = frame.get("data")
+    assert isinstance(data, dict), f"pusher:error data must be an object: {frame}"
+    assert "code" in data and isinstance(data.get("message"), str), frame
+    if code != "any":
+        assert data["code"] == code, f"expected code {code}, got {frame}"
+    if contains:
+        assert contains.lower() in data["message"].lower(), (
+            f"expected {contains!r} in the error message: {frame}"
+        )
+    return data
+
+
 class Closed(AssertionError):
     """The connection closed while a frame was expected."""
 
@@ -163,39 +207,21 @@ class RawClient:
     ) -> Frame:
         """Read until a frame with this event (and channel) arrives; frames before it are
         skipped, unless `forbid` matches one of them."""
+        wait = FrameWait(event, channel, where, forbid)
         deadline = time.monotonic() + timeout
         while True:
             left = deadline - time.monotonic()
             if left <= 0:
-                raise AssertionError(
-                    f"no {event!r} on {channel!r} within {timeout}s; seen: {summary(self.seen)}"
-                )
-            frame = self.recv(left)
-            matched = frame.get("event") == event and (
-                channel is None or frame.get("channel") == channel
-            )
-            if matched and (where is None or where(frame)):
+                raise wait.timed_out(timeout, self.seen)
+            if wait.matches(frame := self.recv(left)):
                 return frame
-            if forbid is not None and forbid(frame):
-                raise AssertionError(
-                    f"forbidden frame arrived before {event!r}: {summary([frame])}"
-                )
 
     def expect_error(
         self, code: int | str | None = "any", contains: str = "", timeout: float = TIMEOUT
     ) -> dict[str, Any]:
         """The next pusher:error; its data must be an object {code, message}."""
         frame = self.expect("pusher:error", timeout=timeout)
-        data = frame.get("data")
-        assert isinstance(data, dict), f"pusher:error data must be an object: {frame}"
-        assert "code" in data and isinstance(data.get("message"), str), frame
-        if code != "any":
-            assert data["code"] == code, f"expected code {code}, got {frame}"
-        if contains:
-            assert contains.lower() in data["message"].lower(), (
-                f"expected {contains!r} in the error message: {frame}"
-            )
-        return data
+        return error_data(frame, code, contains)
 
     def expect_close(self, timeout: float = TIMEOUT) -> tuple[int | None, str]:
         """Read until the server closes; return its close code and reason."""
