@@ -69,7 +69,10 @@ async def open_database(settings: Settings) -> Database | None:
     db = make_database(settings)
     if db is None:
         return None
-    await db.open()
+    try:
+        await db.open()
+    except Exception as exc:  # unreachable, refused, no such database: the driver's words
+        raise CannotStart(f"cannot open {db.describe()}: {exc}") from exc
     try:
         _log_applied(db, await db.migrate())
     except MigrationFailed as exc:
@@ -207,6 +210,11 @@ async def serve(settings: Settings) -> None:
     # rarer under a high allocation rate (1-4 % of the CPU of a busy server otherwise).
     gc.freeze()
     gc.set_threshold(10_000, 50, 100)
+    # Handlers first: whoever reads "listening" may send SIGTERM at once and get a clean stop.
+    stop_event = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop_event.set)
     logs.info(
         "listening",
         host=settings.host,
@@ -215,10 +223,6 @@ async def serve(settings: Settings) -> None:
         settings=describe(settings),
     )
     announce(settings, running.port)
-    stop_event = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop_event.set)
     await stop_event.wait()
     logs.info("shutting down")
     await stop(running)

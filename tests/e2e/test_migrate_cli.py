@@ -189,6 +189,24 @@ def test_an_unreachable_database_exits_1(tmp_path: Path) -> None:
     assert "pw@" not in done.stderr
 
 
+def test_serve_on_an_unreachable_database_names_the_database_not_the_port(tmp_path: Path) -> None:
+    target = Target("postgres", tmp_path / "data", "postgresql://parley:pw@127.0.0.1:1/none")
+    served = subprocess.run(
+        [sys.executable, "-m", "parley", "serve", "--host", "127.0.0.1", "--port", "0"],
+        env=target.env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+    )
+    assert served.returncode == 1, served.stderr
+    assert (
+        "cannot start: cannot open PostgreSQL postgresql://parley:***@127.0.0.1:1/none"
+        in served.stderr
+    ), served.stderr
+    assert "cannot listen" not in served.stderr and "pw@" not in served.stderr
+    assert "Traceback" not in served.stderr
+
+
 def test_data_dir_flag_and_config_file(tmp_path: Path) -> None:
     config = tmp_path / "parley.toml"
     config.write_text('[server]\nstore = "sqlite"\n')
