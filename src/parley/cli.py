@@ -8,7 +8,7 @@ from pathlib import Path
 
 from parley import __version__, cli_migrate, cli_users, logs
 from parley.errors import CannotStart, ConfigError
-from parley.settings import load_settings
+from parley.settings import load_settings, warn_unknown_variables
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -44,6 +44,7 @@ def main(argv: list[str] | None = None) -> int:
         except ConfigError as exc:
             print(f"parley: configuration error: {exc.message}", file=sys.stderr)
             return 2
+        warn_unknown_variables()
         logs.configure(settings.log_level, settings.log_format)
         import uvloop
 

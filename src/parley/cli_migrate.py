@@ -17,7 +17,7 @@ from typing import Any
 
 from parley.backends.database import Database, Migration, MigrationFailed
 from parley.errors import ConfigError
-from parley.settings import load_settings
+from parley.settings import load_settings, warn_unknown_variables
 
 
 def add_parser(sub: Any) -> None:
@@ -34,6 +34,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as exc:
         print(f"parley: configuration error: {exc.message}", file=sys.stderr)
         return 2
+    warn_unknown_variables()
     from parley.app import make_database
 
     db = make_database(settings)

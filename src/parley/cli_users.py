@@ -19,7 +19,7 @@ import orjson
 
 from parley.backends.users import UserStore, check_name
 from parley.errors import ConfigError
-from parley.settings import Settings, load_settings
+from parley.settings import Settings, load_settings, warn_unknown_variables
 
 
 class Refused(Exception):
@@ -75,6 +75,7 @@ def _target(args: argparse.Namespace) -> tuple[Settings, str]:
         settings = load_settings(flags, config_file=args.config)
     except ConfigError as exc:
         raise Refused(f"configuration error: {exc.message}", 2) from None
+    warn_unknown_variables()
     if settings.store == "memory":
         raise Refused(
             "store is 'memory': there is no user store to change; use sqlite or postgres", 2

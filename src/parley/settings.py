@@ -7,8 +7,11 @@ generated once and kept in the data directory so its credentials survive restart
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import os
+import re
 import secrets
+import sys
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
@@ -18,6 +21,8 @@ from typing import Any
 import orjson
 
 from parley.errors import ConfigError
+
+_APP_ID = re.compile(r"[0-9]+")
 
 
 @dataclass(frozen=True, slots=True)
@@ -67,6 +72,10 @@ class AppConfig:
             value = getattr(self, name)
             if not isinstance(value, str) or not value:
                 raise ConfigError(f"app {name!r} must be a non-empty string")
+        if not _APP_ID.fullmatch(self.id):
+            raise ConfigError(
+                f"app 'id' must be digits (the official Pusher SDKs refuse any other), got {self.id!r}"
+            )
         if ":" in self.key:
             raise ConfigError("app 'key' may not contain ':'")
         if self.auth not in ("pusher", "builtin"):
@@ -222,6 +231,7 @@ def load_settings(
         except tomllib.TOMLDecodeError as exc:
             raise ConfigError(f"config file {path}: {exc}") from None
 
+    _check_layout(file_data, path)
     server: dict[str, Any] = {}
     for name, value in (file_data.get("server") or {}).items():
         if name not in _SERVER_FIELDS:
@@ -255,15 +265,76 @@ def load_settings(
     rules = []
     for i, raw in enumerate(file_data.get("history", [])):
         where = f"[[history]] #{i + 1}"
-        unknown = set(raw) - set(_HISTORY_FIELDS)
-        if unknown or "pattern" not in raw:
-            raise ConfigError(f"{where}: needs 'pattern'; unknown keys: {sorted(unknown)}")
+        unknown = sorted(set(raw) - set(_HISTORY_FIELDS))
+        if unknown:
+            raise ConfigError(
+                f"{where}: unknown key {unknown[0]!r} (expected {', '.join(_HISTORY_FIELDS)})"
+            )
+        if "pattern" not in raw:
+            raise ConfigError(f"{where}: missing 'pattern' (the channel names it applies to)")
         rules.append(
             HistoryRule(
                 **{k: _coerce(_HISTORY_FIELDS[k].type, v, f"{where}.{k}") for k, v in raw.items()}
             )
         )
     return Settings(**server, apps=tuple(apps), history=tuple(rules))
+
+
+# The TOML file's sections: [server] is one table, [[apps]] and [[history]] arrays of tables.
+_SECTIONS = {"server": dict, "apps": list, "history": list}
+
+
+def _check_layout(file_data: Mapping[str, Any], path: Path | None) -> None:
+    """Every top-level key of the file is a known section of the right shape."""
+    for name, value in file_data.items():
+        where = f"config file {path}"
+        shape = _SECTIONS.get(name)
+        if shape is None:
+            if not isinstance(value, dict):
+                raise ConfigError(
+                    f"{where}: {name!r} is outside any section; put it under [server]"
+                )
+            raise ConfigError(f"{where}: unknown section [{name}] (known: {_known_sections()})")
+        if shape is dict and not isinstance(value, dict):
+            raise ConfigError(f"{where}: [{name}] must be a table: write [{name}]")
+        if shape is list and not (
+            isinstance(value, list) and all(isinstance(item, dict) for item in value)
+        ):
+            raise ConfigError(
+                f"{where}: [[{name}]] is a list of tables, one per entry: write [[{name}]], "
+                f"not [{name}]"
+            )
+
+
+def _known_sections() -> str:
+    return ", ".join(f"[{n}]" if shape is dict else f"[[{n}]]" for n, shape in _SECTIONS.items())
+
+
+# Read elsewhere than load_settings: the config file's path, and the switch to run the source.
+_OTHER_VARIABLES = ("PARLEY_CONFIG", "PARLEY_COMPILED")
+
+
+def unknown_variables(env: Mapping[str, str]) -> list[str]:
+    """One warning per PARLEY_* variable that no setting reads, naming the closest known one:
+    a misspelt variable would otherwise be ignored without a word."""
+    known = [
+        *_OTHER_VARIABLES,
+        *("PARLEY_" + name.upper() for name in _SERVER_FIELDS),
+        *("PARLEY_APP_" + name.upper() for name in _APP_FIELDS),
+    ]
+    warnings = []
+    for name in sorted(env):
+        if name.startswith("PARLEY_") and name not in known:
+            close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
+            hint = f" (did you mean {close[0]}?)" if close else ""
+            warnings.append(f"unknown variable {name} is ignored{hint}")
+    return warnings
+
+
+def warn_unknown_variables(env: Mapping[str, str] | None = None) -> None:
+    """Print `unknown_variables` to stderr, one line each (the commands call it once loaded)."""
+    for warning in unknown_variables(os.environ if env is None else env):
+        print(f"parley: warning: {warning}", file=sys.stderr, flush=True)
 
 
 def describe(settings: Settings) -> dict[str, Any]:

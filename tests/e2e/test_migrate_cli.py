@@ -243,3 +243,23 @@ async def _execute(target: Target, sql: str) -> None:
         await conn.execute(sql)
     finally:
         await conn.close()
+
+
+async def test_serve_on_a_database_that_does_not_exist_is_one_line(tmp_path: Path) -> None:
+    problem = await postgres_problem()  # the server must be there to say the database is not
+    require(problem is None, problem or "")
+    missing = PG_URL.rpartition("/")[0] + f"/parley_missing_{uuid.uuid4().hex[:8]}"
+    target = Target("postgres", tmp_path / "data", missing)
+    served = subprocess.run(
+        [sys.executable, "-m", "parley", "serve", "--host", "127.0.0.1", "--port", "0"],
+        env=target.env(),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 2,
+    )
+    assert served.returncode == 1, served.stderr
+    assert "Traceback" not in served.stderr
+    (line,) = served.stderr.strip().splitlines()
+    assert line.startswith("parley: cannot start: cannot open PostgreSQL") and "does not exist" in (
+        line
+    ), line

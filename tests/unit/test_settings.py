@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from parley.errors import ConfigError
-from parley.settings import load_settings
+from parley.settings import load_settings, unknown_variables
 
 
 def test_default_app_is_generated_once_and_kept(tmp_path: Path) -> None:
@@ -65,6 +65,15 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
             {},
             "distinct",
         ),
+        ('[[apps]]\nid = "chat"\nkey = "a"\nsecret = "s"\n', {}, "'id' must be digits.*'chat'"),
+        ("", {"PARLEY_APP_ID": "x1", "PARLEY_APP_KEY": "k", "PARLEY_APP_SECRET": "s"}, "digits"),
+        ('[apps]\nid = "1"\nkey = "a"\nsecret = "s"\n', {}, r"write \[\[apps\]\], not \[apps\]"),
+        ("[history]\npattern = 'x'\n", {}, r"write \[\[history\]\]"),
+        ("[[server]]\nport = 1\n", {}, r"\[server\] must be a table"),
+        ("port = 7000\n", {}, "'port' is outside any section; put it under \\[server\\]"),
+        ("[serve]\nport = 7000\n", {}, r"unknown section \[serve\]"),
+        ("[[history]]\npattern = 'a-*'\nmax_cnt = 5\n", {}, "unknown key 'max_cnt'"),
+        ("[[history]]\nmax_count = 5\n", {}, "missing 'pattern'"),
     ],
 )
 def test_bad_settings_name_the_key(
@@ -80,3 +89,21 @@ def test_settings_are_frozen(tmp_path: Path) -> None:
     settings = load_settings(env={"PARLEY_DATA_DIR": str(tmp_path)})
     with pytest.raises(AttributeError):
         settings.port = 1  # type: ignore[misc]
+
+
+def test_unknown_variables_are_named_with_the_closest_known_one() -> None:
+    env = {
+        "PARLEY_ACTIVITY_TIMEOUT": "30",
+        "PARLEY_APP_CLIENT_EVENT": "true",
+        "PARLEY_PORT": "6001",
+        "PARLEY_CONFIG": "x.toml",
+        "PARLEY_ZZZ_QQQ": "1",
+        "HOME": "/root",
+    }
+    assert unknown_variables(env) == [
+        "unknown variable PARLEY_ACTIVITY_TIMEOUT is ignored "
+        "(did you mean PARLEY_ACTIVITY_TIMEOUT_S?)",
+        "unknown variable PARLEY_APP_CLIENT_EVENT is ignored "
+        "(did you mean PARLEY_APP_CLIENT_EVENTS?)",
+        "unknown variable PARLEY_ZZZ_QQQ is ignored",
+    ]
