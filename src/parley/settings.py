@@ -316,7 +316,8 @@ _OTHER_VARIABLES = ("PARLEY_CONFIG", "PARLEY_COMPILED")
 
 def unknown_variables(env: Mapping[str, str]) -> list[str]:
     """One warning per PARLEY_* variable that no setting reads, naming the closest known one:
-    a misspelt variable would otherwise be ignored without a word."""
+    a misspelt variable would otherwise be ignored without a word. PARLEY_TEST_* are the test
+    suite's."""
     known = [
         *_OTHER_VARIABLES,
         *("PARLEY_" + name.upper() for name in _SERVER_FIELDS),
@@ -324,7 +325,7 @@ def unknown_variables(env: Mapping[str, str]) -> list[str]:
     ]
     warnings = []
     for name in sorted(env):
-        if name.startswith("PARLEY_") and name not in known:
+        if name.startswith("PARLEY_") and name not in known and not name.startswith("PARLEY_TEST_"):
             close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
             hint = f" (did you mean {close[0]}?)" if close else ""
             warnings.append(f"unknown variable {name} is ignored{hint}")

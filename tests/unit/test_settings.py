@@ -98,6 +98,7 @@ def test_unknown_variables_are_named_with_the_closest_known_one() -> None:
         "PARLEY_PORT": "6001",
         "PARLEY_CONFIG": "x.toml",
         "PARLEY_ZZZ_QQQ": "1",
+        "PARLEY_TEST_POSTGRES_URL": "postgresql://x",
         "HOME": "/root",
     }
     assert unknown_variables(env) == [
