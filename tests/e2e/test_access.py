@@ -12,6 +12,7 @@ import sys
 import threading
 import time
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from urllib.parse import urlencode
 
@@ -153,7 +154,7 @@ def srv() -> Iterator[ParleyServer]:
         "PARLEY_APP_ALLOWED_ORIGINS": "http://chat.example",
     }
     with ParleyServer(secret=SECRET, env=env) as server:
-        for name in ("alice", "bob", "carol", "dave", "erin"):
+        for name in ("alice", "bob", "carol", "dave", "erin", "frank", "gina"):
             add_user(server, name, f"{name}-password", {"name": name.title()})
         yield server
 
@@ -342,6 +343,54 @@ def test_disabling_a_user_ends_their_live_connections(srv: ParleyServer) -> None
     # the token issued before the disable no longer opens a connection either
     with RawClient(f"{srv.ws_url}&token={token}", established=False) as again:
         assert again.expect_error(4009)["message"] == "user disabled"
+
+
+def test_a_disabled_users_token_is_refused_at_every_entry_point(srv: ParleyServer) -> None:
+    room = unique("private-frank-")
+    assert grant(srv, "frank", room, ["read", "manage"]).status == 201
+    token = token_of(srv, "frank")
+    with RawClient(srv.ws_url) as anonymous:  # a connection that would sign in as frank
+        assert pusher_auth(srv, token, anonymous.socket_id, room).status == 200
+        assert users_cli(srv, "disable", "frank").returncode == 0
+        path = f"/apps/{srv.app_id}"
+        form = {"Content-Type": "application/x-www-form-urlencoded", **bearer(token)}
+        refused = [
+            pusher_auth(srv, token, anonymous.socket_id, room),
+            http_request(
+                srv,
+                "POST",
+                f"{path}/pusher/user-auth",
+                body=urlencode({"socket_id": anonymous.socket_id}).encode(),
+                headers=form,
+            ),
+            grant(srv, "alice", room, ["read"], token=token),
+            http_request(srv, "GET", f"{path}/grants", headers=bearer(token)),
+        ]
+    for response in refused:
+        assert response.status == 401, response.body
+        assert response.json()["error"] == "Bearer token refused: user disabled"
+    with RawClient(f"{srv.ws_url}&token={token}", established=False) as handshake:
+        assert handshake.expect_error(4009)["message"] == "user disabled"
+    assert users_cli(srv, "enable", "frank").returncode == 0
+    assert pusher_auth(srv, token, "1.2", room).status == 200  # the same token works again
+
+
+def test_concurrent_password_guesses_are_counted_before_they_are_checked(
+    srv: ParleyServer,
+) -> None:
+    guesses = [("gina", f"wrong-{i}") for i in range(30)] + [("gina", "gina-password")]
+    barrier = threading.Barrier(len(guesses))
+
+    def guess(password: str) -> int:
+        barrier.wait(timeout=TIMEOUT)
+        return login(srv, "gina", password).status
+
+    with ThreadPoolExecutor(len(guesses)) as pool:
+        statuses = list(pool.map(guess, [p for _, p in guesses]))
+    checked = [s for s in statuses if s != 429]
+    assert len(checked) <= 5, statuses  # the limit: five failures a minute, however raced
+    assert statuses.count(429) >= len(guesses) - 5
+    assert login(srv, "gina", "gina-password").status == 429  # locked, even for the right one
 
 
 def test_signed_session_cookie_with_origin_allow_list(srv: ParleyServer) -> None:

@@ -124,6 +124,18 @@ class Access:
             return f"No grant allows {user_id!r} to write to {channel}"
         return None
 
+    async def identity_problem(self, app: AppConfig, user_id: str) -> str | None:
+        """Why a verified token for `user_id` must still be refused, or None: the one check
+        every entry point makes (the handshake, the auth endpoints, the grants and history
+        APIs). A token outlives `parley users disable`; the user store has the last word on
+        built-in apps. Users of an outside issuer (not in the store) are not refused."""
+        if app.auth != "builtin":
+            return None
+        user = await self.users.get(app.id, user_id)
+        if user is not None and user.disabled:
+            return "user disabled"
+        return None
+
     def manages(self, app: AppConfig, user_id: str, resource: str) -> bool:
         """May `user_id` grant others on `resource`? Only with `manage` on that very resource
         (or, for an exact channel, on a pattern that covers it)."""

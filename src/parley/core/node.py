@@ -173,13 +173,13 @@ class Node:
         self, session: Session, hub: AppHub, identity: Identity, handshake: Handshake
     ) -> None:
         assert self.access is not None
-        user = await self.access.users.get(hub.app.id, identity.user_id)
+        problem = await self.access.identity_problem(hub.app, identity.user_id)
         if session.closing or hub.sessions.get(session.socket_id) is not session:
             return
-        if user is not None and user.disabled:
+        if problem is not None:
             self.count_error(session, CloseCode.UNAUTHORIZED)
-            logs.info("connection refused", app_id=hub.app.id, code=4009, reason="user disabled")
-            session.disconnect(CloseCode.UNAUTHORIZED, "user disabled")
+            logs.info("connection refused", app_id=hub.app.id, code=4009, reason=problem)
+            session.disconnect(CloseCode.UNAUTHORIZED, problem)
             return
         self._admit(session, hub, identity, handshake)
 

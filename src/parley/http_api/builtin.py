@@ -10,6 +10,7 @@ holding `manage` on the resource.
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import re
 import time
@@ -35,7 +36,12 @@ SOCKET_ID_RE = re.compile(r"\d+\.\d+")
 class LoginThrottle:
     """Failed logins per key (a user, an address): `limit` in `window_s` locks the key until
     the oldest of them leaves the window. Addresses get a larger allowance than users, since
-    many people may share one."""
+    many people may share one.
+
+    An attempt counts as a failure from the moment it is let through (`attempt`), before the
+    password is checked, and is taken back if it succeeds: concurrent guesses cannot all pass
+    the check while the first ones are still hashing. On one node; issue 13 moves the counts
+    to Redis for a cluster."""
 
     def __init__(self, limit: int = 5, address_limit: int = 20, window_s: float = 60.0) -> None:
         self.limit = limit
@@ -56,6 +62,13 @@ class LoginThrottle:
                 wait = max(wait, failures[0] + self.window_s - now)
         return wait
 
+    def attempt(self, keys: list[str], now: float) -> float:
+        """0 and the attempt is counted as failed, or the seconds to wait (nothing counted)."""
+        wait = self.retry_after(keys, now)
+        if wait == 0:
+            self.failed(keys, now)
+        return wait
+
     def failed(self, keys: list[str], now: float) -> None:
         for key in keys:
             self._failures.setdefault(key, deque()).append(now)
@@ -65,9 +78,14 @@ class LoginThrottle:
             ]:
                 del self._failures[key]
 
-    def succeeded(self, keys: list[str]) -> None:
-        for key in keys:
-            self._failures.pop(key, None)
+    def succeeded(self, user_key: str, address_key: str, counted_at: float) -> None:
+        """The attempt counted at `counted_at` was right: the user's failures are forgiven,
+        the address keeps its others."""
+        self._failures.pop(user_key, None)
+        failures = self._failures.get(address_key)
+        if failures is not None:
+            with contextlib.suppress(ValueError):
+                failures.remove(counted_at)
 
 
 class TooManyAttempts(HttpError):
@@ -123,15 +141,14 @@ def register(router: Router) -> None:
             raise BadRequest("Body must be {username: string, password: string}")
         now = time.monotonic()
         keys = [f"user:{call.app.id}:{username}", f"addr:{call.request.peer.rsplit(':', 1)[0]}"]
-        wait = throttle.retry_after(keys, now)
+        wait = throttle.attempt(keys, now)
         if wait > 0:
             raise TooManyAttempts(wait)
         assert node.access is not None
         user = await node.access.users.verify(call.app.id, username, password)
         if user is None:
-            throttle.failed(keys, now)
             raise Unauthorized("Unknown user, wrong password or disabled user")
-        throttle.succeeded(keys[:1])
+        throttle.succeeded(keys[0], keys[1], now)
         token, expires_at = issue_token(call.app, user.name, user.info, time.time())
         return Response(
             200, orjson.dumps({"token": token, "expires_at": expires_at, "user_id": user.name})

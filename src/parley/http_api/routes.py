@@ -134,7 +134,7 @@ class Router:
                     now=time.time(),
                 )
             elif auth in ("bearer", "signed_or_bearer"):
-                user = self._bearer(request, app)
+                user = await self._bearer(request, app)
             if not app.enabled:
                 raise Forbidden("Application is disabled")
             args = tuple(unquote(v) for k, v in groups.items() if k != "app_id")
@@ -151,14 +151,19 @@ class Router:
             )
         raise NotFound(f"No route for {request.method} {request.path}")
 
-    def _bearer(self, request: Request, app: AppConfig) -> Identity:
+    async def _bearer(self, request: Request, app: AppConfig) -> Identity:
         header = request.headers.get("authorization", "")
         if not header.lower().startswith("bearer "):
             raise Unauthorized("Missing 'Authorization: Bearer <token>' (or a signed request)")
         try:
-            return self.node.identities.verify_token(app, header[7:].strip())
+            identity = self.node.identities.verify_token(app, header[7:].strip())
         except TokenRejected as exc:
             raise Unauthorized(f"Invalid bearer token: {exc}") from None
+        access = self.node.access
+        problem = await access.identity_problem(app, identity.user_id) if access else None
+        if problem is not None:
+            raise Unauthorized(f"Bearer token refused: {problem}")
+        return identity
 
     def _find_app(self, app_id: str | None, params: list[tuple[str, str]]) -> AppConfig:
         if app_id is not None:

@@ -99,3 +99,18 @@ async def test_a_disabled_user_online_here_is_terminated(access: tuple[Access, F
     await acl.users.disable(APP.id, "dave")  # not connected here: nothing to end
     await acl._poll_store()
     assert live.terminated == [("carol", "User disabled")]
+
+
+async def test_identity_problem_is_the_user_stores_word_on_builtin_apps_only(
+    access: tuple[Access, FakeLive],
+) -> None:
+    acl, _ = access
+    await acl.users.add(APP.id, "erin", "erin-password")
+    assert await acl.identity_problem(APP, "erin") is None
+    assert await acl.identity_problem(APP, "someone-from-another-issuer") is None
+    await acl.users.disable(APP.id, "erin")
+    assert await acl.identity_problem(APP, "erin") == "user disabled"
+    pusher_mode = AppConfig(id=APP.id, key="key", secret="secret")  # its backend decides
+    assert await acl.identity_problem(pusher_mode, "erin") is None
+    await acl.users.enable(APP.id, "erin")
+    assert await acl.identity_problem(APP, "erin") is None
