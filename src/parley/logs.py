@@ -75,3 +75,38 @@ def debug(event: str, **fields: Any) -> None:
 
 def error(event: str, **fields: Any) -> None:
     logger.error(event, extra={"fields": fields}, exc_info=True)  # noqa: LOG014 - called in handlers
+
+
+class Refusals:
+    """Refusal lines, rate-limited: at most `per_second` a second are written; the rest are
+    counted and reported in one `refusals suppressed` line when lines flow again, so a flood
+    of bad requests cannot fill the disk and the operator still learns how many there were."""
+
+    def __init__(self, per_second: int = 20, clock: Any = time.monotonic) -> None:
+        self.per_second = per_second
+        self._clock = clock
+        self._second = 0
+        self._written = 0
+        self._suppressed = 0
+
+    def log(self, event: str, **fields: Any) -> None:
+        if not logger.isEnabledFor(logging.INFO):
+            return
+        second = int(self._clock())
+        if second != self._second:
+            if self._suppressed:
+                info("refusals suppressed", count=self._suppressed, seconds=second - self._second)
+            self._second, self._written, self._suppressed = second, 0, 0
+        if self._written >= self.per_second:
+            self._suppressed += 1
+            return
+        self._written += 1
+        info(event, **fields)
+
+
+REFUSALS = Refusals()
+
+
+def refused(event: str, **fields: Any) -> None:
+    """One info line for a refusal of something a client sent (`Refusals` limits the rate)."""
+    REFUSALS.log(event, **fields)

@@ -390,7 +390,10 @@ def test_concurrent_password_guesses_are_counted_before_they_are_checked(
     checked = [s for s in statuses if s != 429]
     assert len(checked) <= 5, statuses  # the limit: five failures a minute, however raced
     assert statuses.count(429) >= len(guesses) - 5
-    assert login(srv, "gina", "gina-password").status == 429  # locked, even for the right one
+    if statuses[-1] == 429:  # the right password came too late: locked, even for it
+        assert login(srv, "gina", "gina-password").status == 429
+    else:  # it was among the five checked: it succeeded and forgave the user's failures
+        assert statuses[-1] == 200 and statuses.count(401) <= 4
 
 
 def test_signed_session_cookie_with_origin_allow_list(srv: ParleyServer) -> None:

@@ -3,6 +3,7 @@ terminate_connections, signature refusals, and the unsigned /healthz, /readyz an
 
 from __future__ import annotations
 
+import logging
 import re
 
 import pytest
@@ -83,6 +84,32 @@ async def test_requests_not_signed_by_the_app_are_401(app: InProcessApp, api: As
     assert forged.status == 401 and "signature" in forged.json()["error"].lower()
     event = {"name": "e", "channels": [unique()], "data": "x"}
     assert (await api.signed("POST", f"/apps/{app.app.id}/events", body=event)).status == 200
+
+
+async def test_refusals_are_logged_and_counted_under_their_route(
+    app: InProcessApp, api: AsyncApi, caplog: pytest.LogCaptureFixture
+) -> None:
+    forger = AsyncApi(app.http_url, app.app.id, app.app.key, "not-the-secret")
+    try:
+        with caplog.at_level(logging.INFO, logger="parley"):
+            forged = await forger.signed(
+                "POST", f"/apps/{app.app.id}/events", body={"name": "e", "channels": ["c"]}
+            )
+            bad_body = await api.signed("POST", f"/apps/{app.app.id}/events", body={"name": 1})
+            nowhere = await api.request("GET", "/apps/nothing-here")
+    finally:
+        await forger.close()
+    assert (forged.status, bad_body.status, nowhere.status) == (401, 400, 404)
+    lines = [r for r in caplog.records if r.getMessage() == "api request refused"]
+    seen = [(r.fields["route"], r.fields["status"], r.fields["reason"]) for r in lines]  # type: ignore[attr-defined]
+    assert seen == [
+        ("events", 401, forged.json()["error"]),
+        ("events", 400, bad_body.json()["error"]),
+        ("unmatched", 404, nowhere.json()["error"]),
+    ]
+    metrics = (await api.request("GET", "/metrics")).body.decode()
+    assert 'parley_http_requests_total{route="events",status="401"} 1.0' in metrics
+    assert 'parley_http_requests_total{route="events",status="400"} 1.0' in metrics
 
 
 async def test_terminate_connections_closes_every_connection_of_that_user_with_4009(

@@ -54,10 +54,21 @@ class Call:
 Handler = Callable[[Node, Call], Awaitable[Any] | Any]
 
 
+@dataclass(frozen=True, slots=True)
+class Route:
+    """One API route: `name` labels its metrics and log lines, `auth` says who may call it."""
+
+    method: str
+    regex: re.Pattern[str]
+    name: str
+    handler: Handler
+    auth: str
+
+
 class Router:
     def __init__(self, node: Node) -> None:
         self.node = node
-        self.signed: list[tuple[str, re.Pattern[str], str, Handler, str]] = []
+        self.signed: list[Route] = []
         self.unsigned: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
 
     def route(
@@ -71,13 +82,14 @@ class Router:
         )
 
         def register(handler: Handler) -> Handler:
-            self.signed.append((method, regex, name, handler, auth))
+            self.signed.append(Route(method, regex, name, handler, auth))
             return handler
 
         return register
 
     async def __call__(self, request: Request) -> Response:
         route = "unmatched"
+        reason: str | None = None  # a refusal's message, for its log line
         try:
             if request.method == "OPTIONS":
                 route = "preflight"
@@ -93,63 +105,76 @@ class Router:
                 route = request.path
                 response = await self.unsigned[(request.method, request.path)](request)
             else:
-                route, response = await self._signed(request)
+                route_of, groups = self._match(request)
+                route = route_of.name
+                response = await self._call(request, route_of, groups)
         except HttpError as exc:
             response = _error(exc.http_status, exc.message)
+            reason = exc.message
             retry_after = getattr(exc, "retry_after", None)
             if retry_after is not None:
                 response.headers["Retry-After"] = str(retry_after)
         except ParleyError as exc:
             response = _error(exc.http_status, exc.message)
+            reason = exc.message
         except Exception:
             logs.error("unexpected error in HTTP API", path=request.path, method=request.method)
             response = _error(500, "Internal server error")
         self.node.metrics.http_requests[(route, response.status)] += 1
-        if response.status >= 400 and route not in ("unmatched",):
-            logs.info("api request refused", route=route, status=response.status, peer=request.peer)
+        if 400 <= response.status < 500:
+            logs.refused(
+                "api request refused",
+                route=route,
+                method=request.method,
+                path=request.path,
+                status=response.status,
+                reason=reason,
+                peer=request.peer,
+            )
         return response
 
-    async def _signed(self, request: Request) -> tuple[str, Response]:
+    def _match(self, request: Request) -> tuple[Route, dict[str, str]]:
+        """The route for this method and path, with its path segments; 404 or 405."""
         path_matched = False
-        for method, regex, name, handler, auth in self.signed:
-            match = regex.match(request.path)
+        for route in self.signed:
+            match = route.regex.match(request.path)
             if match is None:
                 continue
             path_matched = True
-            if method != request.method:
-                continue
-            groups = match.groupdict()
-            params = parse_query(request.query)
-            app = self._find_app(groups.get("app_id"), params)
-            user: Identity | None = None
-            signed = any(k.lower() == "auth_signature" for k, _ in params)
-            if auth == "signed" or (auth == "signed_or_bearer" and signed):
-                verify_api_request(
-                    method=request.method,
-                    path=request.path,
-                    params=params,
-                    body=request.body,
-                    key=app.key,
-                    secret=app.secret,
-                    now=time.time(),
-                )
-            elif auth in ("bearer", "signed_or_bearer"):
-                user = await self._bearer(request, app)
-            if not app.enabled:
-                raise Forbidden("Application is disabled")
-            args = tuple(unquote(v) for k, v in groups.items() if k != "app_id")
-            call = Call(request, app, {k.lower(): v for k, v in params}, args, user)
-            result = handler(self.node, call)
-            if hasattr(result, "__await__"):
-                result = await result
-            if isinstance(result, Response):
-                return name, result
-            return name, Response(200, orjson.dumps(result))
+            if route.method == request.method:
+                return route, match.groupdict()
         if path_matched:
-            return "unmatched", _error(
-                405, f"Method {request.method} not allowed on {request.path}"
-            )
+            raise HttpError(405, f"Method {request.method} not allowed on {request.path}")
         raise NotFound(f"No route for {request.method} {request.path}")
+
+    async def _call(self, request: Request, route: Route, groups: dict[str, str]) -> Response:
+        """Authenticate the caller as `route.auth` asks, then run its handler."""
+        params = parse_query(request.query)
+        app = self._find_app(groups.get("app_id"), params)
+        user: Identity | None = None
+        signed = any(k.lower() == "auth_signature" for k, _ in params)
+        if route.auth == "signed" or (route.auth == "signed_or_bearer" and signed):
+            verify_api_request(
+                method=request.method,
+                path=request.path,
+                params=params,
+                body=request.body,
+                key=app.key,
+                secret=app.secret,
+                now=time.time(),
+            )
+        elif route.auth in ("bearer", "signed_or_bearer"):
+            user = await self._bearer(request, app)
+        if not app.enabled:
+            raise Forbidden("Application is disabled")
+        args = tuple(unquote(v) for k, v in groups.items() if k != "app_id")
+        call = Call(request, app, {k.lower(): v for k, v in params}, args, user)
+        result = route.handler(self.node, call)
+        if hasattr(result, "__await__"):
+            result = await result
+        if isinstance(result, Response):
+            return result
+        return Response(200, orjson.dumps(result))
 
     async def _bearer(self, request: Request, app: AppConfig) -> Identity:
         header = request.headers.get("authorization", "")
