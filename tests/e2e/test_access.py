@@ -396,6 +396,32 @@ def test_concurrent_password_guesses_are_counted_before_they_are_checked(
         assert statuses[-1] == 200 and statuses.count(401) <= 4
 
 
+def test_a_user_reads_history_with_a_bearer_token_where_they_may_subscribe(
+    srv: ParleyServer,
+) -> None:
+    room, public = unique("private-history-"), unique("history-")
+    assert grant(srv, "alice", room, ["read"]).status == 201
+    for channel in (room, public):
+        sdk(srv, secret=SECRET).trigger(channel, "said", {"n": 1})
+    alice, bob = token_of(srv, "alice"), token_of(srv, "bob")
+
+    def read(channel: str, token: str | None) -> ApiResponse:
+        headers = bearer(token) if token else {}
+        return http_request(
+            srv, "GET", f"/apps/{srv.app_id}/channels/{channel}/history", headers=headers
+        )
+
+    mine = read(room, alice)
+    assert mine.status == 200, mine.body
+    assert [e["event"] for e in mine.json()["events"]] == ["said"]
+    assert read(public, bob).status == 200
+    assert read("private-user-alice", alice).status == 200
+    refused = read(room, bob)
+    assert refused.status == 403 and "No grant allows 'bob' to read" in refused.json()["error"]
+    assert read("private-user-alice", bob).status == 403
+    assert read(room, None).status == 401
+
+
 def test_signed_session_cookie_with_origin_allow_list(srv: ParleyServer) -> None:
     cookie = URLSafeTimedSerializer(SESSION_SECRET, salt="parley-session").dumps(
         {"user_id": "carol"}

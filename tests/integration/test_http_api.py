@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
+import jwt
 import pytest
 
 from parley import __version__
@@ -110,6 +112,26 @@ async def test_refusals_are_logged_and_counted_under_their_route(
     metrics = (await api.request("GET", "/metrics")).body.decode()
     assert 'parley_http_requests_total{route="events",status="401"} 1.0' in metrics
     assert 'parley_http_requests_total{route="events",status="400"} 1.0' in metrics
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # the test secret
+async def test_a_bearer_token_reads_only_public_history_in_a_pusher_mode_app(
+    app: InProcessApp, api: AsyncApi
+) -> None:
+    token = jwt.encode(
+        {"sub": "u1", "aud": app.app.key, "exp": int(time.time()) + 60}, app.app.secret
+    )
+    auth = {"Authorization": f"Bearer {token}"}
+    base = f"/apps/{app.app.id}/channels"
+    public = await api.request("GET", f"{base}/{unique('news-')}/history", headers=auth)
+    assert public.status == 200 and public.json()["events"] == []
+    private = await api.request("GET", f"{base}/{unique('private-')}/history", headers=auth)
+    assert private.status == 403 and "sign the request" in private.json()["error"]
+    forged = jwt.encode({"sub": "u1", "aud": app.app.key}, "not-the-secret")
+    bad = await api.request(
+        "GET", f"{base}/news/history", headers={"Authorization": f"Bearer {forged}"}
+    )
+    assert bad.status == 401
 
 
 async def test_terminate_connections_closes_every_connection_of_that_user_with_4009(

@@ -6,7 +6,7 @@ import re
 from typing import Any
 
 from parley.core.node import Node
-from parley.errors import BadRequest, NotFound, PayloadTooLarge
+from parley.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from parley.http_api.routes import Call, Router
 from parley.protocol.channels import Kind, channel_name_problem, channel_type
 from parley.protocol.connection import history_query
@@ -108,6 +108,18 @@ def _history_channel(node: Node, name: str) -> None:
         raise BadRequest(problem)
     if node.retention(name) is None:
         raise NotFound(f"Channel {name} keeps no history")
+
+
+def _may_read(node: Node, app: AppConfig, user_id: str, name: str) -> None:
+    ctype = channel_type(name)
+    if ctype.needs_auth and app.auth != "builtin":
+        raise Forbidden(
+            f"Reading the history of {name} with a Bearer token needs auth = \"builtin\"; "
+            "sign the request with the app secret instead"
+        )
+    problem = node.access.subscribe_problem(app, user_id, name, ctype) if node.access else None
+    if problem is not None:
+        raise Forbidden(problem)
 
 
 def register(router: Router) -> None:
@@ -213,10 +225,17 @@ def register(router: Router) -> None:
             raise BadRequest("Users are only available for presence channels")
         return {"users": [{"id": uid} for uid in node.presence_users(call.app, name)]}
 
-    @router.route("GET", "/apps/{app_id}/channels/{channel}/history", "history")
+    @router.route(
+        "GET", "/apps/{app_id}/channels/{channel}/history", "history", auth="signed_or_bearer"
+    )
     async def history(node: Node, call: Call) -> dict[str, Any]:
+        """Signed: the app's backend reads any channel. Bearer: a user reads what they may
+        subscribe to (in pusher-mode apps, where the backend signs each subscription, only
+        public channels)."""
         (name,) = call.args
         _history_channel(node, name)
+        if call.user is not None:
+            _may_read(node, call.app, call.user.user_id, name)
         return await node.read_history(call.app, name, history_query(call.params))
 
     @router.route("DELETE", "/apps/{app_id}/channels/{channel}/history", "history_delete")
