@@ -6,7 +6,7 @@ import argparse
 import sys
 from pathlib import Path
 
-from parley import __version__, cli_migrate, cli_users, logs
+from parley import __version__, cli_grants, cli_migrate, cli_users, logs
 from parley.errors import CannotStart, ConfigError
 from parley.settings import load_settings, warn_unknown_variables
 
@@ -25,6 +25,7 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--log-level", dest="log_level")
     serve.add_argument("--log-format", dest="log_format", choices=["json", "text"])
     cli_users.add_parser(sub)
+    cli_grants.add_parser(sub)
     cli_migrate.add_parser(sub)
     return parser
 
@@ -33,6 +34,8 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.command == "users":
         return cli_users.run(args)
+    if args.command == "grants":
+        return cli_grants.run(args)
     if args.command == "migrate":
         return cli_migrate.run(args)
     if args.command == "serve":

@@ -10,13 +10,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import getpass
 import sys
+from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import orjson
 
+from parley.backends.grants import GrantStore
 from parley.backends.users import UserStore, check_name
 from parley.errors import ConfigError
 from parley.settings import Settings, load_settings, warn_unknown_variables
@@ -31,12 +34,18 @@ class Refused(Exception):
         self.status = status
 
 
-def add_parser(sub: Any) -> None:
-    """Add `users` and its commands to the `parley` subparsers `sub`."""
+def target_options() -> argparse.ArgumentParser:
+    """`--config`, `--data-dir` and `--app`, as the users and grants commands take them."""
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="TOML file, as for `parley serve`")
     common.add_argument("--data-dir", dest="data_dir", help="where state is kept")
     common.add_argument("--app", dest="app_id", help="app id (default: the first configured)")
+    return common
+
+
+def add_parser(sub: Any) -> None:
+    """Add `users` and its commands to the `parley` subparsers `sub`."""
+    common = target_options()
     users = sub.add_parser("users", help="manage the user accounts of an app")
     actions = users.add_subparsers(dest="action", required=True)
     add = actions.add_parser("add", parents=[common], help="add a user (prompts for a password)")
@@ -55,7 +64,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        settings, app_id = _target(args)
+        settings, app_id = target(args)
         info = None
         if args.action == "add":
             _check_name(args.name)
@@ -69,7 +78,9 @@ def run(args: argparse.Namespace) -> int:
         return 130
 
 
-def _target(args: argparse.Namespace) -> tuple[Settings, str]:
+def target(args: argparse.Namespace) -> tuple[Settings, str]:
+    """The settings and app id that `--config`, `--data-dir` and `--app` name (the users and
+    grants commands share them); Refused when they name nothing that can be changed."""
     flags = {"data_dir": args.data_dir} if args.data_dir else {}
     try:
         settings = load_settings(flags, config_file=args.config)
@@ -77,9 +88,7 @@ def _target(args: argparse.Namespace) -> tuple[Settings, str]:
         raise Refused(f"configuration error: {exc.message}", 2) from None
     warn_unknown_variables()
     if settings.store == "memory":
-        raise Refused(
-            "store is 'memory': there is no user store to change; use sqlite or postgres", 2
-        )
+        raise Refused("store is 'memory': nothing is stored to change; use sqlite or postgres", 2)
     ids = [app.id for app in settings.apps]
     app_id = args.app_id or ids[0]
     if app_id not in ids:
@@ -122,19 +131,29 @@ def _read_password(name: str, from_stdin: bool) -> str:
 async def _run(
     args: argparse.Namespace, settings: Settings, app_id: str, info: dict[str, Any] | None
 ) -> int:
+    async with access_stores(settings) as (store, _):
+        return await _act(store, args, app_id, info)
+
+
+@contextlib.asynccontextmanager
+async def access_stores(settings: Settings) -> AsyncIterator[tuple[UserStore, GrantStore]]:
+    """The user and grant stores of `settings`, started, on their opened database; closed
+    after. A database that cannot be opened is Refused."""
     from parley.app import make_access_stores, open_database
 
     try:
         db = await open_database(settings)
     except Exception as exc:
-        raise Refused(f"cannot open the {settings.store} user store: {exc}") from None
+        raise Refused(f"cannot open the {settings.store} store: {exc}") from None
     try:
-        store, _ = make_access_stores(db)
-        await store.start()
+        users, grants = make_access_stores(db)
+        await users.start()
+        await grants.start()
         try:
-            return await _act(store, args, app_id, info)
+            yield users, grants
         finally:
-            await store.close()
+            await grants.close()
+            await users.close()
     finally:
         if db is not None:
             await db.close()

@@ -66,6 +66,10 @@ def add_user(srv: ParleyServer, name: str, password: str, info: dict | None = No
 
 
 def users_cli(srv: ParleyServer, *args: str) -> subprocess.CompletedProcess[str]:
+    return parley_cli(srv, "users", *args)
+
+
+def parley_cli(srv: ParleyServer, command: str, *args: str) -> subprocess.CompletedProcess[str]:
     env = dict(
         os.environ,
         PARLEY_DATA_DIR=str(srv.data_dir),
@@ -75,7 +79,7 @@ def users_cli(srv: ParleyServer, *args: str) -> subprocess.CompletedProcess[str]
         **srv.env,
     )
     return subprocess.run(
-        [sys.executable, "-m", "parley", "users", *args, "--app", srv.app_id],
+        [sys.executable, "-m", "parley", command, *args, "--app", srv.app_id],
         env=env,
         capture_output=True,
         text=True,
@@ -215,6 +219,30 @@ def test_grants_open_channels_and_revocation_ends_the_live_subscription(srv: Par
         alice.send({"event": "client-typing", "channel": channel, "data": {}})
         assert "not subscribed" in alice.expect_error(None)["message"]
         witness.ping()
+
+
+def test_grants_from_the_command_line_reach_the_running_server(srv: ParleyServer) -> None:
+    channel = unique("private-cli-")
+    token = token_of(srv, "carol")
+    added = parley_cli(srv, "grants", "add", "carol", channel, "read", "--ttl", "3600")
+    assert added.returncode == 0, added.stderr
+    made = json.loads(added.stdout)
+    assert (made["subject"], made["resource"], made["operations"]) == ("carol", channel, ["read"])
+    assert abs(made["expires_at"] - (time.time() + 3600)) < 60  # seconds, as tokens have
+    listed = parley_cli(srv, "grants", "list", "--subject", "carol")
+    assert made["id"] in listed.stdout and channel in listed.stdout
+    with connect(srv, token) as carol:
+        subscribe_via_endpoint(srv, carol, token, channel)  # the server followed the store
+        revoked = parley_cli(srv, "grants", "revoke", made["id"])
+        assert revoked.returncode == 0, revoked.stderr
+        assert carol.expect("parley:revoked", channel=channel, timeout=3)["data"] == {
+            "channel": channel,
+            "reason": "grant revoked",
+        }
+    again = parley_cli(srv, "grants", "revoke", made["id"])
+    assert again.returncode == 1 and "no grant" in again.stderr
+    bad = parley_cli(srv, "grants", "add", "carol", channel, "fly")
+    assert bad.returncode == 1 and "fly" in bad.stderr and "Traceback" not in bad.stderr
 
 
 def test_a_grant_ttl_ends_the_subscription_by_itself(srv: ParleyServer) -> None:

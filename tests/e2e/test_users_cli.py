@@ -30,7 +30,7 @@ class Cli:
 
     data_dir: Path
     store: str
-    app_id: str = field(default_factory=lambda: f"cli{uuid.uuid4().hex[:10]}")
+    app_id: str = field(default_factory=lambda: str(uuid.uuid4().int % 10**12))
 
     def env(self, **extra: str) -> dict[str, str]:
         env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
@@ -145,17 +145,17 @@ def test_apps_and_stores_come_from_the_settings(tmp_path: Path) -> None:
     config = tmp_path / "parley.toml"
     config.write_text(
         '[server]\nstore = "sqlite"\n\n'
-        '[[apps]]\nid = "alpha"\nkey = "ka"\nsecret = "sa"\n\n'
-        '[[apps]]\nid = "beta"\nkey = "kb"\nsecret = "sb"\n'
+        '[[apps]]\nid = "101"\nkey = "ka"\nsecret = "sa"\n\n'
+        '[[apps]]\nid = "102"\nkey = "kb"\nsecret = "sb"\n'
     )
     env = {k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")}
     env["PARLEY_DATA_DIR"] = str(cli.data_dir)
     common = ("--config", str(config))
     assert cli("add", "ann", *common, "--password-stdin", stdin="pw", env=env).returncode == 0
-    added = cli("add", "bob", *common, "--app", "beta", "--password-stdin", stdin="pw", env=env)
+    added = cli("add", "bob", *common, "--app", "102", "--password-stdin", stdin="pw", env=env)
     assert added.returncode == 0, added.stderr
     assert cli("list", *common, env=env).stdout.split() == ["ann", "enabled"]
-    assert cli("list", *common, "--app", "beta", env=env).stdout.split() == ["bob", "enabled"]
+    assert cli("list", *common, "--app", "102", env=env).stdout.split() == ["bob", "enabled"]
     other_dir = cli("list", *common, "--data-dir", str(tmp_path / "elsewhere"), env=env)
     assert other_dir.returncode == 0 and other_dir.stdout == ""
 

@@ -238,12 +238,14 @@ def _now_ms() -> int:
 
 
 def grant_json(grant: Any) -> dict[str, Any]:
+    """A grant as the API and the CLI show it: times in seconds since the epoch, as tokens'
+    `expires_at` (the stores keep milliseconds)."""
     return {
         "id": grant.id,
         "subject": grant.subject,
         "resource": grant.resource,
         "operations": list(grant.operations),
-        "expires_at": grant.expires_at,
-        "created_at": grant.created_at,
+        "expires_at": None if grant.expires_at is None else grant.expires_at / 1000,
+        "created_at": grant.created_at / 1000,
         "granted_by": grant.granted_by,
     }

@@ -114,7 +114,7 @@ def _may_read(node: Node, app: AppConfig, user_id: str, name: str) -> None:
     ctype = channel_type(name)
     if ctype.needs_auth and app.auth != "builtin":
         raise Forbidden(
-            f"Reading the history of {name} with a Bearer token needs auth = \"builtin\"; "
+            f'Reading the history of {name} with a Bearer token needs auth = "builtin"; '
             "sign the request with the app secret instead"
         )
     problem = node.access.subscribe_problem(app, user_id, name, ctype) if node.access else None
