@@ -196,7 +196,7 @@ def test_grants_open_channels_and_revocation_ends_the_live_subscription(srv: Par
         assert "No grant" in alice.expect_error(None)["message"]
 
         created = grant(srv, "alice", channel, ["read"])
-        assert created.status == 201, created.body
+        assert created.status == 200, created.body
         grant_id = created.json()["id"]
         subscribe_via_endpoint(srv, alice, alice_token, channel)
         sdk(srv, secret=SECRET).trigger(channel, "news", "1")
@@ -248,7 +248,7 @@ def test_grants_from_the_command_line_reach_the_running_server(srv: ParleyServer
 def test_a_grant_ttl_ends_the_subscription_by_itself(srv: ParleyServer) -> None:
     channel = unique("private-brief-")
     token = token_of(srv, "bob")
-    assert grant(srv, "bob", channel, ["read"], ttl_s=2).status == 201
+    assert grant(srv, "bob", channel, ["read"], ttl_s=2).status == 200
     with connect(srv, token) as bob:
         subscribe_via_endpoint(srv, bob, token, channel)
         started = time.monotonic()
@@ -259,7 +259,7 @@ def test_a_grant_ttl_ends_the_subscription_by_itself(srv: ParleyServer) -> None:
 
 def test_write_grants_let_identified_users_talk_with_stamped_senders(srv: ParleyServer) -> None:
     channel = unique("private-team-")
-    assert grant(srv, "*", channel, ["read", "write"]).status == 201
+    assert grant(srv, "*", channel, ["read", "write"]).status == 200
     alice_token, bob_token = token_of(srv, "alice"), token_of(srv, "bob")
     with (
         connect(srv, alice_token) as alice,
@@ -290,10 +290,10 @@ def test_write_grants_let_identified_users_talk_with_stamped_senders(srv: Parley
 
 def test_manage_lets_a_user_grant_others_only_on_that_resource(srv: ParleyServer) -> None:
     mine, other = unique("private-club-"), unique("private-club-")
-    assert grant(srv, "carol", mine, ["read", "manage"]).status == 201
+    assert grant(srv, "carol", mine, ["read", "manage"]).status == 200
     carol = token_of(srv, "carol")
     given = grant(srv, "dave", mine, ["read"], token=carol)
-    assert given.status == 201 and given.json()["granted_by"] == "carol"
+    assert given.status == 200 and given.json()["granted_by"] == "carol"
     denied = grant(srv, "dave", other, ["read"], token=carol)
     assert denied.status == 403 and "manage" in denied.json()["error"]
     listed = http_request(srv, "GET", f"/apps/{srv.app_id}/grants", headers=bearer(carol))
@@ -304,7 +304,7 @@ def test_manage_lets_a_user_grant_others_only_on_that_resource(srv: ParleyServer
 
 def test_per_user_notification_channels_and_read_only_channels(srv: ParleyServer) -> None:
     alice_token, bob_token = token_of(srv, "alice"), token_of(srv, "bob")
-    assert grant(srv, "*", "private-announce-*", ["read", "write"]).status == 201
+    assert grant(srv, "*", "private-announce-*", ["read", "write"]).status == 200
     with connect(srv, alice_token) as alice, connect(srv, bob_token) as bob:
         subscribe_via_endpoint(srv, alice, alice_token, "private-user-alice")
         assert pusher_auth(srv, bob_token, bob.socket_id, "private-user-alice").status == 403
@@ -331,7 +331,7 @@ def test_signature_for_another_socket_and_a_socket_of_another_user_are_refused(
     srv: ParleyServer,
 ) -> None:
     channel = unique("private-pair-")
-    assert grant(srv, "*", channel, ["read"]).status == 201
+    assert grant(srv, "*", channel, ["read"]).status == 200
     alice_token, bob_token = token_of(srv, "alice"), token_of(srv, "bob")
     with connect(srv, alice_token) as alice, connect(srv, bob_token) as bob:
         stolen = pusher_auth(srv, alice_token, alice.socket_id, channel).json()["auth"]
@@ -343,8 +343,8 @@ def test_signature_for_another_socket_and_a_socket_of_another_user_are_refused(
 
 def test_presence_and_encrypted_channels_through_the_builtin_endpoints(srv: ParleyServer) -> None:
     room, secret_room = unique("presence-room-"), unique("private-encrypted-room-")
-    assert grant(srv, "*", room, ["presence"]).status == 201
-    assert grant(srv, "*", secret_room, ["read"]).status == 201
+    assert grant(srv, "*", room, ["presence"]).status == 200
+    assert grant(srv, "*", secret_room, ["read"]).status == 200
     token = token_of(srv, "alice")
     with connect(srv, token) as alice:
         reply = pusher_auth(srv, token, alice.socket_id, room).json()
@@ -375,7 +375,7 @@ def test_disabling_a_user_ends_their_live_connections(srv: ParleyServer) -> None
 
 def test_a_disabled_users_token_is_refused_at_every_entry_point(srv: ParleyServer) -> None:
     room = unique("private-frank-")
-    assert grant(srv, "frank", room, ["read", "manage"]).status == 201
+    assert grant(srv, "frank", room, ["read", "manage"]).status == 200
     token = token_of(srv, "frank")
     with RawClient(srv.ws_url) as anonymous:  # a connection that would sign in as frank
         assert pusher_auth(srv, token, anonymous.socket_id, room).status == 200
@@ -428,7 +428,7 @@ def test_a_user_reads_history_with_a_bearer_token_where_they_may_subscribe(
     srv: ParleyServer,
 ) -> None:
     room, public = unique("private-history-"), unique("history-")
-    assert grant(srv, "alice", room, ["read"]).status == 201
+    assert grant(srv, "alice", room, ["read"]).status == 200
     for channel in (room, public):
         sdk(srv, secret=SECRET).trigger(channel, "said", {"n": 1})
     alice, bob = token_of(srv, "alice"), token_of(srv, "bob")
@@ -516,8 +516,8 @@ def test_browser_flow_with_pusher_js_and_token_refusals(
     import jwt as pyjwt
 
     room, team = unique("presence-lobby-"), unique("private-crew-")
-    assert grant(srv, "*", room, ["presence"]).status == 201
-    assert grant(srv, "*", team, ["read", "write"]).status == 201
+    assert grant(srv, "*", room, ["presence"]).status == 200
+    assert grant(srv, "*", team, ["read", "write"]).status == 200
     now = int(time.time())
 
     def sign(claims: dict, key: str = SECRET, alg: str = "HS256") -> str:  # type: ignore[type-arg]

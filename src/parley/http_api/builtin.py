@@ -237,7 +237,8 @@ def register(router: Router) -> None:
             )
         except ValueError as exc:
             raise BadRequest(str(exc)) from None
-        return Response(201, orjson.dumps(grant_json(grant)))
+        # 200, as every Pusher API answer: the official SDKs raise on any other success code.
+        return Response(200, orjson.dumps(grant_json(grant)))
 
     @router.route("GET", "/apps/{app_id}/grants", "grants_list", auth="signed_or_bearer")
     async def grants_list(node: Node, call: Call) -> dict[str, Any]:
