@@ -35,14 +35,14 @@ class Running:
 def make_history(settings: Settings) -> HistoryStore:
     """Turn the `store` setting into a history store."""
     if settings.store == "memory":
-        from parley.backends.memory_history import MemoryHistoryStore
+        from parley.backends.memory.history import MemoryHistoryStore
 
         return MemoryHistoryStore()
     if settings.store == "postgres":
-        from parley.backends.postgres_history import PostgresHistoryStore
+        from parley.backends.postgres.history import PostgresHistoryStore
 
         return PostgresHistoryStore(settings.postgres_url)
-    from parley.backends.sqlite_history import SqliteHistoryStore
+    from parley.backends.sqlite.history import SqliteHistoryStore
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     return SqliteHistoryStore(settings.data_dir / "parley.db")

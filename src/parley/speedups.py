@@ -56,9 +56,9 @@ MODULES = (
     "parley.core.ids",
     "parley.transport.websocket",
     "parley.backends.history",
-    "parley.backends.memory_history",
-    "parley.backends.sqlite_history",
-    "parley.backends.postgres_history",
+    "parley.backends.memory.history",
+    "parley.backends.sqlite.history",
+    "parley.backends.postgres.history",
 )
 
 STATUS = "source: not checked yet"

@@ -18,8 +18,8 @@ import orjson
 import pytest
 
 from parley.backends.history import Append, HistoryStore, Retention
-from parley.backends.memory_history import MemoryHistoryStore
-from parley.backends.sqlite_history import SqliteHistoryStore
+from parley.backends.memory.history import MemoryHistoryStore
+from parley.backends.sqlite.history import SqliteHistoryStore
 from parley.protocol import frames
 from parley.publication import Publication, Publisher, StreamPosition
 from tests.support.server import TIMEOUT
@@ -51,7 +51,7 @@ class Backend:
         elif self.kind == "sqlite":
             store = SqliteHistoryStore(self.target, clock=self.clock)
         else:
-            from parley.backends.postgres_history import PostgresHistoryStore
+            from parley.backends.postgres.history import PostgresHistoryStore
 
             store = PostgresHistoryStore(self.target, clock=self.clock)
         await store.start()
@@ -547,10 +547,10 @@ from parley.publication import Publication, Publisher
 
 async def main(kind, target, app_id):
     if kind == "sqlite":
-        from parley.backends.sqlite_history import SqliteHistoryStore
+        from parley.backends.sqlite.history import SqliteHistoryStore
         store = SqliteHistoryStore(target)
     else:
-        from parley.backends.postgres_history import PostgresHistoryStore
+        from parley.backends.postgres.history import PostgresHistoryStore
         store = PostgresHistoryStore(target)
     await store.start()
     out = sys.stdout

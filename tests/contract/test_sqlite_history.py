@@ -13,7 +13,7 @@ import orjson
 import pytest
 
 from parley.backends.history import Retention
-from parley.backends.sqlite_history import SqliteHistoryStore, log_dir_for
+from parley.backends.sqlite.history import SqliteHistoryStore, log_dir_for
 from parley.errors import CannotStart
 from parley.publication import Publication, Publisher, StreamPosition
 from tests.support.server import TIMEOUT
@@ -77,7 +77,7 @@ async def test_reads_merge_what_is_indexed_with_the_tail(tmp_path: Path) -> None
 CHILD = r"""
 import asyncio, sys
 from parley.backends.history import Retention
-from parley.backends.sqlite_history import SqliteHistoryStore, log_dir_for
+from parley.backends.sqlite.history import SqliteHistoryStore, log_dir_for
 from parley.publication import Publication, Publisher
 
 async def main(path):
@@ -181,7 +181,7 @@ async def test_a_database_with_one_row_per_entry_is_moved_to_chunks(tmp_path: Pa
 async def test_appends_wait_for_an_indexer_far_behind(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from parley.backends import sqlite_history
+    from parley.backends.sqlite import history as sqlite_history
 
     monkeypatch.setattr(sqlite_history, "MAX_UNINDEXED", 10)
     store = SqliteHistoryStore(tmp_path / "h.db", index_interval_s=0.2)

@@ -14,16 +14,11 @@ DRIVERS = {"sqlite": {"sqlite3"}, "postgres": {"asyncpg"}, "redis": {"redis"}}
 
 
 def _technology_of(module: str) -> str | None:
-    """The technology a `parley.backends...` module belongs to, or None for a role module.
-    The history stores still live flat, as `<tech>_history`."""
+    """The technology a `parley.backends...` module belongs to, or None for a role module."""
     parts = module.split(".")
     if parts[:2] != ["parley", "backends"] or len(parts) < 3:
         return None
-    name = parts[2]
-    if name in TECHNOLOGIES:
-        return name
-    prefix = name.partition("_")[0]
-    return prefix if prefix in TECHNOLOGIES and name != prefix else None
+    return parts[2] if parts[2] in TECHNOLOGIES else None
 
 
 def _imports(path: Path) -> set[str]:

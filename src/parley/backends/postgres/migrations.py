@@ -22,7 +22,7 @@ from parley.backends.database import (
     check_migrations,
 )
 
-SCHEMA_LOCK = 0x7061726C6579  # "parley"; postgres_history.SCHEMA_LOCK is the same key
+SCHEMA_LOCK = 0x7061726C6579  # "parley"; postgres.history.SCHEMA_LOCK is the same key
 
 # 1: the tables of the users and grants stores, exactly as those stores created them before
 # migrations existed (IF NOT EXISTS: on a database from then, it changes nothing).
@@ -63,7 +63,7 @@ MIGRATIONS: Sequence[Migration] = check_migrations(
     (
         Migration(1, "users and grants", USERS_AND_GRANTS),
         # 2: the history tables (parley_history_*), when the history store stops creating them
-        # itself (postgres_history.SCHEMA, with IF NOT EXISTS for the databases it made).
+        # itself (postgres.history.SCHEMA, with IF NOT EXISTS for the databases it made).
     )
 )
 

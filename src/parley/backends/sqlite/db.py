@@ -4,7 +4,7 @@ grants): one SQLite connection driven by one thread, shared by their stores.
 It knows no table: the schema comes from `migrations.MIGRATIONS`, applied by `migrate`. Every
 call is one short transaction, so other processes on the same file (the server, `parley users`)
 wait at most for one of them, and the stores sharing the thread take turns call by call. The
-history store keeps its own connections and threads on the same file (`sqlite_history`).
+history store keeps its own connections and threads on the same file (`sqlite.history`).
 """
 
 from __future__ import annotations

@@ -58,7 +58,7 @@ MIGRATIONS: Sequence[Migration] = check_migrations(
     (
         Migration(1, "users and grants", USERS_AND_GRANTS),
         # 2: the history tables (parley_history_*), when the history store stops creating them
-        # itself (sqlite_history.SCHEMA, with IF NOT EXISTS for the databases it made).
+        # itself (sqlite.history.SCHEMA, with IF NOT EXISTS for the databases it made).
     )
 )
 
