@@ -57,6 +57,8 @@ MODULES = (
     "parley.transport.websocket",
     "parley.backends.history",
     "parley.backends.memory.history",
+    "parley.backends.sqlite.history_log",
+    "parley.backends.sqlite.history_index",
     "parley.backends.sqlite.history",
     "parley.backends.postgres.history",
 )

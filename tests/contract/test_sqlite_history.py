@@ -13,7 +13,8 @@ import orjson
 import pytest
 
 from parley.backends.history import Retention
-from parley.backends.sqlite.history import SqliteHistoryStore, log_dir_for
+from parley.backends.sqlite.history import SqliteHistoryStore
+from parley.backends.sqlite.history_log import log_dir_for
 from parley.errors import CannotStart
 from parley.publication import Publication, Publisher, StreamPosition
 from tests.support.server import TIMEOUT
@@ -77,7 +78,8 @@ async def test_reads_merge_what_is_indexed_with_the_tail(tmp_path: Path) -> None
 CHILD = r"""
 import asyncio, sys
 from parley.backends.history import Retention
-from parley.backends.sqlite.history import SqliteHistoryStore, log_dir_for
+from parley.backends.sqlite.history import SqliteHistoryStore
+from parley.backends.sqlite.history_log import log_dir_for
 from parley.publication import Publication, Publisher
 
 async def main(path):
