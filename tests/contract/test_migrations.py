@@ -12,14 +12,20 @@ import contextlib
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from parley.backends.database import Database, Migration, MigrationFailed, check_migrations
+from parley.backends.database import (
+    Database,
+    Migration,
+    MigrationFailed,
+    check_migrations,
+    run_without_loop,
+)
 from parley.backends.sqlite import migrations as sqlite_schema
 from parley.backends.sqlite.db import SqliteDb
 from parley.backends.sqlite.grants import SqliteGrantStore
@@ -207,9 +213,12 @@ async def test_a_runner_that_read_too_early_looks_again_under_the_lock(
     applied again (PROBE's migrations would fail, or add a row, if run twice)."""
     first = await target.open(PROBE)
     assert len(await first.migrate()) == 3
-    module: Any = sqlite_schema if target.kind == "sqlite" else _postgres_schema()
-    stale: Callable[..., Any] = (lambda conn: set()) if target.kind == "sqlite" else _no_versions
-    monkeypatch.setattr(module, "recorded", stale)
+    connection: Any = (
+        sqlite_schema.SqliteMigrationConnection
+        if target.kind == "sqlite"
+        else _postgres_schema().PostgresMigrationConnection
+    )
+    monkeypatch.setattr(connection, "recorded", _no_versions)
     late = await target.open(PROBE)
     assert await late.migrate() == []
     assert await target.query(late, "SELECT version FROM probe ORDER BY version") == [(2,), (3,)]
@@ -325,10 +334,19 @@ def test_sqlite_runner_without_an_event_loop(tmp_path: Path) -> None:
     try:
         assert sqlite_schema.apply(conn, PROBE, lambda: 5) == list(PROBE)
         assert sqlite_schema.apply(conn, PROBE, lambda: 6) == []
-        assert sqlite_schema.recorded(conn) == {1, 2, 3}
+        recorded = sqlite_schema.SqliteMigrationConnection(conn).recorded()
+        assert run_without_loop(recorded) == {1, 2, 3}
         assert not conn.in_transaction
     finally:
         conn.close()
+
+
+def test_a_coroutine_that_suspends_is_refused_without_a_loop() -> None:
+    async def suspends() -> None:
+        await asyncio.sleep(0)
+
+    with pytest.raises(RuntimeError, match="needs an event loop"):
+        run_without_loop(suspends())
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -340,7 +358,7 @@ def _postgres_schema() -> Any:
     return migrations
 
 
-async def _no_versions(conn: Any) -> set[int]:
+async def _no_versions(connection: Any) -> set[int]:
     return set()
 
 

@@ -1,5 +1,5 @@
-"""The schema of Parley's PostgreSQL database, as numbered migrations, and the runner that
-applies them (see `backends.database` for the rules every technology follows).
+"""The schema of Parley's PostgreSQL database, as numbered migrations, and PostgreSQL's side
+of the shared runner (`backends.database.apply_migrations`, which has the rules).
 
 Every node of a cluster runs the migrations at start, and `parley migrate` may run beside them:
 each pending migration runs in one transaction that first takes the transaction-scoped advisory
@@ -10,7 +10,8 @@ race either.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -18,7 +19,8 @@ import asyncpg  # type: ignore[import-untyped]
 from parley.backends.database import (
     MIGRATIONS_TABLE,
     Migration,
-    MigrationFailed,
+    MigrationConnection,
+    apply_migrations,
     check_migrations,
 )
 
@@ -76,51 +78,46 @@ CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
 """
 
 
-async def recorded(conn: Any) -> set[int]:
-    """The versions recorded as applied (none before the table exists)."""
-    if await conn.fetchval("SELECT to_regclass($1)", MIGRATIONS_TABLE) is None:
-        return set()
-    return {row[0] for row in await conn.fetch(f"SELECT version FROM {MIGRATIONS_TABLE}")}
+class PostgresMigrationConnection(MigrationConnection):
+    errors = (asyncpg.PostgresError,)
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn  # an asyncpg connection
+
+    async def recorded(self) -> set[int]:
+        conn = self.conn
+        if await conn.fetchval("SELECT to_regclass($1)", MIGRATIONS_TABLE) is None:
+            return set()
+        return {row[0] for row in await conn.fetch(f"SELECT version FROM {MIGRATIONS_TABLE}")}
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self.conn.transaction():
+            await self.conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+            yield
+
+    async def is_recorded(self, version: int) -> bool:
+        await self.conn.execute(CREATE_TABLE)
+        found = await self.conn.fetchval(
+            f"SELECT 1 FROM {MIGRATIONS_TABLE} WHERE version = $1", version
+        )
+        return found is not None
+
+    async def run(self, sql: str) -> None:
+        await self.conn.execute(sql)
+
+    async def record(self, migration: Migration, applied_at_ms: int) -> None:
+        await self.conn.execute(
+            f"INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES ($1, $2, $3)",
+            migration.version,
+            migration.name,
+            applied_at_ms,
+        )
 
 
 async def apply(
     pool: Any, migrations: Sequence[Migration], now_ms: Callable[[], int]
 ) -> list[Migration]:
-    """Apply what `migrations` has that the database has not recorded, on one connection of
-    `pool` (an asyncpg pool); return what was applied. Nothing pending costs one round trip
-    or two, and takes no lock."""
-    applied = []
+    """`apply_migrations` on one connection of `pool` (an asyncpg pool)."""
     async with pool.acquire() as conn:
-        done = await recorded(conn)
-        try:
-            for migration in migrations:
-                if migration.version not in done and await _apply_one(conn, migration, now_ms):
-                    applied.append(migration)
-        except MigrationFailed as exc:
-            exc.applied = applied
-            raise
-    return applied
-
-
-async def _apply_one(conn: Any, migration: Migration, now_ms: Callable[[], int]) -> bool:
-    """Run one migration and record it in one transaction under SCHEMA_LOCK, unless another
-    runner recorded it first; whether this call applied it."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-        await conn.execute(CREATE_TABLE)
-        found = await conn.fetchval(
-            f"SELECT 1 FROM {MIGRATIONS_TABLE} WHERE version = $1", migration.version
-        )
-        if found is not None:
-            return False
-        try:
-            await conn.execute(migration.sql)
-        except asyncpg.PostgresError as exc:
-            raise MigrationFailed(migration, exc) from exc
-        await conn.execute(
-            f"INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES ($1, $2, $3)",
-            migration.version,
-            migration.name,
-            now_ms(),
-        )
-    return True
+        return await apply_migrations(PostgresMigrationConnection(conn), migrations, now_ms)

@@ -1,22 +1,26 @@
-"""The schema of `<data_dir>/parley.db`, as numbered migrations, and the runner that applies them
-(see `backends.database` for the rules every technology follows).
+"""The schema of `<data_dir>/parley.db`, as numbered migrations, and SQLite's side of the
+shared runner (`backends.database.apply_migrations`, which has the rules).
 
-The runner is plain synchronous code on one `sqlite3.Connection` (autocommit mode, transactions
-begun explicitly), so it is tested without an event loop; `SqliteDb.migrate` runs it on the
-handle's thread. Each pending migration runs under BEGIN IMMEDIATE, SQLite's write lock, which
-is what serializes two processes migrating the same file.
+`apply` runs on one `sqlite3.Connection` (autocommit mode, transactions begun explicitly) with
+no event loop: every step is synchronous, so the runner's coroutine completes without
+suspending; `SqliteDb.migrate` calls it on the handle's thread. Each pending migration runs
+under BEGIN IMMEDIATE, SQLite's write lock, which is what serializes two processes migrating
+the same file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 from parley.backends.database import (
     MIGRATIONS_TABLE,
     Migration,
-    MigrationFailed,
+    MigrationConnection,
+    apply_migrations,
     check_migrations,
+    run_without_loop,
 )
 
 # 1: the tables of the users and grants stores, exactly as those stores created them before
@@ -86,59 +90,58 @@ def statements(sql: str) -> Iterator[str]:
         raise ValueError(f"incomplete SQL statement: {pending[:80]!r}")
 
 
-def recorded(conn: sqlite3.Connection) -> set[int]:
-    """The versions recorded as applied (none before the table exists)."""
-    conn.execute("BEGIN")
-    try:
-        exists = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (MIGRATIONS_TABLE,)
-        ).fetchone()
-        if exists is None:
-            return set()
-        return {row[0] for row in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")}
-    finally:
+class SqliteMigrationConnection(MigrationConnection):
+    errors = (sqlite3.Error, ValueError)  # ValueError: a statement that does not end
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    async def recorded(self) -> set[int]:
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                (MIGRATIONS_TABLE,),
+            ).fetchone()
+            if exists is None:
+                return set()
+            return {row[0] for row in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")}
+        finally:
+            conn.execute("COMMIT")
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         conn.execute("COMMIT")
+
+    async def is_recorded(self, version: int) -> bool:
+        self.conn.execute(CREATE_TABLE)
+        found = self.conn.execute(
+            f"SELECT 1 FROM {MIGRATIONS_TABLE} WHERE version = ?", (version,)
+        ).fetchone()
+        return found is not None
+
+    async def run(self, sql: str) -> None:
+        for statement in statements(sql):
+            self.conn.execute(statement)
+
+    async def record(self, migration: Migration, applied_at_ms: int) -> None:
+        self.conn.execute(
+            f"INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES (?, ?, ?)",
+            (migration.version, migration.name, applied_at_ms),
+        )
 
 
 def apply(
     conn: sqlite3.Connection, migrations: Sequence[Migration], now_ms: Callable[[], int]
 ) -> list[Migration]:
-    """Apply what `migrations` has that the database has not recorded; return what was applied.
-    Nothing pending costs one read transaction."""
-    done = recorded(conn)
-    applied = []
-    try:
-        for migration in migrations:
-            if migration.version not in done and _apply_one(conn, migration, now_ms):
-                applied.append(migration)
-    except MigrationFailed as exc:
-        exc.applied = applied
-        raise
-    return applied
-
-
-def _apply_one(conn: sqlite3.Connection, migration: Migration, now_ms: Callable[[], int]) -> bool:
-    """Run one migration and record it in one write transaction, unless another process
-    recorded it first; whether this call applied it."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(CREATE_TABLE)
-        found = conn.execute(
-            f"SELECT 1 FROM {MIGRATIONS_TABLE} WHERE version = ?", (migration.version,)
-        ).fetchone()
-        if found is None:
-            try:
-                for statement in statements(migration.sql):
-                    conn.execute(statement)
-            except (sqlite3.Error, ValueError) as exc:
-                raise MigrationFailed(migration, exc) from exc
-            conn.execute(
-                f"INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES (?, ?, ?)",
-                (migration.version, migration.name, now_ms()),
-            )
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return found is None
+    """`apply_migrations` on `conn`, without an event loop."""
+    return run_without_loop(apply_migrations(SqliteMigrationConnection(conn), migrations, now_ms))
