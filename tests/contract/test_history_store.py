@@ -17,11 +17,14 @@ from typing import Any
 import orjson
 import pytest
 
+from parley.backends.database import Database
 from parley.backends.history import Append, HistoryStore, Retention
 from parley.backends.memory.history import MemoryHistoryStore
+from parley.backends.sqlite.db import SqliteDb
 from parley.backends.sqlite.history import SqliteHistoryStore
 from parley.protocol import frames
 from parley.publication import Publication, Publisher, StreamPosition
+from tests.support.databases import open_database
 from tests.support.server import TIMEOUT
 from tests.support.stores import FakeClock, backend_lifecycle
 
@@ -41,21 +44,29 @@ class Backend:
     target: str  # SQLite path or PostgreSQL URL
     app_id: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:12]}")
     clock: FakeClock = field(default_factory=lambda: FakeClock(T0))
-    opened: list[HistoryStore] = field(default_factory=list)
+    opened: list[HistoryStore | Database] = field(default_factory=list)
     memory: MemoryHistoryStore | None = None
 
     async def open(self) -> HistoryStore:
+        """A store; a durable one on a database handle of its own, as another process has."""
         store: HistoryStore
+        db: Database | None = None
         if self.kind == "memory":
             store = self.memory = self.memory or MemoryHistoryStore(clock=self.clock)
-        elif self.kind == "sqlite":
-            store = SqliteHistoryStore(self.target, clock=self.clock)
         else:
-            from parley.backends.postgres.history import PostgresHistoryStore
+            db = await open_database(self.kind, self.target)
+            if isinstance(db, SqliteDb):
+                store = SqliteHistoryStore(db, clock=self.clock)
+            else:
+                from parley.backends.postgres.db import PostgresDb
+                from parley.backends.postgres.history import PostgresHistoryStore
 
-            store = PostgresHistoryStore(self.target, clock=self.clock)
+                assert isinstance(db, PostgresDb)
+                store = PostgresHistoryStore(db, clock=self.clock)
         await store.start()
-        self.opened.append(store)
+        self.opened.append(store)  # closed before its database
+        if db is not None:
+            self.opened.append(db)
         return store
 
 
@@ -545,13 +556,16 @@ import asyncio, sys
 from parley.backends.history import Retention
 from parley.publication import Publication, Publisher
 
+from tests.support.databases import open_database
+
 async def main(kind, target, app_id):
+    db = await open_database(kind, target)
     if kind == "sqlite":
         from parley.backends.sqlite.history import SqliteHistoryStore
-        store = SqliteHistoryStore(target)
+        store = SqliteHistoryStore(db)
     else:
         from parley.backends.postgres.history import PostgresHistoryStore
-        store = PostgresHistoryStore(target)
+        store = PostgresHistoryStore(db)
     await store.start()
     out = sys.stdout
 

@@ -4,8 +4,7 @@ of the shared runner (`backends.database.apply_migrations`, which has the rules)
 Every node of a cluster runs the migrations at start, and `parley migrate` may run beside them:
 each pending migration runs in one transaction that first takes the transaction-scoped advisory
 lock SCHEMA_LOCK and then looks again whether it is recorded, so two runners never both apply
-one. The lock is the one the history store takes to create its own tables, so the two never
-race either.
+one.
 """
 
 from __future__ import annotations
@@ -24,7 +23,9 @@ from parley.backends.database import (
     check_migrations,
 )
 
-SCHEMA_LOCK = 0x7061726C6579  # "parley"; postgres.history.SCHEMA_LOCK is the same key
+# "parley". Earlier versions' history store took the same key to create its tables, so a node of
+# such a version starting beside this one never races it either.
+SCHEMA_LOCK = 0x7061726C6579
 
 # 1: the tables of the users and grants stores, exactly as those stores created them before
 # migrations existed (IF NOT EXISTS: on a database from then, it changes nothing).
@@ -61,11 +62,54 @@ CREATE INDEX IF NOT EXISTS parley_grants_expires
     ON parley_grants (expires_at) WHERE expires_at IS NOT NULL;
 """
 
+# 2: the tables of the history store, exactly as the store created them itself before this
+# migration (IF NOT EXISTS: on a database from then, it changes nothing).
+HISTORY = """
+CREATE TABLE IF NOT EXISTS parley_history_channels (
+    app_id     text NOT NULL,
+    channel    text NOT NULL,
+    epoch      text NOT NULL,
+    last_seq   bigint NOT NULL,  -- the last offset handed out in this epoch
+    max_count  bigint NOT NULL,  -- retention given by the latest append
+    max_age_ms bigint NOT NULL,
+    PRIMARY KEY (app_id, channel)
+);
+CREATE TABLE IF NOT EXISTS parley_history_entries (
+    app_id     text NOT NULL,
+    channel    text NOT NULL,
+    seq        bigint NOT NULL,  -- the entry's offset
+    ts         bigint NOT NULL,
+    expires_ms bigint NOT NULL,  -- for the periodic sweep; reads use the channel's max_age_ms
+    id         text NOT NULL,
+    event      text NOT NULL,
+    data       text NOT NULL,    -- JSON, kept as text so it is delivered byte for byte
+    publisher  text NOT NULL,    -- JSON, as in the frame's parley.publisher
+    extras     text,             -- JSON object of the publication's extras; NULL: none
+    PRIMARY KEY (app_id, channel, seq)
+);
+CREATE INDEX IF NOT EXISTS parley_history_entries_expires
+    ON parley_history_entries (expires_ms);
+CREATE TABLE IF NOT EXISTS parley_history_keys (
+    app_id    text NOT NULL,
+    channel   text NOT NULL,
+    key       text NOT NULL,
+    seq       bigint NOT NULL,
+    epoch     text NOT NULL,
+    ts        bigint NOT NULL,   -- when the key was first seen: the entry's ts
+    id        text NOT NULL,
+    event     text NOT NULL,
+    data      text NOT NULL,
+    publisher text NOT NULL,
+    extras    text,
+    PRIMARY KEY (app_id, channel, key)
+);
+CREATE INDEX IF NOT EXISTS parley_history_keys_ts ON parley_history_keys (ts);
+"""
+
 MIGRATIONS: Sequence[Migration] = check_migrations(
     (
         Migration(1, "users and grants", USERS_AND_GRANTS),
-        # 2: the history tables (parley_history_*), when the history store stops creating them
-        # itself (postgres.history.SCHEMA, with IF NOT EXISTS for the databases it made).
+        Migration(2, "history", HISTORY),
     )
 )
 

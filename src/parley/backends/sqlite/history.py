@@ -5,6 +5,15 @@ state in memory (epochs, last offsets, tails), the indexer task, the threads, th
 and the lock file. It composes `history_log` (the record format and the segment files) and
 `history_index` (every statement on the tables: the index writer, the reads, the sweep).
 
+It takes the process's `SqliteDb` for its file, which the handle has put in WAL mode and
+migrated (the tables are migration 2's), but not the handle's connection: that is one
+connection on one thread, which would undo the design below. Appends read a channel's row on
+the event loop itself, on a connection of the loop's own, because a hop to a thread would put
+an await between planning and logging a batch (call order is offset order only without one);
+the indexer's rounds are write transactions of hundreds of rows on a writer thread of their
+own, which on the handle's thread would hold every user and grant lookup (a sign-in) behind
+them; and reads run on two reader threads at once, each in its own snapshot.
+
 Theory of operation: log first, index in bulk. A batch of appends is durable once its records
 are in the history log, an append-only segment file beside the database
 (`<db>.history-log/<n>.jsonl`), written with one write() on the event loop: no thread hop, no
@@ -46,7 +55,6 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import TypeVar
 
 import orjson
@@ -68,6 +76,7 @@ from parley.backends.history import (
     recovered,
 )
 from parley.backends.sqlite import history_index as index
+from parley.backends.sqlite.db import SqliteDb
 from parley.backends.sqlite.history_index import Chunk, Indexed, IndexWriter, Item
 from parley.backends.sqlite.history_log import HistoryLog, Op, entry_line, log_dir_for
 from parley.errors import CannotStart
@@ -98,15 +107,16 @@ class _Channel:
 class SqliteHistoryStore(SweepingHistoryStore):
     def __init__(
         self,
-        path: str | Path,
+        db: SqliteDb,
         *,
         clock: Callable[[], float] = time.time,
         readers: int = 2,
         sweep_interval_s: float = 60.0,
         index_interval_s: float = 0.25,
     ) -> None:
-        self.path = str(path)
-        self.log_dir = log_dir_for(path)
+        self.db = db  # opened, migrated and closed by its owner
+        self.path = db.path
+        self.log_dir = log_dir_for(db.path)
         self._clock = clock
         self._readers = readers
         self._sweep_interval_s = sweep_interval_s
@@ -202,15 +212,11 @@ class SqliteHistoryStore(SweepingHistoryStore):
 
     def _open_writer(self) -> None:
         writer = IndexWriter.open(self.path)
-        try:
-            # journal_mode is persistent in the file; setting it needs no transaction open.
-            mode = writer.conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise RuntimeError(f"SQLite refused WAL mode for {self.path} (got {mode})")
-            index.ensure_schema(writer.conn)
-        except BaseException:
+        # journal_mode is persistent in the file, set when the handle opened it.
+        mode = writer.conn.execute("PRAGMA journal_mode").fetchone()[0]
+        if str(mode).lower() != "wal":
             writer.close()
-            raise
+            raise RuntimeError(f"{self.db.describe()} is not in WAL mode: open its handle first")
         self._index = writer
 
     def _close_writer(self) -> None:

@@ -28,7 +28,6 @@ from parley.backends.history import ChannelKey, Direction, Retention, publicatio
 from parley.backends.sqlite.history_log import (
     APP_ID,
     CHANNEL,
-    ENTRY_KINDS,
     EPOCH,
     EXPIRES,
     IDEMPOTENCY_KEY,
@@ -41,63 +40,6 @@ from parley.backends.sqlite.history_log import (
     publication_of,
 )
 from parley.publication import Publication
-
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS parley_history_channels (
-    app_id     TEXT NOT NULL,
-    channel    TEXT NOT NULL,
-    epoch      TEXT NOT NULL,
-    -- A floor of the last offset handed out in this epoch: the last offset is
-    -- max(last_seq, the highest last_seq of the channel's chunks), see LAST_OFFSET. The sweep
-    -- raises it before it removes a channel's newest entries.
-    last_seq   INTEGER NOT NULL,
-    max_count  INTEGER NOT NULL,  -- retention given by the latest append
-    max_age_ms INTEGER NOT NULL,
-    PRIMARY KEY (app_id, channel)
-) WITHOUT ROWID;
-CREATE TABLE IF NOT EXISTS parley_history_chunks (
-    -- One row per channel per indexing round: the entries the round brought to the channel,
-    -- oldest first, as a JSON array of their log lines (see Op). A round that touches 500
-    -- channels inserts 500 rows, whatever the number of entries.
-    row         INTEGER PRIMARY KEY,
-    app_id      TEXT NOT NULL,
-    channel     TEXT NOT NULL,
-    first_seq   INTEGER NOT NULL,
-    last_seq    INTEGER NOT NULL,
-    min_expires INTEGER NOT NULL,  -- when its oldest entry expires: the sweep looks then
-    max_expires INTEGER NOT NULL,  -- when its newest does: the sweep removes the row then
-    entries     BLOB NOT NULL
-);
-CREATE UNIQUE INDEX IF NOT EXISTS parley_history_chunks_position
-    ON parley_history_chunks (app_id, channel, last_seq);
-CREATE INDEX IF NOT EXISTS parley_history_chunks_expires
-    ON parley_history_chunks (min_expires);
-CREATE TABLE IF NOT EXISTS parley_history_keys (
-    app_id    TEXT NOT NULL,
-    channel   TEXT NOT NULL,
-    key       TEXT NOT NULL,
-    seq       INTEGER NOT NULL,
-    epoch     TEXT NOT NULL,
-    ts        INTEGER NOT NULL,   -- when the key was first seen: the entry's ts
-    id        TEXT NOT NULL,
-    event     TEXT NOT NULL,
-    data      TEXT NOT NULL,
-    publisher TEXT NOT NULL,
-    extras    TEXT,               -- JSON object of the publication's extras; NULL: none
-    PRIMARY KEY (app_id, channel, key)
-);
-CREATE INDEX IF NOT EXISTS parley_history_keys_ts ON parley_history_keys (ts);
-"""
-# Databases written by Parley before chunks kept one row per entry: moved over once, at start.
-MIGRATE_ENTRIES = """
-INSERT INTO parley_history_chunks
-    (app_id, channel, first_seq, last_seq, min_expires, max_expires, entries)
-SELECT app_id, channel, seq, seq, expires_ms, expires_ms,
-       json_array(json_array('e', app_id, channel, '', seq, ts, expires_ms, id, event, data,
-                             publisher, user_id, NULL, 0, 0))
-FROM parley_history_entries;
-DROP TABLE parley_history_entries;
-"""
 
 ENTRY_COLUMNS = "seq, ts, id, event, data, publisher, extras"
 # The channel's last offset: trimming by count never removes the newest entry, deleting the
@@ -126,23 +68,6 @@ DELETE FROM parley_history_keys WHERE rowid IN
 KEY_COLUMNS = "app_id, channel, key, seq, epoch, ts, id, event, data, publisher, extras"
 KEY_ROW_SEQ: Final = 1  # where `key_row` puts the seq
 MAX_KNOWN_CHANNELS = 100_000  # channel rows the writer keeps between rounds
-
-
-def ensure_schema(conn: sqlite3.Connection) -> None:
-    """Create the index's tables if missing, and bring older ones up to date."""
-    conn.executescript(SCHEMA)
-    # A keys table made before extras existed (its user_id column is no longer written).
-    # Until the versioned migrations come.
-    if "extras" not in {r[1] for r in conn.execute("PRAGMA table_info(parley_history_keys)")}:
-        conn.execute("ALTER TABLE parley_history_keys ADD COLUMN extras TEXT")
-    old = conn.execute(
-        "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'parley_history_entries'"
-    ).fetchone()
-    if old is not None:
-        with transaction(conn, "BEGIN IMMEDIATE"):
-            for statement in MIGRATE_ENTRIES.split(";"):
-                if statement.strip():
-                    conn.execute(statement)
 
 
 def connect(path: str) -> sqlite3.Connection:
@@ -251,7 +176,7 @@ def group(ops: Sequence[Logged]) -> list[Item]:
     open_: dict[ChannelKey, Chunk] = {}
     for op, line in ops:
         key = (op[APP_ID], op[CHANNEL])
-        if op[KIND] not in ENTRY_KINDS:
+        if op[KIND] != "E":
             open_.pop(key, None)
             items.append((op, line))
             continue

@@ -36,15 +36,13 @@ from parley.publication import (
 #   ("c", app_id, channel, epoch, max_count, max_age_ms)        a channel's first epoch
 #   ("d", app_id, channel, new_epoch)                           its history deleted
 # "E" holds `data`, `publisher` and `extras` (only when there are any) as JSON values, written
-# from the bytes the node encoded once per message; `user_id` is the publisher's, kept for
-# the records' shape and not read. Logs and chunks written before hold "e" entries instead,
-# the same fields with `data` and `publisher` as JSON text; they are still read.
+# from the bytes the node encoded once per message; `user_id` is the publisher's, not read but
+# kept where it is: the index holds these lines as they were logged, so the fields never move.
 # `entry_line` writes an "E" record and `publication_of` reads one: the fields by name.
 Op = tuple[Any, ...]
 Logged = tuple[Op, bytes]  # an operation and its line in the log (JSON, no newline)
-ENTRY_KINDS = ("E", "e")
-KINDS = ("E", "e", "c", "d")
-# the fields of an entry record ("E" or "e")
+KINDS = ("E", "c", "d")
+# the fields of an entry record
 KIND: Final = 0
 APP_ID: Final = 1
 CHANNEL: Final = 2
@@ -96,14 +94,11 @@ def entry_line(
 
 def publication_of(op: Sequence[Any], epoch: str) -> Publication:
     """The publication of a decoded entry record."""
-    data, publisher = op[DATA], op[PUBLISHER]
-    if op[KIND] == "e":  # written before "E": data and publisher as JSON text
-        data, publisher = orjson.loads(data), orjson.loads(publisher)
     return Publication(
         op[CHANNEL],
         op[EVENT],
-        data,
-        Publisher.from_wire(publisher),
+        op[DATA],
+        Publisher.from_wire(op[PUBLISHER]),
         StreamPosition(op[SEQ], epoch),
         op[TS],
         op[ID],

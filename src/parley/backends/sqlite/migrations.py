@@ -58,11 +58,61 @@ CREATE INDEX IF NOT EXISTS parley_grants_expires
     ON parley_grants (expires_at) WHERE expires_at IS NOT NULL;
 """
 
+# 2: the tables of the history store (`history_index` has every statement on them), exactly
+# as the store created them itself before this migration (IF NOT EXISTS: on a database from
+# then, it changes nothing).
+HISTORY = """
+CREATE TABLE IF NOT EXISTS parley_history_channels (
+    app_id     TEXT NOT NULL,
+    channel    TEXT NOT NULL,
+    epoch      TEXT NOT NULL,
+    -- A floor of the last offset handed out in this epoch: the last offset is
+    -- max(last_seq, the highest last_seq of the channel's chunks), see
+    -- history_index.LAST_OFFSET. The sweep raises it before it removes a channel's newest
+    -- entries.
+    last_seq   INTEGER NOT NULL,
+    max_count  INTEGER NOT NULL,  -- retention given by the latest append
+    max_age_ms INTEGER NOT NULL,
+    PRIMARY KEY (app_id, channel)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS parley_history_chunks (
+    -- One row per channel per indexing round: the entries the round brought to the channel,
+    -- oldest first, as a JSON array of their log lines (see history_log.Op). A round that
+    -- touches 500 channels inserts 500 rows, whatever the number of entries.
+    row         INTEGER PRIMARY KEY,
+    app_id      TEXT NOT NULL,
+    channel     TEXT NOT NULL,
+    first_seq   INTEGER NOT NULL,
+    last_seq    INTEGER NOT NULL,
+    min_expires INTEGER NOT NULL,  -- when its oldest entry expires: the sweep looks then
+    max_expires INTEGER NOT NULL,  -- when its newest does: the sweep removes the row then
+    entries     BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS parley_history_chunks_position
+    ON parley_history_chunks (app_id, channel, last_seq);
+CREATE INDEX IF NOT EXISTS parley_history_chunks_expires
+    ON parley_history_chunks (min_expires);
+CREATE TABLE IF NOT EXISTS parley_history_keys (
+    app_id    TEXT NOT NULL,
+    channel   TEXT NOT NULL,
+    key       TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    epoch     TEXT NOT NULL,
+    ts        INTEGER NOT NULL,   -- when the key was first seen: the entry's ts
+    id        TEXT NOT NULL,
+    event     TEXT NOT NULL,
+    data      TEXT NOT NULL,
+    publisher TEXT NOT NULL,
+    extras    TEXT,               -- JSON object of the publication's extras; NULL: none
+    PRIMARY KEY (app_id, channel, key)
+);
+CREATE INDEX IF NOT EXISTS parley_history_keys_ts ON parley_history_keys (ts);
+"""
+
 MIGRATIONS: Sequence[Migration] = check_migrations(
     (
         Migration(1, "users and grants", USERS_AND_GRANTS),
-        # 2: the history tables (parley_history_*), when the history store stops creating them
-        # itself (sqlite.history.SCHEMA, with IF NOT EXISTS for the databases it made).
+        Migration(2, "history", HISTORY),
     )
 )
 
