@@ -6,13 +6,12 @@ and the lock file. It composes `history_log` (the record format and the segment 
 `history_index` (every statement on the tables: the index writer, the reads, the sweep).
 
 It takes the process's `SqliteDb` for its file, which the handle has put in WAL mode and
-migrated (the tables are migration 2's), but not the handle's connection: that is one
-connection on one thread, which would undo the design below. Appends read a channel's row on
-the event loop itself, on a connection of the loop's own, because a hop to a thread would put
-an await between planning and logging a batch (call order is offset order only without one);
-the indexer's rounds are write transactions of hundreds of rows on a writer thread of their
-own, which on the handle's thread would hold every user and grant lookup (a sign-in) behind
-them; and reads run on two reader threads at once, each in its own snapshot.
+migrated (the tables are migration 2's), but keeps connections of its own: the handle's one
+connection on one thread cannot give it what the design below needs. Appends read channel
+rows on the event loop itself (a hop to a thread would put an await between planning and
+logging a batch, and call order is offset order only without one); the indexer's rounds, long
+write transactions, have a writer thread to themselves instead of holding every user and
+grant lookup (a sign-in) behind them; reads run on two reader threads at once.
 
 Theory of operation: log first, index in bulk. A batch of appends is durable once its records
 are in the history log, an append-only segment file beside the database
