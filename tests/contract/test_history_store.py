@@ -522,7 +522,7 @@ async def test_history_survives_close_and_reopen(durable: Backend) -> None:
 @pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
 async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """Stores that several nodes may share (a SQLite history has one owner process: see
-    test_sqlite_history.py)."""
+    tests/unit/backends/sqlite/test_history.py)."""
     async for b in _backend(request.param, tmp_path):
         yield b
 
