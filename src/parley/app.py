@@ -32,25 +32,9 @@ class Running:
     db: Database | None  # closed after the node's stores
 
 
-def make_history(settings: Settings) -> HistoryStore:
-    """Turn the `store` setting into a history store."""
-    if settings.store == "memory":
-        from parley.backends.memory_history import MemoryHistoryStore
-
-        return MemoryHistoryStore()
-    if settings.store == "postgres":
-        from parley.backends.postgres_history import PostgresHistoryStore
-
-        return PostgresHistoryStore(settings.postgres_url)
-    from parley.backends.sqlite_history import SqliteHistoryStore
-
-    settings.data_dir.mkdir(parents=True, exist_ok=True)
-    return SqliteHistoryStore(settings.data_dir / "parley.db")
-
-
 def make_database(settings: Settings) -> Database | None:
     """The process's one handle on the database the `store` setting names, not yet open; None
-    for memory. Every store of that technology shares it (the history store does not yet)."""
+    for memory. Every store of that technology shares it."""
     if settings.store == "memory":
         return None
     if settings.store == "postgres":
@@ -95,28 +79,40 @@ def _log_applied(db: Database, applied: list[Migration]) -> None:
         )
 
 
-def make_access_stores(db: Database | None) -> tuple[UserStore, GrantStore]:
-    """The user and grant stores on `db` (from `open_database`): memory ones when it is None."""
+@dataclass(frozen=True)
+class Stores:
+    """Every store of the process, on its one database handle."""
+
+    history: HistoryStore
+    users: UserStore
+    grants: GrantStore
+
+
+def make_stores(db: Database | None) -> Stores:
+    """The stores on `db` (from `open_database`), not started: memory ones when it is None."""
     if db is None:
         from parley.backends.memory.grants import MemoryGrantStore
+        from parley.backends.memory.history import MemoryHistoryStore
         from parley.backends.memory.users import MemoryUserStore
 
-        return MemoryUserStore(), MemoryGrantStore()
+        return Stores(MemoryHistoryStore(), MemoryUserStore(), MemoryGrantStore())
     from parley.backends.sqlite.db import SqliteDb
 
     if isinstance(db, SqliteDb):
         from parley.backends.sqlite.grants import SqliteGrantStore
+        from parley.backends.sqlite.history import SqliteHistoryStore
         from parley.backends.sqlite.users import SqliteUserStore
 
-        return SqliteUserStore(db), SqliteGrantStore(db)
+        return Stores(SqliteHistoryStore(db), SqliteUserStore(db), SqliteGrantStore(db))
     from parley.backends.postgres.db import PostgresDb
 
     if isinstance(db, PostgresDb):
         from parley.backends.postgres.grants import PostgresGrantStore
+        from parley.backends.postgres.history import PostgresHistoryStore
         from parley.backends.postgres.users import PostgresUserStore
 
-        return PostgresUserStore(db), PostgresGrantStore(db)
-    raise TypeError(f"no user and grant stores for {db.describe()}")
+        return Stores(PostgresHistoryStore(db), PostgresUserStore(db), PostgresGrantStore(db))
+    raise TypeError(f"no stores for {db.describe()}")
 
 
 async def make_node(settings: Settings, db: Database | None) -> Node:
@@ -124,14 +120,13 @@ async def make_node(settings: Settings, db: Database | None) -> Node:
     the listener (`start` adds it; bench/inproc_chat.py drives a node without one). `db` is
     the process's database handle from `open_database`, which the caller closes after
     `close_node`."""
-    history = make_history(settings)
-    await history.start()
-    users, grants = make_access_stores(db)
-    await users.start()
-    await grants.start()
-    node = Node(settings, history)
+    stores = make_stores(db)
+    await stores.history.start()
+    await stores.users.start()
+    await stores.grants.start()
+    node = Node(settings, stores.history)
     await node.identities.load_jwks()
-    node.access = Access(node, grants, users)
+    node.access = Access(node, stores.grants, stores.users)
     await node.access.start()
     return node
 

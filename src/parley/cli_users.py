@@ -139,14 +139,15 @@ async def _run(
 async def access_stores(settings: Settings) -> AsyncIterator[tuple[UserStore, GrantStore]]:
     """The user and grant stores of `settings`, started, on their opened database; closed
     after. A database that cannot be opened is Refused."""
-    from parley.app import make_access_stores, open_database
+    from parley.app import make_stores, open_database
 
     try:
         db = await open_database(settings)
     except Exception as exc:
         raise Refused(f"cannot open the {settings.store} store: {exc}") from None
     try:
-        users, grants = make_access_stores(db)
+        stores = make_stores(db)
+        users, grants = stores.users, stores.grants
         await users.start()
         await grants.start()
         try:

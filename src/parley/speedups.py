@@ -56,9 +56,11 @@ MODULES = (
     "parley.core.ids",
     "parley.transport.websocket",
     "parley.backends.history",
-    "parley.backends.memory_history",
-    "parley.backends.sqlite_history",
-    "parley.backends.postgres_history",
+    "parley.backends.memory.history",
+    "parley.backends.sqlite.history_log",
+    "parley.backends.sqlite.history_index",
+    "parley.backends.sqlite.history",
+    "parley.backends.postgres.history",
 )
 
 STATUS = "source: not checked yet"

@@ -17,11 +17,14 @@ from typing import Any
 import orjson
 import pytest
 
+from parley.backends.database import Database
 from parley.backends.history import Append, HistoryStore, Retention
-from parley.backends.memory_history import MemoryHistoryStore
-from parley.backends.sqlite_history import SqliteHistoryStore
+from parley.backends.memory.history import MemoryHistoryStore
+from parley.backends.sqlite.db import SqliteDb
+from parley.backends.sqlite.history import SqliteHistoryStore
 from parley.protocol import frames
 from parley.publication import Publication, Publisher, StreamPosition
+from tests.support.databases import open_database
 from tests.support.server import TIMEOUT
 from tests.support.stores import FakeClock, backend_lifecycle
 
@@ -41,21 +44,29 @@ class Backend:
     target: str  # SQLite path or PostgreSQL URL
     app_id: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:12]}")
     clock: FakeClock = field(default_factory=lambda: FakeClock(T0))
-    opened: list[HistoryStore] = field(default_factory=list)
+    opened: list[HistoryStore | Database] = field(default_factory=list)
     memory: MemoryHistoryStore | None = None
 
     async def open(self) -> HistoryStore:
+        """A store; a durable one on a database handle of its own, as another process has."""
         store: HistoryStore
+        db: Database | None = None
         if self.kind == "memory":
             store = self.memory = self.memory or MemoryHistoryStore(clock=self.clock)
-        elif self.kind == "sqlite":
-            store = SqliteHistoryStore(self.target, clock=self.clock)
         else:
-            from parley.backends.postgres_history import PostgresHistoryStore
+            db = await open_database(self.kind, self.target)
+            if isinstance(db, SqliteDb):
+                store = SqliteHistoryStore(db, clock=self.clock)
+            else:
+                from parley.backends.postgres.db import PostgresDb
+                from parley.backends.postgres.history import PostgresHistoryStore
 
-            store = PostgresHistoryStore(self.target, clock=self.clock)
+                assert isinstance(db, PostgresDb)
+                store = PostgresHistoryStore(db, clock=self.clock)
         await store.start()
-        self.opened.append(store)
+        self.opened.append(store)  # closed before its database
+        if db is not None:
+            self.opened.append(db)
         return store
 
 
@@ -511,7 +522,7 @@ async def test_history_survives_close_and_reopen(durable: Backend) -> None:
 @pytest.fixture(params=[pytest.param("postgres", marks=pytest.mark.postgres)])
 async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """Stores that several nodes may share (a SQLite history has one owner process: see
-    test_sqlite_history.py)."""
+    tests/unit/backends/sqlite/test_history.py)."""
     async for b in _backend(request.param, tmp_path):
         yield b
 
@@ -545,13 +556,16 @@ import asyncio, sys
 from parley.backends.history import Retention
 from parley.publication import Publication, Publisher
 
+from tests.support.databases import open_database
+
 async def main(kind, target, app_id):
+    db = await open_database(kind, target)
     if kind == "sqlite":
-        from parley.backends.sqlite_history import SqliteHistoryStore
-        store = SqliteHistoryStore(target)
+        from parley.backends.sqlite.history import SqliteHistoryStore
+        store = SqliteHistoryStore(db)
     else:
-        from parley.backends.postgres_history import PostgresHistoryStore
-        store = PostgresHistoryStore(target)
+        from parley.backends.postgres.history import PostgresHistoryStore
+        store = PostgresHistoryStore(db)
     await store.start()
     out = sys.stdout
 

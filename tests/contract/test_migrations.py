@@ -12,18 +12,27 @@ import contextlib
 import sqlite3
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from parley.backends.database import Database, Migration, MigrationFailed, check_migrations
+from parley.backends.database import (
+    Database,
+    Migration,
+    MigrationFailed,
+    check_migrations,
+    run_without_loop,
+)
+from parley.backends.history import HistoryStore, Retention
 from parley.backends.sqlite import migrations as sqlite_schema
 from parley.backends.sqlite.db import SqliteDb
 from parley.backends.sqlite.grants import SqliteGrantStore
+from parley.backends.sqlite.history import SqliteHistoryStore
 from parley.backends.sqlite.users import SqliteUserStore
+from parley.publication import Publication, Publisher, StreamPosition
 from tests.conftest import require
 from tests.support.stores import PG_URL, FakeClock, postgres_problem
 
@@ -36,6 +45,67 @@ PROBE = (
     Migration(2, "probe row 2", "INSERT INTO probe (version) VALUES (2)"),
     Migration(3, "probe row 3; and a comment", "-- done; twice?\nINSERT INTO probe VALUES (3);"),
 )
+
+# A database as Parley left it before migration 2 (at 22c4499): the history tables exactly as
+# its stores created them, and two publications of one channel as they wrote them (ts T0,
+# kept 7 days, idempotency keys k0 and k1).
+_ROWS_TAIL = """
+INSERT INTO parley_history_keys VALUES
+    ('main-app', 'room', 'k0', 1, 'ep0ch', 1700000000000, 'id-1', 'e', '{"i":0}',
+     '{"type":"user","id":"ann"}', '{"sig":"s0"}'),
+    ('main-app', 'room', 'k1', 2, 'ep0ch', 1700000000000, 'id-2', 'e', '{"i":1}',
+     '{"type":"user","id":"ann"}', '{"sig":"s1"}');
+"""
+BEFORE_MIGRATION_2 = {
+    "sqlite": """
+CREATE TABLE IF NOT EXISTS parley_history_channels (app_id TEXT NOT NULL, channel TEXT NOT NULL,
+    epoch TEXT NOT NULL, last_seq INTEGER NOT NULL, max_count INTEGER NOT NULL,
+    max_age_ms INTEGER NOT NULL, PRIMARY KEY (app_id, channel)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS parley_history_chunks (row INTEGER PRIMARY KEY,
+    app_id TEXT NOT NULL, channel TEXT NOT NULL, first_seq INTEGER NOT NULL,
+    last_seq INTEGER NOT NULL, min_expires INTEGER NOT NULL, max_expires INTEGER NOT NULL,
+    entries BLOB NOT NULL);
+CREATE UNIQUE INDEX IF NOT EXISTS parley_history_chunks_position
+    ON parley_history_chunks (app_id, channel, last_seq);
+CREATE INDEX IF NOT EXISTS parley_history_chunks_expires ON parley_history_chunks (min_expires);
+CREATE TABLE IF NOT EXISTS parley_history_keys (app_id TEXT NOT NULL, channel TEXT NOT NULL,
+    key TEXT NOT NULL, seq INTEGER NOT NULL, epoch TEXT NOT NULL, ts INTEGER NOT NULL,
+    id TEXT NOT NULL, event TEXT NOT NULL, data TEXT NOT NULL, publisher TEXT NOT NULL,
+    extras TEXT, PRIMARY KEY (app_id, channel, key));
+CREATE INDEX IF NOT EXISTS parley_history_keys_ts ON parley_history_keys (ts);
+INSERT INTO parley_history_channels VALUES ('main-app', 'room', 'ep0ch', 0, 1000, 604800000);
+INSERT INTO parley_history_chunks VALUES (1, 'main-app', 'room', 1, 2, 1700604800000,
+    1700604800000, CAST('[["E","main-app","room","ep0ch",1,1700000000000,1700604800000,"id-1",'
+    || '"e",{"i":0},{"type":"user","id":"ann"},"ann","k0",1000,604800000,{"sig":"s0"}],'
+    || '["E","main-app","room","ep0ch",2,1700000000000,1700604800000,"id-2","e",{"i":1},'
+    || '{"type":"user","id":"ann"},"ann","k1",1000,604800000,{"sig":"s1"}]]' AS BLOB));
+"""
+    + _ROWS_TAIL,
+    "postgres": """
+CREATE TABLE IF NOT EXISTS parley_history_channels (app_id text NOT NULL, channel text NOT NULL,
+    epoch text NOT NULL, last_seq bigint NOT NULL, max_count bigint NOT NULL,
+    max_age_ms bigint NOT NULL, PRIMARY KEY (app_id, channel));
+CREATE TABLE IF NOT EXISTS parley_history_entries (app_id text NOT NULL,
+    channel text NOT NULL, seq bigint NOT NULL, ts bigint NOT NULL, expires_ms bigint NOT NULL,
+    id text NOT NULL, event text NOT NULL, data text NOT NULL, publisher text NOT NULL,
+    extras text, PRIMARY KEY (app_id, channel, seq));
+CREATE INDEX IF NOT EXISTS parley_history_entries_expires ON parley_history_entries (expires_ms);
+CREATE TABLE IF NOT EXISTS parley_history_keys (app_id text NOT NULL, channel text NOT NULL,
+    key text NOT NULL, seq bigint NOT NULL, epoch text NOT NULL, ts bigint NOT NULL,
+    id text NOT NULL, event text NOT NULL, data text NOT NULL, publisher text NOT NULL,
+    extras text, PRIMARY KEY (app_id, channel, key));
+CREATE INDEX IF NOT EXISTS parley_history_keys_ts ON parley_history_keys (ts);
+ALTER TABLE parley_history_entries ADD COLUMN IF NOT EXISTS extras text;
+ALTER TABLE parley_history_keys ADD COLUMN IF NOT EXISTS extras text;
+INSERT INTO parley_history_channels VALUES ('main-app', 'room', 'ep0ch', 2, 1000, 604800000);
+INSERT INTO parley_history_entries VALUES
+    ('main-app', 'room', 1, 1700000000000, 1700604800000, 'id-1', 'e', '{"i":0}',
+     '{"type":"user","id":"ann"}', '{"sig":"s0"}'),
+    ('main-app', 'room', 2, 1700000000000, 1700604800000, 'id-2', 'e', '{"i":1}',
+     '{"type":"user","id":"ann"}', '{"sig":"s1"}');
+"""
+    + _ROWS_TAIL,
+}
 
 
 @dataclass
@@ -136,6 +206,7 @@ async def test_a_fresh_database_gets_every_migration_once(target: Target) -> Non
     t0_ms = int(T0 * 1000)
     assert await target.recorded(db) == [(m.version, m.name, t0_ms) for m in applied]
     assert {"parley_users", "parley_grants", "parley_schema_migrations"} <= await target.tables(db)
+    assert {"parley_history_channels", "parley_history_keys"} <= await target.tables(db)
 
 
 async def test_a_second_run_applies_nothing(target: Target) -> None:
@@ -162,8 +233,41 @@ async def test_a_database_from_before_migrations_keeps_its_rows(target: Target) 
         " VALUES ('app', 'ann', 'h', NULL, 1, 1)",
     )
     migrated = await target.open()
-    assert [m.version for m in await migrated.migrate()] == [1]
+    assert [m.version for m in await migrated.migrate()] == [1, 2]
     assert await target.query(migrated, "SELECT app_id, name FROM parley_users") == [("app", "ann")]
+
+
+async def test_a_database_from_before_migration_2_keeps_its_history(target: Target) -> None:
+    """The history stores created their tables themselves until migration 2 existed: a database
+    left so (migration 1 recorded, the history tables as the stores made them, with rows) gets
+    migration 2, which changes nothing, and the store goes on from where it was."""
+    own = sqlite_schema if target.kind == "sqlite" else _postgres_schema()
+    db = await target.open(own.MIGRATIONS[:1])
+    assert [m.version for m in await db.migrate()] == [1]
+    await _run_script(target, db, BEFORE_MIGRATION_2[target.kind])
+    columns = await _columns(target, db)
+    migrated = await target.open()
+    assert [(m.version, m.name) for m in await migrated.migrate()] == [(2, "history")]
+    assert await _columns(target, migrated) == columns  # not a column added or changed
+
+    history = await _history_store(migrated, target.clock)
+    await history.start()
+    try:
+        page = await history.read("main-app", "room")
+        assert page.epoch == "ep0ch"
+        assert [(p.position.offset, p.id, p.data, p.extras) for p in page.publications] == [
+            (1, "id-1", {"i": 0}, {"sig": "s0"}),
+            (2, "id-2", {"i": 1}, {"sig": "s1"}),
+        ]
+        assert [p.publisher for p in page.publications] == [Publisher("user", "ann")] * 2
+        repeat = Publication("room", "e", {"i": 9}, Publisher("user", "ann"), idempotency_key="k1")
+        again = await history.append("main-app", repeat, Retention())
+        assert again.duplicate and again.publication.id == "id-2"
+        after = Publication("room", "e", {"i": 2}, Publisher("server", "1"))
+        stored = await history.append("main-app", after, Retention())
+        assert stored.publication.position == StreamPosition(3, "ep0ch")
+    finally:
+        await history.close()
 
 
 # -- the rules, with migrations made for the test ---------------------------------------------
@@ -207,9 +311,12 @@ async def test_a_runner_that_read_too_early_looks_again_under_the_lock(
     applied again (PROBE's migrations would fail, or add a row, if run twice)."""
     first = await target.open(PROBE)
     assert len(await first.migrate()) == 3
-    module: Any = sqlite_schema if target.kind == "sqlite" else _postgres_schema()
-    stale: Callable[..., Any] = (lambda conn: set()) if target.kind == "sqlite" else _no_versions
-    monkeypatch.setattr(module, "recorded", stale)
+    connection: Any = (
+        sqlite_schema.SqliteMigrationConnection
+        if target.kind == "sqlite"
+        else _postgres_schema().PostgresMigrationConnection
+    )
+    monkeypatch.setattr(connection, "recorded", _no_versions)
     late = await target.open(PROBE)
     assert await late.migrate() == []
     assert await target.query(late, "SELECT version FROM probe ORDER BY version") == [(2,), (3,)]
@@ -221,22 +328,10 @@ async def test_concurrent_runners_on_postgres_apply_each_migration_once(
 ) -> None:
     """Four nodes start at once: all of them find nothing applied, then queue on the lock (held
     here until all four wait), and each migration runs exactly once."""
-    import asyncpg
 
     target = pg_target
-
-    from parley.backends.postgres.migrations import SCHEMA_LOCK
-
     runners = [await target.open(PROBE) for _ in range(4)]
-    holder = await asyncpg.connect(target.where)
-    try:
-        async with holder.transaction():
-            await holder.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-            tasks = [asyncio.create_task(db.migrate()) for db in runners]
-            await _until_waiting_on_the_lock(holder, len(runners), tasks)
-        results = await asyncio.gather(*tasks)
-    finally:
-        await holder.close()
+    results = await _migrate_together(target, runners)
     applied = sorted(m.version for result in results for m in result)
     assert applied == [1, 2, 3]
     assert await target.query(runners[0], "SELECT version FROM probe ORDER BY version") == [
@@ -244,6 +339,35 @@ async def test_concurrent_runners_on_postgres_apply_each_migration_once(
         (3,),
     ]
     assert [row[0] for row in await target.recorded(runners[0])] == [1, 2, 3]
+
+
+@pytest.mark.postgres
+async def test_nodes_starting_together_on_postgres_make_the_schema_once(
+    pg_target: Target,
+) -> None:
+    """The same with PostgreSQL's own migrations, history included: four nodes starting on an
+    empty database apply each migration once between them and can all store history."""
+    target = pg_target
+    runners = [await target.open() for _ in range(4)]
+    results = await _migrate_together(target, runners)
+    assert sorted(m.version for result in results for m in result) == [1, 2]
+    assert [row[0] for row in await target.recorded(runners[0])] == [1, 2]
+    assert {f"parley_history_{t}" for t in ("channels", "entries", "keys")} <= await target.tables(
+        runners[0]
+    )
+    stores = [await _history_store(db, target.clock) for db in runners]
+    for store in stores:
+        await store.start()
+    try:
+        posted = Publication("room", "e", 1, Publisher("server", "1"))
+        offsets = [
+            (await store.append("app", posted, Retention())).publication.position.offset
+            for store in stores
+        ]
+        assert offsets == [1, 2, 3, 4]
+    finally:
+        for store in stores:
+            await store.close()
 
 
 # -- the handles ----------------------------------------------------------------------------
@@ -325,10 +449,19 @@ def test_sqlite_runner_without_an_event_loop(tmp_path: Path) -> None:
     try:
         assert sqlite_schema.apply(conn, PROBE, lambda: 5) == list(PROBE)
         assert sqlite_schema.apply(conn, PROBE, lambda: 6) == []
-        assert sqlite_schema.recorded(conn) == {1, 2, 3}
+        recorded = sqlite_schema.SqliteMigrationConnection(conn).recorded()
+        assert run_without_loop(recorded) == {1, 2, 3}
         assert not conn.in_transaction
     finally:
         conn.close()
+
+
+def test_a_coroutine_that_suspends_is_refused_without_a_loop() -> None:
+    async def suspends() -> None:
+        await asyncio.sleep(0)
+
+    with pytest.raises(RuntimeError, match="needs an event loop"):
+        run_without_loop(suspends())
 
 
 # -- helpers ----------------------------------------------------------------------------------
@@ -340,7 +473,7 @@ def _postgres_schema() -> Any:
     return migrations
 
 
-async def _no_versions(conn: Any) -> set[int]:
+async def _no_versions(connection: Any) -> set[int]:
     return set()
 
 
@@ -352,6 +485,47 @@ async def _run_script(target: Target, db: Database, sql: str) -> None:
 
     assert isinstance(db, PostgresDb)
     await db.pool.execute(sql)
+
+
+async def _migrate_together(target: Target, runners: Sequence[Database]) -> list[list[Migration]]:
+    """Every runner's `migrate`, started while this test holds SCHEMA_LOCK, so that all of them
+    find nothing applied and then queue on the lock; their results."""
+    import asyncpg
+
+    from parley.backends.postgres.migrations import SCHEMA_LOCK
+
+    holder = await asyncpg.connect(target.where)
+    try:
+        async with holder.transaction():
+            await holder.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+            tasks = [asyncio.create_task(db.migrate()) for db in runners]
+            await _until_waiting_on_the_lock(holder, len(runners), tasks)
+        return list(await asyncio.gather(*tasks))
+    finally:
+        await holder.close()
+
+
+async def _history_store(db: Database, clock: FakeClock) -> HistoryStore:
+    """The history store of `db`'s technology on it, not started."""
+    if isinstance(db, SqliteDb):
+        return SqliteHistoryStore(db, clock=clock)
+    from parley.backends.postgres.db import PostgresDb
+    from parley.backends.postgres.history import PostgresHistoryStore
+
+    assert isinstance(db, PostgresDb)
+    return PostgresHistoryStore(db, clock=clock)
+
+
+async def _columns(target: Target, db: Database) -> set[tuple[Any, ...]]:
+    """(table, column, type, not null) of every history table."""
+    if target.kind == "sqlite":
+        sql = """SELECT m.name, c.name, c.type, c."notnull" FROM sqlite_master m,
+            pragma_table_info(m.name) c WHERE m.name LIKE 'parley_history_%'"""
+    else:
+        sql = """SELECT table_name, column_name, data_type, is_nullable
+            FROM information_schema.columns
+            WHERE table_schema = current_schema() AND table_name LIKE 'parley_history_%'"""
+    return set(await target.query(db, sql))
 
 
 async def _until_waiting_on_the_lock(

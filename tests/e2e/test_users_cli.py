@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from parley.app import make_access_stores
+from parley.app import make_stores
 from parley.backends.users import UserStore
 from tests.conftest import require
 from tests.support.databases import open_database
@@ -66,7 +66,7 @@ class Cli:
             db = await open_database("postgres", PG_URL)
         else:
             db = await open_database("sqlite", str(self.data_dir / "parley.db"))
-        store, _ = make_access_stores(db)
+        store = make_stores(db).users
         await store.start()
         try:
             yield store

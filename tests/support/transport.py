@@ -9,7 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-from parley.backends.memory_history import MemoryHistoryStore
+from parley.backends.memory.history import MemoryHistoryStore
 from parley.core.node import Node
 from parley.settings import AppConfig, Settings
 

@@ -5,6 +5,5 @@ the data directory), `postgres/` (shared by a cluster); `redis/` comes with the 
 
 A technology package imports the role interfaces and itself, never another technology, so any
 of them can be left out of a deployment. Inside one, a class is named <Tech><Role>
-(`sqlite.users.SqliteUserStore`). The history stores still live here as `<tech>_history.py`
-until they move into their technology's package.
+(`sqlite.users.SqliteUserStore`, `sqlite.history.SqliteHistoryStore`).
 """

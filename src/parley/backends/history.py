@@ -120,7 +120,8 @@ class HistoryStore(abc.ABC):
 
     @abc.abstractmethod
     async def start(self) -> None:
-        """Open connections, create the schema if missing, start background work."""
+        """Start background work (and any connections of its own). A durable store's tables
+        are its technology's migrations', applied by the owner of the database handle."""
 
     @abc.abstractmethod
     async def close(self) -> None:

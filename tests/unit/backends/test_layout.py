@@ -1,5 +1,7 @@
-"""The backends' layout rule: a technology package imports the role interfaces and itself,
-never another technology (nor the drivers of one), so any technology can be left out."""
+"""The backends' layout rules: each role's interface at the top and its implementations in one
+package per technology; a technology package imports the role interfaces and itself, never
+another technology (nor the drivers of one), so any technology can be left out; and a store
+that extends a compiled class is compiled too."""
 
 from __future__ import annotations
 
@@ -7,23 +9,20 @@ import ast
 from pathlib import Path
 
 import parley.backends
+from parley import speedups
 
 BACKENDS = Path(parley.backends.__file__).parent
 TECHNOLOGIES = ("memory", "sqlite", "postgres", "redis")
 DRIVERS = {"sqlite": {"sqlite3"}, "postgres": {"asyncpg"}, "redis": {"redis"}}
+ROLES = ("history", "users", "grants")
 
 
 def _technology_of(module: str) -> str | None:
-    """The technology a `parley.backends...` module belongs to, or None for a role module.
-    The history stores still live flat, as `<tech>_history`."""
+    """The technology a `parley.backends...` module belongs to, or None for a role module."""
     parts = module.split(".")
     if parts[:2] != ["parley", "backends"] or len(parts) < 3:
         return None
-    name = parts[2]
-    if name in TECHNOLOGIES:
-        return name
-    prefix = name.partition("_")[0]
-    return prefix if prefix in TECHNOLOGIES and name != prefix else None
+    return parts[2] if parts[2] in TECHNOLOGIES else None
 
 
 def _imports(path: Path) -> set[str]:
@@ -63,4 +62,40 @@ def test_role_modules_import_no_technology() -> None:
         for module in sorted(_imports(path))
         if _technology_of(module) is not None
     ]
+    assert wrong == []
+
+
+def test_every_technology_has_a_store_for_every_role_and_nothing_lives_beside_them() -> None:
+    for technology in ("memory", "sqlite", "postgres"):
+        package = BACKENDS / technology
+        needed = {*ROLES, *(("db", "migrations") if technology != "memory" else ())}
+        assert needed <= {p.stem for p in package.glob("*.py")}, technology
+    stray = [
+        p.name
+        for p in BACKENDS.glob("*.py")
+        if p.stem.partition("_")[0] in TECHNOLOGIES  # e.g. a `sqlite_history.py` left flat
+    ]
+    assert stray == []
+
+
+def test_a_store_extending_a_compiled_class_is_compiled() -> None:
+    """An interpreted class may not extend a compiled one: a store built on a class of a module
+    in `speedups.MODULES` (the history stores on `backends.history`'s) is in MODULES too."""
+    compiled = set(speedups.MODULES)
+    wrong = []
+    for path in sorted(BACKENDS.rglob("*.py")):
+        module = "parley." + ".".join(path.relative_to(BACKENDS.parent).with_suffix("").parts)
+        tree = ast.parse(path.read_text(), str(path))
+        imported = {
+            alias.asname or alias.name: node.module
+            for node in ast.walk(tree)
+            if isinstance(node, ast.ImportFrom) and node.module
+            for alias in node.names
+        }
+        for cls in (n for n in ast.walk(tree) if isinstance(n, ast.ClassDef)):
+            for base in cls.bases:
+                if not isinstance(base, ast.Name) or module in compiled:
+                    continue
+                if imported.get(base.id) in compiled:
+                    wrong.append(f"{module}.{cls.name} extends {imported[base.id]}.{base.id}")
     assert wrong == []

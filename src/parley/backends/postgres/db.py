@@ -18,8 +18,11 @@ import asyncpg  # type: ignore[import-untyped]
 from parley.backends.database import Database, Migration
 from parley.backends.postgres import migrations as schema
 
-# Connections at most, for every store together: the users and grants stores had 2 each.
-POOL_SIZE = 4
+# Connections at most, for every store of the process together: as many as it had before the
+# stores shared one pool (history 4, users and grants 2 each), so a node asks no more of the
+# server than it did. The history store's group commit holds one at a time; the rest serve
+# reads (history pages, recoveries, user and grant lookups) and the sweep.
+POOL_SIZE = 8
 
 
 class PostgresDb(Database):

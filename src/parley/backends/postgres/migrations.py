@@ -1,16 +1,16 @@
-"""The schema of Parley's PostgreSQL database, as numbered migrations, and the runner that
-applies them (see `backends.database` for the rules every technology follows).
+"""The schema of Parley's PostgreSQL database, as numbered migrations, and PostgreSQL's side
+of the shared runner (`backends.database.apply_migrations`, which has the rules).
 
 Every node of a cluster runs the migrations at start, and `parley migrate` may run beside them:
 each pending migration runs in one transaction that first takes the transaction-scoped advisory
 lock SCHEMA_LOCK and then looks again whether it is recorded, so two runners never both apply
-one. The lock is the one the history store takes to create its own tables, so the two never
-race either.
+one.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+import contextlib
+from collections.abc import AsyncIterator, Callable, Sequence
 from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
@@ -18,11 +18,14 @@ import asyncpg  # type: ignore[import-untyped]
 from parley.backends.database import (
     MIGRATIONS_TABLE,
     Migration,
-    MigrationFailed,
+    MigrationConnection,
+    apply_migrations,
     check_migrations,
 )
 
-SCHEMA_LOCK = 0x7061726C6579  # "parley"; postgres_history.SCHEMA_LOCK is the same key
+# "parley". Earlier versions' history store took the same key to create its tables, so a node of
+# such a version starting beside this one never races it either.
+SCHEMA_LOCK = 0x7061726C6579
 
 # 1: the tables of the users and grants stores, exactly as those stores created them before
 # migrations existed (IF NOT EXISTS: on a database from then, it changes nothing).
@@ -59,11 +62,54 @@ CREATE INDEX IF NOT EXISTS parley_grants_expires
     ON parley_grants (expires_at) WHERE expires_at IS NOT NULL;
 """
 
+# 2: the tables of the history store, exactly as the store created them itself before this
+# migration (IF NOT EXISTS: on a database from then, it changes nothing).
+HISTORY = """
+CREATE TABLE IF NOT EXISTS parley_history_channels (
+    app_id     text NOT NULL,
+    channel    text NOT NULL,
+    epoch      text NOT NULL,
+    last_seq   bigint NOT NULL,  -- the last offset handed out in this epoch
+    max_count  bigint NOT NULL,  -- retention given by the latest append
+    max_age_ms bigint NOT NULL,
+    PRIMARY KEY (app_id, channel)
+);
+CREATE TABLE IF NOT EXISTS parley_history_entries (
+    app_id     text NOT NULL,
+    channel    text NOT NULL,
+    seq        bigint NOT NULL,  -- the entry's offset
+    ts         bigint NOT NULL,
+    expires_ms bigint NOT NULL,  -- for the periodic sweep; reads use the channel's max_age_ms
+    id         text NOT NULL,
+    event      text NOT NULL,
+    data       text NOT NULL,    -- JSON, kept as text so it is delivered byte for byte
+    publisher  text NOT NULL,    -- JSON, as in the frame's parley.publisher
+    extras     text,             -- JSON object of the publication's extras; NULL: none
+    PRIMARY KEY (app_id, channel, seq)
+);
+CREATE INDEX IF NOT EXISTS parley_history_entries_expires
+    ON parley_history_entries (expires_ms);
+CREATE TABLE IF NOT EXISTS parley_history_keys (
+    app_id    text NOT NULL,
+    channel   text NOT NULL,
+    key       text NOT NULL,
+    seq       bigint NOT NULL,
+    epoch     text NOT NULL,
+    ts        bigint NOT NULL,   -- when the key was first seen: the entry's ts
+    id        text NOT NULL,
+    event     text NOT NULL,
+    data      text NOT NULL,
+    publisher text NOT NULL,
+    extras    text,
+    PRIMARY KEY (app_id, channel, key)
+);
+CREATE INDEX IF NOT EXISTS parley_history_keys_ts ON parley_history_keys (ts);
+"""
+
 MIGRATIONS: Sequence[Migration] = check_migrations(
     (
         Migration(1, "users and grants", USERS_AND_GRANTS),
-        # 2: the history tables (parley_history_*), when the history store stops creating them
-        # itself (postgres_history.SCHEMA, with IF NOT EXISTS for the databases it made).
+        Migration(2, "history", HISTORY),
     )
 )
 
@@ -76,51 +122,46 @@ CREATE TABLE IF NOT EXISTS {MIGRATIONS_TABLE} (
 """
 
 
-async def recorded(conn: Any) -> set[int]:
-    """The versions recorded as applied (none before the table exists)."""
-    if await conn.fetchval("SELECT to_regclass($1)", MIGRATIONS_TABLE) is None:
-        return set()
-    return {row[0] for row in await conn.fetch(f"SELECT version FROM {MIGRATIONS_TABLE}")}
+class PostgresMigrationConnection(MigrationConnection):
+    errors = (asyncpg.PostgresError,)
+
+    def __init__(self, conn: Any) -> None:
+        self.conn = conn  # an asyncpg connection
+
+    async def recorded(self) -> set[int]:
+        conn = self.conn
+        if await conn.fetchval("SELECT to_regclass($1)", MIGRATIONS_TABLE) is None:
+            return set()
+        return {row[0] for row in await conn.fetch(f"SELECT version FROM {MIGRATIONS_TABLE}")}
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        async with self.conn.transaction():
+            await self.conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
+            yield
+
+    async def is_recorded(self, version: int) -> bool:
+        await self.conn.execute(CREATE_TABLE)
+        found = await self.conn.fetchval(
+            f"SELECT 1 FROM {MIGRATIONS_TABLE} WHERE version = $1", version
+        )
+        return found is not None
+
+    async def run(self, sql: str) -> None:
+        await self.conn.execute(sql)
+
+    async def record(self, migration: Migration, applied_at_ms: int) -> None:
+        await self.conn.execute(
+            f"INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES ($1, $2, $3)",
+            migration.version,
+            migration.name,
+            applied_at_ms,
+        )
 
 
 async def apply(
     pool: Any, migrations: Sequence[Migration], now_ms: Callable[[], int]
 ) -> list[Migration]:
-    """Apply what `migrations` has that the database has not recorded, on one connection of
-    `pool` (an asyncpg pool); return what was applied. Nothing pending costs one round trip
-    or two, and takes no lock."""
-    applied = []
+    """`apply_migrations` on one connection of `pool` (an asyncpg pool)."""
     async with pool.acquire() as conn:
-        done = await recorded(conn)
-        try:
-            for migration in migrations:
-                if migration.version not in done and await _apply_one(conn, migration, now_ms):
-                    applied.append(migration)
-        except MigrationFailed as exc:
-            exc.applied = applied
-            raise
-    return applied
-
-
-async def _apply_one(conn: Any, migration: Migration, now_ms: Callable[[], int]) -> bool:
-    """Run one migration and record it in one transaction under SCHEMA_LOCK, unless another
-    runner recorded it first; whether this call applied it."""
-    async with conn.transaction():
-        await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-        await conn.execute(CREATE_TABLE)
-        found = await conn.fetchval(
-            f"SELECT 1 FROM {MIGRATIONS_TABLE} WHERE version = $1", migration.version
-        )
-        if found is not None:
-            return False
-        try:
-            await conn.execute(migration.sql)
-        except asyncpg.PostgresError as exc:
-            raise MigrationFailed(migration, exc) from exc
-        await conn.execute(
-            f"INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES ($1, $2, $3)",
-            migration.version,
-            migration.name,
-            now_ms(),
-        )
-    return True
+        return await apply_migrations(PostgresMigrationConnection(conn), migrations, now_ms)

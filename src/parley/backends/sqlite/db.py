@@ -1,10 +1,12 @@
-"""`SqliteDb`: the process's one handle on `<data_dir>/parley.db` for the low-volume roles (users,
-grants): one SQLite connection driven by one thread, shared by their stores.
+"""`SqliteDb`: the process's one handle on `<data_dir>/parley.db`: it opens the file (in WAL
+mode), applies its migrations, and drives one SQLite connection on one thread that the
+low-volume stores (users, grants) share.
 
 It knows no table: the schema comes from `migrations.MIGRATIONS`, applied by `migrate`. Every
 call is one short transaction, so other processes on the same file (the server, `parley users`)
 wait at most for one of them, and the stores sharing the thread take turns call by call. The
-history store keeps its own connections and threads on the same file (`sqlite_history`).
+history store takes the handle for its file and schema but keeps its own connections and
+threads (`sqlite.history` says why).
 """
 
 from __future__ import annotations

@@ -1,22 +1,26 @@
-"""The schema of `<data_dir>/parley.db`, as numbered migrations, and the runner that applies them
-(see `backends.database` for the rules every technology follows).
+"""The schema of `<data_dir>/parley.db`, as numbered migrations, and SQLite's side of the
+shared runner (`backends.database.apply_migrations`, which has the rules).
 
-The runner is plain synchronous code on one `sqlite3.Connection` (autocommit mode, transactions
-begun explicitly), so it is tested without an event loop; `SqliteDb.migrate` runs it on the
-handle's thread. Each pending migration runs under BEGIN IMMEDIATE, SQLite's write lock, which
-is what serializes two processes migrating the same file.
+`apply` runs on one `sqlite3.Connection` (autocommit mode, transactions begun explicitly) with
+no event loop: every step is synchronous, so the runner's coroutine completes without
+suspending; `SqliteDb.migrate` calls it on the handle's thread. Each pending migration runs
+under BEGIN IMMEDIATE, SQLite's write lock, which is what serializes two processes migrating
+the same file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import AsyncIterator, Callable, Iterator, Sequence
 
 from parley.backends.database import (
     MIGRATIONS_TABLE,
     Migration,
-    MigrationFailed,
+    MigrationConnection,
+    apply_migrations,
     check_migrations,
+    run_without_loop,
 )
 
 # 1: the tables of the users and grants stores, exactly as those stores created them before
@@ -54,11 +58,61 @@ CREATE INDEX IF NOT EXISTS parley_grants_expires
     ON parley_grants (expires_at) WHERE expires_at IS NOT NULL;
 """
 
+# 2: the tables of the history store (`history_index` has every statement on them), exactly
+# as the store created them itself before this migration (IF NOT EXISTS: on a database from
+# then, it changes nothing).
+HISTORY = """
+CREATE TABLE IF NOT EXISTS parley_history_channels (
+    app_id     TEXT NOT NULL,
+    channel    TEXT NOT NULL,
+    epoch      TEXT NOT NULL,
+    -- A floor of the last offset handed out in this epoch: the last offset is
+    -- max(last_seq, the highest last_seq of the channel's chunks), see
+    -- history_index.LAST_OFFSET. The sweep raises it before it removes a channel's newest
+    -- entries.
+    last_seq   INTEGER NOT NULL,
+    max_count  INTEGER NOT NULL,  -- retention given by the latest append
+    max_age_ms INTEGER NOT NULL,
+    PRIMARY KEY (app_id, channel)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS parley_history_chunks (
+    -- One row per channel per indexing round: the entries the round brought to the channel,
+    -- oldest first, as a JSON array of their log lines (see history_log.Op). A round that
+    -- touches 500 channels inserts 500 rows, whatever the number of entries.
+    row         INTEGER PRIMARY KEY,
+    app_id      TEXT NOT NULL,
+    channel     TEXT NOT NULL,
+    first_seq   INTEGER NOT NULL,
+    last_seq    INTEGER NOT NULL,
+    min_expires INTEGER NOT NULL,  -- when its oldest entry expires: the sweep looks then
+    max_expires INTEGER NOT NULL,  -- when its newest does: the sweep removes the row then
+    entries     BLOB NOT NULL
+);
+CREATE UNIQUE INDEX IF NOT EXISTS parley_history_chunks_position
+    ON parley_history_chunks (app_id, channel, last_seq);
+CREATE INDEX IF NOT EXISTS parley_history_chunks_expires
+    ON parley_history_chunks (min_expires);
+CREATE TABLE IF NOT EXISTS parley_history_keys (
+    app_id    TEXT NOT NULL,
+    channel   TEXT NOT NULL,
+    key       TEXT NOT NULL,
+    seq       INTEGER NOT NULL,
+    epoch     TEXT NOT NULL,
+    ts        INTEGER NOT NULL,   -- when the key was first seen: the entry's ts
+    id        TEXT NOT NULL,
+    event     TEXT NOT NULL,
+    data      TEXT NOT NULL,
+    publisher TEXT NOT NULL,
+    extras    TEXT,               -- JSON object of the publication's extras; NULL: none
+    PRIMARY KEY (app_id, channel, key)
+);
+CREATE INDEX IF NOT EXISTS parley_history_keys_ts ON parley_history_keys (ts);
+"""
+
 MIGRATIONS: Sequence[Migration] = check_migrations(
     (
         Migration(1, "users and grants", USERS_AND_GRANTS),
-        # 2: the history tables (parley_history_*), when the history store stops creating them
-        # itself (sqlite_history.SCHEMA, with IF NOT EXISTS for the databases it made).
+        Migration(2, "history", HISTORY),
     )
 )
 
@@ -86,59 +140,58 @@ def statements(sql: str) -> Iterator[str]:
         raise ValueError(f"incomplete SQL statement: {pending[:80]!r}")
 
 
-def recorded(conn: sqlite3.Connection) -> set[int]:
-    """The versions recorded as applied (none before the table exists)."""
-    conn.execute("BEGIN")
-    try:
-        exists = conn.execute(
-            "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?", (MIGRATIONS_TABLE,)
-        ).fetchone()
-        if exists is None:
-            return set()
-        return {row[0] for row in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")}
-    finally:
+class SqliteMigrationConnection(MigrationConnection):
+    errors = (sqlite3.Error, ValueError)  # ValueError: a statement that does not end
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self.conn = conn
+
+    async def recorded(self) -> set[int]:
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            exists = conn.execute(
+                "SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = ?",
+                (MIGRATIONS_TABLE,),
+            ).fetchone()
+            if exists is None:
+                return set()
+            return {row[0] for row in conn.execute(f"SELECT version FROM {MIGRATIONS_TABLE}")}
+        finally:
+            conn.execute("COMMIT")
+
+    @contextlib.asynccontextmanager
+    async def exclusive(self) -> AsyncIterator[None]:
+        conn = self.conn
+        conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
         conn.execute("COMMIT")
+
+    async def is_recorded(self, version: int) -> bool:
+        self.conn.execute(CREATE_TABLE)
+        found = self.conn.execute(
+            f"SELECT 1 FROM {MIGRATIONS_TABLE} WHERE version = ?", (version,)
+        ).fetchone()
+        return found is not None
+
+    async def run(self, sql: str) -> None:
+        for statement in statements(sql):
+            self.conn.execute(statement)
+
+    async def record(self, migration: Migration, applied_at_ms: int) -> None:
+        self.conn.execute(
+            f"INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES (?, ?, ?)",
+            (migration.version, migration.name, applied_at_ms),
+        )
 
 
 def apply(
     conn: sqlite3.Connection, migrations: Sequence[Migration], now_ms: Callable[[], int]
 ) -> list[Migration]:
-    """Apply what `migrations` has that the database has not recorded; return what was applied.
-    Nothing pending costs one read transaction."""
-    done = recorded(conn)
-    applied = []
-    try:
-        for migration in migrations:
-            if migration.version not in done and _apply_one(conn, migration, now_ms):
-                applied.append(migration)
-    except MigrationFailed as exc:
-        exc.applied = applied
-        raise
-    return applied
-
-
-def _apply_one(conn: sqlite3.Connection, migration: Migration, now_ms: Callable[[], int]) -> bool:
-    """Run one migration and record it in one write transaction, unless another process
-    recorded it first; whether this call applied it."""
-    conn.execute("BEGIN IMMEDIATE")
-    try:
-        conn.execute(CREATE_TABLE)
-        found = conn.execute(
-            f"SELECT 1 FROM {MIGRATIONS_TABLE} WHERE version = ?", (migration.version,)
-        ).fetchone()
-        if found is None:
-            try:
-                for statement in statements(migration.sql):
-                    conn.execute(statement)
-            except (sqlite3.Error, ValueError) as exc:
-                raise MigrationFailed(migration, exc) from exc
-            conn.execute(
-                f"INSERT INTO {MIGRATIONS_TABLE} (version, name, applied_at) VALUES (?, ?, ?)",
-                (migration.version, migration.name, now_ms()),
-            )
-    except BaseException:
-        if conn.in_transaction:
-            conn.execute("ROLLBACK")
-        raise
-    conn.execute("COMMIT")
-    return found is None
+    """`apply_migrations` on `conn`, without an event loop."""
+    return run_without_loop(apply_migrations(SqliteMigrationConnection(conn), migrations, now_ms))

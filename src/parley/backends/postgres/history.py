@@ -2,7 +2,8 @@
 
 Offsets come from a per-channel row locked FOR UPDATE inside each batch's transaction, so nodes
 sharing one database still hand out gapless, strictly increasing offsets. It knows nothing of
-the hub or the wire.
+the hub or the wire. Its tables are migration 2's; its connections are borrowed from the
+process's one pool (`PostgresDb`), which it never opens or closes.
 
 A batch costs the same round trips whatever its size: BEGIN, lock the channel rows (in sorted
 order, so two nodes never wait on each other in a cycle), look up idempotency keys (only when
@@ -40,54 +41,8 @@ from parley.backends.history import (
     publication_from_row,
     recovered,
 )
+from parley.backends.postgres.db import PostgresDb
 from parley.publication import Publication, StreamPosition
-
-SCHEMA_LOCK = 0x7061726C6579  # "parley": serializes schema creation between starting nodes
-SCHEMA = """
-CREATE TABLE IF NOT EXISTS parley_history_channels (
-    app_id     text NOT NULL,
-    channel    text NOT NULL,
-    epoch      text NOT NULL,
-    last_seq   bigint NOT NULL,  -- the last offset handed out in this epoch
-    max_count  bigint NOT NULL,  -- retention given by the latest append
-    max_age_ms bigint NOT NULL,
-    PRIMARY KEY (app_id, channel)
-);
-CREATE TABLE IF NOT EXISTS parley_history_entries (
-    app_id     text NOT NULL,
-    channel    text NOT NULL,
-    seq        bigint NOT NULL,  -- the entry's offset
-    ts         bigint NOT NULL,
-    expires_ms bigint NOT NULL,  -- for the periodic sweep; reads use the channel's max_age_ms
-    id         text NOT NULL,
-    event      text NOT NULL,
-    data       text NOT NULL,    -- JSON, kept as text so it is delivered byte for byte
-    publisher  text NOT NULL,    -- JSON, as in the frame's parley.publisher
-    extras     text,             -- JSON object of the publication's extras; NULL: none
-    PRIMARY KEY (app_id, channel, seq)
-);
-CREATE INDEX IF NOT EXISTS parley_history_entries_expires
-    ON parley_history_entries (expires_ms);
-CREATE TABLE IF NOT EXISTS parley_history_keys (
-    app_id    text NOT NULL,
-    channel   text NOT NULL,
-    key       text NOT NULL,
-    seq       bigint NOT NULL,
-    epoch     text NOT NULL,
-    ts        bigint NOT NULL,   -- when the key was first seen: the entry's ts
-    id        text NOT NULL,
-    event     text NOT NULL,
-    data      text NOT NULL,
-    publisher text NOT NULL,
-    extras    text,
-    PRIMARY KEY (app_id, channel, key)
-);
-CREATE INDEX IF NOT EXISTS parley_history_keys_ts ON parley_history_keys (ts);
--- Tables made before extras existed (their user_id column, nullable, is no longer written).
--- Until the versioned migrations come.
-ALTER TABLE parley_history_entries ADD COLUMN IF NOT EXISTS extras text;
-ALTER TABLE parley_history_keys ADD COLUMN IF NOT EXISTS extras text;
-"""
 
 ENTRY_COLUMNS = "seq, ts, id, event, data, publisher, extras"
 
@@ -179,42 +134,36 @@ SWEEPS = (
 class PostgresHistoryStore(BatchedHistoryStore):
     def __init__(
         self,
-        url: str,
+        db: PostgresDb,
         *,
         clock: Callable[[], float] = time.time,
         max_batch: int = 512,
-        pool_size: int = 4,
         sweep_interval_s: float = 60.0,
     ) -> None:
-        self.url = url
+        self.db = db  # opened, migrated and closed by its owner
         self._clock = clock
         self._max_batch = max_batch
-        self._pool_size = pool_size
         self._sweep_interval_s = sweep_interval_s
-        self._pool: Any = None  # asyncpg.Pool; asyncpg ships no types
+        self._running = False
         self._commits: GroupCommit[PendingAppend, Stored] | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
     # -- lifecycle ---------------------------------------------------------------------------
 
     async def start(self) -> None:
-        self._pool = await asyncpg.create_pool(self.url, min_size=1, max_size=self._pool_size)
-        async with self._pool.acquire() as conn, conn.transaction():
-            await conn.execute("SELECT pg_advisory_xact_lock($1)", SCHEMA_LOCK)
-            await conn.execute(SCHEMA)
+        self._running = True
         self._start_batching()
 
     async def close(self) -> None:
         await self._stop_batching()
-        if self._pool is not None:
-            await self._pool.close()
-            self._pool = None
+        self._running = False
 
     @property
     def pool(self) -> Any:
-        if self._pool is None:
+        """The handle's asyncpg pool; RuntimeError when this store or the handle is closed."""
+        if not self._running:
             raise RuntimeError("history store is not running")
-        return self._pool
+        return self.db.pool
 
     # -- appends (append and append_many come from BatchedHistoryStore) ----------------------
 
