@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -361,6 +362,17 @@ def http_request(
         )
     finally:
         conn.close()
+
+
+def assert_compiled(server: ParleyServer) -> None:
+    """The server runs the compiled build (scripts/test compiles it first), unless the test
+    run asked for the source with PARLEY_COMPILED=0: tests of what lives in compiled code
+    must not pass on the source by accident."""
+    code = http_request(server, "GET", "/healthz").json()["code"]
+    if os.environ.get("PARLEY_COMPILED") == "0":
+        assert code.startswith("source"), code
+    else:
+        assert code.startswith("compiled: mypyc"), f"the compiled build did not load: {code}"
 
 
 def signed_request(
