@@ -336,9 +336,9 @@ class PusherConnection:
                 )
             return Member(self.user_id, self.user_info)
         try:
-            parsed = orjson.loads(channel_data)
-        except orjson.JSONDecodeError:
-            raise ProtocolError("Invalid channel_data: not valid JSON") from None
+            parsed = frames.loads(channel_data)
+        except frames.BadJson as exc:
+            raise ProtocolError(f"Invalid channel_data: {exc}") from None
         if not isinstance(parsed, dict) or "user_id" not in parsed:
             raise ProtocolError("Invalid channel_data: must be an object with a user_id")
         raw_id = parsed["user_id"]
@@ -388,10 +388,10 @@ class PusherConnection:
         if problem:
             raise ConnectionRefused(CloseCode.UNAUTHORIZED, f"Invalid signin: {problem}")
         try:
-            parsed = orjson.loads(user_data)
-        except orjson.JSONDecodeError:
+            parsed = frames.loads(user_data)
+        except frames.BadJson as exc:
             raise ConnectionRefused(
-                CloseCode.UNAUTHORIZED, "Invalid signin: user_data is not JSON"
+                CloseCode.UNAUTHORIZED, f"Invalid signin: user_data is {exc}"
             ) from None
         user_id = parsed.get("id") if isinstance(parsed, dict) else None
         if not isinstance(user_id, str) or not user_id:

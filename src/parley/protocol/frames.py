@@ -2,6 +2,11 @@
 
 Pusher double-encodes `data` for connection_established, pusher_internal:* and API events
 (a JSON string holding JSON); `pusher:error` data is an object (pysher indexes it).
+
+JSON a client sends (a frame, the JSON strings inside one, an HTTP API body) is read by
+`loads`, which refuses arrays and objects nested deeper than MAX_JSON_DEPTH: what Parley
+does with a value afterwards (encode it again, put it in an error message) recurses, and
+orjson's encoder stops at 254 levels, Python's repr near 1,000.
 """
 
 from __future__ import annotations
@@ -116,12 +121,51 @@ PONG = frame("pusher:pong", {})
 PING = frame("pusher:ping", {})
 
 
+MAX_JSON_DEPTH = 128  # arrays and objects, one within another (serde_json's default limit)
+_TOO_DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+
+
+class BadJson(ValueError):
+    """What `loads` refuses; its text names the problem ("not valid JSON", or too deep)."""
+
+
+def loads(text: str | bytes) -> Any:
+    """The value of JSON a client sent, or BadJson. The depth is checked without recursion,
+    and only when the text is long enough to hold that many levels (two bytes each)."""
+    try:
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:  # orjson stops at 1024 levels: "depth limit ..."
+        raise BadJson(_TOO_DEEP if "depth" in str(exc) else "not valid JSON") from None
+    if len(text) > 2 * MAX_JSON_DEPTH and _nested_deeper(value, MAX_JSON_DEPTH):
+        raise BadJson(_TOO_DEEP)
+    return value
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` levels in `value`: one level at a
+    time, each container seen once."""
+    level: list[Any] = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        inner: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                inner.extend(v for v in item.values() if isinstance(v, dict | list))
+            elif isinstance(item, list):
+                inner.extend(v for v in item if isinstance(v, dict | list))
+        level = inner
+    return False
+
+
 def decode(text: str | bytes) -> dict[str, Any]:
     """A client frame as a dict with a string `event`, or ProtocolError saying why not."""
     try:
-        message = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        raise ProtocolError("Invalid message format: frame is not valid JSON") from None
+        message = loads(text)
+    except BadJson as exc:
+        raise ProtocolError(f"Invalid message format: frame is {exc}") from None
     if not isinstance(message, dict):
         raise ProtocolError("Invalid message format: frame must be a JSON object")
     event = message.get("event")
@@ -135,8 +179,10 @@ def data_object(message: dict[str, Any]) -> dict[str, Any]:
     data = message.get("data")
     if isinstance(data, str):
         try:
-            data = orjson.loads(data) if data else {}
-        except orjson.JSONDecodeError:
+            data = loads(data) if data else {}
+        except BadJson as exc:
+            if str(exc) == _TOO_DEEP:
+                raise ProtocolError(f"Invalid message format: data is {exc}") from None
             data = None
     if not isinstance(data, dict):
         raise ProtocolError(f"Invalid message format: {message['event']} needs an object 'data'")
