@@ -316,11 +316,12 @@ def sign_query(
     key: str,
     secret: str,
     *,
-    timestamp: int | None = None,
+    timestamp: int | str | None = None,
     always_md5: bool = True,
     body_md5: str | None = None,
 ) -> dict[str, str]:
-    """PUSHER.md §3.1: auth_* params and the signature over METHOD\\nPATH\\nsorted query."""
+    """PUSHER.md §3.1: auth_* params and the signature over METHOD\\nPATH\\nsorted query;
+    `timestamp` (now by default) is signed as given, valid or not."""
     query = dict(params)
     query.update(
         auth_key=key,
