@@ -19,6 +19,7 @@ from parley.transport.server import (
     Response,
     Server,
     SwitchingProtocols,
+    _head_end,
     text_frame,
 )
 
@@ -121,6 +122,15 @@ class FakeTransport:
     def write(self, data: bytes) -> None:
         self.written += data
 
+    def get_write_buffer_size(self) -> int:
+        return 0
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
+
     def is_closing(self) -> bool:
         return self.closed
 
@@ -169,3 +179,37 @@ def test_a_request_head_over_16_kib_gets_431_and_is_closed() -> None:
     assert transport.written.startswith(b"HTTP/1.1 431 ")
     assert b"Request head too large" in transport.written and transport.closed
     assert seen == []
+
+
+def test_a_pipelined_head_growing_over_reads_gets_431() -> None:
+    """The second head starts inside the first read, so the pre-scan never sees it whole:
+    it is counted as the parser reads it, slice by slice."""
+
+    async def main() -> tuple[FakeTransport, list[Request]]:
+        protocol, transport, seen = front()
+        protocol.data_received(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\n")
+        for _ in range(40):
+            protocol.data_received(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+            await asyncio.sleep(0)
+            if transport.closed:
+                break
+        return transport, seen
+
+    transport, seen = uvloop.run(main())
+    assert [r.path for r in seen] == ["/a"]
+    assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"HTTP/1.1 431 " in transport.written and transport.closed
+    assert len(transport.written) < 1000
+
+
+@pytest.mark.parametrize(
+    ("data", "end"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: h\r\n\r\nbody", 23),
+        (b"GET / HTTP/1.1\nHost: h\n\n", 22),
+        (b"GET / HTTP/1.1\r\nHost: h\n\r\n", 23),
+        (b"GET / HTTP/1.1\r\nHost: h\r\n", -1),
+    ],
+)
+def test_head_end_finds_the_blank_line_with_or_without_cr(data: bytes, end: int) -> None:
+    assert _head_end(data) == end
