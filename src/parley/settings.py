@@ -111,7 +111,11 @@ class Settings:
     max_http_body_bytes: int = 1024 * 1024
     max_http_head_bytes: int = 16 * 1024  # request line and headers; larger: 431
     # A request head (HTTP, or a WebSocket upgrade), then its body, must each arrive within
-    # this (408); a kept-alive HTTP connection with nothing under way is closed after that.
+    # this (408): a head is one round trip, 10 s leaves a slow link a few retransmissions
+    # (Apache's mod_reqtimeout starts at 20 s, nginx at 60). A kept-alive HTTP connection
+    # with nothing under way is closed after the next: 60 s as a load balancer's idle
+    # timeout (AWS ALB), longer than Node's or uvicorn's 5 s, so that a backend publishing
+    # now and then seldom finds its pooled connection just closed.
     header_timeout_s: float = 10.0
     keepalive_timeout_s: float = 60.0
     shutdown_grace_s: float = 5.0
