@@ -21,6 +21,7 @@ from parley.auth.signatures import channel_auth_string, token_problem, user_auth
 from parley.errors import (
     ConnectionRefused,
     InvalidArgument,
+    InvalidText,
     ParleyError,
     ProtocolError,
     RateLimited,
@@ -261,6 +262,8 @@ class PusherConnection:
             return []
         try:
             if len(text) > self._max_frame_bytes:
+                if isinstance(text, bytes) and not frames.is_utf8(text):
+                    raise InvalidText("Text message is not valid UTF-8")
                 raise ProtocolError(
                     f"Message too large: {len(text)} bytes, the limit is {self._max_frame_bytes}"
                 )
@@ -293,6 +296,9 @@ class PusherConnection:
         except ConnectionRefused as exc:
             self.state = _CLOSED
             return [error_reply(exc.code, exc.message), Close(exc.code or 4009, exc.message)]
+        except InvalidText as exc:  # a WebSocket rule (RFC 6455 8.1): a close, no error event
+            self.state = _CLOSED
+            return [Close(CloseCode.INVALID_PAYLOAD, exc.message)]
         except ParleyError as exc:
             return [error_reply(exc.code, exc.message)]
 

@@ -11,11 +11,11 @@ orjson's encoder stops at 254 levels, Python's repr near 1,000.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
-from parley.errors import ProtocolError
+from parley.errors import InvalidText, ProtocolError
 from parley.publication import Publication
 
 
@@ -121,24 +121,41 @@ PONG = frame("pusher:pong", {})
 PING = frame("pusher:ping", {})
 
 
-MAX_JSON_DEPTH = 128  # arrays and objects, one within another (serde_json's default limit)
-_TOO_DEEP = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+MAX_JSON_DEPTH: Final = 128  # arrays and objects one within another (serde_json's limit)
+_TOO_DEEP: Final = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
 
 
 class BadJson(ValueError):
     """What `loads` refuses; its text names the problem ("not valid JSON", or too deep)."""
 
 
+class NotUtf8(BadJson):
+    """Bytes that are not UTF-8 (orjson refuses them as JSON too)."""
+
+
 def loads(text: str | bytes) -> Any:
     """The value of JSON a client sent, or BadJson. The depth is checked without recursion,
-    and only when the text is long enough to hold that many levels (two bytes each)."""
+    and only when the text is long enough to hold that many levels (two bytes each); UTF-8
+    only once orjson has refused the bytes, so valid input pays for neither."""
     try:
         value = orjson.loads(text)
     except orjson.JSONDecodeError as exc:  # orjson stops at 1024 levels: "depth limit ..."
-        raise BadJson(_TOO_DEEP if "depth" in str(exc) else "not valid JSON") from None
+        if "depth" in str(exc):
+            raise BadJson(_TOO_DEEP) from None
+        if isinstance(text, bytes) and not is_utf8(text):
+            raise NotUtf8("not valid UTF-8") from None
+        raise BadJson("not valid JSON") from None
     if len(text) > 2 * MAX_JSON_DEPTH and _nested_deeper(value, MAX_JSON_DEPTH):
         raise BadJson(_TOO_DEEP)
     return value
+
+
+def is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
 
 
 def _nested_deeper(value: Any, limit: int) -> bool:
@@ -161,9 +178,12 @@ def _nested_deeper(value: Any, limit: int) -> bool:
 
 
 def decode(text: str | bytes) -> dict[str, Any]:
-    """A client frame as a dict with a string `event`, or ProtocolError saying why not."""
+    """A client frame as a dict with a string `event`, or ProtocolError saying why not
+    (InvalidText when the bytes are not UTF-8)."""
     try:
         message = loads(text)
+    except NotUtf8:
+        raise InvalidText("Text message is not valid UTF-8") from None
     except BadJson as exc:
         raise ProtocolError(f"Invalid message format: frame is {exc}") from None
     if not isinstance(message, dict):

@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
+from parley.errors import InvalidText, ProtocolError
 from parley.protocol import frames
 from parley.publication import Publication, Publisher, StreamPosition
 
@@ -99,3 +100,12 @@ def test_loads_counts_containers_not_brackets_in_strings() -> None:
 def test_loads_refuses_what_is_not_json() -> None:
     with pytest.raises(frames.BadJson, match=r"^not valid JSON$"):
         frames.loads(b'{"event": ')
+
+
+def test_bytes_that_are_not_utf8_are_told_apart_from_bad_json() -> None:
+    with pytest.raises(frames.NotUtf8, match="not valid UTF-8"):
+        frames.loads(b'{"event":"\xc3\x28"}')
+    with pytest.raises(InvalidText):
+        frames.decode(b'{"event":"\xff"}')
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        frames.decode('{"event":"caf\u00e9"'.encode())  # UTF-8, but not whole JSON

@@ -178,11 +178,9 @@ def test_a_fragmented_message_with_control_frames_between_reaches_the_session_wh
         ([Frame(WSMsgType.TEXT, PING[:5], fin=False), Frame(WSMsgType.BINARY, b"\0")], 1002),
         ([Frame(WSMsgType.TEXT, PING, rsv1=1)], 1002),
         ([Frame(WSMsgType.PING, b"", rsv1=1)], 1002),
-        ([Frame(WSMsgType.TEXT, b'{"event":"\xff"}')], 1007),
-        ([Frame(WSMsgType.TEXT, b'{"e\xe2\x82', fin=False), Frame(WSMsgType.CONTINUATION)], 1007),
     ],
 )
-def test_a_frame_out_of_order_or_not_utf8_fails_the_connection(
+def test_a_frame_out_of_order_fails_the_connection_with_1002(
     frames: list[Frame], code: int
 ) -> None:
     ws, transport = connected()
@@ -191,6 +189,22 @@ def test_a_frame_out_of_order_or_not_utf8_fails_the_connection(
     assert [c for c, _ in transport.closes] == [code] and transport.disconnects == [True]
     assert transport.sent == [] and ws.session.closing
     assert ws.session.node.hubs[APP.id].messages_in == 0
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [Frame(WSMsgType.TEXT, b'{"event":"\xff"}')],
+        [Frame(WSMsgType.TEXT, b'{"event":"\xe2\x82', fin=False), Frame(WSMsgType.CONTINUATION)],
+        [Frame(WSMsgType.TEXT, b'"\xff' + b"x" * 70000)],  # over max_frame_bytes too
+    ],
+)
+def test_a_text_message_not_utf8_fails_the_connection_with_1007(frames: list[Frame]) -> None:
+    ws, transport = connected()
+    for frame in frames:
+        ws.on_ws_frame(transport, frame)  # type: ignore[arg-type]
+    assert transport.closes == [(1007, b"Text message is not valid UTF-8")]
+    assert transport.sent == [] and ws.session.closing  # no pusher:error before the close
 
 
 def test_a_fragmented_binary_message_is_answered_once_it_ends() -> None:
