@@ -291,7 +291,8 @@ class FrontProtocol(asyncio.Protocol):
         self._paused = False  # reading is paused
         self._writable = True  # False from uvloop's pause_writing to its resume_writing
         self._drained: asyncio.Future[None] | None = None  # the worker waits on it meanwhile
-        self._stalled_at = 0.0  # when writing was paused
+        self._stalled_at = 0.0  # when writing was paused, or last made progress since
+        self._stalled_size = 0  # the answers' bytes still buffered then
         self._refused = False  # an error answer is made: nothing more is read
         self._phase = _Phase.HEAD
         self._since = 0.0  # when the phase began
@@ -323,6 +324,7 @@ class FrontProtocol(asyncio.Protocol):
     def pause_writing(self) -> None:
         self._writable = False
         self._stalled_at = time.monotonic()
+        self._stalled_size = self.transport.get_write_buffer_size() if self.transport else 0
 
     def resume_writing(self) -> None:
         self._writable = True
@@ -524,13 +526,17 @@ class FrontProtocol(asyncio.Protocol):
         """Close the connection if it is past its phase's timeout (`Server._sweep` asks every
         connection, often): a request head, then its body, must each arrive within
         `header_timeout_s` (408); a kept-alive connection with nothing under way is closed
-        after `keepalive_timeout_s`, and so is one whose client leaves its answers unread."""
+        after `keepalive_timeout_s`, and so is one whose client reads none of its answers
+        for as long."""
         transport = self.transport
         if transport is None or transport.is_closing():
             return
         server = self.server
         if not self._writable:
-            if now - self._stalled_at > server.keepalive_timeout_s:
+            size = transport.get_write_buffer_size()
+            if size < self._stalled_size:  # the client reads, however slowly
+                self._stalled_at, self._stalled_size = now, size
+            elif now - self._stalled_at > server.keepalive_timeout_s:
                 transport.abort()  # what is buffered will never be read
             return
         if self._queue or self._worker is not None:
