@@ -93,10 +93,13 @@ class CountingTransport:
 
 
 class Frame:
-    __slots__ = ("fin", "msg_type", "payload")
+    """A whole text frame as picows gives it: `fin` and the reserved bits are ints."""
+
+    __slots__ = ("fin", "msg_type", "payload", "rsv1", "rsv2", "rsv3")
 
     def __init__(self, payload: bytes) -> None:
-        self.msg_type, self.fin, self.payload = WSMsgType.TEXT, True, payload
+        self.msg_type, self.fin, self.payload = WSMsgType.TEXT, 1, payload
+        self.rsv1 = self.rsv2 = self.rsv3 = 0
 
     def get_payload_as_bytes(self) -> bytes:
         return self.payload

@@ -170,6 +170,9 @@ async def _start(settings: Settings, db: Database | None) -> Running:
         ws_factory,
         max_frame_bytes=node.max_message_bytes,
         max_body_bytes=settings.max_http_body_bytes,
+        max_head_bytes=settings.max_http_head_bytes,
+        header_timeout_s=settings.header_timeout_s,
+        keepalive_timeout_s=settings.keepalive_timeout_s,
     )
     port = await server.start(settings.host, settings.port)
     node.start()

@@ -43,6 +43,13 @@ class ConnectionRefused(ParleyError):
         super().__init__(message, code=code)
 
 
+class InvalidText(ParleyError):
+    """A client's text message is not UTF-8: the WebSocket fails with 1007 (RFC 6455 8.1),
+    with no pusher:error before the close."""
+
+    code = 1007
+
+
 class InvalidArgument(ParleyError):
     """A request's argument is out of its domain (a history page's `limit`, say): a 400 from
     the HTTP API, a `pusher:error` on a connection."""

@@ -118,6 +118,15 @@ class Settings:
     max_frame_bytes: int = 65536  # larger WebSocket messages are refused with an error event
     max_outbound_bytes: int = 4 * 1024 * 1024  # a slower reader is closed with 4100
     max_http_body_bytes: int = 1024 * 1024
+    max_http_head_bytes: int = 16 * 1024  # request line and headers; larger: 431
+    # A request head (HTTP, or a WebSocket upgrade), then its body, must each arrive within
+    # this (408): a head is one round trip, 10 s leaves a slow link a few retransmissions
+    # (Apache's mod_reqtimeout starts at 20 s, nginx at 60). A kept-alive HTTP connection
+    # with nothing under way is closed after the next: 60 s as a load balancer's idle
+    # timeout (AWS ALB), longer than Node's or uvicorn's 5 s, so that a backend publishing
+    # now and then seldom finds its pooled connection just closed.
+    header_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 60.0
     shutdown_grace_s: float = 5.0
     log_level: str = "info"
     log_format: str = "json"
@@ -140,6 +149,11 @@ class Settings:
             raise ConfigError("'store' must be memory, sqlite or postgres")
         if self.history_max_count < 1 or self.history_max_age_s <= 0 or self.recovery_limit < 0:
             raise ConfigError("history_max_count, history_max_age_s and recovery_limit must be > 0")
+        for name in ("header_timeout_s", "keepalive_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"'{name}' must be > 0")
+        if self.max_http_head_bytes < 1024:
+            raise ConfigError("'max_http_head_bytes' must be at least 1024")
         if self.log_format not in ("json", "text"):
             raise ConfigError("'log_format' must be json or text")
         ids = [a.id for a in self.apps]

@@ -13,13 +13,13 @@ import base64
 import hashlib
 import json
 import re
-import socket
 from collections.abc import Iterator
 
 import pytest
 
 from tests.support.pusher_raw import ClientPool, http_request, running
-from tests.support.server import TIMEOUT, ParleyServer
+from tests.support.raw_ws import CLOSE, TEXT, RawWebSocket
+from tests.support.server import ParleyServer
 
 pytestmark = pytest.mark.e2e
 
@@ -32,57 +32,6 @@ def server() -> Iterator[ParleyServer]:
         yield srv
 
 
-class Raw:
-    """A TCP connection that sends an upgrade request and reads the answer byte-exact."""
-
-    def __init__(self, srv: ParleyServer, path: str, **headers: str) -> None:
-        fields = {
-            "Host": f"{srv.host}:{srv.port}",
-            "Upgrade": "websocket",
-            "Connection": "Upgrade",
-            "Sec-WebSocket-Key": base64.b64encode(b"0123456789abcdef").decode(),
-            "Sec-WebSocket-Version": "13",
-        }
-        fields.update({k.replace("_", "-"): v for k, v in headers.items()})
-        head = f"GET {path} HTTP/1.1\r\n" + "".join(f"{k}: {v}\r\n" for k, v in fields.items() if v)
-        self.sock = socket.create_connection((srv.host, srv.port), timeout=TIMEOUT)
-        self.sock.sendall(head.encode() + b"\r\n")
-        self.buf = b""
-        while b"\r\n\r\n" not in self.buf:
-            self._more()
-        self.head, _, self.buf = self.buf.partition(b"\r\n\r\n")
-
-    def _more(self) -> None:
-        chunk = self.sock.recv(65536)
-        assert chunk, f"connection closed early; unread: {self.buf!r}"
-        self.buf += chunk
-
-    def read_exact(self, n: int) -> bytes:
-        while len(self.buf) < n:
-            self._more()
-        out, self.buf = self.buf[:n], self.buf[n:]
-        return out
-
-    def read_frame(self) -> tuple[int, bytes]:
-        """One unmasked server frame: (opcode, payload)."""
-        b0, b1 = self.read_exact(2)
-        assert b1 & 0x80 == 0, "a server frame must not be masked"
-        n = b1 & 0x7F
-        if n == 126:
-            n = int.from_bytes(self.read_exact(2), "big")
-        elif n == 127:
-            n = int.from_bytes(self.read_exact(8), "big")
-        return b0 & 0x0F, self.read_exact(n)
-
-    def read_to_eof(self) -> bytes:
-        while chunk := self.sock.recv(65536):  # bounded by the socket's timeout
-            self.buf += chunk
-        return self.buf
-
-    def close(self) -> None:
-        self.sock.close()
-
-
 def connections(srv: ParleyServer) -> float:
     text = http_request(srv, "GET", "/metrics").body.decode()
     found = re.search(rf'^parley_connections\{{app_id="{srv.app_id}"\}} (\S+)$', text, re.M)
@@ -92,7 +41,9 @@ def connections(srv: ParleyServer) -> float:
 def test_101_carries_the_accept_key_and_connection_established_follows(
     server: ParleyServer,
 ) -> None:
-    raw = Raw(server, f"/app/{server.key}?protocol=7&client=raw&version=1.0")
+    raw = RawWebSocket(
+        server.host, server.port, f"/app/{server.key}?protocol=7&client=raw&version=1.0"
+    )
     try:
         lines = raw.head.decode().split("\r\n")
         assert lines[0] == "HTTP/1.1 101 Switching Protocols"
@@ -102,18 +53,13 @@ def test_101_carries_the_accept_key_and_connection_established_follows(
         assert fields["upgrade"].lower() == "websocket"
         assert fields["connection"].lower() == "upgrade"
         assert "content-length" not in fields
-        opcode, payload = raw.read_frame()
-        assert opcode == 0x1
-        frame = json.loads(payload)
+        frame = raw.read_message()
         assert frame["event"] == "pusher:connection_established"
         assert re.fullmatch(r"\d+\.\d+", json.loads(frame["data"])["socket_id"])
         # and the connection goes on as a WebSocket: a masked ping frame gets a pong
         ping = json.dumps({"event": "pusher:ping", "data": {}}).encode()
-        mask = b"\x01\x02\x03\x04"
-        masked = bytes(b ^ mask[i % 4] for i, b in enumerate(ping))
-        raw.sock.sendall(bytes((0x81, 0x80 | len(ping))) + mask + masked)
-        opcode, payload = raw.read_frame()
-        assert json.loads(payload)["event"] == "pusher:pong"
+        raw.send_frame(TEXT, ping)
+        assert raw.read_message()["event"] == "pusher:pong"
     finally:
         raw.close()
 
@@ -121,15 +67,13 @@ def test_101_carries_the_accept_key_and_connection_established_follows(
 def test_a_refused_app_key_gets_101_then_the_error_then_close_4001(
     server: ParleyServer,
 ) -> None:
-    raw = Raw(server, "/app/no-such-key?protocol=7")
+    raw = RawWebSocket(server.host, server.port, "/app/no-such-key?protocol=7")
     try:
         assert raw.head.startswith(b"HTTP/1.1 101 ")
-        opcode, payload = raw.read_frame()
-        assert opcode == 0x1
-        frame = json.loads(payload)
+        frame = raw.read_message()
         assert frame["event"] == "pusher:error" and frame["data"]["code"] == 4001
-        opcode, payload = raw.read_frame()
-        assert opcode == 0x8 and int.from_bytes(payload[:2], "big") == 4001
+        close = raw.read_frame()
+        assert close.opcode == CLOSE and close.close_code == 4001
         assert raw.read_to_eof() == b""  # and the server hangs up
     finally:
         raw.close()
@@ -149,11 +93,11 @@ def test_a_broken_upgrade_gets_400_and_leaves_no_session(
 ) -> None:
     # A server of its own: the connections gauge must count this test's sessions only.
     with running() as srv:
-        raw = Raw(srv, f"/app/{srv.key}?protocol=7", **headers)
+        raw = RawWebSocket(srv.host, srv.port, f"/app/{srv.key}?protocol=7", **headers)
         try:
             assert raw.head.startswith(b"HTTP/1.1 400 "), raw.head
-            raw.read_to_eof()  # picows says why in the body, then hangs up
-            assert b"pusher:connection_established" not in raw.buf
+            # picows says why in the body, then hangs up
+            assert b"pusher:connection_established" not in raw.read_to_eof()
         finally:
             raw.close()
         assert connections(srv) == 0.0
@@ -176,10 +120,11 @@ def test_connection_header_listing_upgrade_among_others_is_accepted(
     server: ParleyServer, connection: str
 ) -> None:
     """Firefox sends `Connection: keep-alive, Upgrade` (RFC 9110 7.6.1 allows a list)."""
-    raw = Raw(server, f"/app/{server.key}?protocol=7", Connection=connection)
+    raw = RawWebSocket(
+        server.host, server.port, f"/app/{server.key}?protocol=7", Connection=connection
+    )
     try:
         assert raw.head.startswith(b"HTTP/1.1 101 "), raw.head
-        _opcode, payload = raw.read_frame()
-        assert json.loads(payload)["event"] == "pusher:connection_established"
+        assert raw.read_message()["event"] == "pusher:connection_established"
     finally:
         raw.close()

@@ -13,7 +13,7 @@ import pytest
 from parley import __version__
 from tests.support.inproc import InProcessApp
 from tests.support.pusher_async import AsyncApi, AsyncClient, AsyncClientPool
-from tests.support.pusher_raw import presence_data, unique
+from tests.support.pusher_raw import presence_data, sign_query, unique
 
 pytestmark = pytest.mark.integration
 
@@ -132,6 +132,20 @@ async def test_a_bearer_token_reads_only_public_history_in_a_pusher_mode_app(
         "GET", f"{base}/news/history", headers={"Authorization": f"Bearer {forged}"}
     )
     assert bad.status == 401
+
+
+@pytest.mark.parametrize("timestamp", ["nan", "inf", "-inf", "1e9", "{now}.5", " {now}", "-1"])
+async def test_a_signed_request_with_a_timestamp_not_in_whole_seconds_is_401(
+    app: InProcessApp, api: AsyncApi, timestamp: str
+) -> None:
+    """`float()` took "nan", which no window check refuses; only whole seconds are valid,
+    signed or not."""
+    path = f"/apps/{app.app.id}/channels"
+    given = timestamp.format(now=int(time.time()))
+    query = sign_query("GET", path, {}, b"", app.app.key, app.app.secret, timestamp=given)
+    response = await api.request("GET", path, query)
+    assert response.status == 401, response.body
+    assert "auth_timestamp" in response.json()["error"], response.body
 
 
 async def test_terminate_connections_closes_every_connection_of_that_user_with_4009(

@@ -13,6 +13,7 @@ import hashlib
 import hmac
 import http.client
 import json
+import os
 import time
 import uuid
 from collections.abc import Callable, Iterator, Mapping
@@ -315,11 +316,12 @@ def sign_query(
     key: str,
     secret: str,
     *,
-    timestamp: int | None = None,
+    timestamp: int | str | None = None,
     always_md5: bool = True,
     body_md5: str | None = None,
 ) -> dict[str, str]:
-    """PUSHER.md §3.1: auth_* params and the signature over METHOD\\nPATH\\nsorted query."""
+    """PUSHER.md §3.1: auth_* params and the signature over METHOD\\nPATH\\nsorted query;
+    `timestamp` (now by default) is signed as given, valid or not."""
     query = dict(params)
     query.update(
         auth_key=key,
@@ -361,6 +363,17 @@ def http_request(
         )
     finally:
         conn.close()
+
+
+def assert_compiled(server: ParleyServer) -> None:
+    """The server runs the compiled build (scripts/test compiles it first), unless the test
+    run asked for the source with PARLEY_COMPILED=0: tests of what lives in compiled code
+    must not pass on the source by accident."""
+    code = http_request(server, "GET", "/healthz").json()["code"]
+    if os.environ.get("PARLEY_COMPILED") == "0":
+        assert code.startswith("source"), code
+    else:
+        assert code.startswith("compiled: mypyc"), f"the compiled build did not load: {code}"
 
 
 def signed_request(

@@ -60,6 +60,9 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
         ('[[apps]]\nid = "1"\nkey = "a"\n', {}, "missing 'secret'"),
         ("", {"PARLEY_PORT": "x"}, "PARLEY_PORT"),
         ("", {"PARLEY_ACTIVITY_TIMEOUT_S": "0"}, "activity_timeout_s"),
+        ("", {"PARLEY_HEADER_TIMEOUT_S": "0"}, "'header_timeout_s' must be > 0"),
+        ("[server]\nkeepalive_timeout_s = -1\n", {}, "'keepalive_timeout_s' must be > 0"),
+        ("", {"PARLEY_MAX_HTTP_HEAD_BYTES": "100"}, "'max_http_head_bytes' must be at least"),
         (
             '[[apps]]\nid = "1"\nkey = "a"\nsecret = "s"\n[[apps]]\nid = "1"\nkey = "b"\nsecret = "s"\n',
             {},
@@ -83,6 +86,19 @@ def test_bad_settings_name_the_key(
     config.write_text(toml)
     with pytest.raises(ConfigError, match=problem):
         load_settings(env={"PARLEY_DATA_DIR": str(tmp_path), **env}, config_file=config)
+
+
+def test_connection_timeouts_and_head_limit_from_env_and_file(tmp_path: Path) -> None:
+    config = tmp_path / "parley.toml"
+    config.write_text("[server]\nkeepalive_timeout_s = 75\nmax_http_head_bytes = 8192\n")
+    settings = load_settings(
+        env={"PARLEY_DATA_DIR": str(tmp_path), "PARLEY_HEADER_TIMEOUT_S": "2.5"},
+        config_file=config,
+    )
+    assert (settings.header_timeout_s, settings.keepalive_timeout_s) == (2.5, 75.0)
+    assert settings.max_http_head_bytes == 8192
+    defaults = load_settings(env={"PARLEY_DATA_DIR": str(tmp_path)})
+    assert (defaults.header_timeout_s, defaults.keepalive_timeout_s) == (10.0, 60.0)
 
 
 def test_settings_are_frozen(tmp_path: Path) -> None:

@@ -68,13 +68,14 @@ def verify_api_request(
     if query.get("auth_version", "1.0") != "1.0":
         raise Unauthorized("Unsupported auth_version (expected 1.0)")
     timestamp = query.get("auth_timestamp")
-    try:
-        ts = float(timestamp) if timestamp is not None else None
-    except ValueError:
-        ts = None
-    if ts is None:
-        raise Unauthorized("Missing or invalid auth_timestamp")
-    if abs(now - ts) > window_s:
+    if timestamp is None:
+        raise Unauthorized("Missing auth_timestamp")
+    if not (timestamp.isascii() and timestamp.isdigit() and len(timestamp) <= 12):
+        # every SDK sends whole seconds; float() would take "nan", "inf" and "1e9"
+        raise Unauthorized(
+            f"Invalid auth_timestamp {timestamp[:40]!r}: expected whole seconds since the epoch"
+        )
+    if abs(now - int(timestamp)) > window_s:
         raise Unauthorized(
             f"Timestamp expired: Given timestamp ({timestamp}) not within "
             f"{int(window_s)}s of server time ({int(now)})"

@@ -20,6 +20,7 @@ from parley.auth.signatures import verify_api_request
 from parley.auth.tokens import Identity, TokenRejected
 from parley.core.node import Node
 from parley.errors import BadRequest, Forbidden, HttpError, NotFound, ParleyError, Unauthorized
+from parley.protocol import frames
 from parley.settings import AppConfig
 from parley.transport.server import Request, Response
 
@@ -46,9 +47,9 @@ class Call:
 
     def json(self) -> Any:
         try:
-            return orjson.loads(self.request.body or b"{}")
-        except orjson.JSONDecodeError:
-            raise BadRequest("Request body is not valid JSON") from None
+            return frames.loads(self.request.body or b"{}")
+        except frames.BadJson as exc:
+            raise BadRequest(f"Request body is {exc}") from None
 
 
 Handler = Callable[[Node, Call], Awaitable[Any] | Any]

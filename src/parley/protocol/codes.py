@@ -8,6 +8,8 @@ from enum import IntEnum
 class CloseCode(IntEnum):
     NORMAL = 1000
     GOING_AWAY = 1001
+    PROTOCOL_ERROR = 1002  # RFC 6455: a frame the WebSocket protocol forbids
+    INVALID_PAYLOAD = 1007  # RFC 6455: a text message that is not UTF-8
     MESSAGE_TOO_BIG = 1009
     INTERNAL_ERROR = 1011
     TLS_REQUIRED = 4000  # reconnect with wss

@@ -21,6 +21,7 @@ from parley.auth.signatures import channel_auth_string, token_problem, user_auth
 from parley.errors import (
     ConnectionRefused,
     InvalidArgument,
+    InvalidText,
     ParleyError,
     ProtocolError,
     RateLimited,
@@ -261,6 +262,8 @@ class PusherConnection:
             return []
         try:
             if len(text) > self._max_frame_bytes:
+                if isinstance(text, bytes) and not frames.is_utf8(text):
+                    raise InvalidText("Text message is not valid UTF-8")
                 raise ProtocolError(
                     f"Message too large: {len(text)} bytes, the limit is {self._max_frame_bytes}"
                 )
@@ -293,6 +296,9 @@ class PusherConnection:
         except ConnectionRefused as exc:
             self.state = _CLOSED
             return [error_reply(exc.code, exc.message), Close(exc.code or 4009, exc.message)]
+        except InvalidText as exc:  # a WebSocket rule (RFC 6455 8.1): a close, no error event
+            self.state = _CLOSED
+            return [Close(CloseCode.INVALID_PAYLOAD, exc.message)]
         except ParleyError as exc:
             return [error_reply(exc.code, exc.message)]
 
@@ -336,9 +342,9 @@ class PusherConnection:
                 )
             return Member(self.user_id, self.user_info)
         try:
-            parsed = orjson.loads(channel_data)
-        except orjson.JSONDecodeError:
-            raise ProtocolError("Invalid channel_data: not valid JSON") from None
+            parsed = frames.loads(channel_data)
+        except frames.BadJson as exc:
+            raise ProtocolError(f"Invalid channel_data: {exc}") from None
         if not isinstance(parsed, dict) or "user_id" not in parsed:
             raise ProtocolError("Invalid channel_data: must be an object with a user_id")
         raw_id = parsed["user_id"]
@@ -388,10 +394,10 @@ class PusherConnection:
         if problem:
             raise ConnectionRefused(CloseCode.UNAUTHORIZED, f"Invalid signin: {problem}")
         try:
-            parsed = orjson.loads(user_data)
-        except orjson.JSONDecodeError:
+            parsed = frames.loads(user_data)
+        except frames.BadJson as exc:
             raise ConnectionRefused(
-                CloseCode.UNAUTHORIZED, "Invalid signin: user_data is not JSON"
+                CloseCode.UNAUTHORIZED, f"Invalid signin: user_data is {exc}"
             ) from None
         user_id = parsed.get("id") if isinstance(parsed, dict) else None
         if not isinstance(user_id, str) or not user_id:

@@ -2,15 +2,20 @@
 
 Pusher double-encodes `data` for connection_established, pusher_internal:* and API events
 (a JSON string holding JSON); `pusher:error` data is an object (pysher indexes it).
+
+JSON a client sends (a frame, the JSON strings inside one, an HTTP API body) is read by
+`loads`, which refuses arrays and objects nested deeper than MAX_JSON_DEPTH: what Parley
+does with a value afterwards (encode it again, put it in an error message) recurses, and
+orjson's encoder stops at 254 levels, Python's repr near 1,000.
 """
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, Final
 
 import orjson
 
-from parley.errors import ProtocolError
+from parley.errors import InvalidText, ProtocolError
 from parley.publication import Publication
 
 
@@ -116,12 +121,71 @@ PONG = frame("pusher:pong", {})
 PING = frame("pusher:ping", {})
 
 
-def decode(text: str | bytes) -> dict[str, Any]:
-    """A client frame as a dict with a string `event`, or ProtocolError saying why not."""
+MAX_JSON_DEPTH: Final = 128  # arrays and objects one within another (serde_json's limit)
+_TOO_DEEP: Final = f"JSON nested deeper than {MAX_JSON_DEPTH} levels"
+
+
+class BadJson(ValueError):
+    """What `loads` refuses; its text names the problem ("not valid JSON", or too deep)."""
+
+
+class NotUtf8(BadJson):
+    """Bytes that are not UTF-8 (orjson refuses them as JSON too)."""
+
+
+def loads(text: str | bytes) -> Any:
+    """The value of JSON a client sent, or BadJson. The depth is checked without recursion,
+    and only when the text is long enough to hold that many levels (two bytes each); UTF-8
+    only once orjson has refused the bytes, so valid input pays for neither."""
     try:
-        message = orjson.loads(text)
-    except orjson.JSONDecodeError:
-        raise ProtocolError("Invalid message format: frame is not valid JSON") from None
+        value = orjson.loads(text)
+    except orjson.JSONDecodeError as exc:  # orjson stops at 1024 levels: "depth limit ..."
+        if "depth" in str(exc):
+            raise BadJson(_TOO_DEEP) from None
+        if isinstance(text, bytes) and not is_utf8(text):
+            raise NotUtf8("not valid UTF-8") from None
+        raise BadJson("not valid JSON") from None
+    if len(text) > 2 * MAX_JSON_DEPTH and _nested_deeper(value, MAX_JSON_DEPTH):
+        raise BadJson(_TOO_DEEP)
+    return value
+
+
+def is_utf8(data: bytes) -> bool:
+    try:
+        data.decode("utf-8")
+    except UnicodeDecodeError:
+        return False
+    return True
+
+
+def _nested_deeper(value: Any, limit: int) -> bool:
+    """Whether arrays and objects nest more than `limit` levels in `value`: one level at a
+    time, each container seen once."""
+    level: list[Any] = [value]
+    depth = 0
+    while level:
+        depth += 1
+        if depth > limit:
+            return True
+        inner: list[Any] = []
+        for item in level:
+            if isinstance(item, dict):
+                inner.extend(v for v in item.values() if isinstance(v, dict | list))
+            elif isinstance(item, list):
+                inner.extend(v for v in item if isinstance(v, dict | list))
+        level = inner
+    return False
+
+
+def decode(text: str | bytes) -> dict[str, Any]:
+    """A client frame as a dict with a string `event`, or ProtocolError saying why not
+    (InvalidText when the bytes are not UTF-8)."""
+    try:
+        message = loads(text)
+    except NotUtf8:
+        raise InvalidText("Text message is not valid UTF-8") from None
+    except BadJson as exc:
+        raise ProtocolError(f"Invalid message format: frame is {exc}") from None
     if not isinstance(message, dict):
         raise ProtocolError("Invalid message format: frame must be a JSON object")
     event = message.get("event")
@@ -135,8 +199,10 @@ def data_object(message: dict[str, Any]) -> dict[str, Any]:
     data = message.get("data")
     if isinstance(data, str):
         try:
-            data = orjson.loads(data) if data else {}
-        except orjson.JSONDecodeError:
+            data = loads(data) if data else {}
+        except BadJson as exc:
+            if str(exc) == _TOO_DEEP:
+                raise ProtocolError(f"Invalid message format: data is {exc}") from None
             data = None
     if not isinstance(data, dict):
         raise ProtocolError(f"Invalid message format: {message['event']} needs an object 'data'")

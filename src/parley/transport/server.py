@@ -10,8 +10,11 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
+from collections import deque
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from enum import Enum
 from typing import Any, Protocol
 
 import httptools
@@ -227,6 +230,7 @@ _REASONS = {
     403: "Forbidden",
     404: "Not Found",
     405: "Method Not Allowed",
+    408: "Request Timeout",
     409: "Conflict",
     413: "Payload Too Large",
     429: "Too Many Requests",
@@ -236,26 +240,70 @@ _REASONS = {
 }
 
 
+class _Phase(Enum):
+    """Where a connection is, for its timeouts (`FrontProtocol.check_timeouts`)."""
+
+    HEAD = "head"  # a request head is awaited or under way: the header timeout
+    BODY = "body"  # its body is under way: the header timeout again
+    BUSY = "busy"  # requests are being answered: no timeout (the server's own work)
+    IDLE = "idle"  # kept alive, nothing under way: the keep-alive timeout
+
+
+@dataclass(slots=True)
+class _Pending:
+    """A request waiting for its answer, or an answer already made (a refusal) waiting for the
+    answers before it: answers go out in the order the requests came in."""
+
+    request: Request | None
+    response: Response | None
+    keep_alive: bool
+
+
+_SLICE = 4096  # bytes fed to the parser at a time, so that parsing stops soon after a bound
+_MAX_QUEUED = 8  # requests waiting for an answer before the connection is no longer read
+
+
 class FrontProtocol(asyncio.Protocol):
+    """One connection until it is upgraded: HTTP/1.1 requests, kept alive and pipelined,
+    parsed by httptools and answered in order by one worker task.
+
+    What one client can make it hold is bounded. A request head is at most `max_head_bytes`
+    counted over every read (431 beyond; a head that starts inside a read is counted from
+    the next slice, so it may pass the bound by one slice before the 431). Once `_MAX_QUEUED`
+    requests wait for an answer, or the client leaves answers unread (uvloop's pause_writing),
+    the connection is not read any more and what was read stays unparsed in `_unread` (at
+    most one read) until the answers drain. Timeouts: `check_timeouts`."""
+
     def __init__(self, server: Server) -> None:
         self.server = server
         self.transport: asyncio.Transport | None = None
-        self.buf = b""  # a request head not yet whole
-        self.in_request = False
+        self.buf = b""  # a request head not yet whole, while the parser is between messages
+        self.in_request = False  # the parser is inside a message
         # Made on the first plain HTTP request: a WebSocket upgrade never needs one.
         self.parser: httptools.HttpRequestParser | None = None
         self._url = b""
         self._headers: dict[str, str] = {}
         self._body = bytearray()
-        self._queue: list[Request] = []
+        self._queue: deque[_Pending] = deque()
         self._worker: asyncio.Task[None] | None = None
-        self._keep_alive = True
         self.peer = ""
+        self._unread = b""  # received, not parsed: reading is paused (back-pressure)
+        self._paused = False  # reading is paused
+        self._writable = True  # False from uvloop's pause_writing to its resume_writing
+        self._drained: asyncio.Future[None] | None = None  # the worker waits on it meanwhile
+        self._stalled_at = 0.0  # when writing was paused, or last made progress since
+        self._stalled_size = 0  # the answers' bytes still buffered then
+        self._refused = False  # an error answer is made: nothing more is read
+        self._phase = _Phase.HEAD
+        self._since = 0.0  # when the phase began
+        self._head_seen = 0  # bytes of a head begun inside a read, from the next slice on
+        self._begun = 0  # messages the parser has begun
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
+        self._since = time.monotonic()
         self.server.http_connections.add(self)
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -265,46 +313,94 @@ class FrontProtocol(asyncio.Protocol):
             self._worker.cancel()
 
     def data_received(self, data: bytes) -> None:
+        if self._phase is _Phase.IDLE:  # a kept-alive connection's next request begins
+            self._phase, self._since = _Phase.HEAD, time.monotonic()
+        if self._paused or self._refused:
+            if not self._refused:
+                self._unread += data  # a read already under way when reading was paused
+            return
+        self._receive(data)
+
+    def pause_writing(self) -> None:
+        self._writable = False
+        self._stalled_at = time.monotonic()
+        self._stalled_size = self.transport.get_write_buffer_size() if self.transport else 0
+
+    def resume_writing(self) -> None:
+        self._writable = True
+        drained, self._drained = self._drained, None
+        if drained is not None and not drained.done():
+            drained.set_result(None)
+        self._maybe_resume()
+
+    # -- HTTP --------------------------------------------------------------------------------
+
+    def _receive(self, data: bytes) -> None:
         if self.in_request:
             self._feed(data)
             return
         if self.buf:
             data, self.buf = self.buf + data, b""
-        head_end = data.find(b"\r\n\r\n")
+        limit = self.server.max_head_bytes
+        head_end = _head_end(data)
         if head_end < 0:
-            if len(data) > MAX_HEAD_BYTES:
-                self._reply_and_close(431, b'{"error":"Request head too large"}')
+            if len(data) > limit:
+                self._refuse(431, b'{"error":"Request head too large"}')
             else:
                 self.buf = data
             return
+        if head_end > limit:
+            self._refuse(431, b'{"error":"Request head too large"}')
+            return
         head = data[:head_end].lower()
         if b"\r\nupgrade:" in head and b"websocket" in head:
+            if self._queue or self._worker is not None:  # answers still owed: upgrade after
+                self._unread = data
+                self._pause()
+                return
             if b"\r\nconnection: upgrade\r\n" not in head and not head.endswith(
                 b"\r\nconnection: upgrade"
             ):
                 data = _one_connection_token(data, head_end)
             self._upgrade(data)
             return
-        self.in_request = True
         self._feed(data)
 
-    # -- HTTP --------------------------------------------------------------------------------
-
     def _feed(self, data: bytes) -> None:
+        """Parse `data` a slice at a time; stop where a bound is reached, keeping the rest."""
         if self.parser is None:
             self.parser = httptools.HttpRequestParser(self)
-        try:
-            self.parser.feed_data(data)
-        except httptools.HttpParserUpgrade:
-            self._reply_and_close(400, b'{"error":"Unexpected upgrade request"}')
-        except httptools.HttpParserError as exc:
-            self._reply_and_close(
-                400,
-                b'{"error":"Malformed HTTP request: %s"}'
-                % str(exc).encode()[:80].replace(b'"', b"'"),
-            )
+        view = memoryview(data)
+        for start in range(0, len(data), _SLICE):
+            if len(self._queue) >= _MAX_QUEUED or not self._writable:
+                self._unread = bytes(view[start:])
+                self._pause()
+                return
+            piece = view[start : start + _SLICE]
+            begun = self._begun
+            try:
+                self.parser.feed_data(piece)
+            except httptools.HttpParserUpgrade:
+                self._refuse(400, b'{"error":"Unexpected upgrade request"}')
+            except httptools.HttpParserError as exc:
+                self._refuse(
+                    400,
+                    b'{"error":"Malformed HTTP request: %s"}'
+                    % str(exc).encode()[:80].replace(b'"', b"'"),
+                )
+            if self._refused or self.transport is None or self.transport.is_closing():
+                return
+            if self.in_request and self._phase is _Phase.HEAD and self._begun == begun:
+                self._head_seen += len(piece)  # the whole slice was head
+                if self._head_seen > self.server.max_head_bytes:
+                    self._refuse(431, b'{"error":"Request head too large"}')
+                    return
 
     def on_message_begin(self) -> None:
+        self.in_request = True
+        self._begun += 1
+        self._phase, self._since = _Phase.HEAD, time.monotonic()
+        self._head_seen = 0
         self._url = b""
         self._headers = {}
         self._body = bytearray()
@@ -315,21 +411,26 @@ class FrontProtocol(asyncio.Protocol):
     def on_header(self, name: bytes, value: bytes) -> None:
         self._headers[name.decode("latin-1").lower()] = value.decode("latin-1")
 
+    def on_headers_complete(self) -> None:
+        self._phase, self._since = _Phase.BODY, time.monotonic()
+
     def on_body(self, body: bytes) -> None:
+        if self._refused:
+            return
         self._body += body
         if len(self._body) > self.server.max_body_bytes:
-            self._reply_and_close(413, b'{"error":"Request body too large"}')
+            self._refuse(413, b'{"error":"Request body too large"}')
 
     def on_message_complete(self) -> None:
         self.in_request = False
-        if self.transport is None or self.transport.is_closing():
+        self._phase = _Phase.BUSY
+        if self._refused or self.transport is None or self.transport.is_closing():
             return
         if not self.peer:  # asked only for HTTP requests: uvloop builds a socket object for it
             peer = self.transport.get_extra_info("peername")
             self.peer = f"{peer[0]}:{peer[1]}" if peer else "unknown"
         url = httptools.parse_url(self._url)
         assert self.parser is not None
-        self._keep_alive = self.parser.should_keep_alive()
         request = Request(
             method=self.parser.get_method().decode(),
             path=(url.path or b"/").decode("utf-8", "replace"),
@@ -338,18 +439,33 @@ class FrontProtocol(asyncio.Protocol):
             body=bytes(self._body),
             peer=self.peer,
         )
-        self._queue.append(request)
+        self._queue.append(_Pending(request, None, self.parser.should_keep_alive()))
         if self._worker is None:
             self._worker = asyncio.get_running_loop().create_task(self._work())
 
     async def _work(self) -> None:
         try:
             while self._queue:
-                request = self._queue.pop(0)
-                response = await self.server.http_handler(request)
-                self._write(response, keep_alive=self._keep_alive)
+                if not self._writable:  # the client is not reading its answers: wait
+                    self._drained = asyncio.get_running_loop().create_future()
+                    await self._drained
+                    continue
+                pending = self._queue.popleft()
+                response = pending.response
+                if response is None:
+                    assert pending.request is not None
+                    response = await self.server.http_handler(pending.request)
+                self._write(response, keep_alive=pending.keep_alive)
+                if self._queue:  # pipelined: read on if there is room, and let others in
+                    self._maybe_resume()
+                    await asyncio.sleep(0)
         finally:
             self._worker = None
+            if self.transport is not None and not self.transport.is_closing():
+                waiting = self.in_request or bool(self.buf)
+                self._phase = _Phase.HEAD if waiting else _Phase.IDLE
+                self._since = time.monotonic()
+                self._maybe_resume()
 
     def _write(self, response: Response, keep_alive: bool = True) -> None:
         if self.transport is None or self.transport.is_closing():
@@ -368,8 +484,91 @@ class FrontProtocol(asyncio.Protocol):
         if not keep_alive:
             self.transport.close()
 
-    def _reply_and_close(self, status: int, body: bytes) -> None:
-        self._write(Response(status, body), keep_alive=False)
+    def _refuse(self, status: int, body: bytes) -> None:
+        """Answer with an error and close, after the answers to the requests before it;
+        nothing more is read from the connection."""
+        if self._refused:
+            return
+        self._refused = True
+        self._unread = b""
+        if not self._queue and self._worker is None:
+            self._write(Response(status, body), keep_alive=False)
+            return
+        self._pause()
+        self._queue.append(_Pending(None, Response(status, body), False))
+
+    # -- back-pressure and timeouts ----------------------------------------------------------
+
+    def _pause(self) -> None:
+        if not self._paused and self.transport is not None and not self.transport.is_closing():
+            self._paused = True
+            self.transport.pause_reading()
+
+    def _maybe_resume(self) -> None:
+        """Read again once there is room: fewer than _MAX_QUEUED requests waiting and the
+        client reading its answers; what was left unparsed is parsed first."""
+        if (
+            not self._paused
+            or self._refused
+            or len(self._queue) >= _MAX_QUEUED
+            or not self._writable
+            or self.transport is None
+            or self.transport.is_closing()
+        ):
+            return
+        self._paused = False
+        self.transport.resume_reading()
+        unread, self._unread = self._unread, b""
+        if unread:
+            self._receive(unread)  # may pause again
+
+    def check_timeouts(self, now: float) -> None:
+        """Close the connection if it is past its phase's timeout (`Server._sweep` asks every
+        connection, often): a request head, then its body, must each arrive within
+        `header_timeout_s` (408); a kept-alive connection with nothing under way is closed
+        after `keepalive_timeout_s`, and so is one whose client reads none of its answers
+        for as long."""
+        transport = self.transport
+        if transport is None or transport.is_closing():
+            return
+        server = self.server
+        if not self._writable:
+            size = transport.get_write_buffer_size()
+            if size < self._stalled_size:  # the client reads, however slowly
+                self._stalled_at, self._stalled_size = now, size
+            elif now - self._stalled_at > server.keepalive_timeout_s:
+                transport.abort()  # what is buffered will never be read
+            return
+        if self._queue or self._worker is not None:
+            return
+        if self._phase is _Phase.IDLE:
+            if now - self._since > server.keepalive_timeout_s:
+                transport.close()
+            return
+        if now - self._since <= server.header_timeout_s:
+            return
+        if self._phase is _Phase.HEAD and not self.buf and not self.in_request:
+            transport.close()  # not a byte of a request: nothing to answer
+            return
+        part = "head" if self._phase is _Phase.HEAD else "body"
+        self._refuse(
+            408,
+            b'{"error":"Request timeout: its %s did not arrive within %g s"}'
+            % (part.encode(), server.header_timeout_s),
+        )
+
+    def held_bytes(self) -> int:
+        """What this connection holds in memory, in bytes: input not yet parsed, the request
+        being read, requests waiting for their answer, and answers not yet sent."""
+        held = len(self.buf) + len(self._unread) + len(self._url) + len(self._body)
+        for pending in self._queue:
+            request = pending.request
+            if request is not None:
+                held += len(request.path) + len(request.query) + len(request.body)
+                held += sum(len(k) + len(v) for k, v in request.headers.items())
+        if self.transport is not None:
+            held += self.transport.get_write_buffer_size()
+        return held
 
     # -- WebSocket ---------------------------------------------------------------------------
 
@@ -383,6 +582,17 @@ class FrontProtocol(asyncio.Protocol):
         buffer = ws.get_buffer(len(data))
         memoryview(buffer)[: len(data)] = data
         ws.buffer_updated(len(data))
+
+
+def _head_end(data: bytes) -> int:
+    """Where the blank line that ends a request head starts, or -1. Bare LF line ends count
+    (the parser then refuses them with 400), so such a request is answered, not kept
+    waiting for a CRLF that never comes."""
+    ends = [i for i in (data.find(b"\n\r\n"), data.find(b"\n\n")) if i >= 0]
+    if not ends:
+        return -1
+    end = min(ends)
+    return end - 1 if end > 0 and data[end - 1] == 13 else end  # at its CR, if any
 
 
 def _one_connection_token(data: bytes, head_end: int) -> bytes:
@@ -402,7 +612,11 @@ def _one_connection_token(data: bytes, head_end: int) -> bytes:
 
 
 class Server:
-    """The listening socket; `ws_factory(path, query, headers)` returns a listener or None."""
+    """The listening socket; `ws_factory(path, query, headers)` returns a listener or None.
+
+    A sweep, every quarter of the shorter timeout (at most a second), closes the HTTP
+    connections (upgrades not yet made included) that are past their timeout
+    (`FrontProtocol.check_timeouts`)."""
 
     def __init__(
         self,
@@ -411,13 +625,20 @@ class Server:
         *,
         max_frame_bytes: int,
         max_body_bytes: int,
+        max_head_bytes: int = MAX_HEAD_BYTES,
+        header_timeout_s: float = 10.0,
+        keepalive_timeout_s: float = 60.0,
     ) -> None:
         self.http_handler = http_handler
         self.ws_factory = ws_factory
         self.max_frame_bytes = max_frame_bytes
         self.max_body_bytes = max_body_bytes
+        self.max_head_bytes = max_head_bytes
+        self.header_timeout_s = header_timeout_s
+        self.keepalive_timeout_s = keepalive_timeout_s
         self.http_connections: set[FrontProtocol] = set()
         self._server: asyncio.Server | None = None
+        self._sweeper: asyncio.Task[None] | None = None
         self._logger = _WsLog(logging.getLogger("picows.parley"))
         self.ws_info_log = self._logger.isEnabledFor(logging.INFO)
 
@@ -459,13 +680,25 @@ class Server:
             lambda: FrontProtocol(self), host, port, reuse_address=True, backlog=4096
         )
         sockets = self._server.sockets
+        self._sweeper = loop.create_task(self._sweep())
         return int(sockets[0].getsockname()[1])
+
+    async def _sweep(self) -> None:
+        interval = min(1.0, self.header_timeout_s / 4, self.keepalive_timeout_s / 4)
+        while True:
+            await asyncio.sleep(interval)
+            now = time.monotonic()
+            for conn in list(self.http_connections):
+                conn.check_timeouts(now)
 
     async def stop_listening(self) -> None:
         if self._server is not None:
             self._server.close()
 
     def close_http(self) -> None:
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            self._sweeper = None
         for conn in list(self.http_connections):
             if conn.transport is not None:
                 conn.transport.close()

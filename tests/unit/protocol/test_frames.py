@@ -7,6 +7,7 @@ from typing import Any
 import orjson
 import pytest
 
+from parley.errors import InvalidText, ProtocolError
 from parley.protocol import frames
 from parley.publication import Publication, Publisher, StreamPosition
 
@@ -70,3 +71,41 @@ def test_stored_event_is_byte_for_byte_the_general_frame(
     assert frames.unstored_event(unstored) == frames.frame(
         event, data, channel, user_id=user_id, parley={"publisher": wire}
     )
+
+
+def nest(depth: int, inner: str = "1") -> str:
+    """Arrays and objects, alternating, `depth` levels deep around `inner`."""
+    out = inner
+    for level in range(depth):
+        out = f"[{out}]" if level % 2 else f'{{"k":{out},"pad":"{"x" * 8}"}}'
+    return out
+
+
+@pytest.mark.parametrize("depth", [1, 127, 128])
+def test_loads_takes_json_up_to_the_depth_limit(depth: int) -> None:
+    assert frames.loads(nest(depth)) == orjson.loads(nest(depth))
+
+
+@pytest.mark.parametrize("depth", [129, 300, 1024, 1025, 5000])
+def test_loads_refuses_deeper_json_naming_the_depth(depth: int) -> None:
+    with pytest.raises(frames.BadJson, match="nested deeper than 128 levels"):
+        frames.loads(nest(depth).encode())
+
+
+def test_loads_counts_containers_not_brackets_in_strings() -> None:
+    text = orjson.dumps({"event": "client-x", "data": "[" * 5000, "list": [[1], [2], {"a": [3]}]})
+    assert frames.loads(text)["data"] == "[" * 5000
+
+
+def test_loads_refuses_what_is_not_json() -> None:
+    with pytest.raises(frames.BadJson, match=r"^not valid JSON$"):
+        frames.loads(b'{"event": ')
+
+
+def test_bytes_that_are_not_utf8_are_told_apart_from_bad_json() -> None:
+    with pytest.raises(frames.NotUtf8, match="not valid UTF-8"):
+        frames.loads(b'{"event":"\xc3\x28"}')
+    with pytest.raises(InvalidText):
+        frames.decode(b'{"event":"\xff"}')
+    with pytest.raises(ProtocolError, match="not valid JSON"):
+        frames.decode('{"event":"caf\u00e9"'.encode())  # UTF-8, but not whole JSON

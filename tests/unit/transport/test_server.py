@@ -19,6 +19,7 @@ from parley.transport.server import (
     Response,
     Server,
     SwitchingProtocols,
+    _head_end,
     text_frame,
 )
 
@@ -117,15 +118,29 @@ class FakeTransport:
     def __init__(self) -> None:
         self.written = b""
         self.closed = False
+        self.aborted = False
+        self.buffered = 0
 
     def write(self, data: bytes) -> None:
         self.written += data
+
+    def get_write_buffer_size(self) -> int:
+        return self.buffered
+
+    def pause_reading(self) -> None:
+        pass
+
+    def resume_reading(self) -> None:
+        pass
 
     def is_closing(self) -> bool:
         return self.closed
 
     def close(self) -> None:
         self.closed = True
+
+    def abort(self) -> None:
+        self.aborted = self.closed = True
 
     def get_extra_info(self, name: str, default: object = None) -> object:
         return ("127.0.0.1", 1234) if name == "peername" else default
@@ -169,3 +184,66 @@ def test_a_request_head_over_16_kib_gets_431_and_is_closed() -> None:
     assert transport.written.startswith(b"HTTP/1.1 431 ")
     assert b"Request head too large" in transport.written and transport.closed
     assert seen == []
+
+
+def test_a_pipelined_head_growing_over_reads_gets_431() -> None:
+    """The second head starts inside the first read, so the pre-scan never sees it whole:
+    it is counted as the parser reads it, slice by slice."""
+
+    async def main() -> tuple[FakeTransport, list[Request]]:
+        protocol, transport, seen = front()
+        protocol.data_received(b"GET /a HTTP/1.1\r\nHost: h\r\n\r\nGET /b HTTP/1.1\r\n")
+        for _ in range(40):
+            protocol.data_received(b"X-Filler: " + b"a" * 1000 + b"\r\n")
+            await asyncio.sleep(0)
+            if transport.closed:
+                break
+        return transport, seen
+
+    transport, seen = uvloop.run(main())
+    assert [r.path for r in seen] == ["/a"]
+    assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n")
+    assert b"HTTP/1.1 431 " in transport.written and transport.closed
+    assert len(transport.written) < 1000
+
+
+@pytest.mark.parametrize(
+    ("data", "end"),
+    [
+        (b"GET / HTTP/1.1\r\nHost: h\r\n\r\nbody", 23),
+        (b"GET / HTTP/1.1\nHost: h\n\n", 22),
+        (b"GET / HTTP/1.1\r\nHost: h\n\r\n", 23),
+        (b"GET / HTTP/1.1\r\nHost: h\r\n", -1),
+    ],
+)
+def test_head_end_finds_the_blank_line_with_or_without_cr(data: bytes, end: int) -> None:
+    assert _head_end(data) == end
+
+
+def test_a_client_reading_no_answers_is_cut_off_once_it_makes_no_progress() -> None:
+    protocol, transport, _ = front()
+    keepalive = protocol.server.keepalive_timeout_s
+    transport.buffered = 100_000
+    protocol.pause_writing()  # uvloop: the answers went over the high-water mark
+    start = protocol._stalled_at
+    for step in range(1, 5):  # it reads a little in every keep-alive period: kept
+        transport.buffered -= 1000
+        protocol.check_timeouts(start + step * keepalive * 0.9)
+        assert not transport.aborted
+    protocol.check_timeouts(start + 4 * keepalive * 0.9 + keepalive + 1)  # then nothing
+    assert transport.aborted
+
+
+def test_the_timeout_of_each_phase() -> None:
+    protocol, transport, _ = front()
+    header = protocol.server.header_timeout_s
+    opened = protocol._since
+    protocol.check_timeouts(opened + header - 0.1)
+    assert not transport.closed
+    protocol.check_timeouts(opened + header + 0.1)  # not a byte sent: closed, no answer
+    assert transport.closed and transport.written == b""
+
+    protocol, transport, _ = front()
+    protocol.data_received(b"GET / HTTP/1.1\r\n")
+    protocol.check_timeouts(protocol._since + header + 0.1)  # a head under way: 408
+    assert transport.written.startswith(b"HTTP/1.1 408 ") and transport.closed

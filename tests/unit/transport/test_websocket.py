@@ -70,15 +70,26 @@ class FakeWSTransport:
 
 
 class Frame:
-    """What WebSocket reads of a picows frame."""
+    """What WebSocket reads of a picows frame. Like picows, it gives `fin` and the reserved
+    bits as ints (0 or 1), not bools."""
 
     def __init__(
-        self, kind: WSMsgType, payload: bytes = b"", fin: bool = True, close: int = 1000
+        self,
+        kind: WSMsgType,
+        payload: bytes = b"",
+        fin: bool = True,
+        close: int = 1000,
+        rsv1: int = 0,
     ) -> None:
-        self.msg_type, self.payload, self.fin, self.close = kind, payload, fin, close
+        self.msg_type, self.payload, self.fin, self.close = kind, payload, int(fin), close
+        self.rsv1, self.rsv2, self.rsv3 = rsv1, 0, 0
+        self.payload_size = len(payload)
 
     def get_payload_as_bytes(self) -> bytes:
         return self.payload
+
+    def get_payload_as_memoryview(self) -> memoryview:
+        return memoryview(self.payload)
 
     def get_close_code(self) -> int:
         return self.close
@@ -145,11 +156,65 @@ def test_a_fragmented_text_message_reaches_the_session_whole() -> None:
     assert ws.session.node.hubs[APP.id].messages_in == 1
 
 
-def test_a_continuation_of_no_text_message_is_ignored() -> None:
+def test_a_fragmented_message_with_control_frames_between_reaches_the_session_whole() -> None:
     ws, transport = connected()
-    ws.on_ws_frame(transport, Frame(WSMsgType.CONTINUATION, PING))  # type: ignore[arg-type]
-    assert transport.sent == [] and transport.closes == []
+    text = '{"event":"pusher:ping","data":{"t":"\u20ac"}}'.encode()
+    cut = text.index("\u20ac".encode()) + 1  # inside the three bytes of the euro sign
+    ws.on_ws_frame(transport, Frame(WSMsgType.TEXT, text[:cut], fin=False))  # type: ignore[arg-type]
+    ws.on_ws_frame(transport, Frame(WSMsgType.PING, b"p"))  # type: ignore[arg-type]
+    ws.on_ws_frame(transport, Frame(WSMsgType.PONG))  # type: ignore[arg-type]
+    ws.on_ws_frame(transport, Frame(WSMsgType.CONTINUATION, text[cut:]))  # type: ignore[arg-type]
+    assert transport.pongs == [b"p"]
+    assert [m["event"] for m in transport.messages()] == ["pusher:pong"]
+    assert transport.closes == []
+
+
+@pytest.mark.parametrize(
+    ("frames", "code"),
+    [
+        ([Frame(WSMsgType.CONTINUATION, PING)], 1002),
+        ([Frame(WSMsgType.TEXT, PING[:5], fin=False), Frame(WSMsgType.TEXT, PING)], 1002),
+        ([Frame(WSMsgType.BINARY, b"\0", fin=False), Frame(WSMsgType.TEXT, PING)], 1002),
+        ([Frame(WSMsgType.TEXT, PING[:5], fin=False), Frame(WSMsgType.BINARY, b"\0")], 1002),
+        ([Frame(WSMsgType.TEXT, PING, rsv1=1)], 1002),
+        ([Frame(WSMsgType.PING, b"", rsv1=1)], 1002),
+    ],
+)
+def test_a_frame_out_of_order_fails_the_connection_with_1002(
+    frames: list[Frame], code: int
+) -> None:
+    ws, transport = connected()
+    for frame in frames:
+        ws.on_ws_frame(transport, frame)  # type: ignore[arg-type]
+    assert [c for c, _ in transport.closes] == [code] and transport.disconnects == [True]
+    assert transport.sent == [] and ws.session.closing
     assert ws.session.node.hubs[APP.id].messages_in == 0
+
+
+@pytest.mark.parametrize(
+    "frames",
+    [
+        [Frame(WSMsgType.TEXT, b'{"event":"\xff"}')],
+        [Frame(WSMsgType.TEXT, b'{"event":"\xe2\x82', fin=False), Frame(WSMsgType.CONTINUATION)],
+        [Frame(WSMsgType.TEXT, b'"\xff' + b"x" * 70000)],  # over max_frame_bytes too
+    ],
+)
+def test_a_text_message_not_utf8_fails_the_connection_with_1007(frames: list[Frame]) -> None:
+    ws, transport = connected()
+    for frame in frames:
+        ws.on_ws_frame(transport, frame)  # type: ignore[arg-type]
+    assert transport.closes == [(1007, b"Text message is not valid UTF-8")]
+    assert transport.sent == [] and ws.session.closing  # no pusher:error before the close
+
+
+def test_a_fragmented_binary_message_is_answered_once_it_ends() -> None:
+    ws, transport = connected()
+    ws.on_ws_frame(transport, Frame(WSMsgType.BINARY, b"\0", fin=False))  # type: ignore[arg-type]
+    assert transport.sent == []
+    ws.on_ws_frame(transport, Frame(WSMsgType.CONTINUATION, b"\1"))  # type: ignore[arg-type]
+    assert transport.messages()[-1]["data"]["message"].startswith("Binary frames")
+    ws.on_ws_frame(transport, Frame(WSMsgType.TEXT, PING))  # type: ignore[arg-type]
+    assert transport.messages()[-1]["event"] == "pusher:pong"
 
 
 def test_a_fragmented_message_over_the_limit_is_closed_with_1009() -> None:
@@ -182,6 +247,35 @@ def test_ping_pong_binary_and_close_frames() -> None:
     assert transport.messages()[-1]["data"]["message"].startswith("Binary frames")
     ws.on_ws_frame(transport, Frame(WSMsgType.CLOSE, b"bye", close=1001))  # type: ignore[arg-type]
     assert transport.closes == [(1001, b"bye")] and transport.disconnects == [True]
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "answer"),
+    [
+        (b"", 1000, 1000),  # no code: 1005 to the application, answered with 1000
+        (b"\x0f\xa0", 4000, 4000),
+        (b"\x00\x00", 0, 1002),
+        (b"\x03\xee", 1006, 1002),
+        (b"\x13\x88", 5000, 1002),
+    ],
+)
+def test_a_close_is_echoed_unless_its_code_may_not_be_sent(
+    payload: bytes, code: int, answer: int
+) -> None:
+    ws, transport = connected()
+    frame = Frame(WSMsgType.CLOSE, payload, close=code)
+    frame.payload = payload[2:]  # what get_close_message gives
+    frame.payload_size = len(payload)
+    ws.on_ws_frame(transport, frame)  # type: ignore[arg-type]
+    assert [c for c, _ in transport.closes] == [answer] and transport.disconnects == [True]
+
+
+def test_the_answer_to_a_close_this_side_sent_is_not_answered() -> None:
+    ws, transport = connected()
+    ws.close(4009, "refused")
+    ws.on_ws_frame(transport, Frame(WSMsgType.CLOSE, b"", close=4009))  # type: ignore[arg-type]
+    assert transport.closes == [(4009, b"refused")]
+    assert transport.disconnects == [True, True]
 
 
 def test_close_sends_one_close_frame_with_the_reason_cut_to_120_bytes() -> None:
