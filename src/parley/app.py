@@ -6,6 +6,7 @@ import asyncio
 import gc
 import signal
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from parley import __version__, logs, speedups
@@ -21,6 +22,7 @@ from parley.http_api import builtin, ops, pusher
 from parley.http_api.routes import Router
 from parley.settings import Settings, describe
 from parley.transport.server import Server
+from parley.transport.tls import TlsCertificate
 from parley.transport.websocket import Limits, WebSocket
 
 
@@ -30,6 +32,7 @@ class Running:
     server: Server
     port: int
     db: Database | None  # closed after the node's stores
+    tls: TlsCertificate | None = None  # reloaded on SIGHUP
 
 
 def make_database(settings: Settings) -> Database | None:
@@ -174,9 +177,14 @@ async def _start(settings: Settings, db: Database | None) -> Running:
         header_timeout_s=settings.header_timeout_s,
         keepalive_timeout_s=settings.keepalive_timeout_s,
     )
-    port = await server.start(settings.host, settings.port)
+    tls = (
+        TlsCertificate(Path(settings.tls_cert), Path(settings.tls_key))
+        if settings.tls_cert
+        else None
+    )
+    port = await server.start(settings.host, settings.port, tls.context if tls else None)
     node.start()
-    return Running(node, server, port, db)
+    return Running(node, server, port, db, tls)
 
 
 async def stop(running: Running) -> None:
@@ -189,16 +197,30 @@ async def stop(running: Running) -> None:
 
 def announce(settings: Settings, port: int) -> None:
     host = settings.host
+    ws, http = ("wss", "https") if settings.tls_cert else ("ws", "http")
     print(f"Parley {__version__} listening on {host}:{port} ({speedups.STATUS})", flush=True)
     for app in settings.apps:
         print(
-            f"  app {app.id}: WebSocket ws://{host}:{port}/app/{app.key}?protocol=7 | "
-            f"HTTP API http://{host}:{port}/apps/{app.id} | key={app.key} secret={app.secret}",
+            f"  app {app.id}: WebSocket {ws}://{host}:{port}/app/{app.key}?protocol=7 | "
+            f"HTTP API {http}://{host}:{port}/apps/{app.id} | key={app.key} secret={app.secret}",
             flush=True,
         )
     print(
-        f"  health http://{host}:{port}/healthz | metrics http://{host}:{port}/metrics", flush=True
+        f"  health {http}://{host}:{port}/healthz | metrics {http}://{host}:{port}/metrics",
+        flush=True,
     )
+
+
+def reload_tls(running: Running) -> None:
+    """SIGHUP: load the TLS certificate and key again (a failure keeps the old ones)."""
+    if running.tls is None:
+        logs.info("sighup ignored", reason="no TLS certificate configured")
+        return
+    problem = running.tls.reload()
+    if problem is None:
+        logs.info("tls certificate reloaded", cert=str(running.tls.cert_file))
+    else:
+        logs.warning("tls certificate not reloaded", reason=problem)
 
 
 async def serve(settings: Settings) -> None:
@@ -213,6 +235,7 @@ async def serve(settings: Settings) -> None:
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop_event.set)
+    loop.add_signal_handler(signal.SIGHUP, reload_tls, running)
     logs.info(
         "listening",
         host=settings.host,

@@ -22,6 +22,8 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--data-dir", dest="data_dir", help="where state is kept")
     serve.add_argument("--activity-timeout", dest="activity_timeout_s", type=int)
     serve.add_argument("--pong-timeout", dest="pong_timeout_s", type=float)
+    serve.add_argument("--tls-cert", dest="tls_cert", help="PEM certificate chain (with --tls-key)")
+    serve.add_argument("--tls-key", dest="tls_key", help="PEM private key; SIGHUP reloads both")
     serve.add_argument("--log-level", dest="log_level")
     serve.add_argument("--log-format", dest="log_format", choices=["json", "text"])
     cli_users.add_parser(sub)

@@ -128,6 +128,9 @@ class Settings:
     header_timeout_s: float = 10.0
     keepalive_timeout_s: float = 60.0
     shutdown_grace_s: float = 5.0
+    # TLS built in: PEM certificate chain and key (both or neither); SIGHUP reloads them.
+    tls_cert: str = ""
+    tls_key: str = ""
     log_level: str = "info"
     log_format: str = "json"
     store: str = "sqlite"  # history and state: memory, sqlite (under data_dir) or postgres
@@ -154,6 +157,8 @@ class Settings:
                 raise ConfigError(f"'{name}' must be > 0")
         if self.max_http_head_bytes < 1024:
             raise ConfigError("'max_http_head_bytes' must be at least 1024")
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ConfigError("'tls_cert' and 'tls_key' go together: give both or neither")
         if self.log_format not in ("json", "text"):
             raise ConfigError("'log_format' must be json or text")
         ids = [a.id for a in self.apps]

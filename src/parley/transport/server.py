@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -674,10 +675,11 @@ class Server:
             1024,  # initial read buffer: small (it grows), memory per idle connection matters
         )
 
-    async def start(self, host: str, port: int) -> int:
+    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
+        """Listen on host:port (with TLS when `tls` is given); return the port."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: FrontProtocol(self), host, port, reuse_address=True, backlog=4096
+            lambda: FrontProtocol(self), host, port, reuse_address=True, backlog=4096, ssl=tls
         )
         sockets = self._server.sockets
         self._sweeper = loop.create_task(self._sweep())
