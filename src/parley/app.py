@@ -20,7 +20,8 @@ from parley.core.session import Session
 from parley.errors import CannotStart
 from parley.http_api import builtin, ops, pusher
 from parley.http_api.routes import Router
-from parley.settings import Settings, describe
+from parley.settings import Settings, describe, parse_networks
+from parley.transport.proxies import TrustedProxies
 from parley.transport.server import Server
 from parley.transport.tls import TlsCertificate
 from parley.transport.websocket import Limits, WebSocket
@@ -176,6 +177,7 @@ async def _start(settings: Settings, db: Database | None) -> Running:
         max_head_bytes=settings.max_http_head_bytes,
         header_timeout_s=settings.header_timeout_s,
         keepalive_timeout_s=settings.keepalive_timeout_s,
+        proxies=TrustedProxies(parse_networks(settings.trusted_proxies)),
     )
     tls = (
         TlsCertificate(Path(settings.tls_cert), Path(settings.tls_key))

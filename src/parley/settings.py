@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import ipaddress
 import os
 import re
 import secrets
@@ -23,6 +24,22 @@ import orjson
 from parley.errors import ConfigError
 
 _APP_ID = re.compile(r"[0-9]+")
+
+
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
+
+
+def parse_networks(raw: str) -> tuple[Network, ...]:
+    """`10.0.0.0/8, 127.0.0.1, ::1` as networks; ValueError names a bad entry."""
+    networks = []
+    for item in raw.split(","):
+        item = item.strip()
+        if item:
+            try:
+                networks.append(ipaddress.ip_network(item, strict=False))
+            except ValueError:
+                raise ValueError(f"{item!r} is not an IP address or network") from None
+    return tuple(networks)
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +148,8 @@ class Settings:
     # TLS built in: PEM certificate chain and key (both or neither); SIGHUP reloads them.
     tls_cert: str = ""
     tls_key: str = ""
+    # Proxies (addresses or networks, comma-separated) whose X-Forwarded-For is believed.
+    trusted_proxies: str = ""
     log_level: str = "info"
     log_format: str = "json"
     store: str = "sqlite"  # history and state: memory, sqlite (under data_dir) or postgres
@@ -157,6 +176,10 @@ class Settings:
                 raise ConfigError(f"'{name}' must be > 0")
         if self.max_http_head_bytes < 1024:
             raise ConfigError("'max_http_head_bytes' must be at least 1024")
+        try:
+            parse_networks(self.trusted_proxies)
+        except ValueError as exc:
+            raise ConfigError(f"'trusted_proxies': {exc}") from None
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("'tls_cert' and 'tls_key' go together: give both or neither")
         if self.log_format not in ("json", "text"):

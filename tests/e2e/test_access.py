@@ -373,6 +373,25 @@ def test_disabling_a_user_ends_their_live_connections(srv: ParleyServer) -> None
         assert again.expect_error(4009)["message"] == "user disabled"
 
 
+@pytest.mark.parametrize("trusted", [True, False])
+def test_the_address_throttle_believes_x_forwarded_for_only_from_trusted_proxies(
+    trusted: bool,
+) -> None:
+    env = {"PARLEY_APP_AUTH": "builtin", "PARLEY_STORE": "memory"}
+    if trusted:
+        env["PARLEY_TRUSTED_PROXIES"] = "127.0.0.1"
+    with ParleyServer(secret=SECRET, env=env) as server:
+        hidden = [
+            login(server, f"nobody{i}", "x", {"X-Forwarded-For": "198.51.100.7"}).status
+            for i in range(21)
+        ]
+        other = login(server, "nobody", "x", {"X-Forwarded-For": "198.51.100.8"}).status
+    assert hidden[:20] == [401] * 20 and hidden[20] == 429
+    # Behind a trusted proxy another client is another address; otherwise the header is
+    # anyone's to write, and the socket's address (the same for all) is what counts.
+    assert other == (401 if trusted else 429)
+
+
 def test_a_disabled_users_token_is_refused_at_every_entry_point(srv: ParleyServer) -> None:
     room = unique("private-frank-")
     assert grant(srv, "frank", room, ["read", "manage"]).status == 200

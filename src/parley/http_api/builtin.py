@@ -140,7 +140,7 @@ def register(router: Router) -> None:
         if not isinstance(username, str) or not isinstance(password, str) or not username:
             raise BadRequest("Body must be {username: string, password: string}")
         now = time.monotonic()
-        keys = [f"user:{call.app.id}:{username}", f"addr:{call.request.peer.rsplit(':', 1)[0]}"]
+        keys = [f"user:{call.app.id}:{username}", f"addr:{call.request.client_ip}"]
         wait = throttle.attempt(keys, now)
         if wait > 0:
             raise TooManyAttempts(wait)

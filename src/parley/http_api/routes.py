@@ -131,6 +131,7 @@ class Router:
                 status=response.status,
                 reason=reason,
                 peer=request.peer,
+                client_ip=request.client_ip,
             )
         return response
 

@@ -22,6 +22,8 @@ import httptools
 from picows import WSFrame, WSListener, WSTransport, WSUpgradeResponseWithListener
 from picows.picows import WSAutoPingStrategy, WSProtocol  # type: ignore[attr-defined]
 
+from parley.transport.proxies import TrustedProxies
+
 MAX_HEAD_BYTES = 16 * 1024
 
 
@@ -67,7 +69,8 @@ class Request:
     query: str
     headers: dict[str, str]
     body: bytes
-    peer: str
+    peer: str  # the socket's address, ip:port
+    client_ip: str = ""  # the client's: the socket's, or X-Forwarded-For from a trusted proxy
 
 
 @dataclass(slots=True)
@@ -288,6 +291,7 @@ class FrontProtocol(asyncio.Protocol):
         self._queue: deque[_Pending] = deque()
         self._worker: asyncio.Task[None] | None = None
         self.peer = ""
+        self.peer_ip = ""
         self._unread = b""  # received, not parsed: reading is paused (back-pressure)
         self._paused = False  # reading is paused
         self._writable = True  # False from uvloop's pause_writing to its resume_writing
@@ -430,6 +434,7 @@ class FrontProtocol(asyncio.Protocol):
         if not self.peer:  # asked only for HTTP requests: uvloop builds a socket object for it
             peer = self.transport.get_extra_info("peername")
             self.peer = f"{peer[0]}:{peer[1]}" if peer else "unknown"
+            self.peer_ip = str(peer[0]) if peer else "unknown"
         url = httptools.parse_url(self._url)
         assert self.parser is not None
         request = Request(
@@ -439,6 +444,9 @@ class FrontProtocol(asyncio.Protocol):
             headers=self._headers,
             body=bytes(self._body),
             peer=self.peer,
+            client_ip=self.server.proxies.client_of(
+                self.peer_ip, self._headers.get("x-forwarded-for")
+            ),
         )
         self._queue.append(_Pending(request, None, self.parser.should_keep_alive()))
         if self._worker is None:
@@ -629,6 +637,7 @@ class Server:
         max_head_bytes: int = MAX_HEAD_BYTES,
         header_timeout_s: float = 10.0,
         keepalive_timeout_s: float = 60.0,
+        proxies: TrustedProxies | None = None,
     ) -> None:
         self.http_handler = http_handler
         self.ws_factory = ws_factory
@@ -637,6 +646,7 @@ class Server:
         self.max_head_bytes = max_head_bytes
         self.header_timeout_s = header_timeout_s
         self.keepalive_timeout_s = keepalive_timeout_s
+        self.proxies = proxies or TrustedProxies()
         self.http_connections: set[FrontProtocol] = set()
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
