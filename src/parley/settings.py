@@ -18,6 +18,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
+from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 
@@ -148,6 +149,8 @@ class Settings:
     # TLS built in: PEM certificate chain and key (both or neither); SIGHUP reloads them.
     tls_cert: str = ""
     tls_key: str = ""
+    # When set, GET /metrics needs `Authorization: Bearer <metrics_token>` (health stays open).
+    metrics_token: str = ""
     # Proxies (addresses or networks, comma-separated) whose X-Forwarded-For is believed.
     trusted_proxies: str = ""
     log_level: str = "info"
@@ -384,5 +387,16 @@ def describe(settings: Settings) -> dict[str, Any]:
     """Settings without secrets, for the start-up log line."""
     out = dataclasses.asdict(settings)
     out["data_dir"] = str(settings.data_dir)
+    out["postgres_url"] = without_password(settings.postgres_url)
+    out["metrics_token"] = "***" if settings.metrics_token else ""
     out["apps"] = [{"id": a.id, "key": a.key, "enabled": a.enabled} for a in settings.apps]
     return out
+
+
+def without_password(url: str) -> str:
+    """A database URL fit for logs: its password replaced by ***."""
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    user, _, host = parts.netloc.rpartition("@")
+    return urlunsplit(parts._replace(netloc=f"{user.partition(':')[0]}:***@{host}"))

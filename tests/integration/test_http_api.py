@@ -3,15 +3,17 @@ terminate_connections, signature refusals, and the unsigned /healthz, /readyz an
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import re
 import time
+from pathlib import Path
 
 import jwt
 import pytest
 
 from parley import __version__
-from tests.support.inproc import InProcessApp
+from tests.support.inproc import InProcessApp, app_settings, serving
 from tests.support.pusher_async import AsyncApi, AsyncClient, AsyncClientPool
 from tests.support.pusher_raw import presence_data, sign_query, unique
 
@@ -223,3 +225,25 @@ async def test_healthz_readyz_and_metrics(
     assert value(f"parley_api_events_total{app_id}") == 2
     assert value(f'parley_errors_total{{app_id="{app.app.id}",code="none"}}') == 1
     assert value('parley_http_requests_total{route="events",status="200"}') == 2
+
+
+async def test_metrics_behind_a_token_while_health_stays_open(tmp_path: Path) -> None:
+    settings = dataclasses.replace(app_settings(tmp_path), metrics_token="scrape-me")
+    async with serving(settings) as guarded:
+        api = AsyncApi(guarded.http_url, guarded.app.id, guarded.app.key, guarded.app.secret)
+        try:
+            refused = await api.request("GET", "/metrics")
+            wrong = await api.request(
+                "GET", "/metrics", headers={"Authorization": "Bearer scrape-you"}
+            )
+            allowed = await api.request(
+                "GET", "/metrics", headers={"Authorization": "Bearer scrape-me"}
+            )
+            health = await api.request("GET", "/healthz")
+        finally:
+            await api.close()
+    assert (refused.status, wrong.status) == (401, 401)
+    assert "metrics_token" in refused.json()["error"]
+    assert refused.headers["www-authenticate"].startswith("Bearer")
+    assert allowed.status == 200 and b"parley_connections" in allowed.body
+    assert health.status == 200

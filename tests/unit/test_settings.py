@@ -5,7 +5,7 @@ from pathlib import Path
 import pytest
 
 from parley.errors import ConfigError
-from parley.settings import load_settings, unknown_variables
+from parley.settings import describe, load_settings, unknown_variables
 
 
 def test_default_app_is_generated_once_and_kept(tmp_path: Path) -> None:
@@ -124,3 +124,17 @@ def test_unknown_variables_are_named_with_the_closest_known_one() -> None:
         "(did you mean PARLEY_APP_CLIENT_EVENTS?)",
         "unknown variable PARLEY_ZZZ_QQQ is ignored",
     ]
+
+
+def test_the_start_line_shows_no_secret(tmp_path: Path) -> None:
+    settings = load_settings(
+        env={
+            "PARLEY_DATA_DIR": str(tmp_path),
+            "PARLEY_POSTGRES_URL": "postgresql://parley:hunter2@db:5432/parley",
+            "PARLEY_METRICS_TOKEN": "scrape-me",
+        }
+    )
+    shown = str(describe(settings))
+    assert "hunter2" not in shown and "scrape-me" not in shown
+    assert "postgresql://parley:***@db:5432/parley" in shown
+    assert settings.apps[0].secret not in shown

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hmac
+
 import orjson
 
 from parley import __version__, speedups
@@ -25,7 +27,22 @@ def register(router: Router) -> None:
             orjson.dumps({"status": "ready", "apps": len(node.apps), "checks": {"broker": "ok"}}),
         )
 
+    token = node.settings.metrics_token.encode()
+
     async def metrics(request: Request) -> Response:
+        if token:  # Prometheus sends it as `authorization: {credentials: ...}` configures
+            given = request.headers.get("authorization", "").removeprefix("Bearer ").encode()
+            if not hmac.compare_digest(given, token):
+                return Response(
+                    401,
+                    orjson.dumps(
+                        {
+                            "error": "/metrics needs 'Authorization: Bearer <metrics_token>'",
+                            "status": 401,
+                        }
+                    ),
+                    headers={"WWW-Authenticate": 'Bearer realm="parley metrics"'},
+                )
         return Response(200, node.metrics.render(), content_type="text/plain; version=0.0.4")
 
     router.unsigned[("GET", "/healthz")] = healthz

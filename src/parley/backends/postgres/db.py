@@ -11,12 +11,12 @@ from __future__ import annotations
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg  # type: ignore[import-untyped]
 
 from parley.backends.database import Database, Migration
 from parley.backends.postgres import migrations as schema
+from parley.settings import without_password
 
 # Connections at most, for every store of the process together: as many as it had before the
 # stores shared one pool (history 4, users and grants 2 each), so a node asks no more of the
@@ -41,7 +41,7 @@ class PostgresDb(Database):
         self._pool: Any = None  # asyncpg.Pool; asyncpg ships no types
 
     def describe(self) -> str:
-        return f"PostgreSQL {_without_password(self.url)}"
+        return f"PostgreSQL {without_password(self.url)}"
 
     async def open(self) -> None:
         if self._pool is None:
@@ -64,12 +64,3 @@ class PostgresDb(Database):
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.rpartition("@")
-    user = netloc[0].partition(":")[0]
-    return urlunsplit(parts._replace(netloc=f"{user}:***@{netloc[2]}"))
