@@ -74,27 +74,33 @@ def served_certificate(port: int, context: ssl.SSLContext) -> x509.Certificate:
         _, writer = await asyncio.open_connection("127.0.0.1", port, ssl=context)
         der = writer.get_extra_info("ssl_object").getpeercert(binary_form=True)
         writer.close()
+        await writer.wait_closed()
         return bytes(der)
 
     return x509.load_der_x509_certificate(asyncio.run(handshake()))
 
 
-def wait_for_log(srv: ParleyServer, event: str) -> dict[str, object]:
+def wait_for_line(lines: list[str], text: str) -> str:
+    """The first of the server's output lines (read by its pump thread) holding `text`."""
     deadline = time.monotonic() + TIMEOUT
     while time.monotonic() < deadline:
-        for line in srv.log_events():
-            if f'"event":"{event}"' in line:
-                parsed: dict[str, object] = json.loads(line)
-                return parsed
-        time.sleep(0.02)  # polling the server's own log lines, bounded by the deadline
-    raise AssertionError(f"no {event!r} log line within {TIMEOUT}s")
+        for line in list(lines):
+            if text in line:
+                return line
+        time.sleep(0.02)  # polling what the pump thread appends, bounded by the deadline
+    raise AssertionError(f"no line with {text!r} within {TIMEOUT}s: {lines[-5:]}")
+
+
+def wait_for_log(srv: ParleyServer, event: str) -> dict[str, object]:
+    parsed: dict[str, object] = json.loads(wait_for_line(srv.stderr_lines, f'"event":"{event}"'))
+    return parsed
 
 
 def test_wss_and_https_on_one_port_and_a_certificate_reloaded_on_sighup(tmp_path: Path) -> None:
     first = write_certificate(tmp_path, "first")
     args = ["--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")]
     with ParleyServer(args=args) as srv:
-        assert any(f"wss://127.0.0.1:{srv.port}/app/" in line for line in srv.stdout_lines)
+        wait_for_line(srv.stdout_lines, f"wss://127.0.0.1:{srv.port}/app/")
         context = trusting(first)
         channel = unique("tls-")
 
