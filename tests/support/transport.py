@@ -9,6 +9,7 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+from parley.backends.memory.broker import MemoryBroker
 from parley.backends.memory.history import MemoryHistoryStore
 from parley.core.node import Node
 from parley.settings import AppConfig, Settings
@@ -17,11 +18,13 @@ APP = AppConfig(id="1", key="unit-key", secret="unit-secret", client_events=True
 
 
 def make_node(**settings: Any) -> Node:
-    """A node with one app (`APP`) and history in memory; nothing started."""
+    """A node with one app (`APP`), history in memory and the memory broker; nothing started
+    (`await node.broker.start(node.delivery)` delivers publications)."""
     data_dir = Path(tempfile.mkdtemp(prefix="parley-unit-"))
     return Node(
         Settings(data_dir=data_dir, store="memory", apps=(APP,), **settings),
         MemoryHistoryStore(),
+        MemoryBroker(),
     )
 
 
