@@ -162,7 +162,7 @@ async def main(
         for i in range(users)
     ]
     if without == "fanout":
-        node._fan_out = lambda *a, **k: None  # type: ignore[method-assign]
+        node.delivery.fan_out = lambda *a, **k: None  # type: ignore[method-assign]
     elif without == "client":
         node._client_event = lambda *a, **k: None  # type: ignore[method-assign]
     elif without == "append":
@@ -194,8 +194,7 @@ async def main(
                     ws.on_ws_frame(fake, frames[i])
             await asyncio.sleep(0)
             await asyncio.sleep(0)
-    while node._pump is not None:
-        await asyncio.sleep(0)
+    await node.delivery.idle()
     cpu = time.process_time() - cpu0
     delivered = sum(t.sent for _, t in sessions) - before
     n = rounds * users

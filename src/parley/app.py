@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from parley import __version__, logs, speedups
+from parley.backends.broker import Broker
 from parley.backends.database import Database, Migration, MigrationFailed
 from parley.backends.grants import GrantStore
 from parley.backends.history import HistoryStore
@@ -34,6 +35,13 @@ class Running:
     port: int
     db: Database | None  # closed after the node's stores
     tls: TlsCertificate | None = None  # reloaded on SIGHUP
+
+
+def make_broker(settings: Settings) -> Broker:
+    """The broker between this node and the others: in this process only, for now."""
+    from parley.backends.memory.broker import MemoryBroker
+
+    return MemoryBroker()
 
 
 def make_database(settings: Settings) -> Database | None:
@@ -120,15 +128,17 @@ def make_stores(db: Database | None) -> Stores:
 
 
 async def make_node(settings: Settings, db: Database | None) -> Node:
-    """The node with its stores started and its access decisions attached: everything but
-    the listener (`start` adds it; bench/inproc_chat.py drives a node without one). `db` is
-    the process's database handle from `open_database`, which the caller closes after
-    `close_node`."""
+    """The node with its stores and broker started and its access decisions attached:
+    everything but the listener (`start` adds it; bench/inproc_chat.py drives a node without
+    one). `db` is the process's database handle from `open_database`, which the caller closes
+    after `close_node`."""
     stores = make_stores(db)
     await stores.history.start()
     await stores.users.start()
     await stores.grants.start()
-    node = Node(settings, stores.history)
+    broker = make_broker(settings)
+    node = Node(settings, stores.history, broker)
+    await broker.start(node.delivery)
     await node.identities.load_jwks()
     node.access = Access(node, stores.grants, stores.users)
     await node.access.start()

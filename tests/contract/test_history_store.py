@@ -495,6 +495,15 @@ async def test_append_after_close_is_refused(backend: Backend) -> None:
         await store.append(backend.app_id, msg("x", 1), Retention())
 
 
+async def test_check_answers_while_running_and_fails_once_closed(backend: Backend) -> None:
+    store = await backend.open()
+    assert store.engine == backend.kind
+    await store.check()  # a round trip to the database
+    await store.close()
+    with pytest.raises(RuntimeError):
+        await store.check()
+
+
 # -- durability (SQLite, PostgreSQL) ---------------------------------------------------------------
 
 

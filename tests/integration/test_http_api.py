@@ -195,8 +195,10 @@ async def test_healthz_readyz_and_metrics(
     assert body["code"].startswith(("compiled", "source")), body
 
     ready = await api.request("GET", "/readyz")
-    assert ready.status == 200
-    assert (ready.json()["status"], ready.json()["apps"]) == ("ready", 1)
+    assert (ready.status, ready.json()) == (
+        200,
+        {"status": "ready", "apps": 1, "checks": {"broker": "memory: ok", "store": "memory: ok"}},
+    )
 
     channel = unique("metered-")
     client = await clients.connect()

@@ -1,5 +1,5 @@
 """A recording `Transport` (parley.core.transport) for driving a core `Session` without
-a socket, and the node such a session needs (memory history, one app)."""
+a socket, and the node such a session needs (memory history, one app, a broker)."""
 
 from __future__ import annotations
 
@@ -9,20 +9,65 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
+import orjson
+
+from parley.backends.broker import Broker
+from parley.backends.history import HistoryStore
+from parley.backends.memory.broker import MemoryBroker
 from parley.backends.memory.history import MemoryHistoryStore
 from parley.core.node import Node
+from parley.core.session import Session
 from parley.settings import AppConfig, Settings
+from tests.support.pusher_raw import channel_auth
 
 APP = AppConfig(id="1", key="unit-key", secret="unit-secret", client_events=True)
 
 
-def make_node(**settings: Any) -> Node:
-    """A node with one app (`APP`) and history in memory; nothing started."""
+def make_node(
+    broker: Broker | None = None, store: HistoryStore | None = None, **settings: Any
+) -> Node:
+    """A node with one app (`APP`), the history `store` (in memory by default) and `broker`
+    (the memory broker by default); nothing started (`await started(node)` starts both)."""
     data_dir = Path(tempfile.mkdtemp(prefix="parley-unit-"))
     return Node(
         Settings(data_dir=data_dir, store="memory", apps=(APP,), **settings),
-        MemoryHistoryStore(),
+        store or MemoryHistoryStore(),
+        broker or MemoryBroker(),
     )
+
+
+async def started(node: Node) -> Node:
+    """`node` with its history store and broker started, as the composition root does."""
+    await node.history.start()
+    await node.broker.start(node.delivery)
+    return node
+
+
+def connect(node: Node) -> tuple[Session, RecordingTransport]:
+    """A session of `APP` connected through a recording transport, connection_established
+    written (and forgotten)."""
+    session = Session(node, "/app/" + APP.key, "protocol=7", {})
+    transport = RecordingTransport()
+    session.connected(transport)
+    transport.calls.clear()
+    return session, transport
+
+
+def subscribe(session: Session, channel: str) -> None:
+    """Subscribe `session` to `channel`, signed as the app's backend would for a private one."""
+    data: dict[str, Any] = {"channel": channel}
+    if channel.startswith("private-"):
+        data["auth"] = channel_auth(APP.key, APP.secret, session.socket_id, channel)
+    send(session, "pusher:subscribe", data)
+
+
+def send(session: Session, event: str, data: Any, channel: str | None = None) -> None:
+    """A message from the client, as the transport hands it over."""
+    message: dict[str, Any] = {"event": event, "data": data}
+    if channel is not None:
+        message["channel"] = channel
+    assert session.activity()
+    session.receive(orjson.dumps(message))
 
 
 class RecordingTransport:

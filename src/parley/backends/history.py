@@ -20,7 +20,7 @@ import itertools
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Generic, Literal, TypeVar
+from typing import Any, ClassVar, Generic, Literal, TypeVar
 
 import orjson
 
@@ -118,6 +118,8 @@ class HistoryStore(abc.ABC):
     tasks. Implementations: `MemoryHistoryStore`, `SqliteHistoryStore`, `PostgresHistoryStore`.
     """
 
+    engine: ClassVar[str]  # as /readyz names it: "memory", "sqlite", "postgres"
+
     @abc.abstractmethod
     async def start(self) -> None:
         """Start background work (and any connections of its own). A durable store's tables
@@ -195,6 +197,11 @@ class HistoryStore(abc.ABC):
         of the channel, the publication at offset + 1 is no longer kept, or more than `limit`
         would be needed.
         """
+
+    @abc.abstractmethod
+    async def check(self) -> None:
+        """Readiness: one real round trip to the database (none for memory); raise, saying
+        why, when it fails."""
 
     @abc.abstractmethod
     async def sweep(self) -> int:

@@ -42,6 +42,11 @@ class Channel:
     # presence: user_id -> [user_info, number of this user's connections here]
     members: dict[str, list[Any]] = field(default_factory=dict)
     count_pending: bool = False
+    # The ordering of its stored publications here (core.delivery): the last offset delivered
+    # and its epoch ("" before the first), and the gap being filled from history, if any.
+    last_offset: int = 0
+    epoch: str = ""
+    gap: Any = None  # a core.delivery.Gap
 
 
 @dataclass(slots=True)
@@ -129,6 +134,11 @@ class AppHub:
         channel = self.channels.get(name)
         if channel is None:
             return 0
+        return self.broadcast_to(channel, data, exclude, offset)
+
+    @staticmethod
+    def broadcast_to(channel: Channel, data: bytes, exclude: Any = None, offset: int = 0) -> int:
+        """`broadcast` to a channel already looked up."""
         subscribers = channel.subscribers
         sent = 0
         for peer, held in subscribers.items():

@@ -10,26 +10,28 @@ questions through its query methods (`channel_info`, `channels`, `presence_users
 from __future__ import annotations
 
 import asyncio
-import fnmatch
 import time
 from dataclasses import dataclass
-from functools import lru_cache
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from parley import logs
 from parley.auth.identity import Identities
-from parley.auth.tokens import Identity, TokenRejected
-from parley.backends.history import Append, HistoryStore, Retention
+from parley.auth.tokens import Identity
+from parley.backends.broker import Broker
+from parley.backends.history import HistoryStore
 from parley.core.authenticate import Authenticator
+from parley.core.delivery import Delivery, caches
 from parley.core.hub import AppHub, CachedEvent, Channel, PresenceFull
 from parley.core.ids import new_socket_id
+from parley.core.liveness import Liveness, Readiness, readiness
+from parley.core.recovery import Recovery
 from parley.core.session import Session
-from parley.errors import ConnectionRefused, ParleyError
+from parley.errors import ConnectionRefused
 from parley.metrics import Metrics
 from parley.protocol import frames
-from parley.protocol.channels import channel_type, server_to_user_id
+from parley.protocol.channels import server_to_user_id
 from parley.protocol.codes import CloseCode
 from parley.protocol.connection import (
     ClientEvent,
@@ -45,7 +47,7 @@ from parley.protocol.connection import (
     Unsubscribe,
 )
 from parley.protocol.handshake import Handshake, parse_handshake
-from parley.publication import Publication, Publisher, StreamPosition
+from parley.publication import Publication, Publisher
 from parley.settings import AppConfig, Settings
 
 if TYPE_CHECKING:
@@ -63,40 +65,11 @@ class ChannelInfo:
     user_count: int  # presence members; 0 for other channels
 
 
-# init=False: the __init__ below is compiled by mypyc; a dataclass-made one is not (5x slower)
-@dataclass(slots=True, init=False)  # not frozen: built per message, and frozen __init__ is slower
-class Outgoing:
-    """A publication in the outbox: stored (when its channel keeps history), then delivered."""
-
-    hub: AppHub
-    publication: Publication
-    exclude: Any  # the session not to deliver to (the sender), or None
-    cache: bool  # a cache channel: its frame becomes the channel's cached event
-    retention: Retention | None  # None: the channel keeps no history
-    done: asyncio.Future[None] | None  # resolved once delivered
-
-    def __init__(
-        self,
-        hub: AppHub,
-        publication: Publication,
-        exclude: Any,
-        cache: bool,
-        retention: Retention | None,
-        done: asyncio.Future[None] | None,
-    ) -> None:
-        self.hub = hub
-        self.publication = publication
-        self.exclude = exclude
-        self.cache = cache
-        self.retention = retention
-        self.done = done
-
-
 class Node:
-    def __init__(self, settings: Settings, history: HistoryStore) -> None:
+    def __init__(self, settings: Settings, history: HistoryStore, broker: Broker) -> None:
         self.settings = settings
         self.history = history
-        self.retention = lru_cache(maxsize=4096)(self._retention)
+        self.broker = broker
         self.hubs: dict[str, AppHub] = {app.id: AppHub(app) for app in settings.apps}
         self.apps: tuple[AppConfig, ...] = tuple(hub.app for hub in self.hubs.values())
         self.apps_by_key: dict[str, AppConfig] = {app.key: app for app in settings.apps}
@@ -109,10 +82,11 @@ class Node:
         self.metrics.hub_counters = self._hub_counters
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._sweeper: asyncio.Task[None] | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self._outbox: list[Outgoing] = []
-        self._pump: asyncio.Task[None] | None = None
+        self.delivery = Delivery(settings, self.hubs, history, broker)  # the broker's handler
+        self.retention = self.delivery.retention
+        self.recovery = Recovery(history, self.retention, settings.recovery_limit, self._spawn)
+        self.liveness = Liveness(settings, self.hubs, self.identities, self.count_error)
         self.access: Access | None = None  # set by the composition root
 
     @property
@@ -263,9 +237,9 @@ class Node:
                 )
                 session.close(command.code, command.reason)
             elif type(command) is Resume or type(command) is HistoryRequest:
-                self._recover(session, hub, command)
+                self.recovery.request(session, hub, command)
             elif type(command) is Refresh:
-                self._refresh(session, hub, conn, command)
+                self.liveness.refresh(session, hub, conn, command)
 
     # -- commands ----------------------------------------------------------------------------
 
@@ -299,6 +273,8 @@ class Node:
             conn.forget(name)
             session.send(frames.error_frame(None, str(exc)))
             return
+        if len(channel.subscribers) == 1:
+            self.delivery.occupied(hub, name)
         if command.type.is_presence:
             session.send(frames.subscription_succeeded(name, hub.presence_data(channel)))
         else:
@@ -319,6 +295,8 @@ class Node:
     def leave(self, session: Session, hub: AppHub, name: str, member: Any) -> None:
         channel = hub.leave(session, name, member)
         if channel is not None:
+            if not channel.subscribers:
+                self.delivery.vacated(hub, name)
             self._count_changed(hub, channel)
 
     def _count_changed(self, hub: AppHub, channel: Channel) -> None:
@@ -368,179 +346,7 @@ class Node:
         publication = Publication(
             command.channel, command.event, command.data, publisher, data_json=command.data_json
         )
-        self._fan_out(hub, publication, session)
-
-    def _fan_out(
-        self,
-        hub: AppHub,
-        publication: Publication,
-        exclude: Any = None,
-        cache: bool = False,
-        done: asyncio.Future[None] | None = None,
-    ) -> None:
-        """Queue a publication: it is appended to its channel's history (when it keeps one)
-        and then the same bytes go to every subscriber, so nothing is delivered that is not
-        durable. One pump serves the queue in order, a batch per commit; `done` resolves once
-        this publication is delivered."""
-        retention = self.retention(publication.channel)
-        self._outbox.append(Outgoing(hub, publication, exclude, cache, retention, done))
-        if self._pump is None:
-            self._pump = self.loop.create_task(self._pump_outbox())
-
-    async def _pump_outbox(self) -> None:
-        try:
-            while self._outbox:
-                batch, self._outbox = self._outbox, []
-                appends = [
-                    Append(o.hub.app.id, o.publication, o.retention)
-                    for o in batch
-                    if o.retention is not None
-                ]
-                try:
-                    stored = iter(await self.history.append_many(appends) if appends else ())
-                except Exception as exc:
-                    logs.error("history append failed: events not delivered", events=len(batch))
-                    for o in batch:
-                        if o.done is not None and not o.done.done():
-                            o.done.set_exception(exc)
-                    continue
-                for o in batch:
-                    publication = o.publication
-                    if o.retention is None:
-                        data = frames.unstored_event(publication)
-                        offset = 0
-                    else:
-                        result = next(stored)
-                        if result.duplicate:
-                            data = b""
-                        else:
-                            publication = result.publication
-                            data = frames.stored_event(publication)
-                            offset = publication.position.offset
-                    if data:
-                        hub, name = o.hub, publication.channel
-                        if o.cache:
-                            hub.cache[name] = CachedEvent(
-                                data,
-                                publication.event,
-                                publication.data,
-                                time.monotonic() + hub.app.cache_ttl_s,
-                            )
-                        hub.messages_out += hub.broadcast(name, data, o.exclude, offset)
-                    done = o.done
-                    if done is not None and not done.done():
-                        done.set_result(None)
-        finally:
-            self._pump = None
-
-    def _retention(self, name: str) -> Retention | None:
-        """How long `name` keeps history, or None when it keeps none."""
-        if server_to_user_id(name) is not None:
-            return None
-        for rule in self.settings.history:
-            if fnmatch.fnmatchcase(name, rule.pattern):
-                if not rule.enabled:
-                    return None
-                return Retention(rule.max_count, rule.max_age_s)
-        return Retention(self.settings.history_max_count, self.settings.history_max_age_s)
-
-    # -- parley:* requests -------------------------------------------------------------------
-
-    def _recover(self, session: Session, hub: AppHub, command: Resume | HistoryRequest) -> None:
-        channel = command.channel
-        if self.retention(channel) is None:
-            session.send(frames.error_frame(None, f"Channel {channel} keeps no history"))
-        elif isinstance(command, Resume):
-            self._spawn(self._resume(session, hub, channel, command.offset, command.epoch))
-        else:
-            self._spawn(self._history_page(session, hub, channel, command.query))
-
-    def _refresh(
-        self, session: Session, hub: AppHub, conn: PusherConnection, command: Refresh
-    ) -> None:
-        try:
-            identity = self.identities.verify_token(hub.app, command.token)
-            if identity.user_id != conn.user_id:
-                raise TokenRejected("the refreshed token is for another user")
-        except TokenRejected as exc:
-            session.send(frames.error_frame(None, f"Refresh refused: {exc}"))
-            return
-        session.token_expires_at = identity.expires_at
-        session.send(frames.frame("parley:refresh_succeeded", {"expires_at": identity.expires_at}))
-
-    async def _resume(
-        self, session: Session, hub: AppHub, name: str, offset: int, epoch: str
-    ) -> None:
-        channel = hub.channels.get(name)
-        if channel is None or session not in channel.subscribers:
-            return
-        held: list[tuple[int, bytes]] = []
-        channel.subscribers[session] = held
-        try:
-            missed = await self.history.since(
-                hub.app.id, name, StreamPosition(offset, epoch), self.settings.recovery_limit
-            )
-        finally:
-            still_here = (
-                channel.subscribers.get(session, None) is held and session in channel.subscribers
-            )
-            if still_here:
-                channel.subscribers[session] = None
-        if not still_here:
-            return
-        last = offset
-        if missed is not None:
-            for publication in missed:
-                session.send(frames.stored_event(publication))
-            if missed:
-                last = missed[-1].position.offset
-        recovered = missed is not None
-        session.send(
-            frames.frame("parley:resumed", {"channel": name, "recovered": recovered}, name)
-        )
-        for held_offset, data in held:
-            if not recovered or held_offset > last:
-                session.send(data)
-        logs.debug(
-            "resumed",
-            app_id=hub.app.id,
-            socket_id=session.socket_id,
-            channel=name,
-            recovered=recovered,
-            replayed=len(missed or ()),
-        )
-
-    async def _history_page(
-        self, session: Session, hub: AppHub, name: str, query: HistoryQuery
-    ) -> None:
-        try:
-            page = await self.read_history(hub.app, name, query)
-        except ParleyError as exc:
-            session.send(frames.error_frame(None, exc.message, name))
-            return
-        session.send(frames.frame("parley:history_page", page, name))
-
-    async def read_history(self, app: AppConfig, name: str, query: HistoryQuery) -> dict[str, Any]:
-        """A page of history as the API and `parley:history` answer it."""
-        page = await self.history.read(
-            app.id,
-            name,
-            after=query.after,
-            before=query.before,
-            limit=query.limit,
-            direction=query.direction,
-        )
-        events = []
-        for publication in page.publications:
-            item: dict[str, Any] = {
-                "event": publication.event,
-                "data": publication.data,
-                "parley": publication.parley(),
-            }
-            if publication.user_id is not None:
-                item["user_id"] = publication.user_id
-            events.append(item)
-        return {"channel": name, "epoch": page.epoch, "events": events, "next": page.next}
+        self.delivery.fan_out(hub, publication, session.socket_id)
 
     def _signin(self, session: Session, hub: AppHub, command: Signin) -> None:
         session.watchlist = command.watchlist
@@ -592,9 +398,12 @@ class Node:
         last: asyncio.Future[None] = self.loop.create_future()
         for publication in queued:
             done = last if publication is queued[-1] else None
-            cache = channel_type(publication.channel).cache
-            self._fan_out(hub, publication, exclude, cache, done)
+            self.delivery.fan_out(hub, publication, socket_id or None, done, caches(publication))
         await last
+
+    async def read_history(self, app: AppConfig, name: str, query: HistoryQuery) -> dict[str, Any]:
+        """A page of history as the API and `parley:history` answer it."""
+        return await self.recovery.read_history(app, name, query)
 
     async def delete_history(self, app: AppConfig, name: str) -> str:
         epoch = await self.history.delete(app.id, name)
@@ -669,45 +478,12 @@ class Node:
     # -- liveness, errors, shutdown ----------------------------------------------------------
 
     def start(self) -> None:
-        self._sweeper = self.loop.create_task(self._sweep_idle())
+        self.liveness.start()
         self.identities.start()
-        for hub in self.hubs.values():
-            self.loop.call_later(60, self._expire_cache, hub)
 
-    def _expire_cache(self, hub: AppHub) -> None:
-        now = time.monotonic()
-        for name in [n for n, c in hub.cache.items() if c.expires_at <= now]:
-            del hub.cache[name]
-        if not self.draining:
-            self.loop.call_later(60, self._expire_cache, hub)
-
-    async def _sweep_idle(self) -> None:
-        """Ping connections silent for activity_timeout; close those silent 30 s more (4201)."""
-        idle_after = self.settings.activity_timeout_s
-        dead_after = idle_after + self.settings.pong_timeout_s
-        interval = max(0.2, min(1.0, idle_after / 4, self.settings.pong_timeout_s / 4))
-        while True:
-            await asyncio.sleep(interval)
-            now = time.monotonic()
-            for hub in self.hubs.values():
-                wall = time.time()
-                for session in list(hub.sessions.values()):
-                    expires = session.token_expires_at
-                    if expires is not None and wall > expires and not session.closing:
-                        logs.info("token expired", app_id=hub.app.id, socket_id=session.socket_id)
-                        self.count_error(session, CloseCode.UNAUTHORIZED)
-                        session.disconnect(CloseCode.UNAUTHORIZED, "token expired")
-                        continue
-                    silent = now - session.last_seen
-                    if silent > dead_after:
-                        logs.info(
-                            "pong not received", app_id=hub.app.id, socket_id=session.socket_id
-                        )
-                        self.count_error(session, CloseCode.PONG_NOT_RECEIVED)
-                        session.disconnect(CloseCode.PONG_NOT_RECEIVED, "Pong reply not received")
-                    elif silent > idle_after and not session.pinged:
-                        session.pinged = True
-                        session.send(frames.PING)
+    async def readiness(self) -> Readiness:
+        """The checks of the engines this node runs on: its broker and its history store."""
+        return await readiness({"broker": self.broker, "store": self.history})
 
     def count_error(self, session: Session, code: int | None) -> None:
         app_id = session.hub.app.id if session.hub else "unknown"
@@ -716,8 +492,7 @@ class Node:
     async def shutdown(self) -> None:
         """Drain: every connection is closed with 4200 so clients reconnect elsewhere at once."""
         self.draining = True
-        if self._sweeper is not None:
-            self._sweeper.cancel()
+        self.liveness.stop()
         self.identities.stop()
         sessions = [s for hub in self.hubs.values() for s in hub.sessions.values()]
         for session in sessions:
@@ -727,9 +502,10 @@ class Node:
         deadline = time.monotonic() + self.settings.shutdown_grace_s
         while any(hub.sessions for hub in self.hubs.values()) and time.monotonic() < deadline:
             await asyncio.sleep(0.02)
-        pending = [t for t in (*self._tasks, self._pump) if t is not None]
+        pending = [*self._tasks, *self.delivery.tasks]
         if pending:
             await asyncio.wait(pending, timeout=self.settings.shutdown_grace_s)
+        await self.broker.close()
         await self.history.close()
         logs.info("drained", connections=len(sessions))
 

@@ -1,4 +1,6 @@
-"""Unsigned operational endpoints: health, readiness, Prometheus metrics."""
+"""Unsigned operational endpoints: health (the process answers), readiness (the node is not
+draining and every engine it runs on answers its check: 503 naming the ones that do not), and
+Prometheus metrics (behind a bearer token when `metrics_token` is set)."""
 
 from __future__ import annotations
 
@@ -22,10 +24,12 @@ def register(router: Router) -> None:
     async def readyz(request: Request) -> Response:
         if node.draining:
             return Response(503, orjson.dumps({"status": "draining"}))
-        return Response(
-            200,
-            orjson.dumps({"status": "ready", "apps": len(node.apps), "checks": {"broker": "ok"}}),
-        )
+        ready = await node.readiness()
+        body = {"status": "ready", "apps": len(node.apps), "checks": ready.checks}
+        if not ready.ready:
+            body["status"], body["failing"] = "not ready", ready.failing
+            return Response(503, orjson.dumps(body))
+        return Response(200, orjson.dumps(body))
 
     token = node.settings.metrics_token.encode()
 

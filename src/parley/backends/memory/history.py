@@ -10,6 +10,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import ClassVar
 
 from parley.backends.history import (
     IDEMPOTENCY_WINDOW_MS,
@@ -38,6 +39,8 @@ class _Channel:
 
 
 class MemoryHistoryStore(HistoryStore):
+    engine: ClassVar[str] = "memory"
+
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
         self._clock = clock
         self._channels: dict[tuple[str, str], _Channel] = {}
@@ -48,6 +51,10 @@ class MemoryHistoryStore(HistoryStore):
 
     async def close(self) -> None:
         self._running = False
+
+    async def check(self) -> None:
+        if not self._running:
+            raise RuntimeError("history store is not running")
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, ClassVar
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -132,6 +132,8 @@ SWEEPS = (
 
 
 class PostgresHistoryStore(BatchedHistoryStore):
+    engine: ClassVar[str] = "postgres"
+
     def __init__(
         self,
         db: PostgresDb,
@@ -157,6 +159,9 @@ class PostgresHistoryStore(BatchedHistoryStore):
     async def close(self) -> None:
         await self._stop_batching()
         self._running = False
+
+    async def check(self) -> None:
+        await self.pool.fetchval("SELECT 1")
 
     @property
     def pool(self) -> Any:

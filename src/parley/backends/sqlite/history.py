@@ -54,7 +54,7 @@ from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
-from typing import TypeVar
+from typing import ClassVar, TypeVar
 
 import orjson
 
@@ -103,7 +103,13 @@ class _Channel:
     deletes: int = 0  # deletes not yet applied in SQLite: its rows there are of an old epoch
 
 
+def _ping(conn: sqlite3.Connection) -> None:
+    conn.execute("SELECT 1").fetchone()
+
+
 class SqliteHistoryStore(SweepingHistoryStore):
+    engine: ClassVar[str] = "sqlite"
+
     def __init__(
         self,
         db: SqliteDb,
@@ -196,6 +202,10 @@ class SqliteHistoryStore(SweepingHistoryStore):
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # releases the lock
             self._lock_fd = None
+
+    async def check(self) -> None:
+        self._check_running()
+        await self._read(_ping)
 
     def _lock(self) -> None:
         fd = os.open(self.path + ".history-lock", os.O_RDWR | os.O_CREAT, 0o644)

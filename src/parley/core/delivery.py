@@ -1,0 +1,359 @@
+"""Delivery: how a publication (an HTTP API event or a client event) gets from the node that
+took it to the subscribers on every node. It owns the outbox and its pump (store, then publish
+to the broker) and the node's side of the broker (`on_publication`: order, encode once, cache,
+fan out through the hub).
+
+The sending side. `fan_out` queues an `Outgoing`; one pump serves the outbox in order, a
+batch per `HistoryStore.append_many`, then hands each stored publication to
+`Broker.publish` and resolves the `done` futures once the broker has it (the memory broker
+delivers within `publish`). Nothing is published that is not stored; a failed append fails
+its batch's futures and publishes nothing. A channel that keeps no history (its retention is
+None) skips the store: its publications carry offset 0.
+
+The ordering rule, kept per channel by every node (docs/architecture.md, "Ordering"):
+
+- The history store assigns a channel's offsets, once per event, in the order the pump
+  submits them; never the broker or a node.
+- A node delivers offset N of a channel only after N-1.
+- A publication at or below the last offset delivered is a duplicate and is dropped.
+- A gap is filled from the store (`HistoryStore.since`) before anything after it is
+  delivered. What arrives meanwhile waits, up to GAP_HOLD_LIMIT publications; beyond that,
+  or when `since` cannot fill the gap, what waits is delivered as it is and the gap logged.
+  A publication filled from the store has no sender to exclude.
+- A publication of another epoch than the channel's resets the channel (its history was
+  deleted: offsets start again at 1).
+- The first publication a node receives for a channel since it became occupied there sets
+  the channel's position: nothing before it is replayed.
+- Publications of channels that keep no history (offset 0) bypass the rule.
+
+The position (`last_offset`, `epoch`, `gap`) lives on the hub's `Channel`, so it goes with
+the channel's last local subscriber. Each delivered publication is encoded once per node,
+and on a cache channel that frame becomes the cached event (Pusher caches what the HTTP API
+triggers there, not client events, even with nobody subscribed: the publishing node caches
+what its broker will not bring back to it).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import fnmatch
+import time
+from dataclasses import dataclass
+from functools import lru_cache
+
+from parley import logs
+from parley.backends.broker import Broker
+from parley.backends.history import Append, HistoryStore, Retention
+from parley.core.hub import AppHub, CachedEvent, Channel
+from parley.protocol import frames
+from parley.protocol.channels import channel_type, server_to_user_id
+from parley.publication import Publication, StreamPosition
+from parley.settings import Settings
+
+# Publications held behind one channel's gap while it is filled from history, at most.
+GAP_HOLD_LIMIT = 1000
+
+
+# init=False: the __init__ below is compiled by mypyc; a dataclass-made one is not (5x slower)
+@dataclass(slots=True, init=False)  # not frozen: built per message, and frozen __init__ is slower
+class Outgoing:
+    """A publication in the outbox: stored (when its channel keeps history), then published."""
+
+    hub: AppHub
+    publication: Publication
+    exclude: str | None  # the socket id of the sender, not to deliver to
+    cache: bool  # `caches(publication)`
+    retention: Retention | None  # None: the channel keeps no history
+    done: asyncio.Future[None] | None  # resolved once published
+
+    def __init__(
+        self,
+        hub: AppHub,
+        publication: Publication,
+        exclude: str | None,
+        cache: bool,
+        retention: Retention | None,
+        done: asyncio.Future[None] | None,
+    ) -> None:
+        self.hub = hub
+        self.publication = publication
+        self.exclude = exclude
+        self.cache = cache
+        self.retention = retention
+        self.done = done
+
+
+@dataclass(slots=True)
+class Arrival:
+    """A publication received behind a gap, waiting for the gap to be filled."""
+
+    publication: Publication
+    exclude: str | None
+
+
+@dataclass(slots=True)
+class Gap:
+    """A channel's gap being filled from history: what arrived after it, by offset."""
+
+    held: dict[int, Arrival]
+
+
+def caches(publication: Publication) -> bool:
+    """Does this publication become its channel's cached event? The HTTP API's events on cache
+    channels do; client events do not."""
+    return publication.publisher.kind == "server" and channel_type(publication.channel).cache
+
+
+def encode(publication: Publication) -> bytes:
+    """The frame of a publication: with its position when stored, without when not."""
+    if publication.position.offset:
+        return frames.stored_event(publication)
+    return frames.unstored_event(publication)
+
+
+class Delivery:
+    """The outbox, its pump, and this node's broker handler, for all the node's apps."""
+
+    def __init__(
+        self, settings: Settings, hubs: dict[str, AppHub], history: HistoryStore, broker: Broker
+    ) -> None:
+        self.settings = settings
+        self.hubs = hubs
+        self.history = history
+        self.broker = broker
+        self._publish = broker.publish  # bound once: no method lookup per publication
+        self.retention = lru_cache(maxsize=4096)(self._retention)
+        self._outbox: list[Outgoing] = []
+        self._pump: asyncio.Task[None] | None = None
+        self._fills: set[asyncio.Task[None]] = set()
+
+    # -- the sending side --------------------------------------------------------------------
+
+    def fan_out(
+        self,
+        hub: AppHub,
+        publication: Publication,
+        exclude: str | None = None,
+        done: asyncio.Future[None] | None = None,
+        cache: bool = False,
+    ) -> None:
+        """Queue a publication: it is appended to its channel's history (when it keeps one),
+        then published to the broker, so nothing is delivered that is not durable. One pump
+        serves the queue in order, a batch per commit; `done` resolves once it is published
+        (delivered, with the memory broker), or fails with the append. `cache` is
+        `caches(publication)`, which the caller knows without asking (a client event: no)."""
+        retention = self.retention(publication.channel)
+        self._outbox.append(Outgoing(hub, publication, exclude, cache, retention, done))
+        if self._pump is None:
+            self._pump = asyncio.get_running_loop().create_task(self._pump_outbox())
+
+    async def _pump_outbox(self) -> None:
+        try:
+            while self._outbox:
+                batch, self._outbox = self._outbox, []
+                appends = [
+                    Append(o.hub.app.id, o.publication, o.retention)
+                    for o in batch
+                    if o.retention is not None
+                ]
+                try:
+                    stored = iter(await self.history.append_many(appends) if appends else ())
+                except Exception as exc:
+                    logs.error("history append failed: events not delivered", events=len(batch))
+                    _fail(batch, exc)
+                    continue
+                publish = self._publish
+                try:
+                    for o in batch:
+                        publication = o.publication
+                        if o.retention is not None:
+                            result = next(stored)
+                            if result.duplicate:  # stored and published before
+                                continue
+                            publication = result.publication
+                        hub = o.hub
+                        if o.cache and publication.channel not in hub.channels:
+                            cache(hub, publication, encode(publication))  # nobody here
+                        publish(hub.app.id, publication, o.exclude)
+                    await self.broker.drain()
+                except Exception as exc:
+                    logs.error(
+                        "broker publish failed: events stored, not delivered", events=len(batch)
+                    )
+                    _fail(batch, exc)
+                    continue
+                for o in batch:
+                    done = o.done
+                    if done is not None and not done.done():
+                        done.set_result(None)
+        finally:
+            self._pump = None
+
+    def _retention(self, name: str) -> Retention | None:
+        """How long `name` keeps history, or None when it keeps none."""
+        if server_to_user_id(name) is not None:
+            return None
+        for rule in self.settings.history:
+            if fnmatch.fnmatchcase(name, rule.pattern):
+                if not rule.enabled:
+                    return None
+                return Retention(rule.max_count, rule.max_age_s)
+        return Retention(self.settings.history_max_count, self.settings.history_max_age_s)
+
+    @property
+    def tasks(self) -> list[asyncio.Task[None]]:
+        """The pump and the gap fills running now."""
+        return [t for t in (self._pump, *self._fills) if t is not None]
+
+    async def idle(self) -> None:
+        """Return once the outbox is empty and no gap is being filled."""
+        while tasks := self.tasks:
+            await asyncio.wait(tasks)
+
+    # -- the node's side of the broker -------------------------------------------------------
+
+    def occupied(self, hub: AppHub, name: str) -> None:
+        """The channel has its first local subscriber: have its publications delivered here."""
+        self.broker.subscribe(hub.app.id, name)
+
+    def vacated(self, hub: AppHub, name: str) -> None:
+        """The channel's last local subscriber left."""
+        self.broker.unsubscribe(hub.app.id, name)
+
+    def on_publication(self, app_id: str, publication: Publication, exclude: str | None) -> None:
+        """The broker's delivery of a stored publication: in order, once, to every local
+        subscriber of its channel but the sender."""
+        hub = self.hubs.get(app_id)
+        if hub is None:
+            return
+        channel = hub.channels.get(publication.channel)
+        if channel is None:  # its last subscriber here left since the broker was told
+            if caches(publication):
+                cache(hub, publication, encode(publication))
+            return
+        offset = publication.position.offset
+        if offset:
+            if (
+                offset == channel.last_offset + 1
+                and channel.gap is None
+                and publication.position.epoch == channel.epoch
+            ):
+                channel.last_offset = offset
+            elif not self._in_order(hub, channel, publication, exclude):
+                return
+        deliver(hub, channel, publication, exclude)
+
+    def _in_order(
+        self, hub: AppHub, channel: Channel, publication: Publication, exclude: str | None
+    ) -> bool:
+        """The ordering rule past its common case: True when `publication` is to be delivered
+        now (the channel's position moved to it), False when it was dropped or held."""
+        position = publication.position
+        offset = position.offset
+        if position.epoch != channel.epoch:
+            first = not channel.epoch
+            channel.epoch = position.epoch
+            channel.gap = None  # what waited belongs to the old epoch
+            channel.last_offset = offset - 1 if first else 0
+        gap: Gap | None = channel.gap
+        if gap is not None and len(gap.held) >= GAP_HOLD_LIMIT:
+            logs.warning(
+                "gap not filled in time: delivered as received",
+                app_id=hub.app.id,
+                channel=channel.name,
+                after=channel.last_offset,
+                held=len(gap.held),
+            )
+            release(hub, channel, gap)
+            gap = None
+        if offset <= channel.last_offset:
+            return False  # a duplicate
+        if gap is not None:
+            if offset not in gap.held:
+                gap.held[offset] = Arrival(publication, exclude)
+            return False
+        if offset == channel.last_offset + 1:
+            channel.last_offset = offset
+            return True
+        gap = channel.gap = Gap({offset: Arrival(publication, exclude)})
+        task = asyncio.get_running_loop().create_task(self._fill(hub, channel, gap))
+        self._fills.add(task)
+        task.add_done_callback(self._fills.discard)
+        return False
+
+    async def _fill(self, hub: AppHub, channel: Channel, gap: Gap) -> None:
+        """Deliver what a gap misses from history, then what waited behind it, until no gap
+        is left; stop when the channel is reset, given up on, or gone from this node."""
+        name = channel.name
+        while True:
+            after = StreamPosition(channel.last_offset, channel.epoch)
+            try:
+                missed = await self.history.since(
+                    hub.app.id, name, after, self.settings.recovery_limit
+                )
+            except Exception:
+                logs.error("gap fill failed", app_id=hub.app.id, channel=name)
+                missed = None
+            if channel.gap is not gap or hub.channels.get(name) is not channel:
+                return
+            if missed is None:
+                logs.warning(
+                    "gap not filled from history: delivered as received",
+                    app_id=hub.app.id,
+                    channel=name,
+                    after=after.offset,
+                    held=len(gap.held),
+                )
+                release(hub, channel, gap)
+                return
+            held = gap.held
+            for publication in missed:
+                offset = publication.position.offset
+                if offset > channel.last_offset:
+                    channel.last_offset = offset
+                    arrival = held.pop(offset, None)
+                    if arrival is not None:  # the broker's copy knows its sender
+                        deliver(hub, channel, arrival.publication, arrival.exclude)
+                    else:
+                        deliver(hub, channel, publication, None)
+            while (arrival := held.pop(channel.last_offset + 1, None)) is not None:
+                channel.last_offset += 1
+                deliver(hub, channel, arrival.publication, arrival.exclude)
+            for offset in [o for o in held if o <= channel.last_offset]:
+                del held[offset]  # duplicates
+            if not held:
+                channel.gap = None
+                return
+
+
+def deliver(hub: AppHub, channel: Channel, publication: Publication, exclude: str | None) -> None:
+    """Encode once, cache on a cache channel, and write to every local subscriber but the
+    sender."""
+    data = encode(publication)
+    if channel.type.cache and publication.publisher.kind == "server":  # `caches`, cheaper
+        cache(hub, publication, data)
+    peer = hub.sessions.get(exclude) if exclude is not None else None
+    hub.messages_out += hub.broadcast_to(channel, data, peer, publication.position.offset)
+
+
+def release(hub: AppHub, channel: Channel, gap: Gap) -> None:
+    """Give up on a gap: deliver what waited behind it, in order."""
+    channel.gap = None
+    for offset in sorted(gap.held):
+        if offset > channel.last_offset:
+            channel.last_offset = offset
+            arrival = gap.held[offset]
+            deliver(hub, channel, arrival.publication, arrival.exclude)
+    gap.held.clear()
+
+
+def cache(hub: AppHub, publication: Publication, data: bytes) -> None:
+    hub.cache[publication.channel] = CachedEvent(
+        data, publication.event, publication.data, time.monotonic() + hub.app.cache_ttl_s
+    )
+
+
+def _fail(batch: list[Outgoing], exc: Exception) -> None:
+    for o in batch:
+        if o.done is not None and not o.done.done():
+            o.done.set_exception(exc)
