@@ -63,6 +63,10 @@ class AppConfig:
     max_channels_per_event: int = 100
     max_batch_size: int = 10
     max_watchlist: int = 100
+    # HTTP API quotas per app, 0 for none: requests a second (a second's worth may burst)
+    # and requests being answered at once. Over either: 429 with Retry-After.
+    max_api_requests_per_second: float = 0.0
+    max_api_concurrent_requests: int = 0
     subscription_count: bool = False
     cache_ttl_s: float = 1800.0
     # Handshake JWTs: HS256 with `secret`, or RS256/ES256/EdDSA with these PEM files

@@ -249,3 +249,25 @@ async def test_metrics_behind_a_token_while_health_stays_open(tmp_path: Path) ->
     assert refused.headers["www-authenticate"].startswith("Bearer")
     assert allowed.status == 200 and b"parley_connections" in allowed.body
     assert health.status == 200
+
+
+async def test_an_apps_api_quota_refuses_with_429_and_retry_after(tmp_path: Path) -> None:
+    settings = app_settings(tmp_path, max_api_requests_per_second=3)
+    async with serving(settings) as limited:
+        api = AsyncApi(limited.http_url, limited.app.id, limited.app.key, limited.app.secret)
+        try:
+            answers = [
+                await api.signed("GET", f"/apps/{limited.app.id}/channels") for _ in range(5)
+            ]
+            forged = AsyncApi(limited.http_url, limited.app.id, limited.app.key, "wrong")
+            try:  # a caller who cannot sign spends none of the app's quota
+                assert (
+                    await forged.signed("GET", f"/apps/{limited.app.id}/channels")
+                ).status == 401
+            finally:
+                await forged.close()
+        finally:
+            await api.close()
+    assert [a.status for a in answers] == [200, 200, 200, 429, 429]
+    assert answers[3].headers["retry-after"] == "1"
+    assert "max_api_requests_per_second" in answers[3].json()["error"]

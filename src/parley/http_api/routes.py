@@ -20,6 +20,7 @@ from parley.auth.signatures import verify_api_request
 from parley.auth.tokens import Identity, TokenRejected
 from parley.core.node import Node
 from parley.errors import BadRequest, Forbidden, HttpError, NotFound, ParleyError, Unauthorized
+from parley.http_api.quotas import AppQuota
 from parley.protocol import frames
 from parley.settings import AppConfig
 from parley.transport.server import Request, Response
@@ -70,6 +71,11 @@ class Router:
     def __init__(self, node: Node) -> None:
         self.node = node
         self.signed: list[Route] = []
+        self.quotas = {  # only the apps with a quota: the others pay nothing per request
+            app.id: AppQuota(app)
+            for app in node.apps
+            if app.max_api_requests_per_second or app.max_api_concurrent_requests
+        }
         self.unsigned: dict[tuple[str, str], Callable[[Request], Awaitable[Response]]] = {}
 
     def route(
@@ -171,9 +177,16 @@ class Router:
             raise Forbidden("Application is disabled")
         args = tuple(unquote(v) for k, v in groups.items() if k != "app_id")
         call = Call(request, app, {k.lower(): v for k, v in params}, args, user)
-        result = route.handler(self.node, call)
-        if hasattr(result, "__await__"):
-            result = await result
+        quota = self.quotas.get(app.id)
+        if quota is not None:
+            quota.enter()
+        try:
+            result = route.handler(self.node, call)
+            if hasattr(result, "__await__"):
+                result = await result
+        finally:
+            if quota is not None:
+                quota.leave()
         if isinstance(result, Response):
             return result
         return Response(200, orjson.dumps(result))
