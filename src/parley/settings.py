@@ -63,6 +63,8 @@ class AppConfig:
     max_channels_per_event: int = 100
     max_batch_size: int = 10
     max_watchlist: int = 100
+    max_channels_per_connection: int = 1000  # 0: no limit; over it a pusher:error
+    subscribe_rate: float = 100.0  # subscriptions per connection per second, 0: no limit; 4301
     # HTTP API quotas per app, 0 for none: requests a second (a second's worth may burst)
     # and requests being answered at once. Over either: 429 with Retry-After.
     max_api_requests_per_second: float = 0.0

@@ -212,6 +212,8 @@ class PusherConnection:
 
     __slots__ = (
         "_max_frame_bytes",
+        "_subscribe_tokens",
+        "_subscribe_tokens_at",
         "_tokens",
         "_tokens_at",
         "app",
@@ -231,6 +233,8 @@ class PusherConnection:
         self.user_info: Any = None
         self._tokens = app.client_event_rate
         self._tokens_at = 0.0
+        self._subscribe_tokens = app.subscribe_rate
+        self._subscribe_tokens_at = 0.0
         self._max_frame_bytes = max_frame_bytes
 
     # -- lifecycle -------------------------------------------------------------------------
@@ -281,7 +285,7 @@ class PusherConnection:
             if event.startswith("client-"):  # the busiest kind first
                 return self._client_event(message, now)
             if event == "pusher:subscribe":
-                return self._subscribe(frames.data_object(message))
+                return self._subscribe(frames.data_object(message), now)
             if event == "pusher:unsubscribe":
                 return self._unsubscribe(frames.data_object(message))
             if event == "pusher:signin":
@@ -304,7 +308,7 @@ class PusherConnection:
 
     # -- pusher:subscribe / unsubscribe ------------------------------------------------------
 
-    def _subscribe(self, data: dict[str, Any]) -> list[Command]:
+    def _subscribe(self, data: dict[str, Any], now: float) -> list[Command]:
         channel = data.get("channel")
         problem = channel_name_problem(channel)
         if problem:
@@ -312,6 +316,13 @@ class PusherConnection:
         assert isinstance(channel, str)
         if channel in self.subscriptions:
             raise ProtocolError(f"Existing subscription to channel {channel}")
+        limit = self.app.max_channels_per_connection
+        if limit and len(self.subscriptions) >= limit:
+            raise ProtocolError(
+                f"Cannot subscribe to {channel}: a connection may hold {limit} channels "
+                "(max_channels_per_connection)"
+            )
+        self._take_subscribe_token(channel, now)
         ctype = channel_type(channel)
         member: Member | None = None
         if ctype.is_server_to_user:
@@ -494,6 +505,21 @@ class PusherConnection:
         member = self.subscriptions[channel]
         sender = member.user_id if member is not None else self.user_id
         return [ClientEvent(channel, event, data, sender, data_json)]
+
+    def _take_subscribe_token(self, channel: str, now: float) -> None:
+        """Subscriptions a second, per connection: a second's worth may burst (4301 beyond)."""
+        rate = self.app.subscribe_rate
+        if rate <= 0:
+            return
+        tokens = min(rate, self._subscribe_tokens + (now - self._subscribe_tokens_at) * rate)
+        self._subscribe_tokens_at = now
+        if tokens < 1:
+            self._subscribe_tokens = tokens
+            raise RateLimited(
+                f"Subscription to {channel} rejected due to rate limit: {rate:g} a second "
+                "(subscribe_rate)"
+            )
+        self._subscribe_tokens = tokens - 1
 
     def _take_token(self, now: float) -> None:
         rate = self.app.client_event_rate

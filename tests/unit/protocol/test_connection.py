@@ -343,3 +343,23 @@ def test_close_leaves_every_channel_with_its_member() -> None:
     send(conn, "pusher:subscribe", {"channel": "presence-a", "auth": private_auth("presence-a")})
     send(conn, "pusher:subscribe", {"channel": "news"})
     assert conn.close() == [Unsubscribe("presence-a", Member("5", None)), Unsubscribe("news", None)]
+
+
+def test_a_connection_holds_at_most_max_channels_per_connection() -> None:
+    conn = connection(replace(APP, max_channels_per_connection=2))
+    for name in ("a", "b"):
+        assert isinstance(send(conn, "pusher:subscribe", {"channel": name})[0], Subscribe)
+    error = error_of(send(conn, "pusher:subscribe", {"channel": "c"}))
+    assert error["code"] is None and "may hold 2 channels" in error["message"]
+    send(conn, "pusher:unsubscribe", {"channel": "a"})
+    assert isinstance(send(conn, "pusher:subscribe", {"channel": "c"})[0], Subscribe)
+
+
+def test_subscriptions_a_second_are_limited_with_4301() -> None:
+    conn = connection(replace(APP, subscribe_rate=2))
+    for name in ("a", "b"):
+        assert isinstance(send(conn, "pusher:subscribe", {"channel": name}, now=50.0)[0], Subscribe)
+    commands = send(conn, "pusher:subscribe", {"channel": "c"}, now=50.1)
+    assert error_of(commands)["code"] == 4301 and len(commands) == 1
+    assert "c" not in conn.subscriptions
+    assert isinstance(send(conn, "pusher:subscribe", {"channel": "c"}, now=50.6)[0], Subscribe)
