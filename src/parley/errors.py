@@ -21,6 +21,13 @@ class ParleyError(Exception):
             self.code = code
 
 
+class StoreUnavailable(ParleyError):
+    """A store cannot do its work now (a full or read-only disk, an unreachable database):
+    nothing was changed, and the same call may succeed later. 503 over HTTP."""
+
+    http_status = 503
+
+
 class ProtocolError(ParleyError):
     """A client frame was refused; the connection stays open (Pusher sends code null)."""
 

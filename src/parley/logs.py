@@ -78,30 +78,39 @@ def error(event: str, **fields: Any) -> None:
 
 
 class Refusals:
-    """Refusal lines, rate-limited: at most `per_second` a second are written; the rest are
-    counted and reported in one `refusals suppressed` line when lines flow again, so a flood
-    of bad requests cannot fill the disk and the operator still learns how many there were."""
+    """Lines that may come in floods (refusals, a failing store), rate-limited: at most
+    `per_second` a second are written at `level`; the rest are counted and reported in one
+    `refusals suppressed` line when lines flow again, so a flood cannot fill the disk and the
+    operator still learns how many there were."""
 
-    def __init__(self, per_second: int = 20, clock: Any = time.monotonic) -> None:
+    def __init__(
+        self, per_second: int = 20, clock: Any = time.monotonic, level: int = logging.INFO
+    ) -> None:
         self.per_second = per_second
+        self.level = level
         self._clock = clock
         self._second = 0
         self._written = 0
         self._suppressed = 0
 
     def log(self, event: str, **fields: Any) -> None:
-        if not logger.isEnabledFor(logging.INFO):
+        if not logger.isEnabledFor(self.level):
             return
         second = int(self._clock())
         if second != self._second:
             if self._suppressed:
-                info("refusals suppressed", count=self._suppressed, seconds=second - self._second)
+                log(
+                    self.level,
+                    "refusals suppressed",
+                    count=self._suppressed,
+                    seconds=second - self._second,
+                )
             self._second, self._written, self._suppressed = second, 0, 0
         if self._written >= self.per_second:
             self._suppressed += 1
             return
         self._written += 1
-        info(event, **fields)
+        log(self.level, event, **fields)
 
 
 REFUSALS = Refusals()

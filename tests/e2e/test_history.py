@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
-from tests.support.pusher_raw import RawClient, sdk, signed_request, unique
+from tests.support.pusher_raw import RawClient, history, sdk, signed_request, unique
 from tests.support.server import ROOT, TIMEOUT, ParleyServer
 
 pytestmark = pytest.mark.e2e
@@ -24,14 +24,6 @@ pytestmark = pytest.mark.e2e
 POSTGRES_URL = os.environ.get(
     "PARLEY_TEST_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test"
 )
-
-
-def history(server: ParleyServer, channel: str, **params: str) -> dict:  # type: ignore[type-arg]
-    response = signed_request(
-        server, "GET", f"/apps/{server.app_id}/channels/{channel}/history", params=params
-    )
-    assert response.status == 200, response.body
-    return response.json()  # type: ignore[no-any-return]
 
 
 @pytest.fixture(scope="module")

@@ -406,6 +406,15 @@ def signed_request(
     return http_request(server, method, path, query, raw)
 
 
+def history(server: ParleyServer, channel: str, **params: str) -> dict[str, Any]:
+    """A page of the channel's history from the HTTP API (signed); it must answer 200."""
+    response = signed_request(
+        server, "GET", f"/apps/{server.app_id}/channels/{channel}/history", params=params
+    )
+    assert response.status == 200, response.body
+    return response.json()  # type: ignore[no-any-return]
+
+
 def sdk(
     server: ParleyServer,
     app_id: str | None = None,

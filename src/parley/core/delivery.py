@@ -37,6 +37,7 @@ from __future__ import annotations
 
 import asyncio
 import fnmatch
+import logging
 import time
 from dataclasses import dataclass
 from functools import lru_cache
@@ -45,10 +46,14 @@ from parley import logs
 from parley.backends.broker import Broker
 from parley.backends.history import Append, HistoryStore, Retention
 from parley.core.hub import AppHub, CachedEvent, Channel
+from parley.errors import StoreUnavailable
 from parley.protocol import frames
 from parley.protocol.channels import channel_type, server_to_user_id
 from parley.publication import Publication, StreamPosition
 from parley.settings import Settings
+
+# A store that cannot write fails every publish until it can: one line a second says so.
+STORE_FAULTS = logs.Refusals(per_second=1, level=logging.WARNING)
 
 # Publications held behind one channel's gap while it is filled from history, at most.
 GAP_HOLD_LIMIT = 1000
@@ -158,6 +163,14 @@ class Delivery:
                 ]
                 try:
                     stored = iter(await self.history.append_many(appends) if appends else ())
+                except StoreUnavailable as exc:  # a full disk, a database away: no traceback
+                    STORE_FAULTS.log(
+                        "history append failed: events not delivered",
+                        events=len(batch),
+                        reason=exc.message,
+                    )
+                    _fail(batch, exc)
+                    continue
                 except Exception as exc:
                     logs.error("history append failed: events not delivered", events=len(batch))
                     _fail(batch, exc)

@@ -78,7 +78,7 @@ from parley.backends.sqlite import history_index as index
 from parley.backends.sqlite.db import SqliteDb
 from parley.backends.sqlite.history_index import Chunk, Indexed, IndexWriter, Item
 from parley.backends.sqlite.history_log import HistoryLog, Op, entry_line, log_dir_for
-from parley.errors import CannotStart
+from parley.errors import CannotStart, StoreUnavailable
 from parley.publication import Publication, StreamPosition
 
 MAX_UNINDEXED = 200_000  # appends wait for the indexer beyond this many logged operations
@@ -259,7 +259,12 @@ class SqliteHistoryStore(SweepingHistoryStore):
         """Make `count` operations durable (`HistoryLog.write`) and tell the indexer. Raises on
         an I/O error; the caller then changes nothing."""
         log = self._log
-        log.write(data, count)
+        try:
+            log.write(data, count)
+        except OSError as exc:  # ENOSPC, EROFS, EFBIG, EIO: nothing logged, nothing changed
+            raise StoreUnavailable(
+                f"history cannot be written: {exc.strerror or exc} ({self._log.directory})"
+            ) from exc
         self._ops_ready.set()
         if log.logged - self._indexed > MAX_UNINDEXED:
             self._caught_up.clear()  # appends wait until the indexer is halfway back
