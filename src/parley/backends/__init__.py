@@ -1,5 +1,5 @@
 """Pluggable engines: one small interface per role at this level (`users.UserStore`,
-`grants.GrantStore`, `history.HistoryStore`) and its implementations grouped by technology,
+`grants.GrantStore`, `history.HistoryStore`, `presence.PresenceStore`) and its implementations grouped by technology,
 one package each: `memory/` (this process only: tests, single node), `sqlite/` (one file under
 the data directory), `postgres/` (shared by a cluster); `redis/` comes with the scale-out work.
 
