@@ -197,12 +197,17 @@ class Session:
         self.holds -= 1
         if self.holds > 0:
             return
-        held, self.held = self.held or [], None
-        for index, received in enumerate(held):
+        waiting = self.held or []
+        self.held = None
+        self._release(waiting)
+
+    def _release(self, waiting: list[Received]) -> None:
+        for index, received in enumerate(waiting):
             if self.closing:
                 return
-            if self.held is not None:  # held again by the previous one
-                self.held.extend(held[index:])
+            held = self.held
+            if held is not None:  # held again by the previous one: the rest waits behind it
+                held.extend(waiting[index:])
                 return
             self._handle(received.text, received.at)
 
