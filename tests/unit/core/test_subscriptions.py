@@ -121,9 +121,6 @@ class World:
         session.connected(transport)
         return Client(session, transport, self.node)
 
-    def kinds(self) -> list[str]:
-        return [type(event).__name__ for event in self.events]
-
 
 async def members_of(world: World, channel: str = ROOM) -> dict[str, Any]:
     return await world.node.presence.members(APP.id, channel)
@@ -318,15 +315,22 @@ async def test_a_failing_event_handler_is_logged_and_the_next_handlers_still_run
 # -- with a store that suspends: the connection's later messages wait behind the step ---------
 
 
-async def test_a_client_event_right_after_a_presence_subscribe_waits_for_it() -> None:
+async def gated_room(*members: str) -> tuple[World, GatedPresenceStore, list[Client]]:
+    """A node on a GatedPresenceStore with the history started, a connection per name, the
+    first one a member of ROOM (user: its name), and the gate shut again."""
     store = GatedPresenceStore()
     world = World(presence=store)
     await world.node.history.start()
-    bob, alice = world.connect("bob"), world.connect("alice")
+    clients = [world.connect(name) for name in members]
     store.open()
-    bob.join(ROOM, "bob")
+    clients[0].join(ROOM, members[0])
     await settle()
     store.shut()
+    return world, store, clients
+
+
+async def test_a_client_event_right_after_a_presence_subscribe_waits_for_it() -> None:
+    world, store, (_, alice) = await gated_room("bob", "alice")
     alice.join(ROOM, "alice")
     alice.send("client-hello", {"text": "hi"}, ROOM)
     alice.send("pusher:ping")
@@ -344,13 +348,7 @@ async def test_a_client_event_right_after_a_presence_subscribe_waits_for_it() ->
 
 
 async def test_an_unsubscribe_right_after_a_presence_subscribe_leaves_after_it() -> None:
-    store = GatedPresenceStore()
-    world = World(presence=store)
-    bob, alice = world.connect("bob"), world.connect("alice")
-    store.open()
-    bob.join(ROOM, "bob")
-    await settle()
-    store.shut()
+    world, store, (_, alice) = await gated_room("bob", "alice")
     alice.join(ROOM, "alice")
     alice.send("pusher:unsubscribe", {"channel": ROOM})
     alice.join(ROOM, "alice")  # and again: behind the leave's removal
@@ -368,13 +366,7 @@ async def test_an_unsubscribe_right_after_a_presence_subscribe_leaves_after_it()
 
 
 async def test_a_connection_closed_while_its_join_waits_leaves_no_member_behind() -> None:
-    store = GatedPresenceStore()
-    world = World(presence=store)
-    bob, alice = world.connect("bob"), world.connect("alice")
-    store.open()
-    bob.join(ROOM, "bob")
-    await settle()
-    store.shut()
+    world, store, (_, alice) = await gated_room("bob", "alice")
     alice.join(ROOM, "alice")
     alice.session.disconnected()
     store.open()
@@ -386,13 +378,7 @@ async def test_a_connection_closed_while_its_join_waits_leaves_no_member_behind(
 
 
 async def test_the_other_connection_of_a_user_joined_meanwhile_keeps_it_a_member() -> None:
-    store = GatedPresenceStore()
-    world = World(presence=store)
-    watcher, first, second = world.connect("w"), world.connect("a1"), world.connect("a2")
-    store.open()
-    watcher.join(ROOM, "w")
-    await settle()
-    store.shut()
+    world, store, (_, first, second) = await gated_room("w", "a1", "a2")
     first.join(ROOM, "a")  # new to the channel, but the answer comes after...
     second.join(ROOM, "a")  # ...this connection's, which is no new member
     first.session.disconnected()  # and the first is gone before its answer
