@@ -39,6 +39,7 @@ class PusherFrames:
 
     def __init__(self, hubs: dict[str, AppHub]) -> None:
         self.hubs = hubs
+        self.count_throttle_s = SUBSCRIPTION_COUNT_THROTTLE_S
         # (app id, channel) -> the channel whose throttled count is due (a channel vacated and
         # made again in the meantime is another Channel, with its own)
         self._counts_due: dict[tuple[str, str], Channel] = {}
@@ -86,7 +87,7 @@ class PusherFrames:
         if self._counts_due.get(key) is not channel:
             self._counts_due[key] = channel
             asyncio.get_running_loop().call_later(
-                SUBSCRIPTION_COUNT_THROTTLE_S, self._send_count, hub, channel
+                self.count_throttle_s, self._send_count, hub, channel
             )
 
     def _send_count(self, hub: AppHub, channel: Channel) -> None:

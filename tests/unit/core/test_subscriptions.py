@@ -5,6 +5,7 @@ suspends (later messages of the connection wait behind the step)."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 from dataclasses import dataclass, replace
 from typing import Any
@@ -32,6 +33,7 @@ from tests.support.pusher_raw import channel_auth, presence_data, user_auth
 from tests.support.transport import APP, RecordingTransport, make_node
 
 ROOM = "presence-room"
+COUNT = "pusher_internal:subscription_count"
 EVENT_TYPES = (
     ChannelOccupied,
     ChannelVacated,
@@ -249,6 +251,24 @@ async def test_subscription_count_goes_to_every_subscriber_up_to_100_and_not_for
     assert member_data(last) == {"subscription_count": 1}
     a.join(ROOM, "a")
     assert a.frames("pusher_internal:subscription_count")[-1] is last  # presence: none
+
+
+async def test_above_100_subscribers_the_count_is_sent_once_per_throttle_period() -> None:
+    world = World(subscription_count=True)
+    world.node.pusher_frames.count_throttle_s = 0.0  # the period is 5 s: due at once here
+    clients = [world.connect(str(i)) for i in range(103)]
+    for client in clients:
+        client.subscribe("news")
+    first = clients[0]
+    counts = [member_data(f)["subscription_count"] for f in first.frames(COUNT)]
+    assert counts == list(range(1, 101))  # 101 to 103: one count, when it is due
+    clients[-1].send("pusher:unsubscribe", {"channel": "news"})  # 102: due already
+    for _ in range(10):  # the timer runs in one of the next turns of the loop
+        await asyncio.sleep(0)
+        if len(first.frames(COUNT)) > 100:
+            break
+    assert [member_data(f) for f in first.frames(COUNT)[100:]] == [{"subscription_count": 102}]
+    assert [member_data(f) for f in clients[101].frames(COUNT)] == [{"subscription_count": 102}]
 
 
 async def test_watchers_hear_of_a_user_s_first_sign_in_and_last_sign_out() -> None:
