@@ -30,7 +30,7 @@ from parley.protocol.codes import CloseCode
 from parley.publication import Publisher
 from tests.support.presence import GatedPresenceStore, settle
 from tests.support.pusher_raw import channel_auth, presence_data, user_auth
-from tests.support.transport import APP, RecordingTransport, make_node
+from tests.support.transport import APP, RecordingTransport, make_node, started
 
 ROOM = "presence-room"
 COUNT = "pusher_internal:subscription_count"
@@ -296,7 +296,7 @@ async def test_watchers_hear_of_a_user_s_first_sign_in_and_last_sign_out() -> No
 
 async def test_a_client_event_is_emitted_only_when_someone_listens() -> None:
     world = World()
-    await world.node.history.start()
+    await started(world.node)
     alice, bob = world.connect("alice"), world.connect("bob")
     for client in (alice, bob):
         client.subscribe("private-chat")
@@ -336,11 +336,11 @@ async def test_a_failing_event_handler_is_logged_and_the_next_handlers_still_run
 
 
 async def gated_room(*members: str) -> tuple[World, GatedPresenceStore, list[Client]]:
-    """A node on a GatedPresenceStore with the history started, a connection per name, the
+    """A node on a GatedPresenceStore, started (history, broker), a connection per name, the
     first one a member of ROOM (user: its name), and the gate shut again."""
     store = GatedPresenceStore()
     world = World(presence=store)
-    await world.node.history.start()
+    await started(world.node)
     clients = [world.connect(name) for name in members]
     store.open()
     clients[0].join(ROOM, members[0])
