@@ -19,9 +19,10 @@ every subscribe and sign-in builds some. Two records that differ only in meaning
 fields through a base (`ChannelOccupied` and `ChannelVacated`): they stay two types, which
 the bus dispatches apart.
 
-An event whose construction would cost on the per-message path (`ClientEventSent`) is built only
-when someone listens: `if ClientEventSent in bus.handlers`. With no handler for a type,
-`emit` is one dictionary lookup.
+An event built on a hot path is built only when someone listens: `ClientEventSent` (every
+client event) and `SubscriptionCountChanged` (every subscribe and leave), tested with
+`if ClientEventSent in bus.handlers`. With no handler for a type, `emit` is one dictionary
+lookup.
 
 Scope. Every event describes this node. "Occupied" means the channel has a subscriber on this
 node, not in the cluster; member events come from the presence store's answers, which are

@@ -45,9 +45,12 @@ class PusherFrames:
         self._counts_due: dict[tuple[str, str], Channel] = {}
 
     def follow(self, events: EventBus) -> None:
+        """Subscribe to the events it writes frames for (subscription counts only when an
+        app counts them: the event is then not even built on a subscribe)."""
         events.subscribe(MemberAdded, self.member_added)
         events.subscribe(MemberRemoved, self.member_removed)
-        events.subscribe(SubscriptionCountChanged, self.subscription_count)
+        if any(hub.app.subscription_count for hub in self.hubs.values()):
+            events.subscribe(SubscriptionCountChanged, self.subscription_count)
         events.subscribe(CacheMiss, self.cache_miss)
         events.subscribe(UserOnline, self.user_online)
         events.subscribe(UserOffline, self.user_offline)

@@ -156,7 +156,8 @@ class Subscriptions:
                 session.send(cached.frame)
             else:
                 events.emit(CacheMiss(app_id, name, session.socket_id))
-        events.emit(SubscriptionCountChanged(app_id, name, len(channel.subscribers)))
+        if SubscriptionCountChanged in events.handlers:  # every subscribe: built when wanted
+            events.emit(SubscriptionCountChanged(app_id, name, len(channel.subscribers)))
         if logs.LEVEL.debug:
             logs.debug("subscribed", app_id=app_id, socket_id=session.socket_id, channel=name)
 
@@ -170,7 +171,8 @@ class Subscriptions:
         if count == 0:
             self.node.delivery.vacated(hub, name)
             self.events.emit(ChannelVacated(app_id, name))
-        self.events.emit(SubscriptionCountChanged(app_id, name, count))
+        if SubscriptionCountChanged in self.events.handlers:
+            self.events.emit(SubscriptionCountChanged(app_id, name, count))
         if member is not None:
             self._hold(session, self._leave_presence(app_id, name, member, session.socket_id))
 
