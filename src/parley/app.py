@@ -14,6 +14,7 @@ from parley.backends.broker import Broker
 from parley.backends.database import Database, Migration, MigrationFailed
 from parley.backends.grants import GrantStore
 from parley.backends.history import HistoryStore
+from parley.backends.presence import PresenceStore
 from parley.backends.users import UserStore
 from parley.core.access import Access
 from parley.core.node import Node
@@ -42,6 +43,13 @@ def make_broker(settings: Settings) -> Broker:
     from parley.backends.memory.broker import MemoryBroker
 
     return MemoryBroker()
+
+
+def make_presence(settings: Settings) -> PresenceStore:
+    """The presence store: in this process's memory (a Redis one comes with issue 13)."""
+    from parley.backends.memory.presence import MemoryPresenceStore
+
+    return MemoryPresenceStore()
 
 
 def make_database(settings: Settings) -> Database | None:
@@ -137,7 +145,7 @@ async def make_node(settings: Settings, db: Database | None) -> Node:
     await stores.users.start()
     await stores.grants.start()
     broker = make_broker(settings)
-    node = Node(settings, stores.history, broker)
+    node = Node(settings, stores.history, broker, make_presence(settings))
     await broker.start(node.delivery)
     await node.identities.load_jwks()
     node.access = Access(node, stores.grants, stores.users)
@@ -148,6 +156,7 @@ async def make_node(settings: Settings, db: Database | None) -> Node:
 async def close_node(node: Node) -> None:
     """Drain the node's connections and close its stores (not the database handle)."""
     await node.shutdown()
+    await node.presence.close()
     access = node.access
     if access is not None:
         await access.close()

@@ -17,6 +17,9 @@ class Metrics:
         self.errors: Counter[tuple[str, str]] = Counter()  # by (app id, code)
         self.http_requests: Counter[tuple[str, int]] = Counter()  # by (route, status)
         self.connections_total: Counter[str] = Counter()
+        # by (app id, event): channel_occupied, channel_vacated, member_added, member_removed,
+        # cache_miss, counted from the core's domain events (core.event_counts)
+        self.channel_events: Counter[tuple[str, str]] = Counter()
         self.gauges: Callable[[], dict[str, dict[str, int]]] = dict
         # Counted per message by each app's hub, as plain int attributes: (name -> app id -> n)
         self.hub_counters: Callable[[], dict[str, dict[str, int]]] = dict
@@ -60,6 +63,14 @@ class _Collector:
         )
         for (app_id, code), value in m.errors.items():
             c.add_metric([app_id, code], value)
+        yield c
+        c = CounterMetricFamily(
+            "parley_channel_events",
+            "Channels occupied and vacated, presence members added and removed, cache misses",
+            labels=["app_id", "event"],
+        )
+        for (app_id, event), value in m.channel_events.items():
+            c.add_metric([app_id, event], value)
         yield c
         c = CounterMetricFamily("parley_http_requests", "HTTP requests", labels=["route", "status"])
         for (route, status), value in m.http_requests.items():

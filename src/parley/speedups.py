@@ -46,6 +46,10 @@ MANIFEST = "manifest.json"
 # (core.liveness's idle sweep: ~1 ms per 10,000 connections, compiled or not); core.transport and backends.broker are only Protocols (a compiled base
 # would not make the calls cheaper: mypyc calls a class open to interpreted subclasses the
 # Python way). core.delivery and backends.memory.broker carry every stored publication.
+# core.subscriptions, events, pusher_frames and event_counts run for every connection
+# opened, signed in and closed (the events, and `ClientEventSent in bus.handlers` per client
+# event): interpreted they cost the storm's path 9 % more instructions (bench/README.md).
+# core.eager stays source: mypyc does not compile its generator-based coroutine.
 MODULES = (
     "parley.publication",
     "parley.protocol.frames",
@@ -55,6 +59,10 @@ MODULES = (
     "parley.core.session",
     "parley.core.node",
     "parley.core.delivery",
+    "parley.core.subscriptions",
+    "parley.core.events",
+    "parley.core.pusher_frames",
+    "parley.core.event_counts",
     "parley.core.hub",
     "parley.core.access",
     "parley.core.ids",

@@ -1,5 +1,6 @@
 """A recording `Transport` (parley.core.transport) for driving a core `Session` without
-a socket, and the node such a session needs (memory history, one app, a broker)."""
+a socket, and the node such a session needs (memory history and presence, one app, a
+broker)."""
 
 from __future__ import annotations
 
@@ -15,6 +16,8 @@ from parley.backends.broker import Broker
 from parley.backends.history import HistoryStore
 from parley.backends.memory.broker import MemoryBroker
 from parley.backends.memory.history import MemoryHistoryStore
+from parley.backends.memory.presence import MemoryPresenceStore
+from parley.backends.presence import PresenceStore
 from parley.core.node import Node
 from parley.core.session import Session
 from parley.settings import AppConfig, Settings
@@ -24,15 +27,22 @@ APP = AppConfig(id="1", key="unit-key", secret="unit-secret", client_events=True
 
 
 def make_node(
-    broker: Broker | None = None, store: HistoryStore | None = None, **settings: Any
+    broker: Broker | None = None,
+    store: HistoryStore | None = None,
+    *,
+    app: AppConfig = APP,
+    presence: PresenceStore | None = None,
+    **settings: Any,
 ) -> Node:
-    """A node with one app (`APP`), the history `store` (in memory by default) and `broker`
-    (the memory broker by default); nothing started (`await started(node)` starts both)."""
+    """A node with one app (`APP` unless given), the history `store` (in memory by default),
+    `broker` (the memory broker by default) and `presence` (the memory store by default);
+    nothing started (`await started(node)` starts the store and the broker)."""
     data_dir = Path(tempfile.mkdtemp(prefix="parley-unit-"))
     return Node(
-        Settings(data_dir=data_dir, store="memory", apps=(APP,), **settings),
+        Settings(data_dir=data_dir, store="memory", apps=(app,), **settings),
         store or MemoryHistoryStore(),
         broker or MemoryBroker(),
+        presence or MemoryPresenceStore(),
     )
 
 

@@ -1,8 +1,10 @@
-"""Local state of one app on this node: channels, their subscribers, presence members,
-signed-in users and watchlists; and fan-out of already-encoded bytes.
+"""Local state of one app on this node: channels and their subscribers, signed-in users and
+watchlists, the cache channels' last events; and fan-out of already-encoded bytes.
 
-The hub never encodes per subscriber: `broadcast` writes the same bytes to every session.
-It must not know the wire format beyond calling `frames` for the pusher_internal events.
+The hub never encodes per subscriber: `broadcast` writes the same bytes to every session. It
+writes no frame of its own: the frames that follow from its changes (member_added,
+subscription_count, watchlist events...) are `core.pusher_frames`' job. Presence members are
+the presence store's (`backends.presence`).
 """
 
 from __future__ import annotations
@@ -10,9 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from parley.protocol import frames
 from parley.protocol.channels import ChannelType
-from parley.protocol.connection import Member
 from parley.settings import AppConfig
 
 
@@ -39,9 +39,6 @@ class Channel:
     # Peers in join order; the value is None, or a list that holds (offset, frame) pairs for a
     # peer whose resume is being replayed, so no live event overtakes the replay.
     subscribers: dict[Any, list[tuple[int, bytes]] | None] = field(default_factory=dict)
-    # presence: user_id -> [user_info, number of this user's connections here]
-    members: dict[str, list[Any]] = field(default_factory=dict)
-    count_pending: bool = False
     # The ordering of its stored publications here (core.delivery): the last offset delivered
     # and its epoch ("" before the first), and the gap being filled from history, if any.
     last_offset: int = 0
@@ -55,10 +52,6 @@ class CachedEvent:
     event: str
     data: Any
     expires_at: float
-
-
-class PresenceFull(Exception):
-    pass
 
 
 class AppHub:
@@ -76,54 +69,23 @@ class AppHub:
 
     # -- channels ----------------------------------------------------------------------------
 
-    def join(self, peer: Peer, name: str, ctype: ChannelType, member: Member | None) -> Channel:
-        """Add a subscriber; presence rules apply. Raises PresenceFull at the member limit."""
+    def join(self, peer: Peer, name: str, ctype: ChannelType) -> Channel:
+        """Add a subscriber (the channel is made by its first)."""
         channel = self.channels.get(name)
         if channel is None:
-            channel = Channel(name, ctype)
-        if member is not None:
-            entry = channel.members.get(member.user_id)
-            if entry is None:
-                if len(channel.members) >= self.app.max_presence_members:
-                    raise PresenceFull(
-                        f"Presence channel {name} is full: {self.app.max_presence_members} members"
-                    )
-                added = frames.member_added(name, member.user_id, member.user_info)
-                for other in channel.subscribers:
-                    other.send(added)
-                channel.members[member.user_id] = [member.user_info, 1]
-            else:
-                entry[1] += 1
+            channel = self.channels[name] = Channel(name, ctype)
         channel.subscribers[peer] = None
-        self.channels[name] = channel
         return channel
 
-    def leave(self, peer: Peer, name: str, member: Member | None) -> Channel | None:
+    def leave(self, peer: Peer, name: str) -> Channel | None:
+        """Remove a subscriber (the channel goes with its last); None when it was none."""
         channel = self.channels.get(name)
         if channel is None or peer not in channel.subscribers:
             return None
         del channel.subscribers[peer]
-        if member is not None:
-            entry = channel.members.get(member.user_id)
-            if entry is not None:
-                entry[1] -= 1
-                if entry[1] <= 0:
-                    del channel.members[member.user_id]
-                    removed = frames.member_removed(name, member.user_id)
-                    for other in channel.subscribers:
-                        other.send(removed)
         if not channel.subscribers:
             del self.channels[name]
         return channel
-
-    @staticmethod
-    def presence_data(channel: Channel) -> dict[str, Any]:
-        ids = list(channel.members)
-        return {
-            "ids": ids,
-            "hash": {uid: entry[0] for uid, entry in channel.members.items()},
-            "count": len(ids),
-        }
 
     def broadcast(self, name: str, data: bytes, exclude: Any = None, offset: int = 0) -> int:
         """Write `data` to every local subscriber of `name` but `exclude`; return the count.
@@ -182,18 +144,6 @@ class AppHub:
             return True
         return False
 
-    def notify_watchers(self, user_id: str, online: bool) -> None:
-        watching = self.watchers.get(user_id)
-        if not watching:
-            return
-        data = (
-            frames.watchlist_events([user_id], [])
-            if online
-            else frames.watchlist_events([], [user_id])
-        )
-        for peer in list(watching):
-            peer.send(data)
-
     def send_to_user(self, user_id: str, data: bytes, exclude: Any = None) -> int:
         peers = self.users.get(user_id)
         if not peers:
@@ -208,10 +158,6 @@ class AppHub:
     def subscription_count(self, name: str) -> int:
         channel = self.channels.get(name)
         return len(channel.subscribers) if channel else 0
-
-    def user_count(self, name: str) -> int:
-        channel = self.channels.get(name)
-        return len(channel.members) if channel else 0
 
     def is_presence(self, name: str) -> bool:
         channel = self.channels.get(name)

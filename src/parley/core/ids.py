@@ -1,4 +1,5 @@
-"""Socket ids: Pusher's shape (two integers below 10^10 joined by a dot), from the OS's CSPRNG."""
+"""Socket ids (Pusher's shape: two integers below 10^10 joined by a dot) and node ids, from the
+OS's CSPRNG."""
 
 from __future__ import annotations
 
@@ -27,3 +28,8 @@ def new_socket_id() -> str:
     """Two CSPRNG integers below 10^10 joined by a dot."""
     raw = int.from_bytes(_ENTROPY.take(10), "big")
     return f"{(raw >> 40) % 10**10}.{(raw & (2**40 - 1)) % 10**10}"
+
+
+def new_node_id() -> str:
+    """A node's id for this run: 16 hex digits (names its entries in shared stores)."""
+    return _ENTROPY.take(8).hex()

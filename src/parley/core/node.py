@@ -1,5 +1,7 @@
 """The node: owns the apps' hubs and the engines, and carries out what sessions and the
-HTTP API ask for: subscribe, publish, sign in, terminate, shut down.
+HTTP API ask for: subscribe (`core.subscriptions`), publish, sign in, terminate, shut down.
+What happens is emitted as domain events (`core.events`) on `events`, which the Pusher frames
+(`core.pusher_frames`) and the metrics (`core.event_counts`) follow.
 
 It knows sessions only through their small surface (send, close, the protocol machine), the
 wire only through `protocol` (frames, the handshake, the commands of the connection machine),
@@ -21,13 +23,18 @@ from parley.auth.identity import Identities
 from parley.auth.tokens import Identity
 from parley.backends.broker import Broker
 from parley.backends.history import HistoryStore
+from parley.backends.presence import PresenceStore
 from parley.core.authenticate import Authenticator
 from parley.core.delivery import Delivery, caches
-from parley.core.hub import AppHub, CachedEvent, Channel, PresenceFull
-from parley.core.ids import new_socket_id
+from parley.core.event_counts import count_events
+from parley.core.events import ClientEventSent, EventBus, UserOffline, UserOnline
+from parley.core.hub import AppHub, CachedEvent
+from parley.core.ids import new_node_id, new_socket_id
 from parley.core.liveness import Liveness, Readiness, readiness
+from parley.core.pusher_frames import PusherFrames
 from parley.core.recovery import Recovery
 from parley.core.session import Session
+from parley.core.subscriptions import Subscriptions
 from parley.errors import ConnectionRefused
 from parley.metrics import Metrics
 from parley.protocol import frames
@@ -53,8 +60,6 @@ from parley.settings import AppConfig, Settings
 if TYPE_CHECKING:
     from parley.core.access import Access
 
-SUBSCRIPTION_COUNT_THROTTLE_S = 5.0
-
 
 @dataclass(frozen=True, slots=True)
 class ChannelInfo:
@@ -66,10 +71,14 @@ class ChannelInfo:
 
 
 class Node:
-    def __init__(self, settings: Settings, history: HistoryStore, broker: Broker) -> None:
+    def __init__(
+        self, settings: Settings, history: HistoryStore, broker: Broker, presence: PresenceStore
+    ) -> None:
         self.settings = settings
         self.history = history
         self.broker = broker
+        self.presence = presence
+        self.node_id = new_node_id()  # names this node's entries in the presence store
         self.hubs: dict[str, AppHub] = {app.id: AppHub(app) for app in settings.apps}
         self.apps: tuple[AppConfig, ...] = tuple(hub.app for hub in self.hubs.values())
         self.apps_by_key: dict[str, AppConfig] = {app.key: app for app in settings.apps}
@@ -88,6 +97,11 @@ class Node:
         self.recovery = Recovery(history, self.retention, settings.recovery_limit, self._spawn)
         self.liveness = Liveness(settings, self.hubs, self.identities, self.count_error)
         self.access: Access | None = None  # set by the composition root
+        self.events = EventBus()
+        self.pusher_frames = PusherFrames(self.hubs)
+        self.pusher_frames.follow(self.events)
+        count_events(self.events, self.metrics)
+        self.subscriptions = Subscriptions(self)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -166,7 +180,7 @@ class Node:
             session.conn.identify(identity.user_id, identity.info)
             session.token_expires_at = identity.expires_at
             if hub.sign_in(session):
-                hub.notify_watchers(identity.user_id, online=True)
+                self.events.emit(UserOnline(hub.app.id, identity.user_id))
             extra["user_id"] = identity.user_id
         session.send(session.conn.establish(self.settings.activity_timeout_s, **extra))
         # Per-connection lines are debug: at thousands of connections a second they would be
@@ -204,9 +218,9 @@ class Node:
         del hub.sessions[session.socket_id]
         for command in conn.close():
             assert isinstance(command, Unsubscribe)
-            self._unsubscribe(session, hub, command)
+            self.subscriptions.leave(session, hub, command.channel, command.member)
         if hub.sign_out(session):
-            hub.notify_watchers(conn.user_id or "", online=False)
+            self.events.emit(UserOffline(hub.app.id, conn.user_id or ""))
         if logs.LEVEL.debug:
             logs.debug("connection closed", app_id=hub.app.id, socket_id=session.socket_id)
 
@@ -222,9 +236,9 @@ class Node:
                     self.count_error(session, command.code)
                 session.send(command.frame)
             elif type(command) is Subscribe:
-                self._subscribe(session, hub, conn, command)
+                self.subscriptions.subscribe(session, hub, conn, command)
             elif type(command) is Unsubscribe:
-                self._unsubscribe(session, hub, command)
+                self.subscriptions.leave(session, hub, command.channel, command.member)
             elif type(command) is Signin:
                 self._signin(session, hub, command)
             elif type(command) is Close:
@@ -243,82 +257,11 @@ class Node:
 
     # -- commands ----------------------------------------------------------------------------
 
-    def _subscribe(
-        self, session: Session, hub: AppHub, conn: PusherConnection, command: Subscribe
-    ) -> None:
-        name = command.channel
-        if command.type.is_server_to_user:
-            session.send(frames.subscription_succeeded(name))
-            return
-        problem = (
-            self.access.subscribe_problem(hub.app, conn.user_id, name, command.type)
-            if self.access is not None
-            else None
-        )
-        if problem is not None:
-            conn.forget(name)
-            self.count_error(session, None)
-            logs.info(
-                "subscription refused",
-                app_id=hub.app.id,
-                socket_id=session.socket_id,
-                channel=name,
-                reason=problem,
-            )
-            session.send(frames.error_frame(None, problem, name))
-            return
-        try:
-            channel = hub.join(session, name, command.type, command.member)
-        except PresenceFull as exc:
-            conn.forget(name)
-            session.send(frames.error_frame(None, str(exc)))
-            return
-        if len(channel.subscribers) == 1:
-            self.delivery.occupied(hub, name)
-        if command.type.is_presence:
-            session.send(frames.subscription_succeeded(name, hub.presence_data(channel)))
-        else:
-            session.send(frames.subscription_succeeded(name))
-        if command.type.cache:
-            cached = hub.cache.get(name)
-            if cached is not None and cached.expires_at > time.monotonic():
-                session.send(cached.frame)
-            else:
-                session.send(frames.frame("pusher:cache_miss", channel=name))
-        self._count_changed(hub, channel)
-        if logs.LEVEL.debug:
-            logs.debug("subscribed", app_id=hub.app.id, socket_id=session.socket_id, channel=name)
-
-    def _unsubscribe(self, session: Session, hub: AppHub, command: Unsubscribe) -> None:
-        self.leave(session, hub, command.channel, command.member)
-
-    def leave(self, session: Session, hub: AppHub, name: str, member: Any) -> None:
-        channel = hub.leave(session, name, member)
-        if channel is not None:
-            if not channel.subscribers:
-                self.delivery.vacated(hub, name)
-            self._count_changed(hub, channel)
-
-    def _count_changed(self, hub: AppHub, channel: Channel) -> None:
-        if not hub.app.subscription_count or channel.type.is_presence:
-            return
-        count = len(channel.subscribers)
-        if count == 0:
-            return
-        if count <= 100:
-            hub.broadcast(channel.name, frames.subscription_count(channel.name, count))
-        elif not channel.count_pending:
-            channel.count_pending = True
-            self.loop.call_later(SUBSCRIPTION_COUNT_THROTTLE_S, self._flush_count, hub, channel)
-
-    def _flush_count(self, hub: AppHub, channel: Channel) -> None:
-        channel.count_pending = False
-        if hub.channels.get(channel.name) is channel and channel.subscribers:
-            count = len(channel.subscribers)
-            hub.broadcast(channel.name, frames.subscription_count(channel.name, count))
-
     def _spawn(self, coro: Any) -> None:
-        task = self.loop.create_task(coro)
+        self.track(self.loop.create_task(coro))
+
+    def track(self, task: asyncio.Task[Any]) -> None:
+        """Keep `task` until it is done (shutdown waits for it); log it if it fails."""
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
@@ -347,6 +290,8 @@ class Node:
             command.channel, command.event, command.data, publisher, data_json=command.data_json
         )
         self.delivery.fan_out(hub, publication, session.socket_id)
+        if ClientEventSent in self.events.handlers:  # built only when someone listens
+            self.events.emit(ClientEventSent(hub.app.id, publication, session.socket_id))
 
     def _signin(self, session: Session, hub: AppHub, command: Signin) -> None:
         session.watchlist = command.watchlist
@@ -357,7 +302,7 @@ class Node:
             offline = [uid for uid in command.watchlist if uid not in hub.users]
             session.send(frames.watchlist_events(online, offline))
         if first:
-            hub.notify_watchers(command.user_id, online=True)
+            self.events.emit(UserOnline(hub.app.id, command.user_id))
         logs.info(
             "signed in", app_id=hub.app.id, socket_id=session.socket_id, user_id=command.user_id
         )
@@ -420,20 +365,20 @@ class Node:
             return None
         return cached
 
-    def channel_info(self, app: AppConfig, name: str) -> ChannelInfo:
+    async def channel_info(self, app: AppConfig, name: str) -> ChannelInfo:
         channel = self.hubs[app.id].channels.get(name)
         if channel is None:
             return ChannelInfo(False, 0, 0)
-        return ChannelInfo(True, len(channel.subscribers), len(channel.members))
+        users = await self.presence.count(app.id, name) if channel.type.is_presence else 0
+        return ChannelInfo(True, len(channel.subscribers), users)
 
     def channels(self, app: AppConfig, prefix: str = "") -> list[str]:
         """The app's occupied channels whose name starts with `prefix`, sorted."""
         return sorted(name for name in self.hubs[app.id].channels if name.startswith(prefix))
 
-    def presence_users(self, app: AppConfig, name: str) -> list[str]:
+    async def presence_users(self, app: AppConfig, name: str) -> list[str]:
         """The user ids of a presence channel's members, in the order they joined."""
-        channel = self.hubs[app.id].channels.get(name)
-        return list(channel.members) if channel is not None else []
+        return list(await self.presence.members(app.id, name))
 
     def session(self, app: AppConfig, socket_id: str) -> Session | None:
         return self.hubs[app.id].sessions.get(socket_id)
@@ -447,21 +392,7 @@ class Node:
 
     def revoke(self, session: Session, channel: str, reason: str) -> None:
         """End a subscription that is no longer allowed, with `parley:revoked`."""
-        hub, conn = session.hub, session.conn
-        assert hub is not None and conn is not None
-        member = conn.subscriptions.get(channel)
-        conn.forget(channel)
-        self.leave(session, hub, channel, member)
-        session.send(
-            frames.frame("parley:revoked", {"channel": channel, "reason": reason}, channel)
-        )
-        logs.info(
-            "subscription revoked",
-            app_id=hub.app.id,
-            socket_id=session.socket_id,
-            channel=channel,
-            reason=reason,
-        )
+        self.subscriptions.revoke(session, channel, reason)
 
     def terminate_user(
         self, app: AppConfig, user_id: str, reason: str = "Connection terminated by the server"

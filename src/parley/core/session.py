@@ -11,13 +11,15 @@ The session owns no protocol rules (those are in protocol.connection) and no sha
 (that is the node's); it owns the connection's liveness (`last_seen`, `pinged`), its
 `closing` state, and what it sends before its transport exists: the first messages go out
 in the same write as the handshake's answer, and a close asked for then is carried out as
-soon as the transport is there.
+soon as the transport is there. It also owns the order of what it receives: while a presence
+step waits for the store (`hold`), later messages wait, and are handled in order after it.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 from urllib.parse import parse_qsl
 
@@ -65,6 +67,14 @@ class _Closed:
 _CLOSED = _Closed()
 
 
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A message received while the session was holding, and when (`last_seen` then)."""
+
+    text: bytes
+    at: float
+
+
 class Session:
     """One connection. `send` is the way to write to it. The hub's fan-out writes to
     `transport` directly, one Python call per delivery fewer (bench/README.md, "The
@@ -77,6 +87,8 @@ class Session:
         "closing",
         "conn",
         "headers",
+        "held",
+        "holds",
         "hub",
         "last_seen",
         "node",
@@ -109,6 +121,8 @@ class Session:
         self.token_expires_at: float | None = None
         # the publisher of its client events (with its JSON), made at its first one
         self.publisher: Publisher | None = None
+        self.holds = 0  # presence steps waiting for the store
+        self.held: list[Received] | None = None  # what was received meanwhile, in order
 
     @property
     def user_id(self) -> str | None:
@@ -157,11 +171,45 @@ class Session:
 
     def receive(self, text: bytes) -> None:
         """One whole text message from the client (after `activity` said it is taken)."""
+        held = self.held
+        if held is not None:  # a presence step waits for the store: this waits behind it
+            held.append(Received(text, self.last_seen))
+            return
+        self._handle(text, self.last_seen)
+
+    def _handle(self, text: bytes, at: float) -> None:
         try:
-            self.node.receive(self, text, self.last_seen)
+            self.node.receive(self, text, at)
         except Exception:
             logs.error("unexpected error handling a frame", socket_id=self.socket_id)
             self.close(CloseCode.INTERNAL_ERROR, "Internal server error")
+
+    def hold(self) -> None:
+        """A presence step of this session waits for the store: what the session receives
+        from now on waits until every such step is over (`unhold`)."""
+        self.holds += 1
+        if self.held is None:
+            self.held = []
+
+    def unhold(self) -> None:
+        """A presence step is over: after the last one, handle what was held, in order of
+        arrival; if one of those starts a step that waits, the rest waits behind that one."""
+        self.holds -= 1
+        if self.holds > 0:
+            return
+        waiting = self.held or []
+        self.held = None
+        self._release(waiting)
+
+    def _release(self, waiting: list[Received]) -> None:
+        for index, received in enumerate(waiting):
+            if self.closing:
+                return
+            held = self.held
+            if held is not None:  # held again by the previous one: the rest waits behind it
+                held.extend(waiting[index:])
+                return
+            self._handle(received.text, received.at)
 
     def binary(self) -> None:
         """A binary message from the client: not part of the protocol, answered, not read."""

@@ -88,10 +88,12 @@ def _validate_event(app: AppConfig, body: Any, *, batch_item: bool = False) -> d
     }
 
 
-def _channel_attrs(node: Node, app: AppConfig, channel: str, attrs: list[str]) -> dict[str, int]:
+async def _channel_attrs(
+    node: Node, app: AppConfig, channel: str, attrs: list[str]
+) -> dict[str, int]:
     if not attrs:
         return {}
-    info = node.channel_info(app, channel)
+    info = await node.channel_info(app, channel)
     out: dict[str, int] = {}
     for attr in attrs:
         if attr == "user_count":
@@ -138,7 +140,7 @@ def register(router: Router) -> None:
             return {}
         return {
             "channels": {
-                c: _channel_attrs(node, call.app, c, event["info"]) for c in event["channels"]
+                c: await _channel_attrs(node, call.app, c, event["info"]) for c in event["channels"]
             }
         }
 
@@ -173,32 +175,33 @@ def register(router: Router) -> None:
             return {}
         return {
             "batch": [
-                _channel_attrs(node, call.app, item["channels"][0], item["info"]) for item in items
+                await _channel_attrs(node, call.app, item["channels"][0], item["info"])
+                for item in items
             ]
         }
 
     @router.route("GET", "/apps/{app_id}/channels", "channels")
-    def channels(node: Node, call: Call) -> dict[str, Any]:
+    async def channels(node: Node, call: Call) -> dict[str, Any]:
         prefix = call.params.get("filter_by_prefix", "")
         attrs = _info_attrs(call.params.get("info"), _EVENT_INFO)
         if "user_count" in attrs and not prefix.startswith("presence-"):
             raise BadRequest("info=user_count requires filter_by_prefix=presence-")
         return {
             "channels": {
-                name: _channel_attrs(node, call.app, name, attrs)
+                name: await _channel_attrs(node, call.app, name, attrs)
                 for name in node.channels(call.app, prefix)
             }
         }
 
     @router.route("GET", "/apps/{app_id}/channels/{channel}", "channel")
-    def channel(node: Node, call: Call) -> dict[str, Any]:
+    async def channel(node: Node, call: Call) -> dict[str, Any]:
         (name,) = call.args
         problem = channel_name_problem(name)
         if problem:
             raise BadRequest(problem)
         attrs = _info_attrs(call.params.get("info"), {"user_count", "subscription_count", "cache"})
         ctype = channel_type(name)
-        info = node.channel_info(call.app, name)
+        info = await node.channel_info(call.app, name)
         out: dict[str, Any] = {"occupied": info.occupied}
         for attr in attrs:
             if attr == "user_count":
@@ -219,11 +222,11 @@ def register(router: Router) -> None:
         return out
 
     @router.route("GET", "/apps/{app_id}/channels/{channel}/users", "channel_users")
-    def channel_users(node: Node, call: Call) -> dict[str, Any]:
+    async def channel_users(node: Node, call: Call) -> dict[str, Any]:
         (name,) = call.args
         if channel_type(name).kind is not Kind.PRESENCE:
             raise BadRequest("Users are only available for presence channels")
-        return {"users": [{"id": uid} for uid in node.presence_users(call.app, name)]}
+        return {"users": [{"id": uid} for uid in await node.presence_users(call.app, name)]}
 
     @router.route(
         "GET", "/apps/{app_id}/channels/{channel}/history", "history", auth="signed_or_bearer"

@@ -1,14 +1,11 @@
-"""Presence and fan-out rules of the hub, with recording peers instead of sockets."""
+"""Channels and fan-out rules of the hub, with recording peers instead of sockets."""
 
 from __future__ import annotations
 
 import json
 
-import pytest
-
-from parley.core.hub import AppHub, PresenceFull
+from parley.core.hub import AppHub
 from parley.protocol.channels import channel_type
-from parley.protocol.connection import Member
 from parley.settings import AppConfig
 from tests.support.transport import RecordingTransport
 
@@ -31,48 +28,27 @@ class Peer:
 
 
 APP = AppConfig(id="1", key="k", secret="s", max_presence_members=2)
-PRESENCE = channel_type("presence-room")
 
 
-def test_member_events_once_per_user_and_never_to_the_originator() -> None:
+def test_the_channel_is_made_by_its_first_subscriber_and_goes_with_its_last() -> None:
     hub = AppHub(APP)
-    watcher, a1, a2 = Peer("0.0"), Peer("1.1"), Peer("1.2")
-    hub.join(watcher, "presence-room", PRESENCE, Member("w", None))
-    hub.join(a1, "presence-room", PRESENCE, Member("a", {"n": 1}))
-    hub.join(a2, "presence-room", PRESENCE, Member("a", {"n": 1}))
-    assert watcher.events() == ["pusher_internal:member_added"]
-    assert json.loads(watcher.frames[0]["data"]) == {"user_id": "a", "user_info": {"n": 1}}
-    assert a1.events() == [] and a2.events() == []
-    channel = hub.channels["presence-room"]
-    assert hub.presence_data(channel) == {
-        "ids": ["w", "a"],
-        "hash": {"w": None, "a": {"n": 1}},
-        "count": 2,
-    }
-    hub.leave(a1, "presence-room", Member("a", None))
-    assert watcher.events() == ["pusher_internal:member_added"]
-    hub.leave(a2, "presence-room", Member("a", None))
-    assert watcher.events()[-1] == "pusher_internal:member_removed"
-    assert hub.user_count("presence-room") == 1
-
-
-def test_presence_member_limit_counts_users_not_connections() -> None:
-    hub = AppHub(APP)
-    hub.join(Peer("1"), "presence-room", PRESENCE, Member("a", None))
-    hub.join(Peer("2"), "presence-room", PRESENCE, Member("b", None))
-    hub.join(Peer("3"), "presence-room", PRESENCE, Member("a", None))  # same user: fine
-    with pytest.raises(PresenceFull):
-        hub.join(Peer("4"), "presence-room", PRESENCE, Member("c", None))
+    a, b = Peer("1"), Peer("2")
+    channel = hub.join(a, "news", channel_type("news"))
+    assert hub.join(b, "news", channel_type("news")) is channel
+    assert list(channel.subscribers) == [a, b]
+    assert hub.leave(a, "news") is channel and "news" in hub.channels
+    assert hub.leave(a, "news") is None  # not a subscriber (any more)
+    assert hub.leave(b, "news") is channel and "news" not in hub.channels
 
 
 def test_broadcast_same_bytes_to_all_but_the_excluded() -> None:
     hub = AppHub(APP)
     peers = [Peer(str(i)) for i in range(3)]
     for p in peers:
-        hub.join(p, "news", channel_type("news"), None)
+        hub.join(p, "news", channel_type("news"))
     assert hub.broadcast("news", b'{"event":"e"}', exclude=peers[1]) == 2
     assert [len(p.frames) for p in peers] == [1, 0, 1]
-    hub.leave(peers[0], "news", None)
+    hub.leave(peers[0], "news")
     assert hub.broadcast("news", b'{"event":"e"}') == 2
     assert hub.broadcast("empty", b'{"event":"e"}') == 0
 
@@ -82,7 +58,7 @@ def test_broadcast_writes_to_the_peers_transport_not_through_its_send() -> None:
     hub = AppHub(APP)
     peer = Peer("1")
     peer.transport = RecordingTransport()
-    hub.join(peer, "news", channel_type("news"), None)
+    hub.join(peer, "news", channel_type("news"))
     hub.broadcast("news", b'{"event":"e"}')
     assert peer.transport.calls == [("write", b'{"event":"e"}')] and peer.frames == []
 

@@ -1,0 +1,228 @@
+"""Subscribing and leaving, presence included: the node's part between a connection's
+`Subscribe`/`Unsubscribe` commands and the hub, the presence store and the domain events.
+
+A subscribe that is not presence is synchronous: the hub adds the subscriber and the answer is
+written before `subscribe` returns. A presence subscribe asks the presence store first (`add`,
+then `members`), which is async; it runs through `core.eager`, so with a store that answers
+without suspending (memory) it too is finished before `subscribe` returns. With a store that
+suspends (Redis), the session holds every later message it receives (`Session.hold`) until
+the store has answered, and then handles them in order: `subscribe presence-x` followed at once
+by a client event or an unsubscribe on presence-x behaves as with the memory store. A presence
+leave is held the same way, so that a subscribe after it cannot overtake its removal.
+
+What each step emits (`core.events`), in order:
+- subscribe: `ChannelOccupied` (first local subscriber), `MemberAdded` (presence, the user's
+  first connection), then the `subscription_succeeded` answer and the cached event or
+  `CacheMiss` (cache channels), then `SubscriptionCountChanged`.
+- leave: `ChannelVacated` (last local subscriber), `SubscriptionCountChanged`, then
+  `MemberRemoved` once the store says it was the user's last connection. A leaving connection
+  stops receiving at once; a joining one starts once the store has admitted it.
+
+A presence join the connection no longer wants when the store answers (it closed, or its
+subscription was revoked meanwhile) is undone: its entry removed, and only what changed for
+the other members emitted. The store's `add` enforces the app's `max_presence_members`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Coroutine
+from functools import partial
+from typing import TYPE_CHECKING, Any
+
+from parley import logs
+from parley.backends.presence import PresenceFull
+from parley.core import eager
+from parley.core.events import (
+    CacheMiss,
+    ChannelOccupied,
+    ChannelVacated,
+    MemberAdded,
+    MemberRemoved,
+    SubscriptionCountChanged,
+)
+from parley.core.hub import AppHub, Channel
+from parley.protocol import frames
+from parley.protocol.codes import CloseCode
+from parley.protocol.connection import Member, PusherConnection, Subscribe
+
+if TYPE_CHECKING:
+    from parley.core.node import Node
+    from parley.core.session import Session
+
+
+class Subscriptions:
+    """Subscribe, leave and revoke for the node's sessions (`Node` composes one)."""
+
+    def __init__(self, node: Node) -> None:
+        self.node = node
+        self.events = node.events
+        self.presence = node.presence
+
+    def subscribe(
+        self, session: Session, hub: AppHub, conn: PusherConnection, command: Subscribe
+    ) -> None:
+        name = command.channel
+        if command.type.is_server_to_user:
+            session.send(frames.subscription_succeeded(name))
+            return
+        access = self.node.access
+        problem = (
+            access.subscribe_problem(hub.app, conn.user_id, name, command.type)
+            if access is not None
+            else None
+        )
+        if problem is not None:
+            conn.forget(name)
+            self.node.count_error(session, None)
+            logs.info(
+                "subscription refused",
+                app_id=hub.app.id,
+                socket_id=session.socket_id,
+                channel=name,
+                reason=problem,
+            )
+            session.send(frames.error_frame(None, problem, name))
+            return
+        member = command.member
+        if member is None:
+            self._joined(session, hub, hub.join(session, name, command.type), None, None)
+        else:
+            self._hold(session, self._join_presence(session, hub, conn, command, member))
+
+    async def _join_presence(
+        self,
+        session: Session,
+        hub: AppHub,
+        conn: PusherConnection,
+        command: Subscribe,
+        member: Member,
+    ) -> None:
+        app_id, name, socket_id = hub.app.id, command.channel, session.socket_id
+        try:
+            new = await self.presence.add(
+                app_id,
+                name,
+                member.user_id,
+                member.user_info,
+                node_id=self.node.node_id,
+                connection_id=socket_id,
+                limit=hub.app.max_presence_members,
+            )
+        except PresenceFull as exc:
+            if _wanted(session, hub, conn, name):
+                conn.forget(name)
+                session.send(frames.error_frame(None, str(exc)))
+            return
+        members = await self.presence.members(app_id, name)
+        if _wanted(session, hub, conn, name):
+            channel = hub.join(session, name, command.type)
+            self._joined(session, hub, channel, member if new else None, members)
+            return
+        last = await self.presence.remove(
+            app_id, name, member.user_id, node_id=self.node.node_id, connection_id=socket_id
+        )
+        if new and not last:  # another connection of the user joined meanwhile
+            self.events.emit(MemberAdded(app_id, name, member.user_id, member.user_info, socket_id))
+        elif last and not new:  # the user's other connections left meanwhile
+            self.events.emit(MemberRemoved(app_id, name, member.user_id, socket_id))
+
+    def _joined(
+        self,
+        session: Session,
+        hub: AppHub,
+        channel: Channel,
+        added: Member | None,
+        members: dict[str, Any] | None,
+    ) -> None:
+        """`session` is a subscriber of `channel` now: the events and the answer."""
+        events, app_id, name = self.events, hub.app.id, channel.name
+        if len(channel.subscribers) == 1:
+            self.node.delivery.occupied(hub, name)
+            events.emit(ChannelOccupied(app_id, name))
+        if added is not None:
+            events.emit(
+                MemberAdded(app_id, name, added.user_id, added.user_info, session.socket_id)
+            )
+        if members is None:
+            session.send(frames.subscription_succeeded(name))
+        else:
+            presence = {"ids": list(members), "hash": members, "count": len(members)}
+            session.send(frames.subscription_succeeded(name, presence))
+        if channel.type.cache:
+            cached = hub.cache.get(name)
+            if cached is not None and cached.expires_at > time.monotonic():
+                session.send(cached.frame)
+            else:
+                events.emit(CacheMiss(app_id, name, session.socket_id))
+        if SubscriptionCountChanged in events.handlers:  # every subscribe: built when wanted
+            events.emit(SubscriptionCountChanged(app_id, name, len(channel.subscribers)))
+        if logs.LEVEL.debug:
+            logs.debug("subscribed", app_id=app_id, socket_id=session.socket_id, channel=name)
+
+    def leave(self, session: Session, hub: AppHub, name: str, member: Member | None) -> None:
+        """`session` no longer subscribes to `name` (an unsubscribe, a close, a revocation)."""
+        channel = hub.leave(session, name)
+        if channel is None:  # not a subscriber: or its presence join, pending, undoes itself
+            return
+        app_id = hub.app.id
+        count = len(channel.subscribers)
+        if count == 0:
+            self.node.delivery.vacated(hub, name)
+            self.events.emit(ChannelVacated(app_id, name))
+        if SubscriptionCountChanged in self.events.handlers:
+            self.events.emit(SubscriptionCountChanged(app_id, name, count))
+        if member is not None:
+            self._hold(session, self._leave_presence(app_id, name, member, session.socket_id))
+
+    async def _leave_presence(self, app_id: str, name: str, member: Member, socket_id: str) -> None:
+        last = await self.presence.remove(
+            app_id, name, member.user_id, node_id=self.node.node_id, connection_id=socket_id
+        )
+        if last:
+            self.events.emit(MemberRemoved(app_id, name, member.user_id, socket_id))
+
+    def revoke(self, session: Session, channel: str, reason: str) -> None:
+        """End a subscription that is no longer allowed, with `parley:revoked`."""
+        hub, conn = session.hub, session.conn
+        assert hub is not None and conn is not None
+        member = conn.subscriptions.get(channel)
+        conn.forget(channel)
+        self.leave(session, hub, channel, member)
+        session.send(
+            frames.frame("parley:revoked", {"channel": channel, "reason": reason}, channel)
+        )
+        logs.info(
+            "subscription revoked",
+            app_id=hub.app.id,
+            socket_id=session.socket_id,
+            channel=channel,
+            reason=reason,
+        )
+
+    def _hold(self, session: Session, step: Coroutine[Any, Any, None]) -> None:
+        """Run a presence step now; if the store makes it wait, `session` holds what it
+        receives until the step is over."""
+        task = eager.start(step)
+        if task is None:
+            return
+        session.hold()
+        task.add_done_callback(partial(_step_over, session))
+        self.node.track(task)
+
+
+def _wanted(session: Session, hub: AppHub, conn: PusherConnection, name: str) -> bool:
+    """Does `session` still want to join `name` (not closed, not revoked meanwhile)?"""
+    return (
+        not session.closing
+        and hub.sessions.get(session.socket_id) is session
+        and name in conn.subscriptions
+    )
+
+
+def _step_over(session: Session, task: asyncio.Task[None]) -> None:
+    if not task.cancelled() and task.exception() is not None:
+        # the store failed (the node logs it): the client reconnects, and joins anew
+        session.close(CloseCode.INTERNAL_ERROR, "Internal server error")
+    session.unhold()

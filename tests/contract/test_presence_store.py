@@ -1,0 +1,178 @@
+"""The PresenceStore contract: one suite, run against every implementation in STORES.
+
+Issue 13's Redis store joins by adding a fixture param (and its opening below): every case
+then runs against it too. Each case uses its own app id, so a shared store needs no cleanup
+between cases beyond `close`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import uuid
+from collections.abc import AsyncIterator
+
+import pytest
+
+from parley.backends.memory.presence import MemoryPresenceStore
+from parley.backends.presence import Departure, PresenceFull, PresenceStore
+
+STORES = ["memory"]
+LIMIT = 100
+N1, N2 = "node-1", "node-2"
+
+
+@pytest.fixture(params=STORES)
+async def store(request: pytest.FixtureRequest) -> AsyncIterator[PresenceStore]:
+    opened: PresenceStore = MemoryPresenceStore()
+    try:
+        yield opened
+    finally:
+        await opened.close()
+
+
+@pytest.fixture
+def app() -> str:
+    return f"t{uuid.uuid4().hex[:12]}"
+
+
+async def add(
+    store: PresenceStore,
+    app: str,
+    user: str,
+    connection: str,
+    *,
+    node: str = N1,
+    channel: str = "presence-room",
+    info: object = None,
+    limit: int = LIMIT,
+) -> bool:
+    return await store.add(
+        app, channel, user, info, node_id=node, connection_id=connection, limit=limit
+    )
+
+
+async def remove(
+    store: PresenceStore,
+    app: str,
+    user: str,
+    connection: str,
+    *,
+    node: str = N1,
+    channel: str = "presence-room",
+) -> bool:
+    return await store.remove(app, channel, user, node_id=node, connection_id=connection)
+
+
+async def test_a_user_is_one_member_across_connections_and_nodes(
+    store: PresenceStore, app: str
+) -> None:
+    assert await add(store, app, "alice", "1.1", node=N1) is True
+    assert await add(store, app, "alice", "1.2", node=N1) is False
+    assert await add(store, app, "alice", "1.1", node=N2) is False  # same socket id, other node
+    assert await store.count(app, "presence-room") == 1
+    assert await remove(store, app, "alice", "1.1", node=N1) is False
+    assert await remove(store, app, "alice", "1.1", node=N2) is False
+    assert await store.members(app, "presence-room") == {"alice": None}
+    assert await remove(store, app, "alice", "1.2", node=N1) is True  # the last connection
+    assert await store.count(app, "presence-room") == 0
+    assert await store.members(app, "presence-room") == {}
+
+
+async def test_members_in_the_order_they_became_members_with_their_first_info(
+    store: PresenceStore, app: str
+) -> None:
+    await add(store, app, "carol", "3.1", info={"name": "Carol"})
+    await add(store, app, "alice", "1.1", node=N2, info={"name": "Alice", "n": [1, 2]})
+    await add(store, app, "bob", "2.1")
+    await add(store, app, "carol", "3.2", node=N2, info={"name": "Carol again"})
+    members = await store.members(app, "presence-room")
+    assert list(members) == ["carol", "alice", "bob"]
+    assert members == {
+        "carol": {"name": "Carol"},  # the info of the user's first connection
+        "alice": {"name": "Alice", "n": [1, 2]},
+        "bob": None,
+    }
+    await remove(store, app, "carol", "3.1")  # the first connection goes, the member stays
+    assert (await store.members(app, "presence-room"))["carol"] == {"name": "Carol"}
+    await remove(store, app, "alice", "1.1", node=N2)
+    await add(store, app, "alice", "1.3", info={"name": "Alice back"})  # joins at the end
+    members = await store.members(app, "presence-room")
+    assert list(members) == ["carol", "bob", "alice"]
+    assert members["alice"] == {"name": "Alice back"}
+
+
+async def test_channels_and_apps_are_apart(store: PresenceStore, app: str) -> None:
+    other_app = app + "-other"
+    await add(store, app, "alice", "1.1", channel="presence-a")
+    await add(store, app, "bob", "2.1", channel="presence-b")
+    await add(store, other_app, "carol", "3.1", channel="presence-a")
+    assert await store.members(app, "presence-a") == {"alice": None}
+    assert await store.members(app, "presence-b") == {"bob": None}
+    assert await store.members(other_app, "presence-a") == {"carol": None}
+    assert await remove(store, app, "carol", "3.1", channel="presence-a") is False
+    assert await store.count(other_app, "presence-a") == 1
+
+
+async def test_adding_an_entry_twice_and_removing_one_that_is_not_there_change_nothing(
+    store: PresenceStore, app: str
+) -> None:
+    assert await add(store, app, "alice", "1.1") is True
+    assert await add(store, app, "alice", "1.1", info={"other": True}) is False
+    assert await remove(store, app, "alice", "9.9") is False  # no such connection
+    assert await remove(store, app, "bob", "1.1") is False  # not that user's entry
+    assert await remove(store, app, "alice", "1.1", channel="presence-other") is False
+    assert await store.members(app, "presence-room") == {"alice": None}
+    assert await remove(store, app, "alice", "1.1") is True  # one add, one remove
+    assert await remove(store, app, "alice", "1.1") is False
+
+
+async def test_the_limit_counts_users_and_refuses_only_a_new_one(
+    store: PresenceStore, app: str
+) -> None:
+    await add(store, app, "a", "1", limit=2)
+    await add(store, app, "b", "2", node=N2, limit=2)
+    assert await add(store, app, "a", "3", node=N2, limit=2) is False  # a member: admitted
+    with pytest.raises(PresenceFull) as refused:
+        await add(store, app, "c", "4", limit=2)
+    assert str(refused.value) == "Presence channel presence-room is full: 2 members"
+    assert (refused.value.channel, refused.value.limit) == ("presence-room", 2)
+    assert list(await store.members(app, "presence-room")) == ["a", "b"]
+    assert await remove(store, app, "b", "2", node=N2) is True
+    assert await add(store, app, "c", "4", limit=2) is True
+    with pytest.raises(PresenceFull):
+        await add(store, app, "d", "5", channel="presence-tiny", limit=0)
+    assert await store.count(app, "presence-tiny") == 0
+
+
+async def test_concurrent_new_users_never_exceed_the_limit(store: PresenceStore, app: str) -> None:
+    outcomes = await asyncio.gather(
+        *(add(store, app, f"u{i}", f"{i}", node=(N1, N2)[i % 2], limit=5) for i in range(20)),
+        return_exceptions=True,
+    )
+    assert sum(outcome is True for outcome in outcomes) == 5
+    assert all(isinstance(o, PresenceFull) for o in outcomes if o is not True)
+    assert await store.count(app, "presence-room") == 5
+
+
+async def test_remove_node_drops_its_entries_and_reports_the_users_gone(
+    store: PresenceStore, app: str
+) -> None:
+    await add(store, app, "alice", "1.1", node=N1)  # only on node 1
+    await add(store, app, "bob", "2.1", node=N1)  # on both nodes
+    await add(store, app, "bob", "2.2", node=N2)
+    await add(store, app, "carol", "3.1", node=N2)  # only on node 2
+    await add(store, app, "alice", "1.2", node=N1, channel="presence-other")
+    await add(store, app, "alice", "1.1", node=N1, channel="presence-other")
+    gone = await store.remove_node(N1)
+    assert sorted(gone, key=lambda d: (d.channel, d.user_id)) == [
+        Departure(app, "presence-other", "alice"),
+        Departure(app, "presence-room", "alice"),
+    ]
+    assert await store.members(app, "presence-room") == {"bob": None, "carol": None}
+    assert await store.count(app, "presence-other") == 0
+    assert await store.remove_node(N1) == []  # nothing left of it
+    # node 1's entries are gone for good: removing one is no longer a user's last
+    assert await remove(store, app, "bob", "2.1", node=N1) is False
+    assert await remove(store, app, "bob", "2.2", node=N2) is True
+    # node 1 comes back with new connections: counted afresh
+    assert await add(store, app, "alice", "1.9", node=N1) is True
