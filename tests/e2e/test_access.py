@@ -232,7 +232,13 @@ def test_grants_from_the_command_line_reach_the_running_server(srv: ParleyServer
     listed = parley_cli(srv, "grants", "list", "--subject", "carol")
     assert made["id"] in listed.stdout and channel in listed.stdout
     with connect(srv, token) as carol:
-        subscribe_via_endpoint(srv, carol, token, channel)  # the server followed the store
+        # The server follows the store (it polls it twice a second): the grant opens the
+        # channel within a second, bounded here by TIMEOUT.
+        deadline = time.monotonic() + TIMEOUT
+        while pusher_auth(srv, token, carol.socket_id, channel).status != 200:
+            assert time.monotonic() < deadline, "the CLI's grant never reached the server"
+            time.sleep(0.05)
+        subscribe_via_endpoint(srv, carol, token, channel)
         revoked = parley_cli(srv, "grants", "revoke", made["id"])
         assert revoked.returncode == 0, revoked.stderr
         assert carol.expect("parley:revoked", channel=channel, timeout=3)["data"] == {
