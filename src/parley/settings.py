@@ -85,6 +85,8 @@ class AppConfig:
     read_only_channels: str = ""  # comma-separated patterns; client events refused there
     encryption_master_key_base64: str = ""  # for the built-in authorizer's shared_secret
     allowed_origins: str = ""  # comma-separated; checked when a session cookie identifies
+    # ...and, when on, for every WebSocket handshake and built-in auth call with an Origin
+    check_origin: bool = False
     session_cookie: str = ""  # cookie name that identifies the user at the handshake
     session_secret: str = ""  # itsdangerous URLSafeTimedSerializer secret
     session_salt: str = "parley-session"
@@ -104,6 +106,8 @@ class AppConfig:
             raise ConfigError("app 'key' may not contain ':'")
         if self.auth not in ("pusher", "builtin"):
             raise ConfigError(f"app {self.id}: 'auth' must be pusher or builtin")
+        if self.check_origin and not self.allowed_origins.strip():
+            raise ConfigError(f"app {self.id}: 'check_origin' needs 'allowed_origins'")
         if self.session_cookie and not (self.session_secret or self.session_introspection_url):
             raise ConfigError(
                 f"app {self.id}: 'session_cookie' needs 'session_secret' or "

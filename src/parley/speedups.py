@@ -46,7 +46,8 @@ MANIFEST = "manifest.json"
 # (core.liveness's idle sweep: ~1 ms per 10,000 connections, compiled or not); core.transport and backends.broker are only Protocols (a compiled base
 # would not make the calls cheaper: mypyc calls a class open to interpreted subclasses the
 # Python way). core.delivery and backends.memory.broker carry every stored publication.
-# core.subscriptions, events, pusher_frames and event_counts run for every connection
+# core.admission (the handshake's checks, moved out of the node) and core.subscriptions,
+# events, pusher_frames and event_counts run for every connection
 # opened, signed in and closed (the events, and `ClientEventSent in bus.handlers` per client
 # event): interpreted they cost the storm's path 9 % more instructions (bench/README.md).
 # core.eager stays source: mypyc does not compile its generator-based coroutine.
@@ -58,6 +59,7 @@ MODULES = (
     "parley.protocol.handshake",
     "parley.core.session",
     "parley.core.node",
+    "parley.core.admission",
     "parley.core.delivery",
     "parley.core.subscriptions",
     "parley.core.events",

@@ -23,6 +23,7 @@ import jwt
 from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from parley import logs
+from parley.auth.origins import allowed_origins
 from parley.auth.tokens import USER_ID_RE, Identity, TokenRejected, verify_token
 from parley.settings import AppConfig
 
@@ -132,8 +133,7 @@ class Identities:
         morsel = jar.get(app.session_cookie)
         if morsel is None:
             return None
-        allowed = [o.strip() for o in app.allowed_origins.split(",") if o.strip()]
-        if origin not in allowed:
+        if origin not in allowed_origins(app):
             raise SessionRejected(f"Origin {origin or '(none)'} is not allowed for cookie sessions")
         return morsel.value
 

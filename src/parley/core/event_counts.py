@@ -19,6 +19,7 @@ from parley.core.events import (
     MemberAdded,
     MemberRemoved,
 )
+from parley.core.hub import AppHub
 from parley.metrics import Metrics
 
 NAMES: dict[type, str] = {
@@ -42,3 +43,27 @@ def count_events(events: EventBus, metrics: Metrics) -> None:
 
     for kind, name in NAMES.items():
         events.subscribe(kind, counter(name))
+
+
+def hub_counters(hubs: dict[str, AppHub]) -> dict[str, dict[str, int]]:
+    """The hubs' message counters, by app (parley_messages_in/out_total)."""
+    return {
+        "messages_in": {app_id: hub.messages_in for app_id, hub in hubs.items()},
+        "messages_out": {app_id: hub.messages_out for app_id, hub in hubs.items()},
+    }
+
+
+def hub_gauges(hubs: dict[str, AppHub]) -> dict[str, dict[str, int]]:
+    """Connections, channels, subscriptions and signed-in users now, by app."""
+    out: dict[str, dict[str, int]] = {
+        "connections": {},
+        "channels": {},
+        "subscriptions": {},
+        "users": {},
+    }
+    for app_id, hub in hubs.items():
+        out["connections"][app_id] = len(hub.sessions)
+        out["channels"][app_id] = len(hub.channels)
+        out["subscriptions"][app_id] = sum(len(c.subscribers) for c in hub.channels.values())
+        out["users"][app_id] = len(hub.users)
+    return out

@@ -14,28 +14,28 @@ from __future__ import annotations
 import asyncio
 import time
 from dataclasses import dataclass
+from functools import partial
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from parley import logs
 from parley.auth.identity import Identities
-from parley.auth.tokens import Identity
 from parley.backends.broker import Broker
 from parley.backends.history import HistoryStore
 from parley.backends.presence import PresenceStore
+from parley.core.admission import Admission
 from parley.core.authenticate import Authenticator
 from parley.core.delivery import Delivery, caches
-from parley.core.event_counts import count_events
-from parley.core.events import ClientEventSent, EventBus, UserOffline, UserOnline
+from parley.core.event_counts import count_events, hub_counters, hub_gauges
+from parley.core.events import ClientEventSent, EventBus, UserOffline
 from parley.core.hub import AppHub, CachedEvent
-from parley.core.ids import new_node_id, new_socket_id
+from parley.core.ids import new_node_id
 from parley.core.liveness import Liveness, Readiness, readiness
 from parley.core.pusher_frames import PusherFrames
 from parley.core.recovery import Recovery
 from parley.core.session import Session
 from parley.core.subscriptions import Subscriptions
-from parley.errors import ConnectionRefused
 from parley.metrics import Metrics
 from parley.protocol import frames
 from parley.protocol.channels import server_to_user_id
@@ -45,7 +45,6 @@ from parley.protocol.connection import (
     Close,
     HistoryQuery,
     HistoryRequest,
-    PusherConnection,
     Refresh,
     Reply,
     Resume,
@@ -53,7 +52,6 @@ from parley.protocol.connection import (
     Subscribe,
     Unsubscribe,
 )
-from parley.protocol.handshake import Handshake, parse_handshake
 from parley.publication import Publication, Publisher
 from parley.settings import AppConfig, Settings
 
@@ -87,14 +85,14 @@ class Node:
         self.max_outbound_bytes = settings.max_outbound_bytes
         self.max_message_bytes = max(1024 * 1024, settings.max_frame_bytes * 4)
         self.metrics = Metrics()
-        self.metrics.gauges = self._gauges
-        self.metrics.hub_counters = self._hub_counters
+        self.metrics.gauges = partial(hub_gauges, self.hubs)
+        self.metrics.hub_counters = partial(hub_counters, self.hubs)
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
         self.delivery = Delivery(settings, self.hubs, history, broker)  # the broker's handler
         self.retention = self.delivery.retention
-        self.recovery = Recovery(history, self.retention, settings.recovery_limit, self._spawn)
+        self.recovery = Recovery(history, self.retention, settings.recovery_limit, self.spawn)
         self.liveness = Liveness(settings, self.hubs, self.identities, self.count_error)
         self.access: Access | None = None  # set by the composition root
         self.events = EventBus()
@@ -102,6 +100,7 @@ class Node:
         self.pusher_frames.follow(self.events)
         count_events(self.events, self.metrics)
         self.subscriptions = Subscriptions(self)
+        self.admission = Admission(self)
 
     @property
     def loop(self) -> asyncio.AbstractEventLoop:
@@ -116,100 +115,8 @@ class Node:
     # -- connections -------------------------------------------------------------------------
 
     def open_session(self, session: Session) -> None:
-        """Validate the handshake, register the session and send connection_established."""
-        if self.draining:
-            raise ConnectionRefused(CloseCode.RECONNECT, "Server is shutting down, reconnect")
-        handshake = parse_handshake(session.path, session.query, session.headers)
-        app = self.apps_by_key.get(handshake.app_key)
-        if app is None:
-            raise ConnectionRefused(CloseCode.APP_NOT_FOUND, "Application does not exist")
-        if handshake.refusal is not None:
-            raise handshake.refusal
-        if not app.enabled:
-            raise ConnectionRefused(CloseCode.APP_DISABLED, "Application is disabled")
-        hub = self.hubs[app.id]
-        if app.max_connections and len(hub.sessions) >= app.max_connections:
-            raise ConnectionRefused(
-                CloseCode.OVER_CONNECTION_QUOTA,
-                f"Application is over its connection quota of {app.max_connections}",
-            )
-        identity: Identity | None = None
-        cookie: str | None = None
-        if handshake.token or handshake.cookie:  # most connections carry neither
-            identity, cookie = self.authenticator.handshake(app, handshake)
-        socket_id = new_socket_id()
-        while socket_id in hub.sessions:
-            socket_id = new_socket_id()
-        session.socket_id = socket_id
-        session.hub = hub
-        session.conn = PusherConnection(
-            app, socket_id, max_frame_bytes=self.settings.max_frame_bytes
-        )
-        hub.sessions[socket_id] = session
-        self.metrics.connections_total[app.id] += 1
-        if cookie is not None:
-            # The app's introspection URL decides; connection_established waits for it.
-            self._spawn(self._introspect_then_admit(session, hub, cookie, handshake))
-            return
-        if identity is not None and app.auth == "builtin" and self.access is not None:
-            # A token outlives a `parley users disable`: the user store has the last word.
-            self._spawn(self._check_user_then_admit(session, hub, identity, handshake))
-            return
-        self._admit(session, hub, identity, handshake)
-
-    async def _check_user_then_admit(
-        self, session: Session, hub: AppHub, identity: Identity, handshake: Handshake
-    ) -> None:
-        assert self.access is not None
-        problem = await self.access.identity_problem(hub.app, identity.user_id)
-        if session.closing or hub.sessions.get(session.socket_id) is not session:
-            return
-        if problem is not None:
-            self.count_error(session, CloseCode.UNAUTHORIZED)
-            logs.info("connection refused", app_id=hub.app.id, code=4009, reason=problem)
-            session.disconnect(CloseCode.UNAUTHORIZED, problem)
-            return
-        self._admit(session, hub, identity, handshake)
-
-    def _admit(
-        self, session: Session, hub: AppHub, identity: Identity | None, handshake: Handshake
-    ) -> None:
-        assert session.conn is not None
-        extra: dict[str, Any] = {}
-        if identity is not None:
-            session.conn.identify(identity.user_id, identity.info)
-            session.token_expires_at = identity.expires_at
-            if hub.sign_in(session):
-                self.events.emit(UserOnline(hub.app.id, identity.user_id))
-            extra["user_id"] = identity.user_id
-        session.send(session.conn.establish(self.settings.activity_timeout_s, **extra))
-        # Per-connection lines are debug: at thousands of connections a second they would be
-        # the server's main work. Refusals, sign-ins and errors stay at info and above.
-        if logs.LEVEL.debug:
-            logs.debug(
-                "connection opened",
-                app_id=hub.app.id,
-                socket_id=session.socket_id,
-                user_id=identity.user_id if identity else None,
-                client=handshake.client,
-                protocol=str(handshake.protocol),
-            )
-
-    async def _introspect_then_admit(
-        self, session: Session, hub: AppHub, cookie: str, handshake: Handshake
-    ) -> None:
-        try:
-            identity = await self.authenticator.introspect(hub.app, cookie)
-        except ConnectionRefused as exc:
-            if not session.closing:
-                self.count_error(session, exc.code)
-                logs.info(
-                    "connection refused", app_id=hub.app.id, code=exc.code, reason=exc.message
-                )
-                session.disconnect(exc.code or CloseCode.UNAUTHORIZED, exc.message)
-            return
-        if not session.closing and hub.sessions.get(session.socket_id) is session:
-            self._admit(session, hub, identity, handshake)
+        """Validate the handshake, register the session, and admit it (`core.admission`)."""
+        self.admission.open(session)
 
     def close_session(self, session: Session) -> None:
         hub, conn = session.hub, session.conn
@@ -240,7 +147,7 @@ class Node:
             elif type(command) is Unsubscribe:
                 self.subscriptions.leave(session, hub, command.channel, command.member)
             elif type(command) is Signin:
-                self._signin(session, hub, command)
+                self.admission.sign_in(session, hub, command)
             elif type(command) is Close:
                 logs.info(
                     "connection refused",
@@ -257,7 +164,7 @@ class Node:
 
     # -- commands ----------------------------------------------------------------------------
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
         self.track(self.loop.create_task(coro))
 
     def track(self, task: asyncio.Task[Any]) -> None:
@@ -292,20 +199,6 @@ class Node:
         self.delivery.fan_out(hub, publication, session.socket_id)
         if ClientEventSent in self.events.handlers:  # built only when someone listens
             self.events.emit(ClientEventSent(hub.app.id, publication, session.socket_id))
-
-    def _signin(self, session: Session, hub: AppHub, command: Signin) -> None:
-        session.watchlist = command.watchlist
-        first = hub.sign_in(session)
-        session.send(frames.frame("pusher:signin_success", {"user_data": command.user_data}))
-        if command.watchlist:
-            online = [uid for uid in command.watchlist if uid in hub.users]
-            offline = [uid for uid in command.watchlist if uid not in hub.users]
-            session.send(frames.watchlist_events(online, offline))
-        if first:
-            self.events.emit(UserOnline(hub.app.id, command.user_id))
-        logs.info(
-            "signed in", app_id=hub.app.id, socket_id=session.socket_id, user_id=command.user_id
-        )
 
     # -- the HTTP API's operations -----------------------------------------------------------
 
@@ -439,23 +332,3 @@ class Node:
         await self.broker.close()
         await self.history.close()
         logs.info("drained", connections=len(sessions))
-
-    def _hub_counters(self) -> dict[str, dict[str, int]]:
-        return {
-            "messages_in": {app_id: hub.messages_in for app_id, hub in self.hubs.items()},
-            "messages_out": {app_id: hub.messages_out for app_id, hub in self.hubs.items()},
-        }
-
-    def _gauges(self) -> dict[str, dict[str, int]]:
-        out: dict[str, dict[str, int]] = {
-            "connections": {},
-            "channels": {},
-            "subscriptions": {},
-            "users": {},
-        }
-        for app_id, hub in self.hubs.items():
-            out["connections"][app_id] = len(hub.sessions)
-            out["channels"][app_id] = len(hub.channels)
-            out["subscriptions"][app_id] = sum(len(c.subscribers) for c in hub.channels.values())
-            out["users"][app_id] = len(hub.users)
-        return out

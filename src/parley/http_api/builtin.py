@@ -20,6 +20,7 @@ from typing import Any
 import jwt
 import orjson
 
+from parley.auth.origins import origin_problem
 from parley.auth.signatures import channel_auth_string, make_token, user_auth_string
 from parley.auth.tokens import Identity
 from parley.core.access import grant_json
@@ -100,6 +101,9 @@ def _builtin(call: Call) -> None:
             f"App {call.app.id} authorizes through its own backend; the built-in authorizer "
             'is off (set auth = "builtin")'
         )
+    problem = origin_problem(call.app, call.request.headers.get("origin"))
+    if problem is not None:
+        raise Forbidden(problem)
 
 
 def issue_token(app: AppConfig, user_id: str, info: Any, now: float) -> tuple[str, int]:

@@ -88,5 +88,5 @@ def parse_handshake(path: str, query: dict[str, str], headers: Any) -> Handshake
                 f"Unsupported protocol version {raw_protocol!r}: use 5, 6 or 7",
             )
     cookie = headers.get("cookie") if headers else None
-    origin = headers.get("origin", "") if cookie else ""  # only a cookie session needs it
+    origin = headers.get("origin", "") if headers else ""  # cookie sessions, check_origin
     return Handshake(parts[2], protocol, token, query.get("client"), cookie, origin, refusal)

@@ -110,4 +110,7 @@ def test_cookie_and_origin_are_read_from_the_headers() -> None:
     assert (handshake.cookie, handshake.origin) == ("sid=abc; other=1", "https://chat.example")
     assert (parse("/app/key").cookie, parse("/app/key").origin) == (None, "")
     # the Origin only matters to a cookie session: without a cookie it is not read
-    assert parse("/app/key", headers={"origin": "https://chat.example"}).origin == ""
+    # read without a cookie too: an app with check_origin checks every handshake
+    assert parse("/app/key", headers={"origin": "https://chat.example"}).origin == (
+        "https://chat.example"
+    )
