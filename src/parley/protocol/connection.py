@@ -494,6 +494,8 @@ class PusherConnection:
             raise ProtocolError(
                 f"Event name is longer than {self.app.max_event_name_length} characters"
             )
+        if "\x00" in event:  # no store takes it (PostgreSQL text), and it fails a whole batch
+            raise ProtocolError("Event name may not contain NUL characters")
         if not isinstance(channel, str) or channel not in self.subscriptions:
             raise ProtocolError(
                 f"Cannot broadcast client event (connection not subscribed to channel {channel})"
