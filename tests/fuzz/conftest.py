@@ -5,8 +5,10 @@ in-process app on uvloop, and at the end the number of generated cases run, writ
 from __future__ import annotations
 
 import os
+import random
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
+from contextlib import asynccontextmanager
 from pathlib import Path
 
 import pytest
@@ -14,9 +16,11 @@ import uvloop
 from hypothesis import HealthCheck, settings
 
 from parley.settings import AppConfig, Settings
+from tests.conftest import require
 from tests.support.fuzzing import APP_USER, CASES, FULL
 from tests.support.http_raw import KeptAlive
 from tests.support.inproc import APP_ID, KEY, InProcessApp, serving
+from tests.support.stores import PG_URL, delete_app_rows, postgres_problem
 
 settings.register_profile(
     "parley-fuzz",
@@ -60,16 +64,21 @@ def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
         Path(report).write_text(f"{total}\n")
 
 
-@pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[InProcessApp]:
-    """The app in this process for the HTTP and WebSocket properties: memory store, built-in
-    auth (so every route has a handler to reach), client events on, and APP_APP_USER, who holds
-    every grant on every channel. At the end: no answer was a 500, /healthz still answers."""
+@asynccontextmanager
+async def fuzzed_app(tmp_path: Path, store: str, app_id: str) -> AsyncIterator[InProcessApp]:
+    """The app in this process for the HTTP and WebSocket properties: built-in auth (so every
+    route has a handler to reach), client events on, and APP_USER, who holds every grant on
+    every channel. At the end: no answer was a 500, and /healthz still answers."""
     app_config = AppConfig(
-        id=APP_ID, key=KEY, secret="fuzz-" + "s" * 32, auth="builtin", client_events=True
+        id=app_id, key=KEY, secret="fuzz-" + "s" * 32, auth="builtin", client_events=True
     )
     settings_ = Settings(
-        host="127.0.0.1", port=0, data_dir=tmp_path, store="memory", apps=(app_config,)
+        host="127.0.0.1",
+        port=0,
+        data_dir=tmp_path,
+        store=store,
+        postgres_url=PG_URL,
+        apps=(app_config,),
     )
     async with serving(settings_) as running:
         access = running.running.node.access
@@ -85,3 +94,34 @@ async def app(tmp_path: Path) -> AsyncIterator[InProcessApp]:
         health = await client.request(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
         await client.close()
         assert health.status == 200, health
+
+
+@pytest.fixture
+async def app(tmp_path: Path) -> AsyncIterator[InProcessApp]:
+    """The fuzzed app on the memory store."""
+    async with fuzzed_app(tmp_path, "memory", APP_ID) as running:
+        yield running
+
+
+@pytest.fixture
+async def pg_app(tmp_path: Path) -> AsyncIterator[InProcessApp]:
+    """The fuzzed app on PostgreSQL (whose BIGINT columns refuse what memory takes), as an
+    app of its own whose rows are deleted afterwards."""
+    problem = await postgres_problem()
+    require(problem is None, problem or "")
+    app_id = str(random.randrange(10**8, 10**9))
+    try:
+        async with fuzzed_app(tmp_path, "postgres", app_id) as running:
+            yield running
+    finally:
+        for table in PG_TABLES:
+            await delete_app_rows(table, app_id)
+
+
+PG_TABLES = (
+    "parley_users",
+    "parley_grants",
+    "parley_history_channels",
+    "parley_history_entries",
+    "parley_history_keys",
+)

@@ -72,6 +72,25 @@ async def test_frames_through_the_live_server_get_documented_answers(
     app: InProcessApp, state: str, data: Any
 ) -> None:
     counted("websocket: frames through the app")
+    await frames_through(app, state, data)
+
+
+@pytest.mark.postgres
+@settings(
+    max_examples=cases(500),
+    suppress_health_check=[HealthCheck.function_scoped_fixture],
+)
+@given(state=st.sampled_from(STATES), data=st.data())
+async def test_frames_through_the_live_server_on_postgresql(
+    pg_app: InProcessApp, state: str, data: Any
+) -> None:
+    counted("websocket: frames through the app on PostgreSQL")
+    await frames_through(pg_app, state, data)
+
+
+async def frames_through(app: InProcessApp, state: str, data: Any) -> None:
+    """A fresh connection in `state`, generated frames, then a ping: every frame back is
+    documented, and the answer is a pong or a documented close."""
     key, secret = app.app.key, app.app.secret
     client = await AsyncClient.connect(app.ws_url)
     try:
@@ -95,3 +114,26 @@ async def test_frames_through_the_live_server_get_documented_answers(
             assert code in FRAME_CLOSE_CODES, f"closed with {code}: {exc}"
     finally:
         await client.ws.close()
+
+
+@pytest.mark.postgres
+async def test_a_client_event_named_with_nul_is_refused_and_drops_nothing_else(
+    pg_app: InProcessApp,
+) -> None:
+    """Found by fuzzing: PostgreSQL refused the name when storing it, and with it the whole
+    batch of events being stored, other clients' too (never delivered)."""
+    key, secret = pg_app.app.key, pg_app.app.secret
+    sender = await AsyncClient.connect(pg_app.ws_url)
+    reader = await AsyncClient.connect(pg_app.ws_url)
+    try:
+        for client in (sender, reader):
+            await into(client, "subscribed", key, secret)
+        await sender.send_event("client-\x00", {"n": 1}, channel="private-a")
+        await sender.send_event("client-ok", {"n": 2}, channel="private-a")
+        error = await sender.expect("pusher:error")
+        assert "NUL" in error["data"]["message"], error
+        delivered = await reader.expect("client-ok", "private-a")
+        assert delivered["data"] == {"n": 2}
+    finally:
+        for client in (sender, reader):
+            await client.ws.close()
