@@ -9,13 +9,14 @@ from parley.transport.server import FrontProtocol, Request, Response, Server
 class FakeTransport:
     """What FrontProtocol writes, and whether it closed."""
 
-    __slots__ = ("aborted", "buffered", "closed", "written")
+    __slots__ = ("aborted", "buffered", "closed", "protocol", "written")
 
     def __init__(self) -> None:
         self.written = b""
         self.closed = False
         self.aborted = False
         self.buffered = 0
+        self.protocol: object = None  # what it was handed to (a WebSocket upgrade)
 
     def write(self, data: bytes) -> None:
         self.written += data
@@ -38,6 +39,9 @@ class FakeTransport:
     def abort(self) -> None:
         self.aborted = self.closed = True
 
+    def set_protocol(self, protocol: object) -> None:
+        self.protocol = protocol
+
     def get_extra_info(self, name: str, default: object = None) -> object:
         return ("127.0.0.1", 1234) if name == "peername" else default
 
@@ -56,3 +60,21 @@ def front() -> tuple[FrontProtocol, FakeTransport, list[Request]]:
     transport = FakeTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
     return protocol, transport, seen
+
+
+class UpgradeRecorder:
+    """Stands in for picows's protocol when a request asks for a WebSocket: keeps the bytes
+    the front hands it (`Server.make_ws_protocol` replaced on the instance)."""
+
+    def __init__(self) -> None:
+        self.received = bytearray()
+
+    def connection_made(self, transport: object) -> None:
+        pass
+
+    def get_buffer(self, size: int) -> bytearray:
+        self._buffer = bytearray(size)
+        return self._buffer
+
+    def buffer_updated(self, size: int) -> None:
+        self.received += self._buffer[:size]
