@@ -235,7 +235,7 @@ def check(answer: Answer) -> None:
 
 
 @settings(
-    max_examples=cases(16_000),
+    max_examples=cases(10_000),
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(data=st.data())
@@ -249,7 +249,7 @@ async def test_every_route_gets_a_documented_answer(
 
 @pytest.mark.postgres
 @settings(
-    max_examples=cases(3_000),
+    max_examples=cases(2_000),
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(data=st.data())
@@ -333,7 +333,7 @@ def raw_requests(draw: st.DrawFn) -> bytes:
 
 
 @settings(
-    max_examples=cases(12_000),
+    max_examples=cases(10_000),
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(data=raw_requests())

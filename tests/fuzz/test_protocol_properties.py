@@ -81,7 +81,7 @@ FRAMES = frame_texts(KEY, SECRET, SID, (*PUBLIC, *PRIVATE, *PRESENCE, "#server-t
 # -- the connection machine -------------------------------------------------------------------
 
 
-@settings(max_examples=cases(24_000))
+@settings(max_examples=cases(20_000))
 @given(
     state=st.sampled_from(STATES),
     app=st.sampled_from(APPS),
@@ -150,7 +150,7 @@ def test_ping_is_answered_in_every_open_state(state: str, data: Any) -> None:
     assert send(connection_in(state, APPS[0]), message) == [Reply(frames.PONG)]
 
 
-@settings(max_examples=cases(3_000))
+@settings(max_examples=cases(2_000))
 @given(
     event=st.sampled_from(("pusher:subscribe", "pusher:signin", "client-x", "parley:history")),
     data=any_json,
@@ -172,7 +172,7 @@ def test_before_connection_established_everything_but_ping_is_4009(event: str, d
 user_ids = names
 
 
-@settings(max_examples=cases(4_000))
+@settings(max_examples=cases(6_000))
 @given(prefix=st.sampled_from(("", "cache-")), name=names)
 def test_public_subscribe_and_unsubscribe_round_trip(prefix: str, name: str) -> None:
     counted("protocol: public round trip")
@@ -187,7 +187,7 @@ def test_public_subscribe_and_unsubscribe_round_trip(prefix: str, name: str) -> 
     assert conn.subscriptions == {}
 
 
-@settings(max_examples=cases(4_000))
+@settings(max_examples=cases(6_000))
 @given(prefix=st.sampled_from(PRIVATE), name=names, good=st.booleans(), as_string=st.booleans())
 def test_private_subscribe_needs_the_right_signature(
     prefix: str, name: str, good: bool, as_string: bool
@@ -205,7 +205,7 @@ def test_private_subscribe_needs_the_right_signature(
         assert conn.subscriptions == {}
 
 
-@settings(max_examples=cases(3_000))
+@settings(max_examples=cases(2_000))
 @given(
     channel=st.sampled_from(PRESENCE),
     user_id=st.one_of(user_ids, st.integers(0, 10**12)),
@@ -225,7 +225,7 @@ def test_presence_member_round_trip(channel: str, user_id: Any, user_info: Any) 
         )
 
 
-@settings(max_examples=cases(3_000))
+@settings(max_examples=cases(4_000))
 @given(
     user_id=user_ids,
     info=small_json,
@@ -262,7 +262,7 @@ def test_client_event_carries_its_data_as_received(channel: str, data: Any, even
         assert commands[0].data_json == encoded
 
 
-@settings(max_examples=cases(3_000))
+@settings(max_examples=cases(5_000))
 @given(
     limit=st.integers(1, 1000),
     after=st.none() | st.integers(0, 2**63 - 1),
@@ -304,7 +304,7 @@ def test_loads_returns_a_value_or_refuses_it(text: str | bytes) -> None:
             orjson.dumps(value)  # what Parley does with a value next: encode it again
 
 
-@settings(max_examples=cases(3_000))
+@settings(max_examples=cases(2_000))
 @given(value=json_values(20, edge_text))
 def test_loads_reads_what_was_written(value: Any) -> None:
     counted("frames: loads round trip")
@@ -312,7 +312,7 @@ def test_loads_reads_what_was_written(value: Any) -> None:
     assert frames.loads(text.encode()) == orjson.loads(text)
 
 
-@settings(max_examples=cases(1_200))
+@settings(max_examples=cases(1_000))
 @given(depth=st.integers(1, 1200), kind=st.sampled_from(("array", "object")))
 def test_nesting_beyond_128_levels_is_refused(depth: int, kind: str) -> None:
     counted("frames: nesting limit")
@@ -343,7 +343,7 @@ def test_decode_gives_a_frame_or_a_documented_refusal(text: str | bytes) -> None
 texts = st.one_of(edge_text, st.text(max_size=30))
 
 
-@settings(max_examples=cases(5_000))
+@settings(max_examples=cases(6_000))
 @given(
     path=st.one_of(
         texts,
@@ -374,7 +374,7 @@ def test_handshake_is_read_or_refused_as_documented(
         assert handshake.protocol == 0 and handshake.refusal.code in (4007, 4008)
 
 
-@settings(max_examples=cases(2_000))
+@settings(max_examples=cases(3_000))
 @given(key=names, protocol=st.sampled_from(("5", "6", "7")), token=st.none() | names)
 def test_handshake_round_trip(key: str, protocol: str, token: str | None) -> None:
     counted("handshake: round trip")
@@ -386,7 +386,7 @@ def test_handshake_round_trip(key: str, protocol: str, token: str | None) -> Non
     assert handshake.refusal is None
 
 
-@settings(max_examples=cases(4_000))
+@settings(max_examples=cases(6_000))
 @given(name=st.one_of(small_json, edge_text))
 def test_a_channel_name_is_valid_or_its_problem_is_said(name: Any) -> None:
     counted("channels: names")
@@ -398,7 +398,7 @@ def test_a_channel_name_is_valid_or_its_problem_is_said(name: Any) -> None:
         assert isinstance(problem, str) and problem
 
 
-@settings(max_examples=cases(4_000))
+@settings(max_examples=cases(6_000))
 @given(
     args=st.dictionaries(
         st.sampled_from(("limit", "after", "before", "direction", "x")),

@@ -64,7 +64,7 @@ def check_frame(raw: str | bytes) -> dict[str, Any]:
 
 
 @settings(
-    max_examples=cases(1_000),
+    max_examples=cases(400),
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(state=st.sampled_from(STATES), data=st.data())
@@ -77,7 +77,7 @@ async def test_frames_through_the_live_server_get_documented_answers(
 
 @pytest.mark.postgres
 @settings(
-    max_examples=cases(500),
+    max_examples=cases(200),
     suppress_health_check=[HealthCheck.function_scoped_fixture],
 )
 @given(state=st.sampled_from(STATES), data=st.data())

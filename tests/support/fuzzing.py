@@ -347,9 +347,11 @@ def mostly(
 
 def field(good: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
     """A field's value: a good one seven times in ten, else one of any type."""
-    return mostly(good, st.one_of(WRONG_VALUES, small_json))
+    return mostly(good, WRONG_JSON)
 
 
+# A wrong value: one of WRONG_VALUES mostly (one draw), a generated JSON value now and then.
+WRONG_JSON = mostly(WRONG_VALUES, small_json, 8)
 _LEFT_OUT = object()
 
 
@@ -365,7 +367,7 @@ def fields(
     keys = [*required, *optional]
     goods = {**required, **optional}
     fuzzed = {key: field(good) for key, good in goods.items()}
-    broken = st.one_of(WRONG_VALUES, small_json, st.just(_LEFT_OUT))
+    broken = mostly(WRONG_JSON, st.just(_LEFT_OUT))
     tenths = st.integers(0, 9)
     which = st.sampled_from(keys) if keys else st.none()
 
@@ -454,7 +456,7 @@ def frame_texts(
             data["auth"] = draw(small_json)
         return data
 
-    data_values = st.one_of(WRONG_VALUES, any_json)
+    data_values = mostly(WRONG_JSON, st.one_of(any_json, huge_strings), 6)
     datas: dict[str, st.SearchStrategy[Any]] = {
         "pusher:subscribe": subscribe_data(),
         "pusher:unsubscribe": fields({"channel": channels}),
