@@ -203,3 +203,32 @@ async def test_an_idle_kept_alive_connection_is_closed_and_a_busy_one_is_not(
         with pytest.raises(TimeoutError):  # still open after 0.6 of the timeout
             await asyncio.wait_for(reader.read(1), SHORT * 0.6)
     assert await closed_by_server(reader, SHORT + 2) == b""
+
+
+# -- found by fuzzing (tests/fuzz/test_http_properties.py) -----------------------------------
+
+
+async def test_a_head_request_is_answered_without_a_body(
+    app: InProcessApp, open_raw: Opener
+) -> None:
+    """RFC 9110 9.3.2. The body was sent, and a client read it as the next answer's start."""
+    reader, writer = await open_raw(app)
+    writer.write(
+        b"HEAD /healthz HTTP/1.1\r\nHost: x\r\n\r\nGET /healthz HTTP/1.1\r\nHost: x\r\n\r\n"
+    )
+    async with asyncio.timeout(TIMEOUT):
+        head = await reader.readuntil(b"\r\n\r\n")
+        assert head.startswith(b"HTTP/1.1 404 ") and b"Content-Length: " in head, head
+        assert (await answer(reader)).startswith(b"HTTP/1.1 200 ")
+
+
+async def test_a_client_that_half_closes_gets_every_answer(
+    app: InProcessApp, open_raw: Opener
+) -> None:
+    """A client may end its side once its requests are sent (`nc -N`); the answers after the
+    first were dropped as the server closed on the end of its input."""
+    reader, writer = await open_raw(app)
+    writer.write(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n" * 3 + b"GET /nowhere HTTP/1.1\r\n\r\n")
+    writer.write_eof()
+    got = await closed_by_server(reader, TIMEOUT)
+    assert got.count(b"HTTP/1.1 200 ") == 3 and got.count(b"HTTP/1.1 404 ") == 1, got

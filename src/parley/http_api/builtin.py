@@ -149,7 +149,12 @@ def register(router: Router) -> None:
         if wait > 0:
             raise TooManyAttempts(wait)
         assert node.access is not None
-        user = await node.access.users.verify(call.app.id, username, password)
+        # a name with NUL is no user's (and PostgreSQL refuses to look it up)
+        user = (
+            None
+            if "\x00" in username
+            else await node.access.users.verify(call.app.id, username, password)
+        )
         if user is None:
             raise Unauthorized("Unknown user, wrong password or disabled user")
         throttle.succeeded(keys[0], keys[1], now)

@@ -37,6 +37,8 @@ def _validate_event(app: AppConfig, body: Any, *, batch_item: bool = False) -> d
         raise BadRequest("Missing event 'name'")
     if len(name) > app.max_event_name_length:
         raise BadRequest(f"Event name is longer than {app.max_event_name_length} characters")
+    if "\x00" in name:  # no store takes it (PostgreSQL text)
+        raise BadRequest("Event name may not contain NUL characters")
     if name.startswith(("pusher:", "pusher_internal:")):
         raise BadRequest(f"Event name {name!r} is reserved (pusher: and pusher_internal:)")
     if "data" not in body:
@@ -75,9 +77,11 @@ def _validate_event(app: AppConfig, body: Any, *, batch_item: bool = False) -> d
     info = _info_attrs(body.get("info"), _EVENT_INFO)
     idempotency_key = body.get("idempotency_key")
     if idempotency_key is not None and (
-        not isinstance(idempotency_key, str) or not 0 < len(idempotency_key) <= 200
+        not isinstance(idempotency_key, str)
+        or not 0 < len(idempotency_key) <= 200
+        or "\x00" in idempotency_key
     ):
-        raise BadRequest("'idempotency_key' must be a string of 1 to 200 characters")
+        raise BadRequest("'idempotency_key' must be a string of 1 to 200 characters, no NUL")
     return {
         "idempotency_key": idempotency_key,
         "name": name,

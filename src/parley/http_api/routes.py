@@ -176,6 +176,9 @@ class Router:
         if not app.enabled:
             raise Forbidden("Application is disabled")
         args = tuple(unquote(v) for k, v in groups.items() if k != "app_id")
+        if any("\x00" in v for v in args) or any("\x00" in v for _, v in params):
+            # no store takes it (PostgreSQL text): refused here, for every route at once
+            raise BadRequest("NUL characters are not allowed in the path or the query")
         call = Call(request, app, {k.lower(): v for k, v in params}, args, user)
         quota = self.quotas.get(app.id)
         if quota is not None:

@@ -13,7 +13,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from enum import Enum
-from typing import Any, Literal
+from typing import Any, Final, Literal
 
 import orjson
 
@@ -160,6 +160,9 @@ Command = (
 )
 
 
+MAX_OFFSET: Final = 2**63 - 1  # what every store holds (PostgreSQL's BIGINT)
+
+
 def history_query(args: Mapping[str, Any]) -> HistoryQuery:
     """The page `args` ask for (strings from a query, or JSON values); InvalidArgument says
     which argument is wrong."""
@@ -168,12 +171,16 @@ def history_query(args: Mapping[str, Any]) -> HistoryQuery:
         value = args.get(key)
         if value in (None, ""):
             return default
+        if isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+            raise InvalidArgument(f"{key!r} must be an integer")
         try:
             parsed = int(value)
-        except (TypeError, ValueError):
+        except (TypeError, ValueError, OverflowError):
             raise InvalidArgument(f"{key!r} must be an integer") from None
         if parsed < 0:
             raise InvalidArgument(f"{key!r} must not be negative")
+        if parsed > MAX_OFFSET:
+            raise InvalidArgument(f"{key!r} must be at most {MAX_OFFSET}")
         return parsed
 
     limit = number("limit", 100) or 0
@@ -472,6 +479,8 @@ class PusherConnection:
             or not isinstance(since.get("epoch"), str)
         ):
             return [_notice("parley:resume needs since: {offset: int, epoch: str}")]
+        if since["offset"] > MAX_OFFSET:
+            return [_notice(f"parley:resume: since.offset must be at most {MAX_OFFSET}")]
         return [Resume(channel, since["offset"], since["epoch"])]
 
     # -- client events -----------------------------------------------------------------------
@@ -485,6 +494,8 @@ class PusherConnection:
             raise ProtocolError(
                 f"Event name is longer than {self.app.max_event_name_length} characters"
             )
+        if "\x00" in event:  # no store takes it (PostgreSQL text), and it fails a whole batch
+            raise ProtocolError("Event name may not contain NUL characters")
         if not isinstance(channel, str) or channel not in self.subscriptions:
             raise ProtocolError(
                 f"Cannot broadcast client event (connection not subscribed to channel {channel})"

@@ -19,6 +19,7 @@ from enum import Enum
 from typing import Any, Protocol
 
 import httptools
+import orjson
 from picows import WSFrame, WSListener, WSTransport, WSUpgradeResponseWithListener
 from picows.picows import WSAutoPingStrategy, WSProtocol  # type: ignore[attr-defined]
 
@@ -303,6 +304,7 @@ class FrontProtocol(asyncio.Protocol):
         self._since = 0.0  # when the phase began
         self._head_seen = 0  # bytes of a head begun inside a read, from the next slice on
         self._begun = 0  # messages the parser has begun
+        self._ended = False  # the client half-closed: close once what it asked is answered
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -325,6 +327,14 @@ class FrontProtocol(asyncio.Protocol):
                 self._unread += data  # a read already under way when reading was paused
             return
         self._receive(data)
+
+    def eof_received(self) -> bool:
+        """The client sent all it will (a half-close, as `nc -N` does). Requests it already
+        sent are answered before the connection closes; with nothing owed it closes now."""
+        if self._queue or self._worker is not None or self._unread:
+            self._ended = True
+            return True  # keep the transport open for the answers
+        return False
 
     def pause_writing(self) -> None:
         self._writable = False
@@ -350,12 +360,12 @@ class FrontProtocol(asyncio.Protocol):
         head_end = _head_end(data)
         if head_end < 0:
             if len(data) > limit:
-                self._refuse(431, b'{"error":"Request head too large"}')
+                self._refuse(431, "Request head too large")
             else:
                 self.buf = data
             return
         if head_end > limit:
-            self._refuse(431, b'{"error":"Request head too large"}')
+            self._refuse(431, "Request head too large")
             return
         head = data[:head_end].lower()
         if b"\r\nupgrade:" in head and b"websocket" in head:
@@ -386,19 +396,15 @@ class FrontProtocol(asyncio.Protocol):
             try:
                 self.parser.feed_data(piece)
             except httptools.HttpParserUpgrade:
-                self._refuse(400, b'{"error":"Unexpected upgrade request"}')
+                self._refuse(400, "Unexpected upgrade request")
             except httptools.HttpParserError as exc:
-                self._refuse(
-                    400,
-                    b'{"error":"Malformed HTTP request: %s"}'
-                    % str(exc).encode()[:80].replace(b'"', b"'"),
-                )
+                self._refuse(400, f"Malformed HTTP request: {str(exc)[:80]}")
             if self._refused or self.transport is None or self.transport.is_closing():
                 return
             if self.in_request and self._phase is _Phase.HEAD and self._begun == begun:
                 self._head_seen += len(piece)  # the whole slice was head
                 if self._head_seen > self.server.max_head_bytes:
-                    self._refuse(431, b'{"error":"Request head too large"}')
+                    self._refuse(431, "Request head too large")
                     return
 
     def on_message_begin(self) -> None:
@@ -424,7 +430,7 @@ class FrontProtocol(asyncio.Protocol):
             return
         self._body += body
         if len(self._body) > self.server.max_body_bytes:
-            self._refuse(413, b'{"error":"Request body too large"}')
+            self._refuse(413, "Request body too large")
 
     def on_message_complete(self) -> None:
         self.in_request = False
@@ -460,11 +466,12 @@ class FrontProtocol(asyncio.Protocol):
                     await self._drained
                     continue
                 pending = self._queue.popleft()
-                response = pending.response
+                request, response = pending.request, pending.response
                 if response is None:
-                    assert pending.request is not None
-                    response = await self.server.http_handler(pending.request)
-                self._write(response, keep_alive=pending.keep_alive)
+                    assert request is not None
+                    response = await self.server.http_handler(request)
+                head_only = request is not None and request.method == "HEAD"
+                self._write(response, keep_alive=pending.keep_alive, head_only=head_only)
                 if self._queue:  # pipelined: read on if there is room, and let others in
                     self._maybe_resume()
                     await asyncio.sleep(0)
@@ -475,8 +482,12 @@ class FrontProtocol(asyncio.Protocol):
                 self._phase = _Phase.HEAD if waiting else _Phase.IDLE
                 self._since = time.monotonic()
                 self._maybe_resume()
+                if self._ended and self._worker is None and not self._queue and not self._unread:
+                    self.transport.close()
 
-    def _write(self, response: Response, keep_alive: bool = True) -> None:
+    def _write(self, response: Response, keep_alive: bool = True, head_only: bool = False) -> None:
+        """Send `response`; its head alone for a HEAD request (RFC 9110 9.3.2: a body there
+        would be read as the start of the next answer)."""
         if self.transport is None or self.transport.is_closing():
             return
         reason = _REASONS.get(response.status, "Unknown")
@@ -489,17 +500,20 @@ class FrontProtocol(asyncio.Protocol):
         lines += [f"{k}: {v}" for k, v in response.headers.items()]
         if not keep_alive:
             lines.append("Connection: close")
-        self.transport.write(("\r\n".join(lines) + "\r\n\r\n").encode() + response.body)
+        head = ("\r\n".join(lines) + "\r\n\r\n").encode()
+        self.transport.write(head if head_only else head + response.body)
         if not keep_alive:
             self.transport.close()
 
-    def _refuse(self, status: int, body: bytes) -> None:
+    def _refuse(self, status: int, message: str) -> None:
         """Answer with an error and close, after the answers to the requests before it;
-        nothing more is read from the connection."""
+        nothing more is read from the connection. The body is the HTTP API's error shape,
+        {"error", "status"}."""
         if self._refused:
             return
         self._refused = True
         self._unread = b""
+        body = orjson.dumps({"error": message, "status": status})
         if not self._queue and self._worker is None:
             self._write(Response(status, body), keep_alive=False)
             return
@@ -561,9 +575,7 @@ class FrontProtocol(asyncio.Protocol):
             return
         part = "head" if self._phase is _Phase.HEAD else "body"
         self._refuse(
-            408,
-            b'{"error":"Request timeout: its %s did not arrive within %g s"}'
-            % (part.encode(), server.header_timeout_s),
+            408, f"Request timeout: its {part} did not arrive within {server.header_timeout_s:g} s"
         )
 
     def held_bytes(self) -> int:

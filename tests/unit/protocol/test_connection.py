@@ -283,6 +283,15 @@ def test_client_event_rules() -> None:
     )
 
 
+def test_client_event_names_with_nul_are_refused() -> None:
+    """Found by fuzzing: PostgreSQL refused such a name when storing it, failing the whole
+    batch of events stored with it (tests/fuzz/test_websocket_properties.py)."""
+    conn = subscribed(["private-a"])
+    error = error_of(send(conn, "client-a\x00b", {}, channel="private-a"))
+    assert error == {"code": None, "message": "Event name may not contain NUL characters"}
+    assert isinstance(send(conn, "client-a\u2400b", {}, channel="private-a")[0], ClientEvent)
+
+
 def test_client_event_carries_the_connection_identity_never_the_payload() -> None:
     conn = connection()
     signin(conn, "42")

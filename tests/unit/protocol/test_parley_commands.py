@@ -90,6 +90,19 @@ def test_resume_needs_an_integer_offset_and_a_string_epoch(since: Any) -> None:
     assert frame["data"]["message"] == "parley:resume needs since: {offset: int, epoch: str}"
 
 
+def test_resume_refuses_an_offset_no_store_can_hold() -> None:
+    """Found by fuzzing: an offset past 64 bits reached PostgreSQL's BIGINT and failed there
+    (asyncpg DataError), leaving the client without an answer."""
+    conn = subscribed("chat")
+    since = {"offset": 2**63, "epoch": "e"}
+    frame = refusal(send(conn, "parley:resume", {"channel": "chat", "since": since}))
+    assert "since.offset must be at most 9223372036854775807" in frame["data"]["message"]
+    since = {"offset": 2**63 - 1, "epoch": "e"}
+    assert send(conn, "parley:resume", {"channel": "chat", "since": since}) == [
+        Resume("chat", 2**63 - 1, "e")
+    ]
+
+
 # -- parley:history --------------------------------------------------------------------------
 
 
@@ -115,6 +128,11 @@ def test_history_is_a_command_with_its_page() -> None:
         ({"after": "x"}, "'after' must be an integer"),
         ({"before": -5}, "'before' must not be negative"),
         ({"direction": "sideways"}, "'direction' must be forward or backward"),
+        # found by fuzzing: past 64 bits, PostgreSQL's BIGINT refused them with a 500
+        ({"after": 2**64}, "'after' must be at most 9223372036854775807"),
+        ({"before": 1e300}, "'before' must be at most 9223372036854775807"),
+        ({"limit": True}, "'limit' must be an integer"),
+        ({"before": 2.5}, "'before' must be an integer"),
     ],
 )
 def test_history_arguments_are_checked_and_the_refusal_names_the_channel(

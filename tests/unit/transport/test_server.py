@@ -4,7 +4,9 @@ socket options `_Accepted` relies on uvloop and Linux to have set."""
 from __future__ import annotations
 
 import asyncio
+import json
 import socket
+import time
 from urllib.parse import parse_qsl
 
 import pytest
@@ -14,14 +16,12 @@ from websockets.streams import StreamReader
 
 from parley.core.session import parse_query
 from parley.transport.server import (
-    FrontProtocol,
     Request,
-    Response,
-    Server,
     SwitchingProtocols,
     _head_end,
     text_frame,
 )
+from tests.support.http_front import FakeTransport, front
 
 
 def parse_server_frame(data: bytes) -> Frame:
@@ -112,54 +112,6 @@ def test_accepted_sockets_already_have_nodelay_and_quickack() -> None:
     assert seen == {"nodelay": 1, "quickack": 1}
 
 
-class FakeTransport:
-    """What FrontProtocol writes, and whether it closed."""
-
-    def __init__(self) -> None:
-        self.written = b""
-        self.closed = False
-        self.aborted = False
-        self.buffered = 0
-
-    def write(self, data: bytes) -> None:
-        self.written += data
-
-    def get_write_buffer_size(self) -> int:
-        return self.buffered
-
-    def pause_reading(self) -> None:
-        pass
-
-    def resume_reading(self) -> None:
-        pass
-
-    def is_closing(self) -> bool:
-        return self.closed
-
-    def close(self) -> None:
-        self.closed = True
-
-    def abort(self) -> None:
-        self.aborted = self.closed = True
-
-    def get_extra_info(self, name: str, default: object = None) -> object:
-        return ("127.0.0.1", 1234) if name == "peername" else default
-
-
-def front() -> tuple[FrontProtocol, FakeTransport, list[Request]]:
-    seen: list[Request] = []
-
-    async def handler(request: Request) -> Response:
-        seen.append(request)
-        return Response(200, b'{"ok":true}')
-
-    server = Server(handler, lambda *_: None, max_frame_bytes=65536, max_body_bytes=1024)
-    protocol = FrontProtocol(server)
-    transport = FakeTransport()
-    protocol.connection_made(transport)  # type: ignore[arg-type]
-    return protocol, transport, seen
-
-
 def test_an_http_request_head_split_across_reads_is_parsed_once_whole() -> None:
     async def main() -> tuple[FakeTransport, list[Request]]:
         protocol, transport, seen = front()
@@ -174,6 +126,28 @@ def test_an_http_request_head_split_across_reads_is_parsed_once_whole() -> None:
     assert [(r.method, r.path, r.query, r.body) for r in seen] == [("POST", "/x", "a=1", b"body")]
     assert transport.written.startswith(b"HTTP/1.1 200 OK\r\n")
     assert transport.written.endswith(b'{"ok":true}') and not transport.closed
+
+
+@pytest.mark.parametrize(
+    ("raw", "status"),
+    [
+        (b"GET / HTTP/1.1\r\nno colon\r\n\r\n", 400),  # malformed (the parser's message)
+        (b"GET / HTTP/1.1\r\nX: " + b"a" * 17000 + b"\r\n\r\n", 431),
+        (b"POST / HTTP/1.1\r\nContent-Length: 2000\r\n\r\n" + b"a" * 2000, 413),
+        (b"POST / HTTP/1.1\r\nContent-Length: 10\r\n\r\n{", 408),  # then no more
+    ],
+)
+def test_the_transports_refusals_have_the_apis_error_shape(raw: bytes, status: int) -> None:
+    """Found by fuzzing: they were `{"error": ...}` without the status the API's errors
+    carry, the 400 built by hand from the parser's message."""
+    protocol, transport, seen = front()
+    protocol.data_received(raw)
+    protocol.check_timeouts(time.monotonic() + 60)  # past the header timeout
+    head, _, body = transport.written.partition(b"\r\n\r\n")
+    assert head.startswith(b"HTTP/1.1 %d " % status), transport.written[:200]
+    parsed = json.loads(body)
+    assert set(parsed) == {"error", "status"} and parsed["status"] == status, parsed
+    assert transport.closed and seen == []
 
 
 def test_a_request_head_over_16_kib_gets_431_and_is_closed() -> None:
