@@ -238,9 +238,9 @@ class PusherConnection:
         self.subscriptions: dict[str, Member | None] = {}
         self.user_id: str | None = None
         self.user_info: Any = None
-        self._tokens = app.client_event_rate
+        self._tokens = max(app.client_event_rate, 1.0)  # a burst of at least one
         self._tokens_at = 0.0
-        self._subscribe_tokens = app.subscribe_rate
+        self._subscribe_tokens = max(app.subscribe_rate, 1.0)
         self._subscribe_tokens_at = 0.0
         self._max_frame_bytes = max_frame_bytes
 
@@ -522,7 +522,8 @@ class PusherConnection:
         rate = self.app.subscribe_rate
         if rate <= 0:
             return
-        tokens = min(rate, self._subscribe_tokens + (now - self._subscribe_tokens_at) * rate)
+        burst = max(rate, 1.0)  # a rate under 1 a second still lets one through now and then
+        tokens = min(burst, self._subscribe_tokens + (now - self._subscribe_tokens_at) * rate)
         self._subscribe_tokens_at = now
         if tokens < 1:
             self._subscribe_tokens = tokens
@@ -536,7 +537,8 @@ class PusherConnection:
         rate = self.app.client_event_rate
         if rate <= 0:
             return
-        self._tokens = min(rate, self._tokens + (now - self._tokens_at) * rate)
+        burst = max(rate, 1.0)  # a rate under 1 a second still lets one through now and then
+        self._tokens = min(burst, self._tokens + (now - self._tokens_at) * rate)
         self._tokens_at = now
         if self._tokens < 1:
             raise RateLimited("Client event rejected due to rate limit")

@@ -372,3 +372,14 @@ def test_subscriptions_a_second_are_limited_with_4301() -> None:
     assert error_of(commands)["code"] == 4301 and len(commands) == 1
     assert "c" not in conn.subscriptions
     assert isinstance(send(conn, "pusher:subscribe", {"channel": "c"}, now=50.6)[0], Subscribe)
+
+
+def test_a_rate_under_one_a_second_still_lets_one_through_now_and_then() -> None:
+    conn = subscribed(["private-a"], replace(APP, client_event_rate=0.5, subscribe_rate=0.5))
+    first = send(conn, "client-a", {}, now=100.0, channel="private-a")
+    assert isinstance(first[0], ClientEvent)
+    assert error_of(send(conn, "client-a", {}, now=101.0, channel="private-a"))["code"] == 4301
+    assert isinstance(send(conn, "client-a", {}, now=102.1, channel="private-a")[0], ClientEvent)
+    assert isinstance(send(conn, "pusher:subscribe", {"channel": "b"}, now=200.0)[0], Subscribe)
+    assert error_of(send(conn, "pusher:subscribe", {"channel": "c"}, now=200.5))["code"] == 4301
+    assert isinstance(send(conn, "pusher:subscribe", {"channel": "c"}, now=202.1)[0], Subscribe)
