@@ -43,6 +43,16 @@ class Target:
         env.update(extra)
         return env
 
+    def serve_refused(self) -> subprocess.CompletedProcess[str]:
+        """`parley serve` on this target, run to its exit (for starts that must fail)."""
+        return subprocess.run(
+            [sys.executable, "-m", "parley", "serve", "--host", "127.0.0.1", "--port", "0"],
+            env=self.env(),
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT * 2,
+        )
+
     def migrate(
         self, *args: str, env: dict[str, str] | None = None
     ) -> subprocess.CompletedProcess[str]:
@@ -191,13 +201,7 @@ def test_an_unreachable_database_exits_1(tmp_path: Path) -> None:
 
 def test_serve_on_an_unreachable_database_names_the_database_not_the_port(tmp_path: Path) -> None:
     target = Target("postgres", tmp_path / "data", "postgresql://parley:pw@127.0.0.1:1/none")
-    served = subprocess.run(
-        [sys.executable, "-m", "parley", "serve", "--host", "127.0.0.1", "--port", "0"],
-        env=target.env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT * 2,
-    )
+    served = target.serve_refused()
     assert served.returncode == 1, served.stderr
     assert (
         "cannot start: cannot open PostgreSQL postgresql://parley:***@127.0.0.1:1/none"
@@ -250,13 +254,7 @@ async def test_serve_on_a_database_that_does_not_exist_is_one_line(tmp_path: Pat
     require(problem is None, problem or "")
     missing = PG_URL.rpartition("/")[0] + f"/parley_missing_{uuid.uuid4().hex[:8]}"
     target = Target("postgres", tmp_path / "data", missing)
-    served = subprocess.run(
-        [sys.executable, "-m", "parley", "serve", "--host", "127.0.0.1", "--port", "0"],
-        env=target.env(),
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT * 2,
-    )
+    served = target.serve_refused()
     assert served.returncode == 1, served.stderr
     assert "Traceback" not in served.stderr
     (line,) = served.stderr.strip().splitlines()
