@@ -13,14 +13,16 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from urllib.parse import urlencode
 
 import pytest
 
 from tests.conftest import require
-from tests.support.pusher_raw import sdk
+from tests.support.pusher_raw import http_request, sdk
 from tests.support.server import ROOT, TIMEOUT, ParleyServer
 
 pytestmark = pytest.mark.e2e
@@ -80,9 +82,25 @@ def run_shell_block(server: ParleyServer) -> dict[str, object]:
     return answer
 
 
+def wait_for_grant(server: ParleyServer, token: str, channel: str) -> None:
+    body = urlencode({"socket_id": "1.1", "channel_name": channel}).encode()
+    headers = {
+        "Authorization": f"Bearer {token}",
+        "Content-Type": "application/x-www-form-urlencoded",
+    }
+    deadline = time.monotonic() + TIMEOUT
+    path = f"/apps/{server.app_id}/pusher/auth"
+    while http_request(server, "POST", path, body=body, headers=headers).status != 200:
+        assert time.monotonic() < deadline, "the CLI's grant never reached the server"
+        time.sleep(0.05)  # bounded by the deadline; the server polls its store twice a second
+
+
 def test_the_readme_walkthrough_runs_as_written(srv: ParleyServer, node_modules: Path) -> None:
     login = run_shell_block(srv)
     assert login["user_id"] == "alice" and isinstance(login["token"], str)
+    # The running server follows the store the CLI wrote to within a second (it polls it);
+    # a person takes longer than that to reach the next block, this test waits for it.
+    wait_for_grant(srv, str(login["token"]), "presence-team-1")
 
     script = ROOT / "tests" / "e2e" / "js" / f".readme-{uuid.uuid4().hex[:8]}.mjs"
     script.write_text(on_port(readme_block("js"), srv.port))  # beside node_modules' resolution
