@@ -24,7 +24,16 @@ from itsdangerous import BadSignature, SignatureExpired, URLSafeTimedSerializer
 
 from parley import logs
 from parley.auth.origins import allowed_origins
-from parley.auth.tokens import USER_ID_RE, Identity, TokenRejected, verify_token
+from parley.auth.tokens import (
+    USER_ID_RE,
+    Identity,
+    PublicKey,
+    TokenRejected,
+    jwk_key,
+    pem_key,
+    verify_token,
+)
+from parley.errors import CannotStart
 from parley.settings import AppConfig
 
 JWKS_REFRESH_S = 300.0
@@ -42,6 +51,19 @@ def read_jwks(source: str) -> str:
     return Path(source).read_text()
 
 
+def pem_keys(app: AppConfig) -> tuple[PublicKey, ...]:
+    """The keys of the app's `jwt_public_keys` files; CannotStart names a file that is missing
+    or holds no RSA, P-256 or Ed25519 public key."""
+    keys = []
+    for path in (p.strip() for p in app.jwt_public_keys.split(",")):
+        if path:
+            try:
+                keys.append(pem_key(Path(path).read_text()))
+            except (OSError, ValueError) as exc:
+                raise CannotStart(f"app {app.id}: jwt_public_keys {path}: {exc}") from None
+    return tuple(keys)
+
+
 def session_identity(payload: Any) -> Identity:
     """The identity a session holds: a user id (string or integer), or an object with
     `user_id` (or `id`) and an optional `info`."""
@@ -57,14 +79,15 @@ def session_identity(payload: Any) -> Identity:
 
 
 class Identities:
-    """The identity checks of every app, with their key caches (PEM files read once, JWKS
-    loaded by `load_jwks` and kept fresh by `start`)."""
+    """The identity checks of every app, with their key caches (PEM files read once, here: a
+    file that is missing or holds no usable key stops the start; JWKS loaded by `load_jwks`
+    and kept fresh by `start`)."""
 
     def __init__(self, apps: Iterable[AppConfig], clock: Callable[[], float] = time.time) -> None:
         self.apps = tuple(apps)
         self.clock = clock
-        self._pem: dict[str, tuple[str, ...]] = {}  # app id -> PEM public keys
-        self._jwks: dict[str, tuple[Any, ...]] = {}  # app id -> keys of its JWKS
+        self._pem: dict[str, tuple[PublicKey, ...]] = {app.id: pem_keys(app) for app in self.apps}
+        self._jwks: dict[str, tuple[PublicKey, ...]] = {}  # app id -> its JWKS keys
         self._refresher: asyncio.Task[None] | None = None
 
     # -- JWTs --------------------------------------------------------------------------------
@@ -80,13 +103,11 @@ class Identities:
             now=self.clock(),
         )
 
-    def public_keys(self, app: AppConfig) -> tuple[Any, ...]:
-        """The app's PEM keys (files read on first use), then its JWKS's keys."""
+    def public_keys(self, app: AppConfig) -> tuple[PublicKey, ...]:
+        """The app's PEM keys, then its JWKS's keys."""
         pem = self._pem.get(app.id)
-        if pem is None:
-            paths = [p.strip() for p in app.jwt_public_keys.split(",") if p.strip()]
-            pem = tuple(Path(p).read_text() for p in paths)
-            self._pem[app.id] = pem
+        if pem is None:  # an app this instance was not made with
+            pem = self._pem[app.id] = pem_keys(app)
         return pem + self._jwks.get(app.id, ())
 
     async def load_jwks(self) -> None:
@@ -97,7 +118,7 @@ class Identities:
                 continue
             try:
                 text = await asyncio.to_thread(read_jwks, source)
-                keys = tuple(jwt.PyJWKSet.from_json(text).keys)
+                keys = tuple(jwk_key(jwk) for jwk in jwt.PyJWKSet.from_json(text).keys)
             except (OSError, ValueError, jwt.PyJWTError) as exc:
                 logs.warning("jwks not loaded", app_id=app.id, source=source, error=str(exc))
                 continue

@@ -1,8 +1,10 @@
 """Verifying the JWT a client presents at the handshake (pure: no I/O, the clock is an argument).
 
 HS256 is keyed with the app secret; RS256, ES256 and EdDSA use the app's configured public keys
-(PEM, or keys of a JWKS). Only the algorithms that match the configured keys are accepted, so `alg: none` and
-algorithm confusion (an HS256 token "signed" with a public key) are refused.
+(PEM, or keys of a JWKS). Each public key is pinned to one algorithm (`PublicKey.alg`: the JWK's
+`alg`, or the one its type implies), and a token is checked only against the keys pinned to the
+algorithm it names, so `alg: none` and algorithm confusion (an HS256 token "signed" with a
+public key, an RS256 token naming an EdDSA key's kid) are refused.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import jwt
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
+from cryptography.hazmat.primitives.serialization import load_pem_public_key
 
 USER_ID_RE = re.compile(r"[A-Za-z0-9_\-=@,.;]{1,128}")
 ASYMMETRIC = ("RS256", "ES256", "EdDSA")
@@ -19,6 +23,33 @@ ASYMMETRIC = ("RS256", "ES256", "EdDSA")
 
 class TokenRejected(Exception):
     """The token cannot be used; the message says why, for the client's close reason."""
+
+
+@dataclass(frozen=True, slots=True)
+class PublicKey:
+    """A key that verifies asymmetric tokens, pinned to the one algorithm it is for."""
+
+    key: Any  # a cryptography public key, or a PyJWK
+    alg: str  # "RS256", "ES256" or "EdDSA"
+    kid: str | None  # a JWK's key id; None for a PEM key (any kid, or none)
+
+
+def pem_key(text: str) -> PublicKey:
+    """The key of a PEM file, pinned by its type: RSA to RS256, P-256 to ES256, Ed25519 to
+    EdDSA; ValueError for any other key."""
+    key = load_pem_public_key(text.encode())
+    if isinstance(key, rsa.RSAPublicKey):
+        return PublicKey(key, "RS256", None)
+    if isinstance(key, ec.EllipticCurvePublicKey) and isinstance(key.curve, ec.SECP256R1):
+        return PublicKey(key, "ES256", None)
+    if isinstance(key, ed25519.Ed25519PublicKey):
+        return PublicKey(key, "EdDSA", None)
+    raise ValueError("a JWT public key must be RSA, EC P-256 or Ed25519")
+
+
+def jwk_key(jwk: jwt.PyJWK) -> PublicKey:
+    """A JWKS key, pinned to its `alg` (PyJWK infers it from `kty`/`crv` when absent)."""
+    return PublicKey(jwk, jwk.algorithm_name, jwk.key_id)
 
 
 @dataclass(frozen=True, slots=True)
@@ -33,7 +64,7 @@ def verify_token(
     *,
     secret: str,
     audience: str,
-    public_keys: tuple[Any, ...] = (),
+    public_keys: tuple[PublicKey, ...] = (),
     issuer: str | None = None,
     now: float,
     leeway_s: float = 0,
@@ -47,13 +78,12 @@ def verify_token(
         keys: tuple[Any, ...] = (secret,)
     elif alg in ASYMMETRIC and public_keys:
         kid = header.get("kid")
-        keys = tuple(
-            k
-            for k in public_keys
-            if not isinstance(k, jwt.PyJWK) or kid is None or k.key_id in (None, kid)
-        )
+        pinned = [k for k in public_keys if k.alg == alg]
+        if not pinned:
+            raise TokenRejected(f"token algorithm {alg!r} matches none of the app's keys")
+        keys = tuple(k.key for k in pinned if kid is None or k.kid in (None, kid))
         if not keys:
-            raise TokenRejected(f"token key id {kid!r} is not among the app's keys")
+            raise TokenRejected(f"token key id {kid!r} is not among the app's {alg} keys")
     else:
         raise TokenRejected(f"token algorithm {alg!r} is not accepted")
     claims: dict[str, Any] | None = None

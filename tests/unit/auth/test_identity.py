@@ -20,6 +20,7 @@ from itsdangerous import TimestampSigner, URLSafeTimedSerializer
 
 from parley.auth.identity import Identities, SessionRejected, session_identity
 from parley.auth.tokens import Identity, TokenRejected
+from parley.errors import CannotStart
 from parley.settings import AppConfig
 
 NOW = 1_800_000_000.0
@@ -289,3 +290,11 @@ async def test_introspection_that_cannot_connect_fails(unused_tcp_port: int) -> 
     asking = app(session_introspection_url=f"http://127.0.0.1:{unused_tcp_port}/introspect")
     with pytest.raises(SessionRejected, match="session introspection failed"):
         await identities(asking).introspect(asking, "good")
+
+
+def test_a_pem_file_that_is_missing_or_unusable_stops_the_start(tmp_path: Path) -> None:
+    with pytest.raises(CannotStart, match=r"jwt_public_keys .*missing\.pem"):
+        identities(app(jwt_public_keys=str(tmp_path / "missing.pem")))
+    (tmp_path / "bad.pem").write_text("not a key")
+    with pytest.raises(CannotStart, match=r"bad\.pem"):
+        identities(app(jwt_public_keys=str(tmp_path / "bad.pem")))

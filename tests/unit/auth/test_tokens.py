@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import json
+
 import jwt
 import pytest
 from cryptography.hazmat.primitives import serialization
-from cryptography.hazmat.primitives.asymmetric import ec, ed25519
+from cryptography.hazmat.primitives.asymmetric import ec, ed25519, rsa
 
-from parley.auth.tokens import TokenRejected, verify_token
+from parley.auth.tokens import PublicKey, TokenRejected, jwk_key, pem_key, verify_token
 
 SECRET, AUD, NOW = "app-secret-long-enough-for-hs256-0123456789", "app-key", 1_800_000_000.0
 
@@ -75,7 +77,7 @@ def _pem(private_key) -> str:  # type: ignore[no-untyped-def]
 )
 def test_asymmetric_keys_and_no_algorithm_confusion(make, alg: str) -> None:  # type: ignore[no-untyped-def]
     key = make()
-    public = _pem(key)
+    public = pem_key(_pem(key))
     token = jwt.encode({"sub": "bob", "aud": AUD, "exp": NOW + 60}, key, algorithm=alg)
     assert check(token, public_keys=(public,)).user_id == "bob"  # type: ignore[attr-defined]
     with pytest.raises(TokenRejected):
@@ -86,3 +88,56 @@ def test_asymmetric_keys_and_no_algorithm_confusion(make, alg: str) -> None:  # 
     )
     with pytest.raises(TokenRejected, match="signature"):
         check(forged, public_keys=(public,))
+
+
+def test_each_key_is_pinned_to_its_algorithm() -> None:
+    """A token is checked only against the keys pinned to the algorithm it names: an RS256
+    token naming an EdDSA key's kid is refused before any signature check."""
+    rsa_key = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    ed_key = ed25519.Ed25519PrivateKey.generate()
+    ed_jwk = json.loads(jwt.algorithms.OKPAlgorithm.to_jwk(ed_key.public_key()))
+    keys = (jwk_key(jwt.PyJWK({**ed_jwk, "kid": "ed"})),)
+    assert keys[0].alg == "EdDSA"
+    good = jwt.encode(
+        {"sub": "bob", "aud": AUD, "exp": NOW + 60},
+        ed_key,
+        algorithm="EdDSA",
+        headers={"kid": "ed"},
+    )
+    assert check(good, public_keys=keys).user_id == "bob"  # type: ignore[attr-defined]
+    confused = jwt.encode(
+        {"sub": "bob", "aud": AUD, "exp": NOW + 60},
+        rsa_key,
+        algorithm="RS256",
+        headers={"kid": "ed"},
+    )
+    with pytest.raises(TokenRejected, match="'RS256' matches none of the app's keys"):
+        check(confused, public_keys=keys)
+    # with an RSA key beside it, the RS256 token is tried against the RSA key only
+    both = (*keys, pem_key(_pem(rsa_key)))
+    assert [k.alg for k in both] == ["EdDSA", "RS256"]
+    assert check(confused, public_keys=both).user_id == "bob"  # type: ignore[attr-defined]
+    other_kid = jwt.encode(
+        {"sub": "bob", "aud": AUD, "exp": NOW + 60}, ed_key, algorithm="EdDSA", headers={"kid": "x"}
+    )
+    with pytest.raises(TokenRejected, match="key id 'x' is not among the app's EdDSA keys"):
+        check(other_kid, public_keys=both)
+
+
+def test_a_jwk_declaring_another_algorithm_does_not_verify_this_one() -> None:
+    ec_key = ec.generate_private_key(ec.SECP256R1())
+    ec_jwk = json.loads(jwt.algorithms.ECAlgorithm.to_jwk(ec_key.public_key()))
+    pinned = jwk_key(jwt.PyJWK({**ec_jwk, "alg": "ES256", "kid": "e"}))
+    token = jwt.encode({"sub": "a", "aud": AUD, "exp": NOW + 60}, ec_key, algorithm="ES256")
+    assert check(token, public_keys=(pinned,))
+    as_eddsa = PublicKey(pinned.key, "EdDSA", "e")  # the same key pinned elsewhere
+    with pytest.raises(TokenRejected, match="'ES256' matches none"):
+        check(token, public_keys=(as_eddsa,))
+
+
+def test_pem_keys_of_other_types_are_refused() -> None:
+    p384 = ec.generate_private_key(ec.SECP384R1())
+    with pytest.raises(ValueError, match="RSA, EC P-256 or Ed25519"):
+        pem_key(_pem(p384))
+    with pytest.raises(ValueError):
+        pem_key("not a pem")
