@@ -59,6 +59,19 @@ if TYPE_CHECKING:
     from parley.core.access import Access
 
 
+def refused(session: Session, hub: AppHub, error_frame: bytes) -> None:
+    """One line (rate-limited: `logs.refused`) for a message of the client's that the protocol
+    machine answered with a pusher:error, naming the reason it was given."""
+    data = orjson.loads(error_frame).get("data") or {}
+    logs.refused(
+        "client message refused",
+        app_id=hub.app.id,
+        socket_id=session.socket_id,
+        code=data.get("code"),
+        reason=data.get("message"),
+    )
+
+
 @dataclass(frozen=True, slots=True)
 class ChannelInfo:
     """A channel on this node, as the HTTP API reports it."""
@@ -141,6 +154,7 @@ class Node:
             elif type(command) is Reply:
                 if command.error:
                     self.count_error(session, command.code)
+                    refused(session, hub, command.frame)
                 session.send(command.frame)
             elif type(command) is Subscribe:
                 self.subscriptions.subscribe(session, hub, conn, command)

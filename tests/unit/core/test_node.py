@@ -4,6 +4,7 @@ but not echoed, an API publish reaching subscribers, terminate_user, and the dra
 
 from __future__ import annotations
 
+import logging
 from dataclasses import replace
 
 import pytest
@@ -99,3 +100,18 @@ async def test_shutdown_drains_every_connection_with_4200() -> None:
     assert node.draining
     refused = opened(node, "/app/unit-key")  # a late handshake is told to reconnect elsewhere
     assert refused.written[0]["data"]["code"] == 4200
+
+
+async def test_a_refused_client_message_is_logged_with_its_reason(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    node = await started(make_node())
+    session, transport = connect(node)
+    with caplog.at_level(logging.INFO, logger="parley"):
+        session.receive(b"{not json")
+        send(session, "client-typing", {}, "public-news")  # client events need a private channel
+    sent = [w["data"] for w in transport.written if w["event"] == "pusher:error"]
+    lines = [r for r in caplog.records if r.getMessage() == "client message refused"]
+    logged = [(r.fields["socket_id"], r.fields["code"], r.fields["reason"]) for r in lines]  # type: ignore[attr-defined]
+    assert logged == [(session.socket_id, d.get("code"), d["message"]) for d in sent]
+    assert len(logged) == 2
