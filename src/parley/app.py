@@ -197,6 +197,7 @@ async def _start(settings: Settings, db: Database | None) -> Running:
         header_timeout_s=settings.header_timeout_s,
         keepalive_timeout_s=settings.keepalive_timeout_s,
         proxies=TrustedProxies(parse_networks(settings.trusted_proxies)),
+        max_connections_per_address=settings.max_connections_per_address,
     )
     tls = (
         TlsCertificate(Path(settings.tls_cert), Path(settings.tls_key))

@@ -147,6 +147,10 @@ class Settings:
     max_outbound_bytes: int = 4 * 1024 * 1024  # a slower reader is closed with 4100
     max_http_body_bytes: int = 1024 * 1024
     max_http_head_bytes: int = 16 * 1024  # request line and headers; larger: 431
+    # WebSocket connections from one client address (its X-Forwarded-For from a trusted
+    # proxy): 0, the default, is no limit (a proxy without trusted_proxies would share one);
+    # over it the upgrade is answered 429 and pusher-js retries after its back-off.
+    max_connections_per_address: int = 0
     # A request head (HTTP, or a WebSocket upgrade), then its body, must each arrive within
     # this (408): a head is one round trip, 10 s leaves a slow link a few retransmissions
     # (Apache's mod_reqtimeout starts at 20 s, nginx at 60). A kept-alive HTTP connection

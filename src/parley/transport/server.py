@@ -20,9 +20,16 @@ from typing import Any, Protocol
 
 import httptools
 import orjson
-from picows import WSFrame, WSListener, WSTransport, WSUpgradeResponseWithListener
+from picows import (
+    WSFrame,
+    WSListener,
+    WSTransport,
+    WSUpgradeResponse,
+    WSUpgradeResponseWithListener,
+)
 from picows.picows import WSAutoPingStrategy, WSProtocol  # type: ignore[attr-defined]
 
+from parley import logs
 from parley.transport.proxies import TrustedProxies
 
 MAX_HEAD_BYTES = 16 * 1024
@@ -123,6 +130,49 @@ class Listener(WSListener):
         self.on_ws_frame = handler.on_ws_frame  # type: ignore[method-assign]
         self.pause_writing = handler.pause_writing  # type: ignore[method-assign]
         self.resume_writing = handler.resume_writing  # type: ignore[method-assign]
+
+
+class _Counted:
+    """A handler whose connection counts against its client's address
+    (`Server.max_connections_per_address`) from its upgrade to its end. Only the upgrade and
+    the end go through it: the other callbacks are the handler's own bound methods, so
+    frames reach the handler as directly as without the limit."""
+
+    __slots__ = (
+        "_counted",
+        "_counts",
+        "_handler",
+        "_ip",
+        "on_ws_connected",
+        "on_ws_frame",
+        "pause_writing",
+        "resume_writing",
+    )
+
+    def __init__(self, handler: WsHandler, counts: dict[str, int], ip: str) -> None:
+        self._handler = handler
+        self._counts = counts
+        self._ip = ip
+        self._counted = False
+        self.on_ws_connected = handler.on_ws_connected
+        self.on_ws_frame = handler.on_ws_frame
+        self.pause_writing = handler.pause_writing
+        self.resume_writing = handler.resume_writing
+
+    def on_ws_upgrade(self) -> list[bytes]:
+        self._counts[self._ip] = self._counts.get(self._ip, 0) + 1
+        self._counted = True
+        return self._handler.on_ws_upgrade()
+
+    def on_ws_disconnected(self, transport: WSTransport) -> None:
+        if self._counted:
+            self._counted = False
+            left = self._counts[self._ip] - 1
+            if left:
+                self._counts[self._ip] = left
+            else:
+                del self._counts[self._ip]
+        self._handler.on_ws_disconnected(transport)
 
 
 _SWITCH_HEAD = (
@@ -599,6 +649,10 @@ class FrontProtocol(asyncio.Protocol):
         self.server.http_connections.discard(self)
         ws = self.server.make_ws_protocol()
         transport.set_protocol(ws)
+        if self.server.max_connections_per_address:
+            # picows calls the listener factory within `buffer_updated` below
+            peer = transport.get_extra_info("peername")
+            self.server.upgrading_peer = str(peer[0]) if peer else "unknown"
         ws.connection_made(transport if self.server.ws_info_log else _Accepted(transport))
         buffer = ws.get_buffer(len(data))
         memoryview(buffer)[: len(data)] = data
@@ -650,6 +704,7 @@ class Server:
         header_timeout_s: float = 10.0,
         keepalive_timeout_s: float = 60.0,
         proxies: TrustedProxies | None = None,
+        max_connections_per_address: int = 0,
     ) -> None:
         self.http_handler = http_handler
         self.ws_factory = ws_factory
@@ -659,6 +714,10 @@ class Server:
         self.header_timeout_s = header_timeout_s
         self.keepalive_timeout_s = keepalive_timeout_s
         self.proxies = proxies or TrustedProxies()
+        # WebSocket connections per client address (after trusted proxies); 0: no limit.
+        self.max_connections_per_address = max_connections_per_address
+        self.addresses: dict[str, int] = {}  # client address -> its open WebSocket connections
+        self.upgrading_peer = ""  # the socket address of the upgrade picows is parsing
         self.http_connections: set[FrontProtocol] = set()
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
@@ -668,15 +727,36 @@ class Server:
     def _listener_factory(self, request: Any) -> WSListener | WSUpgradeResponseWithListener | None:
         raw_path = request.path.decode("latin-1")
         path, _, query = raw_path.partition("?")
-        handler = self.ws_factory(path, query, request.headers)
+        limit = self.max_connections_per_address
+        client_ip = ""
+        if limit:
+            client_ip = self.proxies.client_of(
+                self.upgrading_peer, request.headers.get("x-forwarded-for")
+            )
+            if self.addresses.get(client_ip, 0) >= limit:
+                return self._too_many(client_ip, limit)
+        handler: WsHandler | None = self.ws_factory(path, query, request.headers)
         if handler is None:
             return None
+        if limit:
+            handler = _Counted(handler, self.addresses, client_ip)
         # A request picows then finds broken gets its 400 without `to_bytes` being called:
         # the handler never hears of it (tests/e2e/test_handshake.py).
         return WSUpgradeResponseWithListener(
             SwitchingProtocols(handler),  # type: ignore[arg-type]  # duck-typed, see the class
             Listener(handler),
         )
+
+    @staticmethod
+    def _too_many(client_ip: str, limit: int) -> WSUpgradeResponseWithListener:
+        """The upgrade refused with 429: pusher-js then retries after its back-off."""
+        message = f"Too many connections from {client_ip}: the limit is {limit}"
+        logs.refused("connection refused", client_ip=client_ip, status=429, reason=message)
+        body = orjson.dumps({"error": message, "status": 429})
+        response = WSUpgradeResponse.create_error_response(
+            429, body, {"Content-Type": "application/json", "Retry-After": "5"}
+        )
+        return WSUpgradeResponseWithListener(response, None)
 
     def make_ws_protocol(self) -> WSProtocol:
         return WSProtocol(
