@@ -13,6 +13,7 @@ import re
 import socket
 import time
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from websockets.exceptions import ConnectionClosed
@@ -703,10 +704,20 @@ def test_idle_connection_is_pinged_then_closed_with_4201(launch: Launch, pool: C
     assert idle.seen[-1]["event"] in ("pusher:error", "pusher:ping")
 
 
+def server_rss(srv: ParleyServer) -> int:
+    """The server process's resident memory, in bytes."""
+    assert srv.process is not None
+    status = Path(f"/proc/{srv.process.pid}/status").read_text()
+    return int(re.search(r"VmRSS:\s+(\d+) kB", status).group(1)) * 1024  # type: ignore[union-attr]
+
+
 def test_slow_consumer_is_closed_with_4100_and_others_are_unaffected(
     launch: Launch, pool: ClientPool
 ) -> None:
-    srv = launch(PARLEY_MAX_OUTBOUND_BYTES="65536")
+    # history kept short in memory: what the server holds is then the subscribers' buffers
+    srv = launch(
+        PARLEY_MAX_OUTBOUND_BYTES="65536", PARLEY_STORE="memory", PARLEY_HISTORY_MAX_COUNT="10"
+    )
     channel = unique("flood-")
     api = sdk(srv)
     # The slow client's socket buffer is small and it never reads until the end.
@@ -719,6 +730,8 @@ def test_slow_consumer_is_closed_with_4100_and_others_are_unaffected(
     witness = Witness(srv)
 
     payload = "p" * 10_000
+    api.trigger(unique("warm-up-"), "warm-up", payload)  # the first publish's buffers, caches
+    rss_before = server_rss(srv)
     batches = 0
     closed_by_server = False
     while not closed_by_server:
@@ -729,6 +742,9 @@ def test_slow_consumer_is_closed_with_4100_and_others_are_unaffected(
         batches += 1
         closed_by_server = any("slow consumer closed" in line for line in srv.stderr_lines)
     sent = batches * 10
+    # what the slow reader left unread was bounded by max_outbound_bytes, not kept in memory
+    grown = server_rss(srv) - rss_before
+    assert grown < 8 * 1024 * 1024, f"server memory grew {grown / 1e6:.1f} MB over {sent} events"
     # the fast reader got every one of them, in order, and then a sentinel
     name = sentinel(srv, channel)
     got = 0
