@@ -24,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from websockets.asyncio.client import connect
 
+from tests.support.node_scenarios import run_scenario
 from tests.support.pusher_raw import sign_query, unique
 from tests.support.server import TIMEOUT, ParleyServer
 
@@ -177,3 +178,20 @@ def test_tls_mistakes_are_refused_at_start(
     )
     assert done.returncode == code, done.stderr
     assert problem in done.stderr and "Traceback" not in done.stderr, done.stderr
+
+
+@pytest.mark.node
+@pytest.mark.parametrize("scenario", ["public_events.mjs", "client_events.mjs"])
+def test_pusher_js_and_the_npm_sdk_over_wss_and_https(
+    scenario: str, tmp_path: Path, node_modules: Path
+) -> None:
+    """Unmodified pusher-js (forceTLS) and the npm `pusher` SDK (useTLS) against the built-in
+    TLS, trusting the test's certificate through NODE_EXTRA_CA_CERTS."""
+    write_certificate(tmp_path, "pusher-js")
+    args = ["--tls-cert", str(tmp_path / "cert.pem"), "--tls-key", str(tmp_path / "key.pem")]
+    with ParleyServer(args=args, env={"PARLEY_APP_CLIENT_EVENTS": "true"}) as srv:
+        env = {"PARLEY_E2E_TLS": "1", "NODE_EXTRA_CA_CERTS": str(tmp_path / "cert.pem")}
+        run_scenario(srv, scenario, env=env)
+        if scenario == "public_events.mjs":  # and it was TLS that carried it: plain ws fails
+            with pytest.raises(pytest.fail.Exception, match="timed out"):
+                run_scenario(srv, scenario, env={"PARLEY_E2E_WAIT_MS": "1500"})

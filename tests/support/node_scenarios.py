@@ -25,10 +25,13 @@ def run_scenario(
     *args: str,
     steps: dict[str, Callable[[], None]] | None = None,
     timeout: float = NODE_TIMEOUT_S,
+    env: dict[str, str] | None = None,
 ) -> list[str]:
-    """Run `node tests/e2e/js/SCRIPT ARGS` against `server`; fail with its output unless exit 0."""
+    """Run `node tests/e2e/js/SCRIPT ARGS` against `server`; fail with its output unless exit 0.
+    `env` adds variables (PARLEY_E2E_TLS=1 with NODE_EXTRA_CA_CERTS: wss and https)."""
     env = dict(
         os.environ,
+        **(env or {}),
         PARLEY_E2E_HOST=server.host,
         PARLEY_E2E_PORT=str(server.port),
         PARLEY_E2E_APP_ID=server.app_id,

@@ -22,6 +22,7 @@ export const cfg = {
   key: env.PARLEY_E2E_KEY || 'test-key',
   secret: env.PARLEY_E2E_SECRET || 'test-secret',
   waitMs: Number(env.PARLEY_E2E_WAIT_MS || 8000),
+  tls: Boolean(env.PARLEY_E2E_TLS), // wss and https (the CA in NODE_EXTRA_CA_CERTS)
 };
 if (!cfg.port) {
   console.error('PARLEY_E2E_PORT is not set');
@@ -127,8 +128,8 @@ export function client(label, options = {}) {
     wsHost: cfg.host,
     wsPort: cfg.port,
     wssPort: cfg.port,
-    forceTLS: false,
-    enabledTransports: ['ws'],
+    forceTLS: cfg.tls,
+    enabledTransports: ['ws'], // with forceTLS: wss
     disableStats: true,
     ...options,
   });
@@ -228,7 +229,7 @@ export function serverSdk(extra = {}) {
     secret: cfg.secret,
     host: cfg.host,
     port: String(cfg.port),
-    useTLS: false,
+    useTLS: cfg.tls,
     timeout: cfg.waitMs,
     ...extra,
   });
