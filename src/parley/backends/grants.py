@@ -15,7 +15,7 @@ from __future__ import annotations
 import abc
 import builtins
 import secrets
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, Literal
 
@@ -27,6 +27,7 @@ from parley.auth.grants import (
     check_ttl,
     expiry,
 )
+from parley.backends.lifecycle import StoreLifecycle
 
 __all__ = [  # Grant is re-exported: it is the value the store trades in
     "GRANT_COLUMNS",
@@ -55,7 +56,7 @@ class GrantChange:
     at: int
 
 
-class GrantStore(abc.ABC):
+class GrantStore(StoreLifecycle, abc.ABC):
     """Grants per app, with expiry and revocation, shared by every server on the same database.
 
     Grants are keyed by (app_id, id). Every method may be called concurrently from many tasks.
@@ -65,14 +66,14 @@ class GrantStore(abc.ABC):
     (`backends.database`), opened and migrated by its owner.
     """
 
-    @abc.abstractmethod
-    async def start(self) -> None:
-        """Begin answering (the database handle, if any, is open and migrated); sweep once."""
+    what = "grant store"
 
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Stop answering: methods called afterwards raise RuntimeError. The database handle
-        stays open: its owner closes it."""
+    def __init__(self, clock: Callable[[], float]) -> None:
+        super().__init__(clock)
+        self._swept_at = 0
+
+    async def started(self) -> None:
+        await self.sweep()  # the database handle, if any, is open and migrated
 
     @abc.abstractmethod
     async def create(
@@ -121,10 +122,21 @@ class GrantStore(abc.ABC):
         changes idempotently (add by id, remove by id). A created grant may be expired by now.
         """
 
-    @abc.abstractmethod
     async def sweep(self) -> int:
         """Physically remove tombstones and grants expired more than an hour ago; return how
         many rows went. Stores call it themselves; no answer depends on it."""
+        self.check_running()
+        self._swept_at = self.now_ms()
+        return await self._remove_before(self._swept_at - TOMBSTONE_KEEP_MS)
+
+    async def _sweep_when_due(self, now_ms: int) -> None:
+        """`sweep` on a write, at most every SWEEP_EVERY_MS."""
+        if now_ms - self._swept_at >= SWEEP_EVERY_MS:
+            await self.sweep()
+
+    @abc.abstractmethod
+    async def _remove_before(self, cutoff: int) -> int:
+        """Remove the grants deleted or expired before `cutoff` (Unix ms); how many."""
 
 
 # -- shared by the implementations ---------------------------------------------------------------

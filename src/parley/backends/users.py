@@ -24,6 +24,7 @@ from argon2 import PasswordHasher
 from argon2.exceptions import InvalidHashError, VerificationError
 
 from parley.auth.tokens import USER_ID_RE
+from parley.backends.lifecycle import StoreLifecycle
 
 NAME_RULE = "1 to 128 characters of A-Z, a-z, 0-9 and _ - = @ , . ;"
 MAX_PASSWORD = 4096  # characters; argon2 takes any length, this only bounds the work asked of it
@@ -47,7 +48,7 @@ class User:
         return self.disabled_at is not None
 
 
-class UserStore(abc.ABC):
+class UserStore(StoreLifecycle, abc.ABC):
     """Per-app user accounts with argon2id password hashes.
 
     Users are keyed by (app_id, name). Every method may be called concurrently from many tasks,
@@ -57,14 +58,7 @@ class UserStore(abc.ABC):
     one its technology's database handle (`backends.database`), opened and migrated by its owner.
     """
 
-    @abc.abstractmethod
-    async def start(self) -> None:
-        """Begin answering (the database handle, if any, is open and migrated)."""
-
-    @abc.abstractmethod
-    async def close(self) -> None:
-        """Stop answering: methods called afterwards raise RuntimeError. The database handle
-        stays open: its owner closes it."""
+    what = "user store"
 
     @abc.abstractmethod
     async def add(

@@ -11,8 +11,6 @@ from dataclasses import dataclass
 
 from parley.auth.grants import Grant
 from parley.backends.grants import (
-    SWEEP_EVERY_MS,
-    TOMBSTONE_KEEP_MS,
     GrantChange,
     GrantStore,
     changes_from_rows,
@@ -29,24 +27,8 @@ class _Row:
 
 class MemoryGrantStore(GrantStore):
     def __init__(self, *, clock: Callable[[], float] = time.time) -> None:
-        self._clock = clock
+        super().__init__(clock)
         self._rows: dict[tuple[str, str], _Row] = {}  # (app_id, id), in creation order
-        self._running = False
-        self._swept_at = 0
-
-    async def start(self) -> None:
-        self._running = True
-        await self.sweep()
-
-    async def close(self) -> None:
-        self._running = False
-
-    def _check_running(self) -> None:
-        if not self._running:
-            raise RuntimeError("grant store is not running")
-
-    def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
 
     def _live(self, app_id: str, now_ms: int) -> builtins.list[Grant]:
         rows = (r for (a, _), r in self._rows.items() if a == app_id)
@@ -63,34 +45,34 @@ class MemoryGrantStore(GrantStore):
         ttl_s: float | None = None,
         granted_by: str | None = None,
     ) -> Grant:
-        self._check_running()
-        now = self._now_ms()
+        self.check_running()
+        now = self.now_ms()
         grant = new_grant(app_id, subject, resource, operations, ttl_s, granted_by, now)
         self._rows[(app_id, grant.id)] = _Row(grant)
         await self._sweep_when_due(now)
         return grant
 
     async def get(self, app_id: str, grant_id: str) -> Grant | None:
-        self._check_running()
+        self.check_running()
         row = self._rows.get((app_id, grant_id))
-        if row is None or row.deleted_at is not None or row.grant.expired(self._now_ms()):
+        if row is None or row.deleted_at is not None or row.grant.expired(self.now_ms()):
             return None
         return row.grant
 
     async def list(
         self, app_id: str, subject: str | None = None, resource: str | None = None
     ) -> builtins.list[Grant]:
-        self._check_running()
+        self.check_running()
         return [
             g
-            for g in self._live(app_id, self._now_ms())
+            for g in self._live(app_id, self.now_ms())
             if (subject is None or g.subject == subject)
             and (resource is None or g.resource == resource)
         ]
 
     async def delete(self, app_id: str, grant_id: str) -> Grant | None:
-        self._check_running()
-        now = self._now_ms()
+        self.check_running()
+        now = self.now_ms()
         row = self._rows.get((app_id, grant_id))
         if row is None or row.deleted_at is not None or row.grant.expired(now):
             return None
@@ -99,11 +81,11 @@ class MemoryGrantStore(GrantStore):
         return row.grant
 
     async def active(self, app_id: str) -> builtins.list[Grant]:
-        self._check_running()
-        return self._live(app_id, self._now_ms())
+        self.check_running()
+        return self._live(app_id, self.now_ms())
 
     async def changes_since(self, app_id: str | None, since_ms: int) -> builtins.list[GrantChange]:
-        self._check_running()
+        self.check_running()
         rows = (
             (*grant_row(r.grant), r.deleted_at)
             for (a, _), r in self._rows.items()
@@ -111,14 +93,7 @@ class MemoryGrantStore(GrantStore):
         )
         return changes_from_rows(rows, since_ms)
 
-    async def _sweep_when_due(self, now_ms: int) -> None:
-        if now_ms - self._swept_at >= SWEEP_EVERY_MS:
-            await self.sweep()
-
-    async def sweep(self) -> int:
-        self._check_running()
-        self._swept_at = self._now_ms()
-        cutoff = self._swept_at - TOMBSTONE_KEEP_MS
+    async def _remove_before(self, cutoff: int) -> int:
         gone = [
             key
             for key, r in self._rows.items()

@@ -26,28 +26,14 @@ class MemoryUserStore(UserStore):
     def __init__(
         self, *, hasher: PasswordHasher | None = None, clock: Callable[[], float] = time.time
     ) -> None:
+        super().__init__(clock)
         self._passwords = Passwords(hasher)
-        self._clock = clock
         self._users: dict[tuple[str, str], User] = {}
-        self._running = False
-
-    async def start(self) -> None:
-        self._running = True
-
-    async def close(self) -> None:
-        self._running = False
-
-    def _check_running(self) -> None:
-        if not self._running:
-            raise RuntimeError("user store is not running")
-
-    def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
 
     async def add(
         self, app_id: str, name: str, password: str, info: dict[str, Any] | None = None
     ) -> User:
-        self._check_running()
+        self.check_running()
         check_name(name)
         # Stored as JSON and read back, as the durable stores do: the caller's dict is not kept.
         stored_info = load_info(check_info(info))
@@ -56,18 +42,18 @@ class MemoryUserStore(UserStore):
         password_hash = await self._passwords.hash(password)
         if (app_id, name) in self._users:  # added while hashing
             raise ValueError(f"user {name!r} already exists in app {app_id!r}")
-        now = self._now_ms()
+        now = self.now_ms()
         user = User(app_id, name, stored_info, now, now, None, password_hash)
         self._users[(app_id, name)] = user
         return user
 
     async def set_password(self, app_id: str, name: str, password: str) -> bool:
-        self._check_running()
+        self.check_running()
         password_hash = await self._passwords.hash(password)
         return self._update(app_id, name, password_hash=password_hash)
 
     async def verify(self, app_id: str, name: str, password: str) -> User | None:
-        self._check_running()
+        self.check_running()
         user = self._users.get((app_id, name))
         stored = None if user is None else user.password_hash
         if not await self._passwords.check(stored, password) or user is None:
@@ -78,19 +64,19 @@ class MemoryUserStore(UserStore):
         return None if now is None or now.disabled else now
 
     async def get(self, app_id: str, name: str) -> User | None:
-        self._check_running()
+        self.check_running()
         return self._users.get((app_id, name))
 
     async def list(self, app_id: str) -> builtins.list[User]:
-        self._check_running()
+        self.check_running()
         return sorted((u for (a, _), u in self._users.items() if a == app_id), key=_by_name)
 
     async def disable(self, app_id: str, name: str) -> bool:
-        self._check_running()
-        return self._update(app_id, name, disabled_at=self._now_ms())
+        self.check_running()
+        return self._update(app_id, name, disabled_at=self.now_ms())
 
     async def enable(self, app_id: str, name: str) -> bool:
-        self._check_running()
+        self.check_running()
         user = self._users.get((app_id, name))
         if user is None or not user.disabled:
             return user is not None
@@ -99,7 +85,7 @@ class MemoryUserStore(UserStore):
     async def disabled_since(
         self, app_id: str | None, since_ms: int
     ) -> builtins.list[tuple[str, str]]:
-        self._check_running()
+        self.check_running()
         found = [
             u
             for u in self._users.values()
@@ -114,7 +100,7 @@ class MemoryUserStore(UserStore):
         user = self._users.get((app_id, name))
         if user is None:
             return False
-        self._users[(app_id, name)] = replace(user, updated_at=self._now_ms(), **changes)
+        self._users[(app_id, name)] = replace(user, updated_at=self.now_ms(), **changes)
         return True
 
 

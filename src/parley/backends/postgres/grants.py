@@ -15,8 +15,6 @@ from typing import Any
 from parley.auth.grants import Grant
 from parley.backends.grants import (
     GRANT_COLUMNS,
-    SWEEP_EVERY_MS,
-    TOMBSTONE_KEEP_MS,
     GrantChange,
     GrantStore,
     changes_from_rows,
@@ -47,30 +45,13 @@ WHERE (created_at >= $1 OR deleted_at >= $1) AND ($2::text IS NULL OR app_id = $
 
 class PostgresGrantStore(GrantStore):
     def __init__(self, db: PostgresDb, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(clock)
         self.db = db  # opened, migrated and closed by its owner
-        self._clock = clock
-        self._swept_at = 0
-        self._running = False
-
-    async def start(self) -> None:
-        self._running = True
-        try:
-            await self.sweep()
-        except BaseException:
-            self._running = False
-            raise
-
-    async def close(self) -> None:
-        self._running = False
 
     @property
     def pool(self) -> Any:
-        if not self._running:
-            raise RuntimeError("grant store is not running")
+        self.check_running()
         return self.db.pool
-
-    def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
 
     async def create(
         self,
@@ -81,7 +62,7 @@ class PostgresGrantStore(GrantStore):
         ttl_s: float | None = None,
         granted_by: str | None = None,
     ) -> Grant:
-        now = self._now_ms()
+        now = self.now_ms()
         grant = new_grant(app_id, subject, resource, operations, ttl_s, granted_by, now)
         await self.pool.execute(
             f"INSERT INTO parley_grants ({GRANT_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
@@ -92,7 +73,7 @@ class PostgresGrantStore(GrantStore):
 
     async def get(self, app_id: str, grant_id: str) -> Grant | None:
         row = await self.pool.fetchrow(
-            SELECT_LIVE + " AND id = $3", app_id, self._now_ms(), grant_id
+            SELECT_LIVE + " AND id = $3", app_id, self.now_ms(), grant_id
         )
         return None if row is None else grant_from_row(list(row))
 
@@ -104,18 +85,18 @@ class PostgresGrantStore(GrantStore):
             + " AND ($3::text IS NULL OR subject = $3) AND ($4::text IS NULL OR resource = $4)"
             + ORDER,
             app_id,
-            self._now_ms(),
+            self.now_ms(),
             subject,
             resource,
         )
         return [grant_from_row(list(r)) for r in rows]
 
     async def active(self, app_id: str) -> builtins.list[Grant]:
-        rows = await self.pool.fetch(SELECT_LIVE + ORDER, app_id, self._now_ms())
+        rows = await self.pool.fetch(SELECT_LIVE + ORDER, app_id, self.now_ms())
         return [grant_from_row(list(r)) for r in rows]
 
     async def delete(self, app_id: str, grant_id: str) -> Grant | None:
-        now = self._now_ms()
+        now = self.now_ms()
         row = await self.pool.fetchrow(DELETE, app_id, grant_id, now)
         await self._sweep_when_due(now)
         return None if row is None else grant_from_row(list(row))
@@ -124,13 +105,7 @@ class PostgresGrantStore(GrantStore):
         rows = await self.pool.fetch(CHANGES, since_ms, app_id)
         return changes_from_rows((list(r) for r in rows), since_ms)
 
-    async def _sweep_when_due(self, now_ms: int) -> None:
-        if now_ms - self._swept_at >= SWEEP_EVERY_MS:
-            await self.sweep()
-
-    async def sweep(self) -> int:
-        self._swept_at = self._now_ms()
-        cutoff = self._swept_at - TOMBSTONE_KEEP_MS
+    async def _remove_before(self, cutoff: int) -> int:
         status = await self.pool.execute(
             "DELETE FROM parley_grants WHERE deleted_at < $1 OR expires_at < $1", cutoff
         )

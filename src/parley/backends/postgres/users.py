@@ -43,25 +43,14 @@ class PostgresUserStore(UserStore):
         hasher: PasswordHasher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(clock)
         self.db = db  # opened, migrated and closed by its owner
         self._passwords = Passwords(hasher)
-        self._clock = clock
-        self._running = False
-
-    async def start(self) -> None:
-        self._running = True
-
-    async def close(self) -> None:
-        self._running = False
 
     @property
     def pool(self) -> Any:
-        if not self._running:
-            raise RuntimeError("user store is not running")
+        self.check_running()
         return self.db.pool
-
-    def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
 
     async def add(
         self, app_id: str, name: str, password: str, info: dict[str, Any] | None = None
@@ -69,7 +58,7 @@ class PostgresUserStore(UserStore):
         check_name(name)
         stored_info = check_info(info)
         password_hash = await self._passwords.hash(password)
-        now = self._now_ms()
+        now = self.now_ms()
         row = (app_id, name, stored_info, now, now, None, password_hash)
         inserted = await self.pool.fetchval(
             f"INSERT INTO parley_users ({USER_COLUMNS}) VALUES ($1, $2, $3, $4, $5, $6, $7)"
@@ -88,7 +77,7 @@ class PostgresUserStore(UserStore):
             app_id,
             name,
             password_hash,
-            self._now_ms(),
+            self.now_ms(),
         )
         return _count(status) > 0
 
@@ -117,7 +106,7 @@ class PostgresUserStore(UserStore):
         return [user_from_row(list(r)) for r in rows]
 
     async def disable(self, app_id: str, name: str) -> bool:
-        now = self._now_ms()
+        now = self.now_ms()
         status = await self.pool.execute(
             "UPDATE parley_users SET disabled_at = $3, updated_at = $3"
             " WHERE app_id = $1 AND name = $2",
@@ -128,7 +117,7 @@ class PostgresUserStore(UserStore):
         return _count(status) > 0
 
     async def enable(self, app_id: str, name: str) -> bool:
-        found = await self.pool.fetchval(ENABLE, app_id, name, self._now_ms())
+        found = await self.pool.fetchval(ENABLE, app_id, name, self.now_ms())
         return found is not None
 
     async def disabled_since(

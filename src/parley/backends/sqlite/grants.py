@@ -17,8 +17,6 @@ from typing import Any
 from parley.auth.grants import Grant
 from parley.backends.grants import (
     GRANT_COLUMNS,
-    SWEEP_EVERY_MS,
-    TOMBSTONE_KEEP_MS,
     GrantChange,
     GrantStore,
     changes_from_rows,
@@ -34,30 +32,13 @@ SWEEP = "DELETE FROM parley_grants WHERE deleted_at < ? OR expires_at < ?"
 
 class SqliteGrantStore(GrantStore):
     def __init__(self, db: SqliteDb, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(clock)
         self.db = db  # opened, migrated and closed by its owner
-        self._clock = clock
-        self._swept_at = 0
-        self._running = False
-
-    async def start(self) -> None:
-        self._running = True
-        try:
-            await self.sweep()
-        except BaseException:
-            self._running = False
-            raise
-
-    async def close(self) -> None:
-        self._running = False
 
     @property
     def _db(self) -> SqliteDb:
-        if not self._running:
-            raise RuntimeError("grant store is not running")
+        self.check_running()
         return self.db
-
-    def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
 
     async def create(
         self,
@@ -68,7 +49,7 @@ class SqliteGrantStore(GrantStore):
         ttl_s: float | None = None,
         granted_by: str | None = None,
     ) -> Grant:
-        now = self._now_ms()
+        now = self.now_ms()
         grant = new_grant(app_id, subject, resource, operations, ttl_s, granted_by, now)
         await self._db.write(partial(self._insert, grant_row(grant)))
         await self._sweep_when_due(now)
@@ -102,11 +83,11 @@ class SqliteGrantStore(GrantStore):
             f"SELECT {GRANT_COLUMNS} FROM parley_grants WHERE app_id = :app_id AND {LIVE}"
             f" AND {where} ORDER BY created_at, id"
         )
-        params = {**params, "now": self._now_ms()}
+        params = {**params, "now": self.now_ms()}
         return await self._db.read(partial(_select_grants, sql, params))
 
     async def delete(self, app_id: str, grant_id: str) -> Grant | None:
-        now = self._now_ms()
+        now = self.now_ms()
         grant = await self._db.write(partial(self._delete, app_id, grant_id, now))
         await self._sweep_when_due(now)
         return grant
@@ -142,13 +123,7 @@ class SqliteGrantStore(GrantStore):
         )
         return [tuple(r) for r in cursor]
 
-    async def _sweep_when_due(self, now_ms: int) -> None:
-        if now_ms - self._swept_at >= SWEEP_EVERY_MS:
-            await self.sweep()
-
-    async def sweep(self) -> int:
-        self._swept_at = self._now_ms()
-        cutoff = self._swept_at - TOMBSTONE_KEEP_MS
+    async def _remove_before(self, cutoff: int) -> int:
         return await self._db.write(partial(_rowcount, SWEEP, (cutoff, cutoff)))
 
 

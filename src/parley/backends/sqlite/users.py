@@ -37,25 +37,14 @@ class SqliteUserStore(UserStore):
         hasher: PasswordHasher | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
+        super().__init__(clock)
         self.db = db  # opened, migrated and closed by its owner
         self._passwords = Passwords(hasher)
-        self._clock = clock
-        self._running = False
-
-    async def start(self) -> None:
-        self._running = True
-
-    async def close(self) -> None:
-        self._running = False
 
     @property
     def _db(self) -> SqliteDb:
-        if not self._running:
-            raise RuntimeError("user store is not running")
+        self.check_running()
         return self.db
-
-    def _now_ms(self) -> int:
-        return int(self._clock() * 1000)
 
     async def add(
         self, app_id: str, name: str, password: str, info: dict[str, Any] | None = None
@@ -63,7 +52,7 @@ class SqliteUserStore(UserStore):
         check_name(name)
         stored_info = check_info(info)
         password_hash = await self._passwords.hash(password)
-        now = self._now_ms()
+        now = self.now_ms()
         row = (app_id, name, stored_info, now, now, None, password_hash)
         await self._db.write(partial(self._insert, row))
         return user_from_row(row)
@@ -80,7 +69,7 @@ class SqliteUserStore(UserStore):
     async def set_password(self, app_id: str, name: str, password: str) -> bool:
         password_hash = await self._passwords.hash(password)
         return await self._update(
-            "password_hash = ?, updated_at = ?", (password_hash, self._now_ms()), app_id, name
+            "password_hash = ?, updated_at = ?", (password_hash, self.now_ms()), app_id, name
         )
 
     async def verify(self, app_id: str, name: str, password: str) -> User | None:
@@ -114,11 +103,11 @@ class SqliteUserStore(UserStore):
         return [user_from_row(r) for r in rows]
 
     async def disable(self, app_id: str, name: str) -> bool:
-        now = self._now_ms()
+        now = self.now_ms()
         return await self._update("disabled_at = ?, updated_at = ?", (now, now), app_id, name)
 
     async def enable(self, app_id: str, name: str) -> bool:
-        return await self._db.write(partial(self._enable, app_id, name, self._now_ms()))
+        return await self._db.write(partial(self._enable, app_id, name, self.now_ms()))
 
     @staticmethod
     def _enable(app_id: str, name: str, now: int, conn: sqlite3.Connection) -> bool:
