@@ -17,12 +17,13 @@ from parley.backends.history import HistoryStore
 from parley.backends.presence import PresenceStore
 from parley.backends.users import UserStore
 from parley.core.access import Access
+from parley.core.ids import new_node_id
 from parley.core.node import Node
 from parley.core.session import Session
 from parley.errors import CannotStart
 from parley.http_api import builtin, ops, pusher
 from parley.http_api.routes import Router
-from parley.settings import Settings, describe, parse_networks
+from parley.settings import Settings, describe, parse_networks, without_password
 from parley.transport.proxies import TrustedProxies
 from parley.transport.server import Server
 from parley.transport.tls import TlsCertificate
@@ -38,11 +39,20 @@ class Running:
     tls: TlsCertificate | None = None  # reloaded on SIGHUP
 
 
-def make_broker(settings: Settings) -> Broker:
-    """The broker between this node and the others: in this process only, for now."""
-    from parley.backends.memory.broker import MemoryBroker
+def make_broker(settings: Settings, node_id: str) -> Broker:
+    """The broker between this node and the others: this process alone (`memory`), or Redis."""
+    if settings.broker == "memory":
+        from parley.backends.memory.broker import MemoryBroker
 
-    return MemoryBroker()
+        return MemoryBroker()
+    from parley.backends.redis.broker import RedisBroker
+
+    return RedisBroker(
+        settings.broker,
+        secret=settings.cluster_secret.encode(),
+        prefix=settings.redis_prefix,
+        node_id=node_id,
+    )
 
 
 def make_presence(settings: Settings) -> PresenceStore:
@@ -144,8 +154,9 @@ async def make_node(settings: Settings, db: Database | None) -> Node:
     await stores.history.start()
     await stores.users.start()
     await stores.grants.start()
-    broker = make_broker(settings)
-    node = Node(settings, stores.history, broker, make_presence(settings))
+    node_id = settings.node_id or new_node_id()
+    broker = make_broker(settings, node_id)
+    node = Node(settings, stores.history, broker, make_presence(settings), node_id)
     await broker.start(node.delivery)
     await node.identities.load_jwks()
     node.access = Access(node, stores.grants, stores.users)
@@ -217,7 +228,7 @@ async def stop(running: Running) -> None:
         await running.db.close()
 
 
-def announce(settings: Settings, port: int) -> None:
+def announce(settings: Settings, port: int, node_id: str) -> None:
     host = settings.host
     ws, http = ("wss", "https") if settings.tls_cert else ("ws", "http")
     print(f"Parley {__version__} listening on {host}:{port} ({speedups.STATUS})", flush=True)
@@ -231,6 +242,12 @@ def announce(settings: Settings, port: int) -> None:
         f"  health {http}://{host}:{port}/healthz | metrics {http}://{host}:{port}/metrics",
         flush=True,
     )
+    if settings.broker != "memory":
+        print(
+            f"  node {node_id} of the cluster on {without_password(settings.broker)} "
+            f"(prefix {settings.redis_prefix!r})",
+            flush=True,
+        )
 
 
 def reload_tls(running: Running) -> None:
@@ -263,9 +280,10 @@ async def serve(settings: Settings) -> None:
         host=settings.host,
         port=running.port,
         code=speedups.STATUS,
+        node_id=running.node.node_id,
         settings=describe(settings),
     )
-    announce(settings, running.port)
+    announce(settings, running.port, running.node.node_id)
     await stop_event.wait()
     logs.info("shutting down")
     await stop(running)

@@ -23,6 +23,7 @@ class Metrics:
         self.gauges: Callable[[], dict[str, dict[str, int]]] = dict
         # Counted per message by each app's hub, as plain int attributes: (name -> app id -> n)
         self.hub_counters: Callable[[], dict[str, dict[str, int]]] = dict
+        self.broker: Callable[[], dict[str, int]] = dict  # the broker's stats()
 
     def render(self) -> bytes:
         registry = CollectorRegistry()
@@ -72,6 +73,16 @@ class _Collector:
         for (app_id, event), value in m.channel_events.items():
             c.add_metric([app_id, event], value)
         yield c
+        broker = m.broker()
+        for name, kind, help_text in (
+            ("connected", GaugeMetricFamily, "1 while the broker reaches the other nodes"),
+            ("waiting", GaugeMetricFamily, "Publications queued for the broker's server"),
+            ("reconnects", CounterMetricFamily, "Times the broker's link came back"),
+            ("refused", CounterMetricFamily, "Broker messages dropped: no valid HMAC"),
+            ("dropped", CounterMetricFamily, "Publications not sent: too many waited"),
+        ):
+            if name in broker:
+                yield kind(f"parley_broker_{name}", help_text, value=broker[name])
         c = CounterMetricFamily("parley_http_requests", "HTTP requests", labels=["route", "status"])
         for (route, status), value in m.http_requests.items():
             c.add_metric([route, str(status)], value)

@@ -171,6 +171,14 @@ class Settings:
     log_format: str = "json"
     store: str = "sqlite"  # history and state: memory, sqlite (under data_dir) or postgres
     postgres_url: str = "postgresql://postgres@127.0.0.1:5432/parley"
+    # Several nodes: "memory" (this process alone) or a redis:// or rediss:// URL (password
+    # and database in it), which needs a cluster_secret of 32 bytes or more (the HMAC of every
+    # message between nodes) and a shared store (postgres). node_id names this node (random
+    # when empty); redis_prefix separates clusters sharing one Redis.
+    broker: str = "memory"
+    cluster_secret: str = ""
+    node_id: str = ""
+    redis_prefix: str = "parley"
     history_max_count: int = 1000
     history_max_age_s: float = 7 * 86400.0
     recovery_limit: int = 1000  # a resume needing more than this answers recovered: false
@@ -199,6 +207,7 @@ class Settings:
             raise ConfigError(f"'trusted_proxies': {exc}") from None
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("'tls_cert' and 'tls_key' go together: give both or neither")
+        self._check_cluster()
         if self.log_format not in ("json", "text"):
             raise ConfigError("'log_format' must be json or text")
         ids = [a.id for a in self.apps]
@@ -206,7 +215,30 @@ class Settings:
         if len(set(ids)) != len(ids) or len(set(keys)) != len(keys):
             raise ConfigError("apps must have distinct ids and keys")
 
+    def _check_cluster(self) -> None:
+        if self.broker != "memory" and not self.broker.startswith(("redis://", "rediss://")):
+            raise ConfigError(
+                f"'broker' must be memory or a redis:// or rediss:// URL, got {self.broker!r}"
+            )
+        if self.node_id and not _NODE_ID.fullmatch(self.node_id):
+            raise ConfigError("'node_id' must be 1 to 64 characters of A-Z a-z 0-9 _ . -")
+        if not _NODE_ID.fullmatch(self.redis_prefix):
+            raise ConfigError("'redis_prefix' must be 1 to 64 characters of A-Z a-z 0-9 _ . -")
+        if self.broker == "memory":
+            return
+        if len(self.cluster_secret.encode()) < 32:
+            raise ConfigError(
+                "a Redis broker needs 'cluster_secret' (PARLEY_CLUSTER_SECRET) of at least 32 "
+                "bytes: every message between nodes is signed with it (try: openssl rand -hex 32)"
+            )
+        if self.store != "postgres":
+            raise ConfigError(
+                'a Redis broker needs store = "postgres" (PARLEY_STORE=postgres): the nodes '
+                "of a cluster must share one history"
+            )
 
+
+_NODE_ID = re.compile(r"[A-Za-z0-9_.\-]{1,64}")
 _APP_FIELDS = {f.name: f for f in fields(AppConfig)}
 _SERVER_FIELDS = {f.name: f for f in fields(Settings) if f.name not in ("apps", "history")}
 _HISTORY_FIELDS = {f.name: f for f in fields(HistoryRule)}
@@ -403,12 +435,14 @@ def describe(settings: Settings) -> dict[str, Any]:
     out["data_dir"] = str(settings.data_dir)
     out["postgres_url"] = without_password(settings.postgres_url)
     out["metrics_token"] = "***" if settings.metrics_token else ""
+    out["cluster_secret"] = "***" if settings.cluster_secret else ""
+    out["broker"] = without_password(settings.broker)
     out["apps"] = [{"id": a.id, "key": a.key, "enabled": a.enabled} for a in settings.apps]
     return out
 
 
 def without_password(url: str) -> str:
-    """A database URL fit for logs: its password replaced by ***."""
+    """A database or Redis URL fit for logs: its password replaced by ***."""
     parts = urlsplit(url)
     if parts.password is None:
         return url

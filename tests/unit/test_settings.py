@@ -53,6 +53,33 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
     assert [a.id for a in settings.apps] == ["1", "2"] and not settings.apps[1].enabled
 
 
+def test_a_cluster_node_from_the_environment(tmp_path: Path) -> None:
+    settings = load_settings(
+        env={
+            "PARLEY_DATA_DIR": str(tmp_path),
+            **_REDIS,
+            "PARLEY_STORE": "postgres",
+            "PARLEY_NODE_ID": "node-1",
+            "PARLEY_REDIS_PREFIX": "chat-eu",
+        }
+    )
+    assert (settings.broker, settings.node_id, settings.redis_prefix) == (
+        "redis://:hunter2@127.0.0.1:6379/0",
+        "node-1",
+        "chat-eu",
+    )
+    shown = str(describe(settings))
+    assert "hunter2" not in shown and _REDIS["PARLEY_CLUSTER_SECRET"] not in shown
+    assert "redis://:***@127.0.0.1:6379/0" in shown
+
+
+_REDIS = {
+    "PARLEY_BROKER": "redis://:hunter2@127.0.0.1:6379/0",
+    "PARLEY_CLUSTER_SECRET": "c" * 32,
+    "PARLEY_STORE": "postgres",
+}
+
+
 @pytest.mark.parametrize(
     ("toml", "env", "problem"),
     [
@@ -77,6 +104,12 @@ def test_precedence_flags_over_env_over_file(tmp_path: Path) -> None:
         ("[serve]\nport = 7000\n", {}, r"unknown section \[serve\]"),
         ("[[history]]\npattern = 'a-*'\nmax_cnt = 5\n", {}, "unknown key 'max_cnt'"),
         ("[[history]]\nmax_count = 5\n", {}, "missing 'pattern'"),
+        ("", {"PARLEY_BROKER": "nats://x"}, "'broker' must be memory or a redis://"),
+        ("", {"PARLEY_BROKER": "redis://127.0.0.1"}, "needs 'cluster_secret'"),
+        ("", {**_REDIS, "PARLEY_CLUSTER_SECRET": "short"}, "at least 32 bytes"),
+        ("", {**_REDIS, "PARLEY_STORE": "sqlite"}, r"needs store = \"postgres\""),
+        ("", {"PARLEY_NODE_ID": "a b"}, "'node_id' must be"),
+        ("", {"PARLEY_REDIS_PREFIX": ""}, "'redis_prefix' must be"),
     ],
 )
 def test_bad_settings_name_the_key(

@@ -14,11 +14,13 @@ publications in the order they were published to it, at most once per subscribed
 node drops a repeat.
 
 Implementations: `memory.broker.MemoryBroker` (one process: delivered at once, in the
-publishing call). The contract suite is tests/contract/test_broker.py.
+publishing call) and `redis.broker.RedisBroker` (a cluster over Redis pub/sub). The contract
+suite is tests/contract/test_broker.py.
 """
 
 from __future__ import annotations
 
+from collections.abc import Awaitable
 from typing import Protocol
 
 from parley.publication import Publication
@@ -31,6 +33,10 @@ class BrokerHandler(Protocol):
         """A publication of a channel this node subscribed to, stored (its position set, or
         offset 0 on a channel that keeps no history); `exclude` is the socket id of its
         sender (not to be sent it), or None. Must not raise; must not block."""
+
+    def on_reconnected(self) -> None:
+        """The broker lost its link to the other nodes and has it back: publications of
+        other nodes made meanwhile did not arrive; fill them from history. Must not block."""
 
 
 class Broker(Protocol):
@@ -65,11 +71,19 @@ class Broker(Protocol):
         the memory broker); raise when it could not be (the publications are stored: a client
         recovers them with a resume)."""
 
-    def subscribe(self, app_id: str, channel: str) -> None:
-        """Deliver the channel's publications to this node from now on (idempotent)."""
+    def subscribe(self, app_id: str, channel: str) -> Awaitable[None] | None:
+        """Deliver the channel's publications to this node from now on (idempotent). None
+        when that holds already; else an awaitable done once it holds (a broker with a
+        server: once the server confirmed the subscription), which the node awaits before it
+        tells the client it is subscribed."""
 
     def unsubscribe(self, app_id: str, channel: str) -> None:
         """Stop delivering the channel's publications to this node (idempotent)."""
 
     async def check(self) -> None:
         """Readiness: return when the broker can deliver now; raise, saying why, when not."""
+
+    def stats(self) -> dict[str, int]:
+        """For /metrics: `connected` (1 or 0), and what a broker with a server counts:
+        `reconnects`, `refused` (messages dropped for a bad HMAC), `dropped` (publications
+        never sent: too many waited for the server), `waiting` (publications queued)."""

@@ -39,6 +39,7 @@ import asyncio
 import fnmatch
 import logging
 import time
+from collections.abc import Awaitable
 from dataclasses import dataclass
 from functools import lru_cache
 
@@ -225,13 +226,22 @@ class Delivery:
 
     # -- the node's side of the broker -------------------------------------------------------
 
-    def occupied(self, hub: AppHub, name: str) -> None:
-        """The channel has its first local subscriber: have its publications delivered here."""
-        self.broker.subscribe(hub.app.id, name)
+    def occupied(self, hub: AppHub, name: str) -> Awaitable[None] | None:
+        """The channel is getting its first local subscriber: have its publications
+        delivered here. None when they are; else what to await before telling the client."""
+        return self.broker.subscribe(hub.app.id, name)
 
     def vacated(self, hub: AppHub, name: str) -> None:
         """The channel's last local subscriber left."""
         self.broker.unsubscribe(hub.app.id, name)
+
+    def on_reconnected(self) -> None:
+        """The broker is back after an outage: what the other nodes published meanwhile did
+        not arrive. Each channel with a position is filled from history, as a gap is."""
+        for hub in self.hubs.values():
+            for channel in hub.channels.values():
+                if channel.last_offset and channel.gap is None:
+                    self._start_fill(hub, channel, Gap({}))
 
     def on_publication(self, app_id: str, publication: Publication, exclude: str | None) -> None:
         """The broker's delivery of a stored publication: in order, once, to every local
@@ -288,11 +298,14 @@ class Delivery:
         if offset == channel.last_offset + 1:
             channel.last_offset = offset
             return True
-        gap = channel.gap = Gap({offset: Arrival(publication, exclude)})
+        self._start_fill(hub, channel, Gap({offset: Arrival(publication, exclude)}))
+        return False
+
+    def _start_fill(self, hub: AppHub, channel: Channel, gap: Gap) -> None:
+        channel.gap = gap
         task = asyncio.get_running_loop().create_task(self._fill(hub, channel, gap))
         self._fills.add(task)
         task.add_done_callback(self._fills.discard)
-        return False
 
     async def _fill(self, hub: AppHub, channel: Channel, gap: Gap) -> None:
         """Deliver what a gap misses from history, then what waited behind it, until no gap

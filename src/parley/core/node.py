@@ -83,13 +83,19 @@ class ChannelInfo:
 
 class Node:
     def __init__(
-        self, settings: Settings, history: HistoryStore, broker: Broker, presence: PresenceStore
+        self,
+        settings: Settings,
+        history: HistoryStore,
+        broker: Broker,
+        presence: PresenceStore,
+        node_id: str | None = None,
     ) -> None:
         self.settings = settings
         self.history = history
         self.broker = broker
         self.presence = presence
-        self.node_id = new_node_id()  # names this node's entries in the presence store
+        # names this node in the cluster: its presence entries, its broker messages
+        self.node_id = node_id or settings.node_id or new_node_id()
         self.hubs: dict[str, AppHub] = {app.id: AppHub(app) for app in settings.apps}
         self.apps: tuple[AppConfig, ...] = tuple(hub.app for hub in self.hubs.values())
         self.apps_by_key: dict[str, AppConfig] = {app.key: app for app in settings.apps}
@@ -100,6 +106,7 @@ class Node:
         self.metrics = Metrics()
         self.metrics.gauges = partial(hub_gauges, self.hubs)
         self.metrics.hub_counters = partial(hub_counters, self.hubs)
+        self.metrics.broker = broker.stats
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()

@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Coroutine
+from collections.abc import Awaitable, Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
@@ -86,10 +86,31 @@ class Subscriptions:
             session.send(frames.error_frame(None, problem, name))
             return
         member = command.member
-        if member is None:
+        if member is not None:
+            self._hold(session, self._join_presence(session, hub, conn, command, member))
+            return
+        confirming = self.node.delivery.occupied(hub, name) if name not in hub.channels else None
+        if confirming is None:
             self._joined(session, hub, hub.join(session, name, command.type), None, None)
         else:
-            self._hold(session, self._join_presence(session, hub, conn, command, member))
+            self._hold(session, self._join_confirmed(confirming, session, hub, conn, command))
+
+    async def _join_confirmed(
+        self,
+        confirming: Awaitable[None],
+        session: Session,
+        hub: AppHub,
+        conn: PusherConnection,
+        command: Subscribe,
+    ) -> None:
+        """Join once the broker delivers the channel's publications here: a client told it
+        is subscribed misses nothing published after that, on any node."""
+        await confirming
+        name = command.channel
+        if _wanted(session, hub, conn, name):
+            self._joined(session, hub, hub.join(session, name, command.type), None, None)
+        elif name not in hub.channels:
+            self.node.delivery.vacated(hub, name)  # nobody here wants it after all
 
     async def _join_presence(
         self,
@@ -100,6 +121,9 @@ class Subscriptions:
         member: Member,
     ) -> None:
         app_id, name, socket_id = hub.app.id, command.channel, session.socket_id
+        confirming = self.node.delivery.occupied(hub, name) if name not in hub.channels else None
+        if confirming is not None:
+            await confirming
         try:
             new = await self.presence.add(
                 app_id,
@@ -139,7 +163,7 @@ class Subscriptions:
         """`session` is a subscriber of `channel` now: the events and the answer."""
         events, app_id, name = self.events, hub.app.id, channel.name
         if len(channel.subscribers) == 1:
-            self.node.delivery.occupied(hub, name)
+            self.node.delivery.occupied(hub, name)  # (done already, unless it was vacated)
             events.emit(ChannelOccupied(app_id, name))
         if added is not None:
             events.emit(

@@ -58,6 +58,9 @@ class ScriptedBroker:
     async def check(self) -> None:
         pass
 
+    def stats(self) -> dict[str, int]:
+        return {"connected": 1}
+
     def release(self, *numbers: int) -> None:
         assert self.handler is not None
         for n in numbers:
@@ -105,6 +108,23 @@ async def test_an_offset_that_arrives_before_the_one_it_follows_waits_for_it_fro
     broker.release(11)  # the broker's late copy: a duplicate
     await node.delivery.idle()
     assert received(transport) == [(f"m{i}", i) for i in range(1, 13)]
+
+
+async def test_after_a_broker_outage_what_other_nodes_published_is_filled_from_the_store() -> None:
+    """Publications the broker never brought (made by other nodes while it was cut off) are
+    read from history once it says it is back; a channel with no position yet is left."""
+    node, broker = await scripted()
+    _, transport = subscribed(node, "room")
+    _, quiet = subscribed(node, "quiet")  # nothing received yet: no position to fill from
+    await publish_all(node, "room", 5)
+    await node.publish(APP, "e", "q1", ["quiet"])
+    broker.release(1, 2)  # 3, 4 and 5 are lost with the link
+    assert node.delivery.on_reconnected() is None
+    await node.delivery.idle()
+    assert received(transport) == [(f"m{i}", i) for i in range(1, 6)]
+    assert received(quiet) == []
+    broker.release(3, 4, 5)  # copies that come after all: duplicates
+    assert len(received(transport)) == 5
 
 
 async def test_what_waited_behind_a_gap_keeps_its_sender_excluded() -> None:

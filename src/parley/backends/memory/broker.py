@@ -39,6 +39,7 @@ class MemoryBroker:
 
     def subscribe(self, app_id: str, channel: str) -> None:
         self._channels.setdefault(app_id, set()).add(channel)
+        return None  # delivered from now on
 
     def unsubscribe(self, app_id: str, channel: str) -> None:
         channels = self._channels.get(app_id)
@@ -50,3 +51,6 @@ class MemoryBroker:
     async def check(self) -> None:
         if self._deliver is None:
             raise RuntimeError("not running")
+
+    def stats(self) -> dict[str, int]:
+        return {"connected": int(self._deliver is not None)}

@@ -1,0 +1,1 @@
+"""The Redis technology: the broker (and presence) of a cluster."""
