@@ -105,7 +105,7 @@ class Subscriptions:
     ) -> None:
         """Join once the broker delivers the channel's publications here: a client told it
         is subscribed misses nothing published after that, on any node."""
-        await confirming
+        await asyncio.shield(confirming)  # a future of its own: several joins wait on one
         name = command.channel
         if _wanted(session, hub, conn, name):
             self._joined(session, hub, hub.join(session, name, command.type), None, None)
@@ -123,7 +123,7 @@ class Subscriptions:
         app_id, name, socket_id = hub.app.id, command.channel, session.socket_id
         confirming = self.node.delivery.occupied(hub, name) if name not in hub.channels else None
         if confirming is not None:
-            await confirming
+            await asyncio.shield(confirming)
         try:
             new = await self.presence.add(
                 app_id,

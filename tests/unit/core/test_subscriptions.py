@@ -12,6 +12,7 @@ from typing import Any
 
 import pytest
 
+from parley.backends.memory.broker import MemoryBroker
 from parley.backends.presence import PresenceStore
 from parley.core.events import (
     CacheMiss,
@@ -30,7 +31,7 @@ from parley.protocol.codes import CloseCode
 from parley.publication import Publisher
 from tests.support.presence import GatedPresenceStore, settle
 from tests.support.pusher_raw import channel_auth, presence_data, user_auth
-from tests.support.transport import APP, RecordingTransport, make_node, started
+from tests.support.transport import APP, RecordingTransport, connect, make_node, send, started
 
 ROOM = "presence-room"
 COUNT = "pusher_internal:subscription_count"
@@ -458,3 +459,49 @@ async def test_the_http_api_counts_members_from_the_store(gated: bool) -> None:
     info = await world.node.channel_info(app, ROOM)
     assert (info.occupied, info.subscription_count, info.user_count) == (True, 3, 2)
     assert await world.node.presence_users(app, ROOM) == ["a", "b"]
+
+
+class ConfirmingBroker(MemoryBroker):
+    """A memory broker whose subscriptions hold only once the test confirms them, as Redis
+    confirms a SUBSCRIBE a round trip later."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.unconfirmed: dict[tuple[str, str], asyncio.Future[None]] = {}
+
+    def subscribe(self, app_id: str, channel: str) -> asyncio.Future[None] | None:  # type: ignore[override]
+        super().subscribe(app_id, channel)
+        key = (app_id, channel)
+        if key not in self.unconfirmed:
+            self.unconfirmed[key] = asyncio.get_running_loop().create_future()
+        future = self.unconfirmed[key]
+        return None if future.done() else future
+
+    def confirm(self, channel: str) -> None:
+        self.unconfirmed[(APP.id, channel)].set_result(None)
+
+
+async def test_a_subscription_is_answered_once_the_broker_confirms_it() -> None:
+    """Until the broker delivers a channel here, its first subscribers wait (and so does what
+    they send next); then each is answered, in order, and later ones at once."""
+    broker = ConfirmingBroker()
+    node = await started(make_node(broker))
+    first, first_out = connect(node)
+    second, second_out = connect(node)
+    send(first, "pusher:subscribe", {"channel": "news"})
+    send(first, "pusher:unsubscribe", {"channel": "news"})  # held behind the subscribe
+    send(second, "pusher:subscribe", {"channel": "news"})
+    for _ in range(5):  # the held steps run as far as they can: to the broker's future
+        await asyncio.sleep(0)
+    assert first_out.events == [] and second_out.events == []
+    assert "news" not in node.hubs[APP.id].channels
+    broker.confirm("news")
+    await settle()  # nothing waits now
+    assert first_out.events == ["pusher_internal:subscription_succeeded"]
+    assert second_out.events == ["pusher_internal:subscription_succeeded"]
+    assert [s.socket_id for s in node.hubs[APP.id].channels["news"].subscribers] == [
+        second.socket_id
+    ]  # the first's unsubscribe came after its answer
+    third, third_out = connect(node)
+    send(third, "pusher:subscribe", {"channel": "news"})
+    assert third_out.events == ["pusher_internal:subscription_succeeded"]  # confirmed: at once
