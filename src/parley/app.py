@@ -19,6 +19,7 @@ from parley.backends.users import UserStore
 from parley.core.access import Access
 from parley.core.ids import new_node_id
 from parley.core.node import Node
+from parley.core.outbox import OutboxRelay
 from parley.core.session import Session
 from parley.errors import CannotStart
 from parley.http_api import builtin, ops, pusher
@@ -37,6 +38,7 @@ class Running:
     port: int
     db: Database | None  # closed after the node's stores
     tls: TlsCertificate | None = None  # reloaded on SIGHUP
+    outbox: OutboxRelay | None = None  # publishes the PostgreSQL outbox table
 
 
 def make_broker(settings: Settings, node_id: str) -> Broker:
@@ -217,11 +219,26 @@ async def _start(settings: Settings, db: Database | None) -> Running:
     )
     port = await server.start(settings.host, settings.port, tls.context if tls else None)
     node.start()
-    return Running(node, server, port, db, tls)
+    return Running(node, server, port, db, tls, start_outbox(settings, node, db))
+
+
+def start_outbox(settings: Settings, node: Node, db: Database | None) -> OutboxRelay | None:
+    """The outbox relay, started, when the settings ask for one (PostgreSQL only)."""
+    if not settings.outbox:
+        return None
+    from parley.backends.postgres.db import PostgresDb
+    from parley.backends.postgres.outbox import PostgresOutbox
+
+    assert isinstance(db, PostgresDb)  # settings refuse an outbox on another store
+    relay = OutboxRelay(node, PostgresOutbox(db), settings.outbox_poll_s)
+    relay.start()
+    return relay
 
 
 async def stop(running: Running) -> None:
     await running.server.stop_listening()
+    if running.outbox is not None:
+        await running.outbox.close()
     await close_node(running.node)
     running.server.close_http()
     if running.db is not None:

@@ -179,6 +179,10 @@ class Settings:
     cluster_secret: str = ""
     node_id: str = ""
     redis_prefix: str = "parley"
+    # Publish what applications commit to the parley_outbox table (PostgreSQL only): one node
+    # of a cluster at a time, woken by NOTIFY, polling every outbox_poll_s as the fallback.
+    outbox: bool = False
+    outbox_poll_s: float = 1.0
     history_max_count: int = 1000
     history_max_age_s: float = 7 * 86400.0
     recovery_limit: int = 1000  # a resume needing more than this answers recovered: false
@@ -208,6 +212,12 @@ class Settings:
         if bool(self.tls_cert) != bool(self.tls_key):
             raise ConfigError("'tls_cert' and 'tls_key' go together: give both or neither")
         self._check_cluster()
+        if self.outbox and self.store != "postgres":
+            raise ConfigError(
+                "'outbox' needs store = \"postgres\": the outbox is a PostgreSQL table"
+            )
+        if self.outbox_poll_s <= 0:
+            raise ConfigError("'outbox_poll_s' must be > 0")
         if self.log_format not in ("json", "text"):
             raise ConfigError("'log_format' must be json or text")
         ids = [a.id for a in self.apps]

@@ -10,6 +10,7 @@ from parley.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from parley.http_api.routes import Call, Router
 from parley.protocol.channels import Kind, channel_name_problem, channel_type
 from parley.protocol.connection import history_query
+from parley.protocol.events import event_name_problem
 from parley.settings import AppConfig
 
 SOCKET_ID_RE = re.compile(r"\d+\.\d+")
@@ -33,14 +34,9 @@ def _validate_event(app: AppConfig, body: Any, *, batch_item: bool = False) -> d
     if not isinstance(body, dict):
         raise BadRequest("Event must be a JSON object")
     name = body.get("name")
-    if not isinstance(name, str) or not name:
-        raise BadRequest("Missing event 'name'")
-    if len(name) > app.max_event_name_length:
-        raise BadRequest(f"Event name is longer than {app.max_event_name_length} characters")
-    if "\x00" in name:  # no store takes it (PostgreSQL text)
-        raise BadRequest("Event name may not contain NUL characters")
-    if name.startswith(("pusher:", "pusher_internal:")):
-        raise BadRequest(f"Event name {name!r} is reserved (pusher: and pusher_internal:)")
+    problem = event_name_problem(name, app.max_event_name_length)
+    if problem is not None:
+        raise BadRequest(problem)
     if "data" not in body:
         raise BadRequest("Missing event 'data'")
     data = body["data"]

@@ -106,10 +106,48 @@ CREATE TABLE IF NOT EXISTS parley_history_keys (
 CREATE INDEX IF NOT EXISTS parley_history_keys_ts ON parley_history_keys (ts);
 """
 
+# the transactional outbox (backends.outbox, postgres.outbox): what an application inserts
+# into in its own transactions. Ids are given by the trigger once it holds the channel's lock,
+# so within a channel they follow commit order.
+OUTBOX = """
+CREATE SEQUENCE IF NOT EXISTS parley_outbox_id_seq;
+CREATE TABLE IF NOT EXISTS parley_outbox (
+    id           bigint PRIMARY KEY,  -- given by the trigger: leave it out of the INSERT
+    app_id       text NOT NULL,
+    channel      text NOT NULL,
+    event        text NOT NULL,
+    data         text NOT NULL,       -- delivered as it is, like the HTTP API's data
+    created_at   timestamptz NOT NULL DEFAULT now(),
+    published_at timestamptz,         -- set by Parley; with error: never published
+    error        text
+);
+CREATE INDEX IF NOT EXISTS parley_outbox_pending ON parley_outbox (id)
+    WHERE published_at IS NULL;
+CREATE OR REPLACE FUNCTION parley_outbox_order() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    -- one transaction at a time per channel, until it ends: ids follow commit order
+    PERFORM pg_advisory_xact_lock(1885434368, hashtext(NEW.app_id || ':' || NEW.channel));
+    NEW.id := nextval('parley_outbox_id_seq');
+    RETURN NEW;
+END $$;
+DROP TRIGGER IF EXISTS parley_outbox_order ON parley_outbox;
+CREATE TRIGGER parley_outbox_order BEFORE INSERT ON parley_outbox
+    FOR EACH ROW EXECUTE FUNCTION parley_outbox_order();
+CREATE OR REPLACE FUNCTION parley_outbox_wake() RETURNS trigger LANGUAGE plpgsql AS $$
+BEGIN
+    PERFORM pg_notify('parley_outbox', '');
+    RETURN NULL;
+END $$;
+DROP TRIGGER IF EXISTS parley_outbox_wake ON parley_outbox;
+CREATE TRIGGER parley_outbox_wake AFTER INSERT ON parley_outbox
+    FOR EACH STATEMENT EXECUTE FUNCTION parley_outbox_wake();
+"""
+
 MIGRATIONS: Sequence[Migration] = check_migrations(
     (
         Migration(1, "users and grants", USERS_AND_GRANTS),
         Migration(2, "history", HISTORY),
+        Migration(3, "outbox", OUTBOX),
     )
 )
 
