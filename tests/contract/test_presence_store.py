@@ -1,8 +1,8 @@
 """The PresenceStore contract: one suite, run against every implementation in STORES.
 
-Issue 13's Redis store joins by adding a fixture param (and its opening below): every case
-then runs against it too. Each case uses its own app id, so a shared store needs no cleanup
-between cases beyond `close`.
+The memory store and the Redis one (each Redis case under a key prefix of its own, so cases
+never see each other's nodes). Each case uses its own app id. The leases (`heartbeat`,
+`reap`) are the Redis store's: a store of one process has none.
 """
 
 from __future__ import annotations
@@ -15,15 +15,28 @@ import pytest
 
 from parley.backends.memory.presence import MemoryPresenceStore
 from parley.backends.presence import Departure, PresenceFull, PresenceStore
+from parley.backends.redis.presence import RedisPresenceStore
+from tests.conftest import require
+from tests.support.redis import REDIS_URL, redis_problem, unique_prefix
+from tests.support.server import TIMEOUT
 
-STORES = ["memory"]
+STORES = ["memory", pytest.param("redis", marks=pytest.mark.redis)]
 LIMIT = 100
 N1, N2 = "node-1", "node-2"
 
 
+def redis_store(prefix: str, lease_s: float = 10.0, refresh_s: float = 5.0) -> RedisPresenceStore:
+    return RedisPresenceStore(REDIS_URL, prefix=prefix, lease_s=lease_s, refresh_s=refresh_s)
+
+
 @pytest.fixture(params=STORES)
 async def store(request: pytest.FixtureRequest) -> AsyncIterator[PresenceStore]:
-    opened: PresenceStore = MemoryPresenceStore()
+    opened: PresenceStore
+    if request.param == "redis":
+        require(await redis_problem() is None, f"Redis: {await redis_problem()}")
+        opened = redis_store(unique_prefix("presence"))
+    else:
+        opened = MemoryPresenceStore()
     try:
         yield opened
     finally:
@@ -176,3 +189,58 @@ async def test_remove_node_drops_its_entries_and_reports_the_users_gone(
     assert await remove(store, app, "bob", "2.2", node=N2) is True
     # node 1 comes back with new connections: counted afresh
     assert await add(store, app, "alice", "1.9", node=N1) is True
+
+
+# -- leases (Redis) -------------------------------------------------------------------------
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[list[RedisPresenceStore]]:
+    """Three nodes' stores on one Redis, with a short lease (0.3 s) and refresh (0.1 s)."""
+    require(await redis_problem() is None, f"Redis: {await redis_problem()}")
+    prefix = unique_prefix("leases")
+    stores = [redis_store(prefix, lease_s=0.3, refresh_s=0.1) for _ in range(3)]
+    try:
+        yield stores
+    finally:
+        for opened in stores:
+            await opened.close()
+
+
+async def test_a_lease_kept_up_is_never_reaped_and_a_lapsed_one_once(
+    cluster: list[RedisPresenceStore], app: str
+) -> None:
+    a, b, c = cluster
+    for store_, node in ((a, "a.1"), (b, "b.1"), (c, "c.1")):
+        assert await store_.heartbeat(node, registered=False)
+    await add(a, app, "ann", "1", node="a.1")
+    await add(b, app, "ann", "2", node="b.1")  # ann on two nodes
+    await add(b, app, "bob", "3", node="b.1")
+    reaped: list[str] = []
+    async with asyncio.timeout(TIMEOUT):
+        while not reaped:  # b stops its heartbeats: it "died"
+            assert await a.heartbeat("a.1", registered=True)
+            assert await c.heartbeat("c.1", registered=True)
+            for store_, node in ((a, "a.1"), (c, "c.1")):
+                reaped += await store_.reap(node)
+            await asyncio.sleep(0.1)
+    assert reaped == ["b.1"]  # once, by one node
+    assert await a.reap("a.1") == [] and await c.reap("c.1") == []
+    gone = await a.remove_node("b.1")
+    assert gone == [Departure(app, "presence-room", "bob")]  # ann is still on node a
+    assert await a.members(app, "presence-room") == {"ann": None}
+    # b was only paused: its lease is gone, so it registers anew under a new generation
+    assert await b.heartbeat("b.1", registered=True) is False
+    assert await b.heartbeat("b.2", registered=False) is True
+    assert await add(b, app, "bob", "3", node="b.2") is True  # bob back: a new member
+
+
+async def test_only_one_node_reaps_at_a_time(cluster: list[RedisPresenceStore], app: str) -> None:
+    a, b, c = cluster
+    for store_, node in ((a, "a.1"), (b, "b.1"), (c, "c.1")):
+        await store_.heartbeat(node, registered=False)
+    results = await asyncio.gather(a.reap("a.1"), b.reap("b.1"), c.reap("c.1"))
+    # nothing lapsed yet; whoever took the reaper's role keeps it while it renews it
+    assert results == [[], [], []]
+    holders = [await s.reap(n) == [] for s, n in ((a, "a.1"), (b, "b.1"), (c, "c.1"))]
+    assert all(holders)

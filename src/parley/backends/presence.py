@@ -49,7 +49,7 @@ class PresenceStore(abc.ABC):
     tasks (of one node, or of several nodes sharing the store); each is atomic. An
     implementation that keeps its data in this process should answer without suspending (the
     node then handles a presence subscribe with no extra turn of the event loop).
-    Implementations: `memory.presence.MemoryPresenceStore`; a Redis one comes with issue 13.
+    Implementations: `memory.presence.MemoryPresenceStore`, `redis.presence.RedisPresenceStore`.
     One contract suite (tests/contract/test_presence_store.py) runs against each.
     """
 
@@ -92,6 +92,21 @@ class PresenceStore(abc.ABC):
         """Remove every entry of `node_id` (a node that died, or this one shutting down);
         returns the users that are no longer members of a channel because of it, in no
         particular order."""
+
+    async def heartbeat(self, node_id: str, registered: bool) -> bool:
+        """Extend the lease of `node_id` (a node's key: its id and generation), or begin it
+        when `registered` is False. False when it has ended meanwhile (the node was paused or
+        cut off longer than the lease): a reaper removes, or has removed, its entries, and the
+        node must register again under a new key and write its live entries anew. A store of
+        one process has no leases: always True."""
+        return True
+
+    async def reap(self, node_id: str) -> list[str]:
+        """The keys of the nodes whose lease ended, taken out of the leases: their entries are
+        for the caller to remove (`remove_node`). One node of a cluster at a time gets any
+        (the reaper, elected among the callers); the others get []. A store of one process:
+        []."""
+        return []
 
     @abc.abstractmethod
     async def close(self) -> None:
