@@ -58,10 +58,19 @@ def make_broker(settings: Settings, node_id: str) -> Broker:
 
 
 def make_presence(settings: Settings) -> PresenceStore:
-    """The presence store: in this process's memory (a Redis one comes with issue 13)."""
-    from parley.backends.memory.presence import MemoryPresenceStore
+    """The presence store: in this process's memory, or in the cluster's Redis."""
+    if settings.broker == "memory":
+        from parley.backends.memory.presence import MemoryPresenceStore
 
-    return MemoryPresenceStore()
+        return MemoryPresenceStore()
+    from parley.backends.redis.presence import RedisPresenceStore
+
+    return RedisPresenceStore(
+        settings.broker,
+        prefix=settings.redis_prefix,
+        lease_s=settings.node_lease_s,
+        refresh_s=settings.presence_refresh_s,
+    )
 
 
 def make_database(settings: Settings) -> Database | None:
@@ -159,7 +168,8 @@ async def make_node(settings: Settings, db: Database | None) -> Node:
     node_id = settings.node_id or new_node_id()
     broker = make_broker(settings, node_id)
     node = Node(settings, stores.history, broker, make_presence(settings), node_id)
-    await broker.start(node.delivery)
+    await broker.start(node.cluster)
+    await node.cluster.start()
     await node.identities.load_jwks()
     node.access = Access(node, stores.grants, stores.users)
     await node.access.start()

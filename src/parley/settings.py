@@ -179,6 +179,10 @@ class Settings:
     cluster_secret: str = ""
     node_id: str = ""
     redis_prefix: str = "parley"
+    # A node renews its presence lease this often; a node silent for node_lease_s is dead:
+    # its members are removed (member_removed sent) within node_lease_s + presence_refresh_s.
+    presence_refresh_s: float = 5.0
+    node_lease_s: float = 10.0
     # Publish what applications commit to the parley_outbox table (PostgreSQL only): one node
     # of a cluster at a time, woken by NOTIFY, polling every outbox_poll_s as the fallback.
     outbox: bool = False
@@ -234,6 +238,8 @@ class Settings:
             raise ConfigError("'node_id' must be 1 to 64 characters of A-Z a-z 0-9 _ . -")
         if not _NODE_ID.fullmatch(self.redis_prefix):
             raise ConfigError("'redis_prefix' must be 1 to 64 characters of A-Z a-z 0-9 _ . -")
+        if self.presence_refresh_s <= 0 or self.node_lease_s <= self.presence_refresh_s:
+            raise ConfigError("'node_lease_s' must be longer than 'presence_refresh_s' (> 0)")
         if self.broker == "memory":
             return
         if len(self.cluster_secret.encode()) < 32:

@@ -4,17 +4,21 @@
 from __future__ import annotations
 
 import asyncio
+import json
+import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import asyncpg  # type: ignore[import-untyped]
 import pytest
 
 from tests.conftest import require
 from tests.support.node_scenarios import run_scenario
+from tests.support.pusher_raw import RawClient, presence_data, signed_request, unique
 from tests.support.redis import CLUSTER_SECRET, REDIS_URL, redis_problem, unique_prefix
-from tests.support.server import ParleyServer
+from tests.support.server import TIMEOUT, ParleyServer
 from tests.support.stores import PG_URL, postgres_problem
 
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
@@ -50,6 +54,10 @@ def cluster_env(
     database_url: str, prefix: str, node: int, redis_url: str = REDIS_URL
 ) -> dict[str, str]:
     return {
+        # a short lease, so that a dead node's members go within this test's patience (the
+        # defaults, 5 s and 10 s, removed them 14 s after a SIGKILL here)
+        "PARLEY_PRESENCE_REFRESH_S": "0.5",
+        "PARLEY_NODE_LEASE_S": "2",
         "PARLEY_BROKER": redis_url,
         "PARLEY_CLUSTER_SECRET": CLUSTER_SECRET,
         "PARLEY_REDIS_PREFIX": prefix,
@@ -86,3 +94,71 @@ def test_pusher_js_over_three_nodes_gets_every_event_once_in_one_order(
     run_scenario(cluster[0], "cluster.mjs", env={"PARLEY_E2E_PORTS": ports})
     for i, node in enumerate(cluster, start=1):
         assert any(f"node-{i} of the cluster on {REDIS_URL}" in line for line in node.stdout_lines)
+
+
+def members(frame: dict[str, Any]) -> dict[str, Any]:
+    return dict(json.loads(frame["data"])["presence"]["hash"])
+
+
+def test_presence_is_one_list_on_every_node_and_a_killed_nodes_members_go(
+    cluster: list[ParleyServer],
+) -> None:
+    channel = unique("presence-room-")
+    clients: list[RawClient] = []
+
+    def join(node: ParleyServer, user: str) -> tuple[RawClient, dict[str, Any]]:
+        client = RawClient(node.ws_url)
+        clients.append(client)
+        data = presence_data(user, {"name": user.title()})
+        frame = client.subscribe(channel, key=node.key, secret=node.secret, channel_data=data)
+        return client, members(frame)
+
+    try:
+        ann, seen = join(cluster[0], "ann")
+        assert seen == {"ann": {"name": "Ann"}}
+        bob, seen = join(cluster[1], "bob")
+        assert seen == {"ann": {"name": "Ann"}, "bob": {"name": "Bob"}}
+        added = ann.expect("pusher_internal:member_added", channel)  # from another node
+        assert json.loads(added["data"]) == {"user_id": "bob", "user_info": {"name": "Bob"}}
+        # ann again, on the third node: one member, so nobody is told
+        ann2, seen = join(cluster[2], "ann")
+        assert list(seen) == ["ann", "bob"]
+        cyd, seen = join(cluster[2], "cyd")
+        for watcher in (ann, bob, ann2):
+            watcher.expect(
+                "pusher_internal:member_added", channel, where=lambda f: "cyd" in f["data"]
+            )
+        # the HTTP API of every node agrees
+        for node in cluster:
+            users = signed_request(node, "GET", f"/apps/{node.app_id}/channels/{channel}/users")
+            assert sorted(u["id"] for u in users.json()["users"]) == ["ann", "bob", "cyd"]
+        # ann leaves node 1: still a member (her connection on node 3)
+        ann.close()
+        bob.send_event("pusher:ping", {})
+        bob.expect("pusher:pong")
+        # node 2 dies: bob (only there) is removed for everyone left, within the lease
+        cluster[1].kill()
+        began = time.monotonic()
+        for watcher in (ann2, cyd):
+            removed = watcher.expect("pusher_internal:member_removed", channel, timeout=TIMEOUT + 5)
+            assert json.loads(removed["data"]) == {"user_id": "bob"}
+        took = time.monotonic() - began
+        assert took < 2 + 0.5 + 3, f"member_removed took {took:.1f} s"
+        for watcher in (ann2, cyd):  # and nothing was said of ann
+            assert not [
+                f
+                for f in watcher.seen
+                if f.get("event") == "pusher_internal:member_removed" and "ann" in f["data"]
+            ]
+        users = signed_request(
+            cluster[0], "GET", f"/apps/{cluster[0].app_id}/channels/{channel}/users"
+        )
+        assert sorted(u["id"] for u in users.json()["users"]) == ["ann", "cyd"]
+        assert any(
+            '"node reaped"' in line
+            for node in (cluster[0], cluster[2])
+            for line in node.stderr_lines
+        )
+    finally:
+        for client in clients:
+            client.close()

@@ -49,7 +49,8 @@ def make_node(
 async def started(node: Node) -> Node:
     """`node` with its history store and broker started, as the composition root does."""
     await node.history.start()
-    await node.broker.start(node.delivery)
+    await node.broker.start(node.cluster)
+    await node.cluster.start()
     return node
 
 

@@ -21,7 +21,7 @@ suite is tests/contract/test_broker.py.
 from __future__ import annotations
 
 from collections.abc import Awaitable
-from typing import Protocol
+from typing import Any, Protocol
 
 from parley.publication import Publication
 
@@ -33,6 +33,9 @@ class BrokerHandler(Protocol):
         """A publication of a channel this node subscribed to, stored (its position set, or
         offset 0 on a channel that keeps no history); `exclude` is the socket id of its
         sender (not to be sent it), or None. Must not raise; must not block."""
+
+    def on_cluster_message(self, kind: str, app_id: str, body: dict[str, Any]) -> None:
+        """A message another node broadcast (`Broker.broadcast`). Must not raise or block."""
 
     def on_reconnected(self) -> None:
         """The broker lost its link to the other nodes and has it back: publications of
@@ -65,6 +68,11 @@ class Broker(Protocol):
         """Send a stored publication to every node subscribed to its channel, this one
         included, in the order of the calls for one channel. A broker with a server may queue
         it: `drain` waits until what was published is handed over."""
+
+    def broadcast(self, kind: str, app_id: str, body: dict[str, Any]) -> None:
+        """Send a message of the cluster's own (a presence change, a termination...) to every
+        other node, not this one; in order with this node's other broadcasts. Nothing, with
+        a broker of one process. `body` is JSON."""
 
     async def drain(self) -> None:
         """Return once everything published so far is handed to the engine (delivered, for

@@ -53,6 +53,10 @@ class PresenceStore(abc.ABC):
     One contract suite (tests/contract/test_presence_store.py) runs against each.
     """
 
+    # May its calls begin outside a task (core.eager steps the caller's coroutine itself)?
+    # A store whose client needs a task around every call (redis.asyncio) says False.
+    eager = True
+
     @abc.abstractmethod
     async def add(
         self,

@@ -37,7 +37,8 @@ def count_events(events: EventBus, metrics: Metrics) -> None:
 
     def counter(name: str) -> Callable[[Any], None]:
         def count(event: Any) -> None:
-            counts[(event.app_id, name)] += 1
+            if not getattr(event, "remote", False):  # counted by the node it happened on
+                counts[(event.app_id, name)] += 1
 
         return count
 

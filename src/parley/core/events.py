@@ -80,39 +80,55 @@ class SubscriptionCountChanged:
 class MemberAdded:
     """`user_id` became a member of the presence channel: its first connection joined.
     `socket_id` is the connection whose join made it one (a subscriber by then, unless it
-    left while the store answered); the other subscribers are told, not it."""
+    left while the store answered); the other subscribers are told, not it. `remote`: it
+    happened on another node, which told this one (core.cluster): this node's subscribers
+    are told, and nothing else follows from it here (it is counted, and webhooks sent, where
+    it happened)."""
 
     app_id: str
     channel: str
     user_id: str
     user_info: Any
     socket_id: str
+    remote: bool
 
     def __init__(
-        self, app_id: str, channel: str, user_id: str, user_info: Any, socket_id: str
+        self,
+        app_id: str,
+        channel: str,
+        user_id: str,
+        user_info: Any,
+        socket_id: str,
+        remote: bool = False,
     ) -> None:
         object.__setattr__(self, "app_id", app_id)
         object.__setattr__(self, "channel", channel)
         object.__setattr__(self, "user_id", user_id)
         object.__setattr__(self, "user_info", user_info)
         object.__setattr__(self, "socket_id", socket_id)
+        object.__setattr__(self, "remote", remote)
 
 
 @dataclass(frozen=True, slots=True, init=False)
 class MemberRemoved:
     """`user_id` is no longer a member: its last connection left (`socket_id`, no longer a
-    subscriber; "" when no connection of this node left, as for a dead node's members)."""
+    subscriber; "" when no connection of this node left, as for a dead node's members).
+    `remote`: as for `MemberAdded`."""
 
     app_id: str
     channel: str
     user_id: str
     socket_id: str
+    remote: bool
 
-    def __init__(self, app_id: str, channel: str, user_id: str, socket_id: str) -> None:
+    def __init__(
+        self, app_id: str, channel: str, user_id: str, socket_id: str, remote: bool = False
+    ) -> None:
         object.__setattr__(self, "app_id", app_id)
         object.__setattr__(self, "channel", channel)
         object.__setattr__(self, "user_id", user_id)
         object.__setattr__(self, "socket_id", socket_id)
+        object.__setattr__(self, "remote", remote)
 
 
 @dataclass(frozen=True, slots=True, init=False)

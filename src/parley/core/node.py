@@ -26,6 +26,7 @@ from parley.backends.history import HistoryStore
 from parley.backends.presence import PresenceStore
 from parley.core.admission import Admission
 from parley.core.authenticate import Authenticator
+from parley.core.cluster import Cluster
 from parley.core.delivery import Delivery, caches
 from parley.core.event_counts import count_events, hub_counters, hub_gauges
 from parley.core.events import ClientEventSent, EventBus, UserOffline
@@ -119,6 +120,8 @@ class Node:
         self.pusher_frames = PusherFrames(self.hubs)
         self.pusher_frames.follow(self.events)
         count_events(self.events, self.metrics)
+        self.cluster = Cluster(self)  # the broker's handler
+        self.cluster.follow()
         self.subscriptions = Subscriptions(self)
         self.admission = Admission(self)
 
@@ -337,6 +340,7 @@ class Node:
     async def shutdown(self) -> None:
         """Drain: every connection is closed with 4200 so clients reconnect elsewhere at once."""
         self.draining = True
+        await self.cluster.stop()
         self.liveness.stop()
         self.identities.stop()
         sessions = [s for hub in self.hubs.values() for s in hub.sessions.values()]

@@ -130,7 +130,7 @@ class Subscriptions:
                 name,
                 member.user_id,
                 member.user_info,
-                node_id=self.node.node_id,
+                node_id=self.node.cluster.presence_key,
                 connection_id=socket_id,
                 limit=hub.app.max_presence_members,
             )
@@ -145,7 +145,11 @@ class Subscriptions:
             self._joined(session, hub, channel, member if new else None, members)
             return
         last = await self.presence.remove(
-            app_id, name, member.user_id, node_id=self.node.node_id, connection_id=socket_id
+            app_id,
+            name,
+            member.user_id,
+            node_id=self.node.cluster.presence_key,
+            connection_id=socket_id,
         )
         if new and not last:  # another connection of the user joined meanwhile
             self.events.emit(MemberAdded(app_id, name, member.user_id, member.user_info, socket_id))
@@ -202,7 +206,11 @@ class Subscriptions:
 
     async def _leave_presence(self, app_id: str, name: str, member: Member, socket_id: str) -> None:
         last = await self.presence.remove(
-            app_id, name, member.user_id, node_id=self.node.node_id, connection_id=socket_id
+            app_id,
+            name,
+            member.user_id,
+            node_id=self.node.cluster.presence_key,
+            connection_id=socket_id,
         )
         if last:
             self.events.emit(MemberRemoved(app_id, name, member.user_id, socket_id))
@@ -228,7 +236,10 @@ class Subscriptions:
     def _hold(self, session: Session, step: Coroutine[Any, Any, None]) -> None:
         """Run a presence step now; if the store makes it wait, `session` holds what it
         receives until the step is over."""
-        task = eager.start(step)
+        if self.presence.eager:
+            task = eager.start(step)
+        else:  # its client needs a task around it from the first call (redis.asyncio does)
+            task = asyncio.get_running_loop().create_task(step)
         if task is None:
             return
         session.hold()

@@ -466,7 +466,7 @@ class ConfirmingBroker:
     confirms a SUBSCRIBE a round trip later (it wraps one: a compiled class has no
     interpreted subclasses)."""
 
-    engine = "confirming"
+    engine = "memory"  # one process: no other node, no lease
 
     def __init__(self) -> None:
         self.inner = MemoryBroker()

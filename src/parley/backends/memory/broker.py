@@ -5,6 +5,7 @@ so per-channel order is call order. Nothing crosses processes."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from parley.backends.broker import BrokerHandler
 from parley.publication import Publication
@@ -33,6 +34,9 @@ class MemoryBroker:
         channels = self._channels.get(app_id)
         if channels is not None and publication.channel in channels:
             deliver(app_id, publication, exclude)
+
+    def broadcast(self, kind: str, app_id: str, body: dict[str, Any]) -> None:
+        pass  # no other node
 
     async def drain(self) -> None:
         pass  # delivered within publish

@@ -1,7 +1,9 @@
 """`RedisBroker`: the broker between the nodes of a cluster, over Redis pub/sub.
 
 Channels. A node SUBSCRIBEs to `{prefix}:{app_id}:{channel}` for each channel it has local
-subscribers for, and to `{prefix}:cluster` always. Redis pub/sub channels are global to a Redis
+subscribers for, and to `{prefix}:cluster` always: the nodes' own messages (`broadcast`:
+presence changes, terminations), a header (format, origin, kind, app id) and a JSON body,
+sealed the same way. Redis pub/sub channels are global to a Redis
 server (the database number in the URL does not separate them): the prefix is what keeps
 several clusters on one Redis apart.
 
@@ -93,6 +95,7 @@ class RedisBroker:
         self.node_id = node_id
         self.max_waiting = max_waiting
         self._cluster = f"{prefix}:cluster"
+        self._cluster_key = self._cluster.encode()
         self._client: Any = None  # redis.asyncio.Redis
         self._handler: BrokerHandler | None = None
         self._deliver: Callable[[str, Publication, str | None], None] | None = None
@@ -227,6 +230,14 @@ class RedisBroker:
         self._queued += 1
         self._write.set()
 
+    def broadcast(self, kind: str, app_id: str, body: dict[str, Any]) -> None:
+        if self._deliver is None:
+            raise RuntimeError("broker is not running")
+        payload = orjson.dumps([FORMAT, self.node_id, kind, app_id]) + b"\n" + orjson.dumps(body)
+        self._outgoing.append((self._cluster, self.seal(self._cluster, payload)))
+        self._queued += 1
+        self._write.set()
+
     async def drain(self) -> None:
         target = self._queued
         if self._sent >= target:
@@ -354,6 +365,9 @@ class RedisBroker:
         if payload is None:
             self._refuse("message without a valid HMAC", key)
             return
+        if key == self._cluster_key:
+            self._cluster_message(key, payload)
+            return
         try:
             origin, app_id, publication, exclude = decode(payload)
         except (ValueError, TypeError, IndexError, orjson.JSONDecodeError) as exc:
@@ -365,6 +379,22 @@ class RedisBroker:
         deliver = self._deliver
         if deliver is not None and channels is not None and publication.channel in channels:
             deliver(app_id, publication, exclude)
+
+    def _cluster_message(self, key: bytes, payload: bytes) -> None:
+        head, _, body = payload.partition(b"\n")
+        try:
+            version, origin, kind, app_id = orjson.loads(head)
+            data = orjson.loads(body)
+            if version != FORMAT or not isinstance(data, dict) or not isinstance(kind, str):
+                raise ValueError("unknown cluster message")
+        except (ValueError, TypeError) as exc:
+            self._refuse(f"unreadable cluster message: {exc}", key)
+            return
+        if origin == self.node_id:
+            return
+        on_message = getattr(self._handler, "on_cluster_message", None)
+        if on_message is not None:
+            on_message(kind, str(app_id), data)
 
     def _refuse(self, reason: str, key: bytes) -> None:
         self.refused += 1

@@ -135,6 +135,8 @@ return lapsed
 
 
 class RedisPresenceStore(PresenceStore):
+    eager = False  # redis.asyncio's timeouts need a task around the call
+
     def __init__(
         self, url: str, *, prefix: str, lease_s: float = 10.0, refresh_s: float = 5.0
     ) -> None:
