@@ -16,7 +16,7 @@ import pytest
 
 from tests.conftest import require
 from tests.support.node_scenarios import run_scenario
-from tests.support.pusher_raw import RawClient, presence_data, signed_request, unique
+from tests.support.pusher_raw import RawClient, presence_data, signed_request, unique, user_auth
 from tests.support.redis import CLUSTER_SECRET, REDIS_URL, redis_problem, unique_prefix
 from tests.support.server import TIMEOUT, ParleyServer
 from tests.support.stores import PG_URL, postgres_problem
@@ -161,4 +161,37 @@ def test_presence_is_one_list_on_every_node_and_a_killed_nodes_members_go(
         )
     finally:
         for client in clients:
+            client.close()
+
+
+def signed_in(node: ParleyServer, user_id: str) -> RawClient:
+    client = RawClient(node.ws_url)
+    user_data = json.dumps({"id": user_id})
+    auth = user_auth(node.key, node.secret, client.socket_id, user_data)
+    client.send_event("pusher:signin", {"auth": auth, "user_data": user_data})
+    client.expect("pusher:signin_success")
+    return client
+
+
+def test_send_to_user_and_terminate_reach_the_users_connections_on_every_node(
+    cluster: list[ParleyServer],
+) -> None:
+    user = unique("user-")
+    clients = [signed_in(node, user) for node in cluster[1:]]  # on nodes 2 and 3
+    bystander = signed_in(cluster[2], unique("other-"))
+    try:
+        body = {"name": "note", "channels": [f"#server-to-user-{user}"], "data": '{"hi":1}'}
+        sent = signed_request(cluster[0], "POST", f"/apps/{cluster[0].app_id}/events", body=body)
+        assert sent.status == 200
+        for client in clients:
+            frame = client.expect("note", f"#server-to-user-{user}")
+            assert frame["data"] == '{"hi":1}'
+        path = f"/apps/{cluster[0].app_id}/users/{user}/terminate_connections"
+        assert signed_request(cluster[0], "POST", path, body={}).status == 200
+        for client in clients:
+            client.expect_error(4009)
+            assert client.expect_close()[0] == 4009
+        bystander.ping()  # another user's connection stays
+    finally:
+        for client in (*clients, bystander):
             client.close()

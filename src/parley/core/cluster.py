@@ -1,5 +1,9 @@
 """The cluster: what a node tells the others besides publications, and its presence lease.
 
+Besides presence, a node tells the others what must act on every node: a `#server-to-user-*`
+event (which keeps no history: it crosses as its frame) and `terminate_connections`. Grant
+revocations and disabled users need nothing here: every node follows the shared store.
+
 It is the broker's handler (`BrokerHandler`): publications and the end of an outage go to
 `core.delivery` (the same bound methods, no frame in between), the nodes' own messages come
 here. With a broker of one process nothing crosses and the lease never lapses: all of this is
@@ -66,11 +70,31 @@ class Cluster:
             body = {"channel": event.channel, "user_id": event.user_id}
             self.broker.broadcast("member_removed", event.app_id, body)
 
+    def send_to_user(self, app_id: str, user_id: str, frame: bytes) -> None:
+        """A `#server-to-user-*` event (unstored: it crosses as its frame) for the user's
+        connections on the other nodes."""
+        body = {"user_id": user_id, "frame": frame.decode()}
+        self.broker.broadcast("send_to_user", app_id, body)
+
+    def terminate(self, app_id: str, user_id: str) -> None:
+        """Close the user's connections on the other nodes (terminate_connections)."""
+        self.broker.broadcast("terminate", app_id, {"user_id": user_id})
+
     def on_cluster_message(self, kind: str, app_id: str, body: dict[str, Any]) -> None:
-        if app_id not in self.node.hubs:
+        hub = self.node.hubs.get(app_id)
+        user_id = body.get("user_id")
+        if hub is None or not isinstance(user_id, str):
             return
-        channel, user_id = body.get("channel"), body.get("user_id")
-        if not isinstance(channel, str) or not isinstance(user_id, str):
+        if kind == "send_to_user":
+            frame = body.get("frame")
+            if isinstance(frame, str):
+                hub.messages_out += hub.send_to_user(user_id, frame.encode(), None)
+            return
+        if kind == "terminate":
+            self.node.terminate_user(hub.app, user_id)
+            return
+        channel = body.get("channel")
+        if not isinstance(channel, str):
             return
         if kind == "member_added":
             self.events.emit(MemberAdded(app_id, channel, user_id, body.get("info"), "", True))

@@ -250,6 +250,7 @@ class Node:
             if user_id is not None:
                 encoded = frames.unstored_event(publication)
                 hub.messages_out += hub.send_to_user(user_id, encoded, exclude)
+                self.cluster.send_to_user(app.id, user_id, encoded)
             else:
                 queued.append(publication)
         self.metrics.api_events[app.id] += 1
@@ -310,6 +311,12 @@ class Node:
     def revoke(self, session: Session, channel: str, reason: str) -> None:
         """End a subscription that is no longer allowed, with `parley:revoked`."""
         self.subscriptions.revoke(session, channel, reason)
+
+    def terminate_everywhere(self, app: AppConfig, user_id: str) -> int:
+        """`terminate_user` on this node and every other node of the cluster; this node's
+        count."""
+        self.cluster.terminate(app.id, user_id)
+        return self.terminate_user(app, user_id)
 
     def terminate_user(
         self, app: AppConfig, user_id: str, reason: str = "Connection terminated by the server"

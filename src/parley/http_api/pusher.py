@@ -249,7 +249,7 @@ def register(router: Router) -> None:
 
     def terminate(node: Node, call: Call) -> dict[str, Any]:
         (user_id,) = call.args
-        node.terminate_user(call.app, user_id)
+        node.terminate_everywhere(call.app, user_id)
         return {}
 
     router.route("POST", "/apps/{app_id}/users/{user_id}/terminate_connections", "terminate")(
