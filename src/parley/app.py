@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import gc
+import os
 import signal
 from dataclasses import dataclass
 from pathlib import Path
@@ -227,7 +228,10 @@ async def _start(settings: Settings, db: Database | None) -> Running:
         if settings.tls_cert
         else None
     )
-    port = await server.start(settings.host, settings.port, tls.context if tls else None)
+    worker = "PARLEY_WORKER" in os.environ  # one of `parley serve --workers N` (parley.workers)
+    port = await server.start(
+        settings.host, settings.port, tls.context if tls else None, reuse_port=worker
+    )
     node.start()
     return Running(node, server, port, db, tls, start_outbox(settings, node, db))
 

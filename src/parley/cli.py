@@ -3,10 +3,11 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
-from parley import __version__, cli_grants, cli_migrate, cli_users, logs
+from parley import __version__, cli_grants, cli_migrate, cli_users, logs, workers
 from parley.errors import CannotStart, ConfigError
 from parley.settings import load_settings, warn_unknown_variables
 
@@ -26,6 +27,12 @@ def _parser() -> argparse.ArgumentParser:
     serve.add_argument("--tls-key", dest="tls_key", help="PEM private key; SIGHUP reloads both")
     serve.add_argument("--log-level", dest="log_level")
     serve.add_argument("--log-format", dest="log_format", choices=["json", "text"])
+    serve.add_argument(
+        "--workers",
+        type=int,
+        default=1,
+        help="processes on one port, one per core (needs the Redis broker and PostgreSQL)",
+    )
     cli_users.add_parser(sub)
     cli_grants.add_parser(sub)
     cli_migrate.add_parser(sub)
@@ -42,15 +49,24 @@ def main(argv: list[str] | None = None) -> int:
         return cli_migrate.run(args)
     if args.command == "serve":
         flags = {
-            k: v for k, v in vars(args).items() if k not in ("command", "config") and v is not None
+            k: v
+            for k, v in vars(args).items()
+            if k not in ("command", "config", "workers") and v is not None
         }
         try:
             settings = load_settings(flags, config_file=args.config)
         except ConfigError as exc:
             print(f"parley: configuration error: {exc.message}", file=sys.stderr)
             return 2
+        refused = workers.problem(settings, args.workers)
+        if refused is not None:
+            print(f"parley: configuration error: {refused}", file=sys.stderr)
+            return 2
         warn_unknown_variables()
         logs.configure(settings.log_level, settings.log_format)
+        if args.workers > 1 and workers.WORKER_VARIABLE not in os.environ:
+            serve_argv = [a for a in (argv if argv is not None else sys.argv[1:])]
+            return workers.supervise(settings, args.workers, serve_argv)
         import uvloop
 
         from parley.app import serve

@@ -418,7 +418,7 @@ def _known_sections() -> str:
 
 
 # Read elsewhere than load_settings: the config file's path, and the switch to run the source.
-_OTHER_VARIABLES = ("PARLEY_CONFIG", "PARLEY_COMPILED")
+_OTHER_VARIABLES = ("PARLEY_CONFIG", "PARLEY_COMPILED", "PARLEY_WORKER")
 
 
 def unknown_variables(env: Mapping[str, str]) -> list[str]:

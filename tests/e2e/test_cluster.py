@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import shutil
+import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Iterator
@@ -29,6 +32,7 @@ from tests.support.redis import (
     CLUSTER_SECRET,
     REDIS_URL,
     OwnRedis,
+    free_port,
     redis_problem,
     unique_prefix,
 )
@@ -282,3 +286,47 @@ def wait_for_status(node: ParleyServer, path: str, status: int) -> Any:
             assert answer.status == status, (path, answer.status, answer.body)
             return answer
         time.sleep(0.05)  # polling an HTTP endpoint, bounded by the deadline
+
+
+def test_workers_share_one_port_and_deliver_to_each_others_subscribers() -> None:
+    require(asyncio.run(redis_problem()) is None, "Redis is not reachable")
+    require(asyncio.run(postgres_problem()) is None, "PostgreSQL is not reachable")
+    url, name = fresh_database()
+    env = cluster_env(url, unique_prefix("workers"), 1)
+    del env["PARLEY_NODE_ID"]
+    server = ParleyServer(env=env, args=["--workers", "2"], port=free_port())
+    clients: list[RawClient] = []
+    try:
+        server.start()
+        deadline = time.monotonic() + TIMEOUT
+        while sum("listening on" in line for line in server.stdout_lines) < 2:
+            assert time.monotonic() < deadline, server.stdout_lines
+            time.sleep(0.05)  # the second worker's start line, bounded by the deadline
+        assert any("supervising 2 workers" in line for line in server.stdout_lines)
+        channel = unique("spread-")
+        for _ in range(16):  # the kernel spreads them over the two workers
+            client = RawClient(server.ws_url)
+            client.subscribe(channel)
+            clients.append(client)
+        sdk(server).trigger(channel, "e", "to all")
+        for client in clients:
+            assert client.expect("e", channel)["data"] == "to all"
+        started = [line for line in server.stderr_lines if '"event":"listening"' in line]
+        assert sorted(json.loads(line)["node_id"][-3:] for line in started) == ["-w1", "-w2"]
+    finally:
+        for client in clients:
+            client.close()
+        assert server.stop() == 0
+        drop_database(name)
+
+
+def test_workers_without_redis_and_postgresql_are_refused_saying_what_is_needed() -> None:
+    done = subprocess.run(
+        [sys.executable, "-m", "parley", "serve", "--workers", "2", "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+        env={k: v for k, v in os.environ.items() if not k.startswith("PARLEY_")},
+    )
+    assert done.returncode == 2
+    assert "--workers 2 needs what several nodes need: PARLEY_BROKER=redis://" in done.stderr

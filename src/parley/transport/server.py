@@ -777,11 +777,20 @@ class Server:
             1024,  # initial read buffer: small (it grows), memory per idle connection matters
         )
 
-    async def start(self, host: str, port: int, tls: ssl.SSLContext | None = None) -> int:
-        """Listen on host:port (with TLS when `tls` is given); return the port."""
+    async def start(
+        self, host: str, port: int, tls: ssl.SSLContext | None = None, reuse_port: bool = False
+    ) -> int:
+        """Listen on host:port (with TLS when `tls` is given; with SO_REUSEPORT, beside other
+        processes on the same port, when `reuse_port`); return the port."""
         loop = asyncio.get_running_loop()
         self._server = await loop.create_server(
-            lambda: FrontProtocol(self), host, port, reuse_address=True, backlog=4096, ssl=tls
+            lambda: FrontProtocol(self),
+            host,
+            port,
+            reuse_address=True,
+            reuse_port=reuse_port,
+            backlog=4096,
+            ssl=tls,
         )
         sockets = self._server.sockets
         self._sweeper = loop.create_task(self._sweep())
