@@ -42,30 +42,28 @@ from tests.support.stores import PG_URL, postgres_problem
 pytestmark = [pytest.mark.e2e, pytest.mark.redis, pytest.mark.postgres]
 
 
-def fresh_database() -> tuple[str, str]:
-    """A PostgreSQL database of the test's own: (its URL, its name)."""
-    name = f"parley_cluster_{uuid.uuid4().hex[:10]}"
+def admin(sql: str) -> None:
+    """One statement on the test database server, as its administrator."""
 
-    async def create() -> None:
+    async def run() -> None:
         conn = await asyncpg.connect(PG_URL)
         try:
-            await conn.execute(f'CREATE DATABASE "{name}"')
+            await conn.execute(sql)
         finally:
             await conn.close()
 
-    asyncio.run(create())
+    asyncio.run(run())
+
+
+def fresh_database() -> tuple[str, str]:
+    """A PostgreSQL database of the test's own: (its URL, its name)."""
+    name = f"parley_cluster_{uuid.uuid4().hex[:10]}"
+    admin(f'CREATE DATABASE "{name}"')
     return PG_URL.rsplit("/", 1)[0] + "/" + name, name
 
 
 def drop_database(name: str) -> None:
-    async def drop() -> None:
-        conn = await asyncpg.connect(PG_URL)
-        try:
-            await conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
-        finally:
-            await conn.close()
-
-    asyncio.run(drop())
+    admin(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def cluster_env(

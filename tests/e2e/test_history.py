@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 from tests.conftest import require
-from tests.support.pusher_raw import RawClient, history, sdk, signed_request, unique
+from tests.support.pusher_raw import RawClient, all_history, history, sdk, signed_request, unique
 from tests.support.server import ROOT, TIMEOUT, ParleyServer
 
 pytestmark = pytest.mark.e2e
@@ -244,15 +244,7 @@ def test_acknowledged_events_survive_sigkill(store: str, tmp_path: Path) -> None
             t.join(TIMEOUT)
     restarted = ParleyServer(env=env, data_dir=tmp_path).start()
     try:
-        stored: list[str] = []
-        after = None
-        while True:
-            params = {"limit": "1000"} if after is None else {"limit": "1000", "after": str(after)}
-            page = history(restarted, channel, **params)
-            stored += [e["data"] for e in page["events"]]
-            after = page["next"]
-            if after is None:
-                break
+        stored = all_history(restarted, channel)
         missing = [i for i in acknowledged if str(i) not in stored]
         assert not missing, f"{len(missing)} acknowledged events lost: {missing[:10]}"
         assert stored == [str(i) for i in range(len(stored))]  # in order, no gaps

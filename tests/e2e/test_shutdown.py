@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.pusher_raw import history, sdk, unique
+from tests.support.pusher_raw import all_history, sdk, unique
 from tests.support.raw_ws import CLOSE, RawWebSocket
 from tests.support.server import TIMEOUT, ParleyServer
 
@@ -73,15 +73,7 @@ def test_sigterm_drains_within_the_grace_and_loses_nothing_acknowledged(tmp_path
     server.stop()  # exited already: this closes its pipes
     restarted = ParleyServer(env=env, data_dir=tmp_path).start()
     try:
-        stored: list[str] = []
-        after = None
-        while True:
-            params = {"limit": "1000"} if after is None else {"limit": "1000", "after": str(after)}
-            page = history(restarted, channel, **params)
-            stored += [e["data"] for e in page["events"]]
-            after = page["next"]
-            if after is None:
-                break
+        stored = all_history(restarted, channel)
         assert acknowledged, "nothing was acknowledged"
         assert [str(i) for i in acknowledged] == stored[: len(acknowledged)]
     finally:

@@ -415,6 +415,19 @@ def history(server: ParleyServer, channel: str, **params: str) -> dict[str, Any]
     return response.json()  # type: ignore[no-any-return]
 
 
+def all_history(server: ParleyServer, channel: str) -> list[Any]:
+    """The data of every event the channel's history holds, oldest first, page by page."""
+    stored: list[Any] = []
+    after = None
+    while True:
+        params = {"limit": "1000"} if after is None else {"limit": "1000", "after": str(after)}
+        page = history(server, channel, **params)
+        stored += [e["data"] for e in page["events"]]
+        after = page["next"]
+        if after is None:
+            return stored
+
+
 def sdk(
     server: ParleyServer,
     app_id: str | None = None,

@@ -32,6 +32,7 @@ from typing import TYPE_CHECKING, Any
 
 from parley import logs
 from parley.core.events import MemberAdded, MemberRemoved
+from parley.core.tasks import cancel
 from parley.errors import StoreUnavailable
 
 if TYPE_CHECKING:
@@ -115,13 +116,8 @@ class Cluster:
         self._task = asyncio.get_running_loop().create_task(self._keep())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        await cancel(task)
 
     async def _keep(self) -> None:
         while True:

@@ -22,6 +22,7 @@ import time
 from parley import logs
 from parley.backends.outbox import OutboxRow, OutboxSource
 from parley.core.node import Node
+from parley.core.tasks import cancel
 from parley.errors import StoreUnavailable
 from parley.protocol.channels import channel_name_problem
 from parley.protocol.events import event_name_problem
@@ -48,13 +49,8 @@ class OutboxRelay:
         self._task = asyncio.get_running_loop().create_task(self._run())
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+        task, self._task = self._task, None
+        await cancel(task)
         await self.source.close()
 
     async def _run(self) -> None:
