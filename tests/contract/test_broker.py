@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import logging
 import shutil
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
@@ -324,7 +325,7 @@ async def test_a_node_gets_only_the_channels_it_subscribed_to(open_node: OpenBro
 
 
 async def test_a_message_not_signed_with_the_cluster_secret_reaches_nobody(
-    open_node: OpenBroker,
+    open_node: OpenBroker, caplog: pytest.LogCaptureFixture
 ) -> None:
     import redis.asyncio as aioredis
 
@@ -336,6 +337,7 @@ async def test_a_message_not_signed_with_the_cluster_secret_reaches_nobody(
     payload = b'[1,"intruder","app-1",null,"room","e",{"type":"server","app_id":"app-1"},1,"e1",1,"x",null]\n"forged"'
     forger = RedisBroker(REDIS_URL, secret=b"x" * 32, prefix=node.prefix, node_id="forger")
     client = aioredis.Redis.from_url(REDIS_URL)
+    caplog.set_level(logging.WARNING, logger="parley")
     try:
         await client.publish(key, b"\0" * 32 + payload)  # no valid HMAC
         await client.publish(key, forger.seal(key, payload))  # signed with another secret
@@ -346,6 +348,9 @@ async def test_a_message_not_signed_with_the_cluster_secret_reaches_nobody(
         assert got.publication.event == "marker"
         assert node.stats()["refused"] == 4
         assert node_b.stats()["refused"] == 0
+        dropped = [r for r in caplog.records if r.getMessage() == "broker message dropped"]
+        assert dropped and dropped[0].fields["redis_channel"] == key  # type: ignore[attr-defined]
+        assert "HMAC" in dropped[0].fields["reason"]  # type: ignore[attr-defined]
     finally:
         await client.aclose()
 
