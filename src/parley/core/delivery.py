@@ -7,7 +7,8 @@ The sending side. `fan_out` queues an `Outgoing`; one pump serves the outbox in 
 batch per `HistoryStore.append_many`, then hands each stored publication to
 `Broker.publish` and resolves the `done` futures once the broker has it (the memory broker
 delivers within `publish`). Nothing is published that is not stored; a failed append fails
-its batch's futures and publishes nothing. A channel that keeps no history (its retention is
+its batch's futures and publishes nothing (a batch the store refused for another reason than
+StoreUnavailable is tried again event by event, so one event it cannot take fails alone). A channel that keeps no history (its retention is
 None) skips the store: its publications carry offset 0.
 
 The ordering rule, kept per channel by every node (docs/architecture.md, "Ordering"):
@@ -157,51 +158,67 @@ class Delivery:
         try:
             while self._outbox:
                 batch, self._outbox = self._outbox, []
-                appends = [
-                    Append(o.hub.app.id, o.publication, o.retention)
-                    for o in batch
-                    if o.retention is not None
-                ]
-                try:
-                    stored = iter(await self.history.append_many(appends) if appends else ())
-                except StoreUnavailable as exc:  # a full disk, a database away: no traceback
-                    STORE_FAULTS.log(
-                        "history append failed: events not delivered",
-                        events=len(batch),
-                        reason=exc.message,
-                    )
-                    _fail(batch, exc)
-                    continue
-                except Exception as exc:
-                    logs.error("history append failed: events not delivered", events=len(batch))
-                    _fail(batch, exc)
-                    continue
-                publish = self._publish
-                try:
-                    for o in batch:
-                        publication = o.publication
-                        if o.retention is not None:
-                            result = next(stored)
-                            if result.duplicate:  # stored and published before
-                                continue
-                            publication = result.publication
-                        hub = o.hub
-                        if o.cache and publication.channel not in hub.channels:
-                            cache(hub, publication, encode(publication))  # nobody here
-                        publish(hub.app.id, publication, o.exclude)
-                    await self.broker.drain()
-                except Exception as exc:
-                    logs.error(
-                        "broker publish failed: events stored, not delivered", events=len(batch)
-                    )
-                    _fail(batch, exc)
-                    continue
-                for o in batch:
-                    done = o.done
-                    if done is not None and not done.done():
-                        done.set_result(None)
+                await self._serve(batch)
         finally:
             self._pump = None
+
+    async def _serve(self, batch: list[Outgoing]) -> None:
+        """Store one batch, then publish it; resolve or fail its futures."""
+        appends = [
+            Append(o.hub.app.id, o.publication, o.retention)
+            for o in batch
+            if o.retention is not None
+        ]
+        try:
+            stored = iter(await self.history.append_many(appends) if appends else ())
+        except StoreUnavailable as exc:  # a full disk, a database away: no traceback
+            STORE_FAULTS.log(
+                "history append failed: events not delivered", events=len(batch), reason=exc.message
+            )
+            _fail(batch, exc)
+            return
+        except Exception as exc:
+            if len(appends) > 1:  # one event may be what the store refused: each alone, in order
+                for o in batch:
+                    await self._serve([o])
+                return
+            logs.error(
+                "history append failed: event not delivered",
+                channel=batch[0].publication.channel,
+                error=repr(exc),
+            )
+            _fail(batch, exc)
+            return
+        publish = self._publish
+        try:
+            for o in batch:
+                publication = o.publication
+                if o.retention is not None:
+                    result = next(stored)
+                    if result.duplicate:  # stored and published before
+                        continue
+                    publication = result.publication
+                hub = o.hub
+                if o.cache and publication.channel not in hub.channels:
+                    cache(hub, publication, encode(publication))  # nobody here
+                publish(hub.app.id, publication, o.exclude)
+            await self.broker.drain()
+        except StoreUnavailable as exc:  # the broker's server is away for too long
+            STORE_FAULTS.log(
+                "broker publish failed: events stored, not sent to the other nodes",
+                events=len(batch),
+                reason=exc.message,
+            )
+            _fail(batch, exc)
+            return
+        except Exception as exc:
+            logs.error("broker publish failed: events stored, not delivered", events=len(batch))
+            _fail(batch, exc)
+            return
+        for o in batch:
+            done = o.done
+            if done is not None and not done.done():
+                done.set_result(None)
 
     def _retention(self, name: str) -> Retention | None:
         """How long `name` keeps history, or None when it keeps none."""

@@ -4,12 +4,14 @@ order a test chooses; the history store is the memory one, the clients record wh
 
 from __future__ import annotations
 
+import asyncio
 import json
 from typing import Any
 
 import pytest
 
 from parley.backends.broker import BrokerHandler
+from parley.backends.memory.history import MemoryHistoryStore
 from parley.core.delivery import GAP_HOLD_LIMIT
 from parley.core.node import Node
 from parley.core.session import Session
@@ -260,3 +262,36 @@ async def test_a_client_event_reaches_the_others_but_not_its_sender_and_is_not_c
     assert [(m["event"], m["data"]) for m in other.written] == [("client-typing", {"on": True})]
     assert sender.written == []
     assert node.cached(APP, "private-cache-room") is None  # Pusher caches API events only
+
+
+class RefusingStore:
+    """A memory history store that refuses any batch holding an event whose data is
+    "poison", with an error that is not StoreUnavailable (as a store's bug or a constraint
+    would); it wraps one (a compiled class has no interpreted subclasses)."""
+
+    def __init__(self) -> None:
+        self.inner = MemoryHistoryStore()
+        self.batches: list[int] = []
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.inner, name)
+
+    async def append_many(self, items: Any) -> Any:
+        self.batches.append(len(items))
+        if any(i.publication.data == "poison" for i in items):
+            raise ValueError("the store cannot take this event")
+        return await self.inner.append_many(items)
+
+
+async def test_an_event_the_store_refuses_fails_alone_and_the_rest_of_its_batch_goes_on() -> None:
+    store = RefusingStore()
+    node = await started(make_node(store=store))  # type: ignore[arg-type]
+    _, transport = subscribed(node, "room")
+    results = await asyncio.gather(
+        *(node.publish(APP, "e", data, ["room"]) for data in ("m1", "poison", "m3")),
+        return_exceptions=True,
+    )
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], ValueError)
+    assert received(transport) == [("m1", 1), ("m3", 2)]
+    assert store.batches == [3, 1, 1, 1]  # the batch, then each event alone, in order
