@@ -16,6 +16,7 @@ from parley.backends.database import Database, Migration, MigrationFailed
 from parley.backends.grants import GrantStore
 from parley.backends.history import HistoryStore
 from parley.backends.presence import PresenceStore
+from parley.backends.throttle import LoginAttempts
 from parley.backends.users import UserStore
 from parley.core.access import Access
 from parley.core.ids import new_node_id
@@ -72,6 +73,17 @@ def make_presence(settings: Settings) -> PresenceStore:
         lease_s=settings.node_lease_s,
         refresh_s=settings.presence_refresh_s,
     )
+
+
+def make_login_attempts(settings: Settings) -> LoginAttempts:
+    """Failed logins counted in this process, or in the cluster's Redis."""
+    if settings.broker == "memory":
+        from parley.backends.memory.throttle import MemoryLoginAttempts
+
+        return MemoryLoginAttempts()
+    from parley.backends.redis.throttle import RedisLoginAttempts
+
+    return RedisLoginAttempts(settings.broker, prefix=settings.redis_prefix)
 
 
 def make_database(settings: Settings) -> Database | None:
@@ -172,6 +184,7 @@ async def make_node(settings: Settings, db: Database | None) -> Node:
     await broker.start(node.cluster)
     await node.cluster.start()
     await node.identities.load_jwks()
+    node.login_attempts = make_login_attempts(settings)
     node.access = Access(node, stores.grants, stores.users)
     await node.access.start()
     return node
@@ -181,6 +194,9 @@ async def close_node(node: Node) -> None:
     """Drain the node's connections and close its stores (not the database handle)."""
     await node.shutdown()
     await node.presence.close()
+    close_attempts = getattr(node.login_attempts, "close", None)
+    if close_attempts is not None:
+        await close_attempts()
     access = node.access
     if access is not None:
         await access.close()

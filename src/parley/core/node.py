@@ -24,6 +24,7 @@ from parley.auth.identity import Identities
 from parley.backends.broker import Broker
 from parley.backends.history import HistoryStore
 from parley.backends.presence import PresenceStore
+from parley.backends.throttle import LoginAttempts
 from parley.core.admission import Admission
 from parley.core.authenticate import Authenticator
 from parley.core.cluster import Cluster
@@ -116,6 +117,7 @@ class Node:
         self.recovery = Recovery(history, self.retention, settings.recovery_limit, self.spawn)
         self.liveness = Liveness(settings, self.hubs, self.identities, self.count_error)
         self.access: Access | None = None  # set by the composition root
+        self.login_attempts: LoginAttempts | None = None  # set by it too (the built-in login)
         self.events = EventBus()
         self.pusher_frames = PusherFrames(self.hubs)
         self.pusher_frames.follow(self.events)

@@ -10,11 +10,9 @@ holding `manage` on the resource.
 from __future__ import annotations
 
 import base64
-import contextlib
 import hashlib
 import re
 import time
-from collections import deque
 from typing import Any
 
 import jwt
@@ -32,61 +30,6 @@ from parley.settings import AppConfig
 from parley.transport.server import Response
 
 SOCKET_ID_RE = re.compile(r"\d+\.\d+")
-
-
-class LoginThrottle:
-    """Failed logins per key (a user, an address): `limit` in `window_s` locks the key until
-    the oldest of them leaves the window. Addresses get a larger allowance than users, since
-    many people may share one.
-
-    An attempt counts as a failure from the moment it is let through (`attempt`), before the
-    password is checked, and is taken back if it succeeds: concurrent guesses cannot all pass
-    the check while the first ones are still hashing. On one node; issue 13 moves the counts
-    to Redis for a cluster."""
-
-    def __init__(self, limit: int = 5, address_limit: int = 20, window_s: float = 60.0) -> None:
-        self.limit = limit
-        self.address_limit = address_limit
-        self.window_s = window_s
-        self._failures: dict[str, deque[float]] = {}
-
-    def retry_after(self, keys: list[str], now: float) -> float:
-        wait = 0.0
-        for key in keys:
-            failures = self._failures.get(key)
-            if not failures:
-                continue
-            while failures and failures[0] <= now - self.window_s:
-                failures.popleft()
-            limit = self.address_limit if key.startswith("addr:") else self.limit
-            if len(failures) >= limit:
-                wait = max(wait, failures[0] + self.window_s - now)
-        return wait
-
-    def attempt(self, keys: list[str], now: float) -> float:
-        """0 and the attempt is counted as failed, or the seconds to wait (nothing counted)."""
-        wait = self.retry_after(keys, now)
-        if wait == 0:
-            self.failed(keys, now)
-        return wait
-
-    def failed(self, keys: list[str], now: float) -> None:
-        for key in keys:
-            self._failures.setdefault(key, deque()).append(now)
-        if len(self._failures) > 100_000:  # bounded: forget the quiet keys
-            for key in [
-                k for k, v in self._failures.items() if not v or v[-1] <= now - self.window_s
-            ]:
-                del self._failures[key]
-
-    def succeeded(self, user_key: str, address_key: str, counted_at: float) -> None:
-        """The attempt counted at `counted_at` was right: the user's failures are forgiven,
-        the address keeps its others."""
-        self._failures.pop(user_key, None)
-        failures = self._failures.get(address_key)
-        if failures is not None:
-            with contextlib.suppress(ValueError):
-                failures.remove(counted_at)
 
 
 class TooManyAttempts(HttpError):
@@ -132,8 +75,6 @@ def _socket_of(node: Node, call: Call, user: Identity) -> str:
 
 
 def register(router: Router) -> None:
-    throttle = LoginThrottle()
-
     @router.route("POST", "/apps/{app_id}/auth/token", "auth_token", auth="none")
     async def auth_token(node: Node, call: Call) -> Response:
         _builtin(call)
@@ -143,9 +84,10 @@ def register(router: Router) -> None:
         username, password = body.get("username"), body.get("password")
         if not isinstance(username, str) or not isinstance(password, str) or not username:
             raise BadRequest("Body must be {username: string, password: string}")
-        now = time.monotonic()
         keys = [f"user:{call.app.id}:{username}", f"addr:{call.request.client_ip}"]
-        wait = throttle.attempt(keys, now)
+        attempts = node.login_attempts
+        assert attempts is not None
+        wait, counted = await attempts.attempt(keys)
         if wait > 0:
             raise TooManyAttempts(wait)
         assert node.access is not None
@@ -157,7 +99,7 @@ def register(router: Router) -> None:
         )
         if user is None:
             raise Unauthorized("Unknown user, wrong password or disabled user")
-        throttle.succeeded(keys[0], keys[1], now)
+        await attempts.succeeded(keys[0], keys[1], counted)
         token, expires_at = issue_token(call.app, user.name, user.info, time.time())
         return Response(
             200, orjson.dumps({"token": token, "expires_at": expires_at, "user_id": user.name})
