@@ -209,7 +209,9 @@ class Node:
             problem = self.access.write_problem(hub.app, session.user_id, command.channel)
             if problem is not None:
                 self.count_error(session, None)
-                session.send(frames.error_frame(None, problem, command.channel))
+                error = frames.error_frame(None, problem, command.channel)
+                refused(session, hub, error)
+                session.send(error)
                 return
         user_id = command.user_id
         publisher = session.publisher
