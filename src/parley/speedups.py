@@ -51,6 +51,14 @@ MANIFEST = "manifest.json"
 # opened, signed in and closed (the events, and `ClientEventSent in bus.handlers` per client
 # event): interpreted they cost the storm's path 9 % more instructions (bench/README.md).
 # core.eager stays source: mypyc does not compile its generator-based coroutine.
+#
+# One rule for the code in MODULES (tests/unit/test_speedups.py checks it): never suspend while
+# an exception is being handled: no `await` in an `except` or `finally` block, and no `async
+# with` (its exit awaits with the exception pending). A compiled coroutine keeps the exception
+# it handles in the thread's state, not in its own frame, so code the loop runs meanwhile can
+# replace it: the exception is lost or freed early, and the process crashes later (seen as a
+# segfault on the first failed PostgreSQL append). Note the exception, leave the block, then
+# await; transactions go through the interpreted PostgresDb.transaction.
 MODULES = (
     "parley.publication",
     "parley.protocol.frames",

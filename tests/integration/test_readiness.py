@@ -1,11 +1,13 @@
 """/readyz asks the engines the node runs on, and only those: the broker, and the history
 store with a real round trip to its database. It answers 503 naming the check that fails,
-while /healthz stays up, and is ready again once the database is back."""
+while /healthz stays up, and is ready again once the database is back. Meanwhile a publish
+or a history read that needs the database answers 503 with its reason, never a 500."""
 
 from __future__ import annotations
 
 import asyncio
 import dataclasses
+import uuid
 from pathlib import Path
 from urllib.parse import urlsplit, urlunsplit
 
@@ -98,9 +100,21 @@ async def test_readyz_names_the_store_while_postgres_is_unreachable(tmp_path: Pa
             assert body["checks"]["store"].startswith("postgres: ")
             assert body["checks"]["store"] != "postgres: ok"
             assert (await api.request("GET", "/healthz")).status == 200
+            room = f"room-{uuid.uuid4().hex}"  # the database outlives the test: a new channel
+            event = {"name": "e", "channels": [room], "data": "while away"}
+            refused = await api.signed("POST", f"/apps/{app.app.id}/events", body=event)
+            assert refused.status == 503, refused.body  # not a 500, and not a 200 then lost
+            assert refused.json()["error"].startswith("PostgreSQL")
+            page = await api.signed("GET", f"/apps/{app.app.id}/channels/{room}/history")
+            assert page.status == 503, page.body
 
             await proxy.start()  # the same port: the pool replaces its dead connections
             assert (await api.request("GET", "/readyz")).status == 200
+            event["data"] = "back"
+            back = await api.signed("POST", f"/apps/{app.app.id}/events", body=event)
+            assert back.status == 200
+            page = await api.signed("GET", f"/apps/{app.app.id}/channels/{room}/history")
+            assert [e["data"] for e in page.json()["events"]] == ["back"]
         finally:
             await api.close()
-    await proxy.cut()
+            await proxy.cut()

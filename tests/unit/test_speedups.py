@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ast
 import json
 import subprocess
 import sys
@@ -120,3 +121,59 @@ def test_a_build_of_other_modules_is_not_loaded(tmp_path: Path) -> None:
     modules = [*speedups.MODULES, "parley.settings"]
     files, status = speedups.check_build(write_build(tmp_path, modules=modules))
     assert files is None and "of other modules" in status
+
+
+def suspensions_while_handling(tree: ast.AST) -> list[tuple[int, str]]:
+    """Where code may suspend while an exception is handled: an await (or async for / with) in
+    an except or finally block, and every `async with`."""
+
+    def suspends(nodes: list[ast.stmt]) -> int | None:
+        for node in nodes:
+            for inner in ast.walk(node):
+                if isinstance(inner, (ast.Await, ast.AsyncFor, ast.AsyncWith)):
+                    return inner.lineno
+        return None
+
+    found: list[tuple[int, str]] = []
+    for node in ast.walk(tree):
+        if isinstance(node, ast.AsyncWith):
+            found.append((node.lineno, "async with"))
+        elif isinstance(node, ast.Try):
+            for handler in node.handlers:
+                if (line := suspends(handler.body)) is not None:
+                    found.append((line, "await in an except block"))
+            if (line := suspends(node.finalbody)) is not None:
+                found.append((line, "await in a finally block"))
+    return found
+
+
+def test_the_rule_finds_each_way_of_suspending_while_an_exception_is_handled() -> None:
+    source = """
+async def f(x):
+    try:
+        await x
+    except E:
+        await x
+    finally:
+        await x
+    async with x:
+        pass
+"""
+    assert sorted(suspensions_while_handling(ast.parse(source))) == [
+        (6, "await in an except block"),
+        (8, "await in a finally block"),
+        (9, "async with"),
+    ]
+
+
+def test_no_compiled_module_suspends_while_an_exception_is_handled() -> None:
+    # Compiled, the exception would be lost or freed early (speedups.py): a crash, not a test
+    # failure, and only on the path where something fails.
+    found = [
+        f"{speedups.source_path(module).name}:{line}: {what}"
+        for module in speedups.MODULES
+        for line, what in suspensions_while_handling(
+            ast.parse(speedups.source_path(module).read_text())
+        )
+    ]
+    assert found == []

@@ -169,6 +169,7 @@ class Delivery:
             for o in batch
             if o.retention is not None
         ]
+        refused: Exception | None = None
         try:
             stored = iter(await self.history.append_many(appends) if appends else ())
         except StoreUnavailable as exc:  # a full disk, a database away: no traceback
@@ -178,6 +179,9 @@ class Delivery:
             _fail(batch, exc)
             return
         except Exception as exc:
+            refused = exc
+        if refused is not None:
+            # Awaited outside the except block: compiled code must not suspend inside one.
             if len(appends) > 1:  # one event may be what the store refused: each alone, in order
                 for o in batch:
                     await self._serve([o])
@@ -185,9 +189,9 @@ class Delivery:
             logs.error(
                 "history append failed: event not delivered",
                 channel=batch[0].publication.channel,
-                error=repr(exc),
+                error=repr(refused),
             )
-            _fail(batch, exc)
+            _fail(batch, refused)
             return
         publish = self._publish
         try:

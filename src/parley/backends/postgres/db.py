@@ -4,19 +4,38 @@ every PostgreSQL store of the process borrows connections from, instead of a poo
 It knows no table: the schema comes from `migrations.MIGRATIONS`, applied by `migrate`. A store
 takes the handle, reads `pool` on every call (RuntimeError once the handle is closed), and never
 opens or closes it: the composition root does, after the stores have closed.
+
+`transaction` and `fetch` are for the compiled stores (the history store): compiled code must
+never suspend while an exception propagates (speedups.py), and an `async with` around a
+transaction does exactly that when the work fails. They run in this interpreted module and turn
+a database that cannot be reached into StoreUnavailable (a 503, not a 500).
 """
 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
 from parley.backends.database import Database, Migration
 from parley.backends.postgres import migrations as schema
+from parley.errors import StoreUnavailable
 from parley.settings import without_password
+
+T = TypeVar("T")
+
+# What a database that is away, restarting or out of room raises: the same call may succeed
+# later. Everything else (a constraint, a value PostgreSQL refuses) is the caller's to see.
+UNAVAILABLE = (
+    OSError,
+    TimeoutError,
+    asyncpg.InterfaceError,
+    asyncpg.exceptions.PostgresConnectionError,
+    asyncpg.exceptions.OperatorInterventionError,
+    asyncpg.exceptions.InsufficientResourcesError,
+)
 
 # Connections at most, for every store of the process together: as many as it had before the
 # stores shared one pool (history 4, users and grants 2 each), so a node asks no more of the
@@ -58,6 +77,23 @@ class PostgresDb(Database):
         if self._pool is None:
             raise RuntimeError(f"{self.describe()} is not open")
         return self._pool
+
+    async def transaction(self, work: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """`work(conn, *args)` on a pooled connection in one transaction: committed when it
+        returns, rolled back when it raises. StoreUnavailable when the database is away."""
+        try:
+            async with self.pool.acquire() as conn, conn.transaction():
+                return await work(conn, *args)
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc!r}") from exc
+
+    async def fetch(self, query: str, *args: Any) -> list[Any]:
+        """The rows of one query; StoreUnavailable when the database is away."""
+        try:
+            rows: list[Any] = await self.pool.fetch(query, *args)
+        except UNAVAILABLE as exc:
+            raise StoreUnavailable(f"PostgreSQL: {exc!r}") from exc
+        return rows
 
     async def migrate(self) -> list[Migration]:
         return await schema.apply(self.pool, self.migrations, self._now_ms)

@@ -15,8 +15,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
-from typing import Any, ClassVar
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, ClassVar, TypeVar
 
 import asyncpg  # type: ignore[import-untyped]
 
@@ -43,6 +43,8 @@ from parley.backends.history import (
 )
 from parley.backends.postgres.db import PostgresDb
 from parley.publication import Publication, StreamPosition
+
+T = TypeVar("T")
 
 ENTRY_COLUMNS = "seq, ts, id, event, data, publisher, extras"
 
@@ -175,13 +177,18 @@ class PostgresHistoryStore(BatchedHistoryStore):
     async def _commit(self, items: list[PendingAppend]) -> list[Stored]:
         for attempt in range(1, 6):
             try:
-                async with self.pool.acquire() as conn, conn.transaction():
-                    return await self._write_batch(conn, items)
+                return await self._transaction(self._write_batch, items)
             except asyncpg.exceptions.DeadlockDetectedError:
                 # Rolled back, so nothing of it was acknowledged: safe to run it again.
                 logs.warning("history_batch_deadlock", attempt=attempt)
-        async with self.pool.acquire() as conn, conn.transaction():
-            return await self._write_batch(conn, items)
+        return await self._transaction(self._write_batch, items)
+
+    async def _transaction(self, work: Callable[..., Awaitable[T]], *args: Any) -> T:
+        """`work(conn, *args)` in one transaction, run by the (interpreted) handle: never an
+        `async with` here, see PostgresDb.transaction."""
+        if not self._running:
+            raise RuntimeError("history store is not running")
+        return await self.db.transaction(work, *args)
 
     async def _write_batch(self, conn: Any, items: list[PendingAppend]) -> list[Stored]:
         channels = await self._lock_channels(
@@ -239,34 +246,38 @@ class PostgresHistoryStore(BatchedHistoryStore):
     # -- channel state -----------------------------------------------------------------------
 
     async def position(self, app_id: str, channel: str) -> StreamPosition:
-        row = await self.pool.fetchrow(
+        if not self._running:
+            raise RuntimeError("history store is not running")
+        rows = await self.db.fetch(
             "SELECT last_seq, epoch FROM parley_history_channels"
             " WHERE app_id = $1 AND channel = $2",
             app_id,
             channel,
         )
+        row = rows[0] if rows else None
         if row is None:
-            async with self.pool.acquire() as conn, conn.transaction():
-                channels = await self._lock_channels(conn, [(app_id, channel)])
+            channels = await self._transaction(self._lock_channels, [(app_id, channel)])
             state = channels[(app_id, channel)]
             return StreamPosition(state.last, state.epoch)
         return StreamPosition(int(row[0]), str(row[1]))
 
     async def delete(self, app_id: str, channel: str) -> str:
-        async with self.pool.acquire() as conn, conn.transaction():
-            old = (await self._lock_channels(conn, [(app_id, channel)]))[(app_id, channel)]
-            epoch = new_epoch(old.epoch)
+        return await self._transaction(self._delete, app_id, channel)
+
+    async def _delete(self, conn: Any, app_id: str, channel: str) -> str:
+        old = (await self._lock_channels(conn, [(app_id, channel)]))[(app_id, channel)]
+        epoch = new_epoch(old.epoch)
+        await conn.execute(
+            "UPDATE parley_history_channels SET epoch = $3, last_seq = 0"
+            " WHERE app_id = $1 AND channel = $2",
+            app_id,
+            channel,
+            epoch,
+        )
+        for table in ("parley_history_entries", "parley_history_keys"):
             await conn.execute(
-                "UPDATE parley_history_channels SET epoch = $3, last_seq = 0"
-                " WHERE app_id = $1 AND channel = $2",
-                app_id,
-                channel,
-                epoch,
+                f"DELETE FROM {table} WHERE app_id = $1 AND channel = $2", app_id, channel
             )
-            for table in ("parley_history_entries", "parley_history_keys"):
-                await conn.execute(
-                    f"DELETE FROM {table} WHERE app_id = $1 AND channel = $2", app_id, channel
-                )
         return epoch
 
     # -- reads -------------------------------------------------------------------------------
@@ -280,7 +291,9 @@ class PostgresHistoryStore(BatchedHistoryStore):
         limit: int,
         direction: Direction,
     ) -> tuple[str, int, list[Publication]] | None:
-        found = await self.pool.fetch(
+        if not self._running:
+            raise RuntimeError("history store is not running")
+        found = await self.db.fetch(
             SELECT[direction],
             app_id,
             channel,

@@ -153,11 +153,14 @@ class SqliteHistoryStore(SweepingHistoryStore):
         self._lock()
         self._writer = ThreadPoolExecutor(1, thread_name_prefix="parley-history-writer")
         self._reader = ThreadPoolExecutor(self._readers, thread_name_prefix="parley-history-read")
+        failure: BaseException | None = None
         try:
             await self._open()
-        except BaseException:
+        except BaseException as exc:
+            failure = exc  # closed below: compiled code never awaits inside an except block
+        if failure is not None:
             await self.close()  # a store that failed to start holds no lock, thread or file
-            raise
+            raise failure
         self._running = True
         self._start_sweeping()
 
@@ -290,12 +293,14 @@ class SqliteHistoryStore(SweepingHistoryStore):
             ops, self._ops = self._ops, []
             self._open_chunks.clear()
             if ops:
+                summary: dict[ChannelKey, Indexed] | None = None
                 try:
                     summary = await self._write(partial(self._apply, ops))
                 except Exception:
                     logs.error("history indexing failed, retrying", operations=index.count(ops))
                     self._ops[:0] = ops
                     self._ops_ready.set()
+                if summary is None:  # waited outside the except block (compiled code)
                     if self._closing:
                         return
                     await asyncio.sleep(1.0)
