@@ -7,26 +7,34 @@ import gc
 import os
 import signal
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
+
+import orjson
 
 from parley import __version__, logs, speedups
 from parley.backends.broker import Broker
 from parley.backends.database import Database, Migration, MigrationFailed
 from parley.backends.grants import GrantStore
 from parley.backends.history import HistoryStore
+from parley.backends.keys import KeyDirectoryStore
 from parley.backends.presence import PresenceStore
 from parley.backends.throttle import LoginAttempts
 from parley.backends.users import UserStore
 from parley.core.access import Access
 from parley.core.ids import new_node_id
+from parley.core.keys import KeyDirectory
 from parley.core.node import Node
 from parley.core.outbox import OutboxRelay
 from parley.core.session import Session
 from parley.errors import CannotStart
-from parley.http_api import builtin, ops, pusher
+from parley.http_api import builtin, keys, ops, pusher
 from parley.http_api.routes import Router
-from parley.settings import Settings, describe, parse_networks, without_password
+from parley.protocol.directory import CHANNEL as KEYS_CHANNEL
+from parley.protocol.directory import EVENT as KEYS_EVENT
+from parley.protocol.directory import KeyEntry
+from parley.settings import AppConfig, Settings, describe, parse_networks, without_password
 from parley.transport.proxies import TrustedProxies
 from parley.transport.server import Server
 from parley.transport.tls import TlsCertificate
@@ -140,6 +148,7 @@ class Stores:
     history: HistoryStore
     users: UserStore
     grants: GrantStore
+    keys: KeyDirectoryStore
 
 
 def make_stores(db: Database | None) -> Stores:
@@ -147,25 +156,40 @@ def make_stores(db: Database | None) -> Stores:
     if db is None:
         from parley.backends.memory.grants import MemoryGrantStore
         from parley.backends.memory.history import MemoryHistoryStore
+        from parley.backends.memory.keys import MemoryKeyDirectoryStore
         from parley.backends.memory.users import MemoryUserStore
 
-        return Stores(MemoryHistoryStore(), MemoryUserStore(), MemoryGrantStore())
+        return Stores(
+            MemoryHistoryStore(), MemoryUserStore(), MemoryGrantStore(), MemoryKeyDirectoryStore()
+        )
     from parley.backends.sqlite.db import SqliteDb
 
     if isinstance(db, SqliteDb):
         from parley.backends.sqlite.grants import SqliteGrantStore
         from parley.backends.sqlite.history import SqliteHistoryStore
+        from parley.backends.sqlite.keys import SqliteKeyDirectoryStore
         from parley.backends.sqlite.users import SqliteUserStore
 
-        return Stores(SqliteHistoryStore(db), SqliteUserStore(db), SqliteGrantStore(db))
+        return Stores(
+            SqliteHistoryStore(db),
+            SqliteUserStore(db),
+            SqliteGrantStore(db),
+            SqliteKeyDirectoryStore(db),
+        )
     from parley.backends.postgres.db import PostgresDb
 
     if isinstance(db, PostgresDb):
         from parley.backends.postgres.grants import PostgresGrantStore
         from parley.backends.postgres.history import PostgresHistoryStore
+        from parley.backends.postgres.keys import PostgresKeyDirectoryStore
         from parley.backends.postgres.users import PostgresUserStore
 
-        return Stores(PostgresHistoryStore(db), PostgresUserStore(db), PostgresGrantStore(db))
+        return Stores(
+            PostgresHistoryStore(db),
+            PostgresUserStore(db),
+            PostgresGrantStore(db),
+            PostgresKeyDirectoryStore(db),
+        )
     raise TypeError(f"no stores for {db.describe()}")
 
 
@@ -178,6 +202,7 @@ async def make_node(settings: Settings, db: Database | None) -> Node:
     await stores.history.start()
     await stores.users.start()
     await stores.grants.start()
+    await stores.keys.start()
     node_id = settings.node_id or new_node_id()
     broker = make_broker(settings, node_id)
     node = Node(settings, stores.history, broker, make_presence(settings), node_id)
@@ -187,7 +212,15 @@ async def make_node(settings: Settings, db: Database | None) -> Node:
     node.login_attempts = make_login_attempts(settings)
     node.access = Access(node, stores.grants, stores.users)
     await node.access.start()
+    node.keys = KeyDirectory(stores.keys, settings.apps, partial(publish_key_entry, node))
+    await node.keys.start()
     return node
+
+
+async def publish_key_entry(node: Node, app: AppConfig, entry: KeyEntry) -> None:
+    """A new key directory entry, on the app's read-only `parley-keys` channel."""
+    data = orjson.dumps(entry.wire()).decode()
+    await node.publish(app, KEYS_EVENT, data, [KEYS_CHANNEL])
 
 
 async def close_node(node: Node) -> None:
@@ -202,6 +235,9 @@ async def close_node(node: Node) -> None:
         await access.close()
         await access.users.close()
         await access.grants.close()
+    if node.keys is not None:
+        await node.keys.close()
+        await node.keys.store.close()
 
 
 async def start(settings: Settings) -> Running:
@@ -220,6 +256,7 @@ async def _start(settings: Settings, db: Database | None) -> Running:
     ops.register(router)
     pusher.register(router)
     builtin.register(router)
+    keys.register(router)
 
     limits = Limits(node.max_message_bytes, node.max_outbound_bytes)
 

@@ -62,6 +62,18 @@ class InvalidArgument(ParleyError):
     the HTTP API, a `pusher:error` on a connection."""
 
 
+class Conflict(ParleyError):
+    """The request contradicts what is stored (a key registered already, a cap reached): 409."""
+
+    http_status = 409
+
+
+class UnknownResource(ParleyError):
+    """What the request names does not exist (a key id): 404 over HTTP."""
+
+    http_status = 404
+
+
 class ConfigError(ParleyError):
     """Bad settings; the message names the key."""
 

@@ -83,6 +83,11 @@ class AppConfig:
     auth: str = "pusher"
     token_ttl_s: float = 3600.0
     read_only_channels: str = ""  # comma-separated patterns; client events refused there
+    # comma-separated patterns: client events there must be signed by a key of the sender's
+    # own user in the key directory (core.keys), or they are refused
+    signed_channels: str = ""
+    keys_unendorsed: bool = False  # a user's further device keys need no endorsement
+    max_keys_per_user: int = 10  # current keys per user in the key directory
     encryption_master_key_base64: str = ""  # for the built-in authorizer's shared_secret
     allowed_origins: str = ""  # comma-separated; checked when a session cookie identifies
     # ...and, when on, for every WebSocket handshake and built-in auth call with an Origin

@@ -55,7 +55,8 @@ class Connections(Protocol):
     def terminate_user(self, app: AppConfig, user_id: str, reason: str) -> int: ...
 
 
-def _patterns(raw: str) -> tuple[str, ...]:
+def channel_patterns(raw: str) -> tuple[str, ...]:
+    """A setting's comma-separated channel patterns."""
     return tuple(p.strip() for p in raw.split(",") if p.strip())
 
 
@@ -66,7 +67,7 @@ class Access:
         self.users = users
         self.apps: dict[str, AppConfig] = {app.id: app for app in live.apps}
         self.index: dict[str, GrantIndex] = {app_id: GrantIndex() for app_id in self.apps}
-        self._read_only = {app.id: _patterns(app.read_only_channels) for app in live.apps}
+        self._read_only = {app.id: channel_patterns(app.read_only_channels) for app in live.apps}
         # apps where any subscriber may write: Pusher-mode, no read-only channels
         self._open_writes = {
             app.id for app in live.apps if app.auth != "builtin" and not self._read_only[app.id]

@@ -51,6 +51,7 @@ from parley.core.hub import AppHub, CachedEvent, Channel
 from parley.errors import StoreUnavailable
 from parley.protocol import frames
 from parley.protocol.channels import channel_type, server_to_user_id
+from parley.protocol.directory import CHANNEL as KEYS_CHANNEL
 from parley.publication import Publication, StreamPosition
 from parley.settings import Settings
 
@@ -228,6 +229,8 @@ class Delivery:
         """How long `name` keeps history, or None when it keeps none."""
         if server_to_user_id(name) is not None:
             return None
+        if name == KEYS_CHANNEL:  # its history is the key directory's log: all of it
+            return Retention(None, None)
         for rule in self.settings.history:
             if fnmatch.fnmatchcase(name, rule.pattern):
                 if not rule.enabled:

@@ -54,11 +54,12 @@ from parley.protocol.connection import (
     Subscribe,
     Unsubscribe,
 )
-from parley.publication import Publication, Publisher
+from parley.publication import NO_EXTRAS, Publication, Publisher
 from parley.settings import AppConfig, Settings
 
 if TYPE_CHECKING:
     from parley.core.access import Access
+    from parley.core.keys import KeyDirectory
 
 
 def refused(session: Session, hub: AppHub, error_frame: bytes) -> None:
@@ -118,6 +119,7 @@ class Node:
         self.liveness = Liveness(settings, self.hubs, self.identities, self.count_error)
         self.access: Access | None = None  # set by the composition root
         self.login_attempts: LoginAttempts | None = None  # set by it too (the built-in login)
+        self.keys: KeyDirectory | None = None  # set by it too: the key directory
         self.events = EventBus()
         self.pusher_frames = PusherFrames(self.hubs)
         self.pusher_frames.follow(self.events)
@@ -208,12 +210,18 @@ class Node:
         if self.access is not None:
             problem = self.access.write_problem(hub.app, session.user_id, command.channel)
             if problem is not None:
-                self.count_error(session, None)
-                error = frames.error_frame(None, problem, command.channel)
-                refused(session, hub, error)
-                session.send(error)
+                self._refuse(session, hub, problem, command.channel)
                 return
         user_id = command.user_id
+        signature = command.signature
+        keys = self.keys
+        if keys is not None and keys.requires_signature(hub.app, command.channel):
+            problem = keys.signature_problem(
+                hub.app, command.channel, command.event, user_id, signature, command.data
+            )
+            if problem is not None:
+                self._refuse(session, hub, problem, command.channel)
+                return
         publisher = session.publisher
         if publisher is None or publisher.user_id != user_id:  # once per sender, not per event
             publisher = session.publisher = (
@@ -222,11 +230,23 @@ class Node:
                 else Publisher("connection", session.socket_id)
             )
         publication = Publication(
-            command.channel, command.event, command.data, publisher, data_json=command.data_json
+            command.channel,
+            command.event,
+            command.data,
+            publisher,
+            extras=NO_EXTRAS if signature is None else {"sig": signature.wire()},
+            data_json=command.data_json,
         )
         self.delivery.fan_out(hub, publication, session.socket_id)
         if ClientEventSent in self.events.handlers:  # built only when someone listens
             self.events.emit(ClientEventSent(hub.app.id, publication, session.socket_id))
+
+    def _refuse(self, session: Session, hub: AppHub, problem: str, channel: str) -> None:
+        """A client event refused: a pusher:error (code null) to its sender alone, logged."""
+        self.count_error(session, None)
+        error = frames.error_frame(None, problem, channel)
+        refused(session, hub, error)
+        session.send(error)
 
     # -- the HTTP API's operations -----------------------------------------------------------
 

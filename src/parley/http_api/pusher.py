@@ -10,6 +10,7 @@ from parley.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from parley.http_api.routes import Call, Router
 from parley.protocol.channels import Kind, channel_name_problem, channel_type
 from parley.protocol.connection import history_query
+from parley.protocol.directory import CHANNEL as KEYS_CHANNEL
 from parley.protocol.events import event_name_problem
 from parley.settings import AppConfig
 
@@ -63,6 +64,8 @@ def _validate_event(app: AppConfig, body: Any, *, batch_item: bool = False) -> d
         problem = channel_name_problem(channel)
         if problem:
             raise BadRequest(f"{problem}: {str(channel)[:210]!r}")
+        if channel == KEYS_CHANNEL:
+            raise Forbidden(f"{KEYS_CHANNEL} is written by the key directory only")
     if len(channels) > 1 and any(channel_type(c).kind is Kind.ENCRYPTED for c in channels):
         raise BadRequest("An event for an encrypted channel must go to that channel alone")
     socket_id = body.get("socket_id")

@@ -35,6 +35,7 @@ from parley.protocol.channels import (
     server_to_user_id,
 )
 from parley.protocol.codes import CloseCode
+from parley.protocol.signed import Signature, parse_signature
 from parley.settings import AppConfig
 
 
@@ -88,6 +89,7 @@ class ClientEvent:
     data: Any
     user_id: str | None
     data_json: bytes | None = field(compare=False)  # `data` encoded, once
+    signature: Signature | None = None  # the client's `parley.sig`, well formed, not checked
 
     def __init__(
         self,
@@ -96,12 +98,14 @@ class ClientEvent:
         data: Any,
         user_id: str | None,
         data_json: bytes | None = None,
+        signature: Signature | None = None,
     ) -> None:
         self.channel = channel
         self.event = event
         self.data = data
         self.user_id = user_id
         self.data_json = data_json
+        self.signature = signature
 
 
 @dataclass(frozen=True, slots=True)
@@ -512,10 +516,11 @@ class PusherConnection:
             raise ProtocolError(
                 f"Client event data is {size} bytes, the limit is {self.app.max_event_bytes}"
             )
+        signature = _signature(message.get("parley"))
         self._take_token(now)
         member = self.subscriptions[channel]
         sender = member.user_id if member is not None else self.user_id
-        return [ClientEvent(channel, event, data, sender, data_json)]
+        return [ClientEvent(channel, event, data, sender, data_json, signature)]
 
     def _take_subscribe_token(self, channel: str, now: float) -> None:
         """Subscriptions a second, per connection: a second's worth may burst (4301 beyond)."""
@@ -543,3 +548,19 @@ class PusherConnection:
         if self._tokens < 1:
             raise RateLimited("Client event rejected due to rate limit")
         self._tokens -= 1
+
+
+def _signature(extension: Any) -> Signature | None:
+    """The `parley.sig` of a client event, parsed; the rest of a client's `parley` is ignored
+    (the server sets that object)."""
+    if extension is None:
+        return None
+    if not isinstance(extension, dict):
+        raise ProtocolError("malformed: 'parley' must be an object")
+    raw = extension.get("sig")
+    if raw is None:
+        return None
+    try:
+        return parse_signature(raw)
+    except ValueError as exc:
+        raise ProtocolError(f"malformed: {exc}") from None

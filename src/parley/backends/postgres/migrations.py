@@ -143,11 +143,31 @@ CREATE TRIGGER parley_outbox_wake AFTER INSERT ON parley_outbox
     FOR EACH STATEMENT EXECUTE FUNCTION parley_outbox_wake();
 """
 
+# 4: the key directory (backends.keys): each app's append-only log of keys, each entry kept as
+# its canonical encoding, and the server's own directory signing key.
+KEY_DIRECTORY = """
+CREATE TABLE IF NOT EXISTS parley_key_log (
+    app_id  text NOT NULL,
+    seq     bigint NOT NULL,
+    user_id text NOT NULL,
+    kid     text NOT NULL,
+    entry   text NOT NULL,  -- protocol.directory.KeyEntry.encoded(): what its hash covers
+    PRIMARY KEY (app_id, seq)
+);
+CREATE INDEX IF NOT EXISTS parley_key_log_user ON parley_key_log (app_id, user_id);
+CREATE TABLE IF NOT EXISTS parley_server_keys (
+    name       text PRIMARY KEY,
+    seed       bytea NOT NULL,     -- an Ed25519 private key's 32-byte seed
+    created_at bigint NOT NULL
+);
+"""
+
 MIGRATIONS: Sequence[Migration] = check_migrations(
     (
         Migration(1, "users and grants", USERS_AND_GRANTS),
         Migration(2, "history", HISTORY),
         Migration(3, "outbox", OUTBOX),
+        Migration(4, "key directory", KEY_DIRECTORY),
     )
 )
 

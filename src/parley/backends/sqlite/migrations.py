@@ -109,10 +109,30 @@ CREATE TABLE IF NOT EXISTS parley_history_keys (
 CREATE INDEX IF NOT EXISTS parley_history_keys_ts ON parley_history_keys (ts);
 """
 
+# 3: the key directory (backends.keys): each app's append-only log of keys, each entry kept as
+# its canonical encoding, and the server's own directory signing key.
+KEY_DIRECTORY = """
+CREATE TABLE IF NOT EXISTS parley_key_log (
+    app_id  TEXT NOT NULL,
+    seq     INTEGER NOT NULL,
+    user_id TEXT NOT NULL,
+    kid     TEXT NOT NULL,
+    entry   TEXT NOT NULL,  -- protocol.directory.KeyEntry.encoded(): what its hash covers
+    PRIMARY KEY (app_id, seq)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS parley_key_log_user ON parley_key_log (app_id, user_id);
+CREATE TABLE IF NOT EXISTS parley_server_keys (
+    name       TEXT PRIMARY KEY,
+    seed       BLOB NOT NULL,     -- an Ed25519 private key's 32-byte seed
+    created_at INTEGER NOT NULL
+);
+"""
+
 MIGRATIONS: Sequence[Migration] = check_migrations(
     (
         Migration(1, "users and grants", USERS_AND_GRANTS),
         Migration(2, "history", HISTORY),
+        Migration(3, "key directory", KEY_DIRECTORY),
     )
 )
 

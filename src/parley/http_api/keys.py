@@ -1,0 +1,101 @@
+"""The key directory over HTTP (docs/protocol.md, "Signed messages"): a signed-in user
+registers and revokes their device keys; anyone holding a user token of the app, or the app's
+backend, reads current keys, the log and the signed head."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import orjson
+
+from parley.core.keys import KeyDirectory
+from parley.core.node import Node
+from parley.errors import BadRequest
+from parley.http_api.routes import Call, Router
+from parley.protocol.directory import KeyEntry
+from parley.transport.server import Response
+
+
+def _directory(node: Node) -> KeyDirectory:
+    assert node.keys is not None, "the composition root sets the key directory"
+    return node.keys
+
+
+def _optional_str(body: dict[str, Any], name: str) -> str | None:
+    value = body.get(name)
+    if value is not None and not isinstance(value, str):
+        raise BadRequest(f"'{name}' must be a string")
+    return value
+
+
+def _whole(call: Call, name: str, default: int) -> int:
+    raw = call.params.get(name)
+    if raw is None:
+        return default
+    if not raw.isdigit() or len(raw) > 18:
+        raise BadRequest(f"'{name}' must be a whole number")
+    return int(raw)
+
+
+def _entries(entries: list[KeyEntry]) -> list[dict[str, Any]]:
+    return [e.wire() for e in entries]
+
+
+def register(router: Router) -> None:
+    @router.route("POST", "/apps/{app_id}/keys", "keys_register", auth="bearer")
+    async def keys_register(node: Node, call: Call) -> Response:
+        assert call.user is not None
+        body = call.json()
+        if not isinstance(body, dict):
+            raise BadRequest(
+                "Body must be {device_id, ed25519, x25519?, endorsed_by?, endorsement?}"
+            )
+        unknown = set(body) - {"device_id", "ed25519", "x25519", "endorsed_by", "endorsement"}
+        if unknown:
+            raise BadRequest(f"Unknown fields: {', '.join(sorted(unknown))}")
+        device_id = body.get("device_id")
+        if not isinstance(device_id, str):
+            raise BadRequest("'device_id' must be a string")
+        ed25519 = body.get("ed25519")
+        if not isinstance(ed25519, str):
+            raise BadRequest("'ed25519' must be a base64url public key")
+        entry = await _directory(node).register(
+            call.app,
+            call.user.user_id,
+            device_id,
+            ed25519,
+            _optional_str(body, "x25519"),
+            _optional_str(body, "endorsed_by"),
+            _optional_str(body, "endorsement"),
+        )
+        answer = {
+            "kid": entry.kid,
+            "user_id": entry.user_id,
+            "device_id": entry.device_id,
+            "seq": entry.seq,
+            "unendorsed": entry.unendorsed,
+        }
+        return Response(201, orjson.dumps(answer))
+
+    @router.route("GET", "/apps/{app_id}/keys/head", "keys_head", auth="signed_or_bearer")
+    def keys_head(node: Node, call: Call) -> dict[str, Any]:
+        directory = _directory(node)
+        return {**directory.head(call.app).wire(), "public_key": directory.server_public_key}
+
+    @router.route("GET", "/apps/{app_id}/keys/log", "keys_log", auth="signed_or_bearer")
+    async def keys_log(node: Node, call: Call) -> dict[str, Any]:
+        after, limit = _whole(call, "after", 0), _whole(call, "limit", 100)
+        entries = await _directory(node).log(call.app, after, limit)
+        return {"entries": _entries(entries)}
+
+    @router.route("GET", "/apps/{app_id}/keys/{user_id}", "keys_of_user", auth="signed_or_bearer")
+    def keys_of_user(node: Node, call: Call) -> dict[str, Any]:
+        (user_id,) = call.args
+        return {"user_id": user_id, "keys": _entries(_directory(node).current(call.app, user_id))}
+
+    @router.route("DELETE", "/apps/{app_id}/keys/{kid}", "keys_revoke", auth="signed_or_bearer")
+    async def keys_revoke(node: Node, call: Call) -> dict[str, Any]:
+        (kid,) = call.args
+        by_user = call.user.user_id if call.user is not None else None
+        entry = await _directory(node).revoke(call.app, kid, by_user)
+        return {"kid": entry.kid, "user_id": entry.user_id, "seq": entry.seq}
