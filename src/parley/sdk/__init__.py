@@ -1,0 +1,1 @@
+"""Client-side libraries: what an app embeds to talk to Parley (the Python SDK grows here)."""
