@@ -67,9 +67,33 @@ class KeyEntry:
         if not isinstance(value, dict) or set(value) != set(FIELDS):
             raise ValueError("a key directory entry has exactly the fields " + ", ".join(FIELDS))
         entry = KeyEntry(**value)
-        if entry.type not in ("added", "revoked") or not isinstance(entry.seq, int):
-            raise ValueError("bad key directory entry")
+        problem = entry.problem()
+        if problem is not None:
+            raise ValueError(f"entry {value.get('seq')!r}: {problem}")
         return entry
+
+    def problem(self) -> str | None:
+        """What is wrong with the entry's fields, or None."""
+        if isinstance(self.seq, bool) or not isinstance(self.seq, int) or self.seq < 1:
+            return "seq must be a whole number >= 1"
+        if self.type not in ("added", "revoked"):
+            return "type must be added or revoked"
+        if isinstance(self.ts, bool) or not isinstance(self.ts, int) or self.ts < 0:
+            return "ts must be whole milliseconds"
+        texts = (self.user_id, self.device_id, self.kid, self.ed25519, self.prev)
+        if not all(isinstance(t, str) for t in texts):
+            return "user_id, device_id, kid, ed25519 and prev are strings"
+        optional = (self.x25519, self.endorsed_by, self.endorsement)
+        if not all(t is None or isinstance(t, str) for t in optional):
+            return "x25519, endorsed_by and endorsement are strings or null"
+        if not isinstance(self.unendorsed, bool):
+            return "unendorsed is true or false"
+        try:
+            if key_id(from_b64url(self.ed25519)) != self.kid:
+                return "kid is not the key id of ed25519"
+        except ValueError:
+            return "ed25519 must be a base64url 32-byte public key"
+        return None
 
     def encoded(self) -> bytes:
         """The canonical encoding: the wire object as JSON with sorted keys, no spaces."""

@@ -14,6 +14,7 @@ It trusts nothing in a message but the signature: the sender is the stamped
 
 from __future__ import annotations
 
+from collections import OrderedDict
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any, Final
@@ -31,6 +32,7 @@ from parley.protocol.signed import (
 )
 
 CLOCK_SKEW_MS: Final = 5 * 60 * 1000  # a signature's ts against the server's stamp
+REPLAY_KEEP: Final = 10_000  # message ids remembered per channel, the newest
 
 
 class DirectoryRewritten(Exception):
@@ -68,7 +70,7 @@ class Verifier:
         self.alerts: list[KeyEntry] = []  # keys of our own user that we did not add
         self._added: dict[str, KeyEntry] = {}
         self._revoked: dict[str, KeyEntry] = {}
-        self._seen: dict[str, set[str]] = {}  # channel -> message ids
+        self._seen: dict[str, OrderedDict[str, None]] = {}  # channel -> recent message ids
 
     # -- the directory -----------------------------------------------------------------------
 
@@ -76,6 +78,13 @@ class Verifier:
         """Take the entries after those known (older ones are skipped), then check `head`
         if given. DirectoryRewritten, and nothing taken, when they do not chain to what was
         verified before, or the head is not the server's or not the log's."""
+        entries = list(entries)
+        for e in entries:
+            problem = e.problem()
+            if problem is not None:
+                raise DirectoryRewritten(f"entry {e.seq!r}: {problem}")
+        if head is not None and (isinstance(head.seq, bool) or head.seq < 0):
+            raise DirectoryRewritten("the head's seq is not a whole number")
         last = self.entries[-1] if self.entries else None
         known = len(self.entries)
         fresh = [e for e in entries if e.seq > known]
@@ -100,10 +109,11 @@ class Verifier:
 
     def extend_wire(self, entries: Iterable[Any], head: dict[str, Any] | None = None) -> None:
         """`extend` with entries and a head as the HTTP API serves them."""
-        self.extend(
-            [KeyEntry.from_wire(e) for e in entries],
-            None if head is None else Head(head["seq"], head["hash"], head["sig"]),
-        )
+        try:
+            taken = [KeyEntry.from_wire(e) for e in entries]
+        except ValueError as exc:
+            raise DirectoryRewritten(str(exc)) from None
+        self.extend(taken, None if head is None else Head(head["seq"], head["hash"], head["sig"]))
 
     def _hash_at(self, seq: int, fresh: list[KeyEntry]) -> str:
         held = self.entries + fresh
@@ -175,10 +185,13 @@ class Verifier:
             return no("bad-signature")
         if self._forked(sig.head):
             return no("fork-suspected")
-        seen = self._seen.setdefault(channel, set())
-        if sig.mid in seen:
+        seen = self._seen.setdefault(channel, OrderedDict())
+        replay_key = f"{user_id}\n{sig.mid}"  # per sender: nobody can use up another's ids
+        if replay_key in seen:
             return no("replayed")
-        seen.add(sig.mid)
+        seen[replay_key] = None
+        if len(seen) > REPLAY_KEEP:
+            seen.popitem(last=False)
         return Verdict(VERIFIED, None, user_id, sig.kid)
 
     def _forked(self, head: str) -> bool:
