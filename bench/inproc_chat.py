@@ -12,6 +12,22 @@ the sessions are driven through the core's seam instead (`Session.receive`, and 
     .venv/bin/python bench/inproc_chat.py [--store sqlite|memory] [--rounds 60] [--core]
         [--without fanout|client|append]   # stub a stage out, to see what it costs
         [--users 1000]                     # --rounds 0: connect, sign in, subscribe only
+        [--signed [--block 10] [--without verify]]  # signed against unsigned, in one run
+
+`--signed` measures what the server's check of signed messages costs (docs/protocol.md,
+"Server verification"). The app's `signed_channels` matches the chat channels, every user has
+a device key in the node's key directory, and the same node and sessions alternate blocks of
+`--block` rounds: unsigned (the key directory swapped for one of the same app without signed
+channels: what the node runs for an app that signs nothing) and signed (every client event
+carries `parley.sig`: the node parses it, looks the key up, checks the clock, builds the
+canonical bytes, verifies the Ed25519 signature, checks the replay window, stores and
+delivers the signature). Both send `data` as a string (a signed event's `data` is the JSON
+text), with a distinct `mid` per message and `ts` = now; the messages of a block pair are
+built and signed before it, outside the timed part. `--rounds` counts the rounds of each
+variant. Prints µs CPU per message of both, their ratio, the ratio per pair (median
+[min–max]), and what one `signature_valid` costs alone here. `--signed --without verify`
+stubs the Ed25519 verification out (`core.keys.signature_valid`, interpreted: it works on
+the compiled build too): what the rest of the signed path costs.
     taskset -c 0 ... py-spy record -r 250 -- .venv/bin/python bench/inproc_chat.py --rounds 300
 
 The compiled build is used when it is fresh, as by `parley serve` (src/parley/speedups.py);
@@ -26,9 +42,11 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import gc
 import hashlib
 import hmac
+import statistics
 import tempfile
 import time
 from collections.abc import Iterable
@@ -36,12 +54,16 @@ from pathlib import Path
 from typing import Any
 
 import orjson
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 from picows import WSMsgType
 
 from parley import speedups
 from parley.app import close_node, make_node, open_database
 from parley.backends.history import Stored
+from parley.core import keys as keys_module
+from parley.core.keys import KeyDirectory
 from parley.core.session import Session
+from parley.protocol import signed as sig
 from parley.publication import StreamPosition
 from parley.settings import AppConfig, Settings
 from parley.transport.websocket import Limits, WebSocket
@@ -49,6 +71,8 @@ from parley.transport.websocket import Limits, WebSocket
 KEY, SECRET = "benchkey", "benchsecret"
 USERS = 1000
 PER_TURN = 50
+EVENT = "client-m"
+SIGNED_CHANNELS = "private-chat-*"  # --signed: every chat channel is a signed one
 
 
 class _Raw:
@@ -109,17 +133,76 @@ def sign(text: str) -> str:
     return KEY + ":" + hmac.new(SECRET.encode(), text.encode(), hashlib.sha256).hexdigest()
 
 
+def payload(seq: int) -> str:
+    """The chat payload as a JSON text: `data` of a signed event is a string."""
+    return '{"m":"#%d#%d#","p":"%s"}' % (seq, time.time_ns(), "x" * 50)
+
+
+def event_frame(channel: str, data: str, signature: sig.Signature | None = None) -> Frame:
+    message: dict[str, Any] = {"event": EVENT, "channel": channel, "data": data}
+    if signature is not None:
+        message["parley"] = {"sig": signature.wire()}
+    return Frame(orjson.dumps(message))
+
+
+async def drive(
+    node: Any, sessions: list[tuple[Any, Any]], rounds: list[list[Frame]], core: bool
+) -> tuple[float, int]:
+    """Feed every round's frames (one per user), PER_TURN a loop turn; CPU seconds (the
+    history writer's thread included) until the node is idle, and the frames delivered."""
+    users = len(sessions)
+    before = sum(t.sent for _, t in sessions)
+    cpu0 = time.process_time()
+    for frames in rounds:
+        for start in range(0, users, PER_TURN):
+            if core:
+                for i in range(start, start + PER_TURN):
+                    session = sessions[i][0]
+                    if session.activity():
+                        session.receive(frames[i].payload)
+            else:
+                for i in range(start, start + PER_TURN):
+                    ws, fake = sessions[i]
+                    ws.on_ws_frame(fake, frames[i])
+            await asyncio.sleep(0)
+            await asyncio.sleep(0)
+    await node.delivery.idle()
+    cpu = time.process_time() - cpu0
+    return cpu, sum(t.sent for _, t in sessions) - before
+
+
 async def main(
-    store: str, rounds: int, without: str | None, core: bool, users: int = USERS
+    store: str,
+    rounds: int,
+    without: str | None,
+    core: bool,
+    users: int = USERS,
+    signed: bool = False,
+    block: int = 10,
 ) -> None:
-    if without is not None and speedups.compiled():
+    if without is not None and without != "verify" and speedups.compiled():
         raise SystemExit("--without replaces Node methods: run with PARLEY_COMPILED=0")
     print(speedups.STATUS)
-    app = AppConfig(id="1", key=KEY, secret=SECRET, client_events=True, client_event_rate=0)
+    app = AppConfig(
+        id="1",
+        key=KEY,
+        secret=SECRET,
+        client_events=True,
+        client_event_rate=0,
+        signed_channels=SIGNED_CHANNELS if signed else "",
+    )
     settings = Settings(data_dir=Path(tempfile.mkdtemp()), store=store, apps=(app,))
     db = await open_database(settings)
     node = await make_node(settings, db)
     node.start()
+    device_keys: list[Ed25519PrivateKey] = []
+    if signed:  # one device key per user, registered as POST /apps/1/keys does
+        assert node.keys is not None
+        for i in range(users):
+            key = Ed25519PrivateKey.generate()
+            public = sig.b64url(sig.public_raw(key))
+            await node.keys.register(app, "user-%d" % i, "bench", public, None, None, None)
+            device_keys.append(key)
     # per user: its WebSocket and fake picows transport, or (--core) its session and Transport
     sessions: list[tuple[Any, Any]] = []
     limits = Limits(node.max_message_bytes, node.max_outbound_bytes)
@@ -154,6 +237,14 @@ async def main(
             if session.activity():
                 session.receive(orjson.dumps(message))
     await asyncio.sleep(0.05)
+    if signed:
+        await signed_against_unsigned(
+            node, app, sessions, device_keys, rounds, block, core, store, without
+        )
+        await close_node(node)
+        if db is not None:
+            await db.close()
+        return
     frames = [
         Frame(
             b'{"event":"client-m","channel":"private-chat-%d","data":{"m":"#%d#%d#","p":"%s"}}'
@@ -179,24 +270,7 @@ async def main(
         node.history.append_many = append_many  # type: ignore[method-assign]
     gc.freeze()  # as `parley serve` does once it is up (app.serve)
     gc.set_threshold(10_000, 50, 100)
-    before = sum(t.sent for _, t in sessions)
-    cpu0 = time.process_time()
-    for _ in range(rounds):
-        for start in range(0, users, PER_TURN):
-            if core:
-                for i in range(start, start + PER_TURN):
-                    session = sessions[i][0]
-                    if session.activity():
-                        session.receive(frames[i].payload)
-            else:
-                for i in range(start, start + PER_TURN):
-                    ws, fake = sessions[i]
-                    ws.on_ws_frame(fake, frames[i])
-            await asyncio.sleep(0)
-            await asyncio.sleep(0)
-    await node.delivery.idle()
-    cpu = time.process_time() - cpu0
-    delivered = sum(t.sent for _, t in sessions) - before
+    cpu, delivered = await drive(node, sessions, [frames] * rounds, core)
     n = rounds * users
     print(
         "store=%s without=%s: %d connections, %d messages, %d delivered, %s µs CPU per message"
@@ -209,13 +283,138 @@ async def main(
         raise SystemExit("expected %d deliveries, got %d" % (n, delivered))
 
 
+async def signed_against_unsigned(
+    node: Any,
+    app: AppConfig,
+    sessions: list[tuple[Any, Any]],
+    device_keys: list[Ed25519PrivateKey],
+    rounds: int,
+    block: int,
+    core: bool,
+    store: str,
+    without: str | None,
+) -> None:
+    """`--signed`: blocks of `block` rounds, unsigned and signed in turn on the same node
+    (order swapped every pair); each block's messages are built and signed before it."""
+    users = len(sessions)
+    signing: KeyDirectory = node.keys
+    # the same app without signed channels: what the node runs for an app that signs nothing
+    plain = KeyDirectory(
+        signing.store, (dataclasses.replace(app, signed_channels=""),), signing.publish
+    )
+    head = signing.head(app)
+    head_text = "%d:%s" % (head.seq, head.hash)  # the head each sender last verified
+    seq = 0
+
+    def make_block(signed: bool) -> list[list[Frame]]:
+        nonlocal seq
+        out = []
+        for _ in range(block):
+            frames = []
+            for i in range(users):
+                seq += 1
+                channel, data = "private-chat-%d" % (i // 2), payload(seq)
+                signature = None
+                if signed:
+                    signature = sig.sign(
+                        device_keys[i],
+                        app.key,
+                        channel,
+                        EVENT,
+                        "user-%d" % i,
+                        data,
+                        mid="m%d" % seq,
+                        ts=int(time.time() * 1000),
+                        head=head_text,
+                    )
+                frames.append(event_frame(channel, data, signature))
+            out.append(frames)
+        return out
+
+    def errors() -> int:
+        return sum(node.metrics.errors.values())
+
+    if without == "verify":  # the signed path with Ed25519 verification stubbed out
+        keys_module.signature_valid = lambda public, message, signature: True
+    gc.set_threshold(10_000, 50, 100)
+    cpu = {False: 0.0, True: 0.0}
+    ratios = []
+    last_signed: Frame | None = None
+    for pair in range(rounds // block):
+        blocks = {False: make_block(False), True: make_block(True)}
+        last_signed = blocks[True][-1][0]
+        gc.freeze()  # as `parley serve` does once it is up (app.serve)
+        pair_cpu = {}
+        for variant in (False, True) if pair % 2 == 0 else (True, False):
+            node.keys = signing if variant else plain
+            errors0 = errors()
+            spent, delivered = await drive(node, sessions, blocks[variant], core)
+            if delivered != block * users or errors() != errors0:
+                raise SystemExit(
+                    "%s block: expected %d deliveries and no errors, got %d and %d errors"
+                    % (
+                        "signed" if variant else "unsigned",
+                        block * users,
+                        delivered,
+                        errors() - errors0,
+                    )
+                )
+            pair_cpu[variant] = spent
+            cpu[variant] += spent
+        ratios.append(pair_cpu[True] / pair_cpu[False])
+        del blocks
+    n = rounds // block * block * users
+    # the check really ran: a replayed message and an unsigned one are refused
+    node.keys = signing
+    errors0 = errors()
+    unsigned = event_frame("private-chat-0", payload(0))
+    for frame in (last_signed, unsigned):
+        assert frame is not None
+        if core:
+            sessions[0][0].receive(frame.payload)
+        else:
+            sessions[0][0].on_ws_frame(sessions[0][1], frame)
+    await node.delivery.idle()
+    if errors() - errors0 != 2:
+        raise SystemExit("a replayed or unsigned event on a signed channel was not refused")
+    # what one verification costs alone on this machine
+    key = Ed25519PrivateKey.generate()
+    message = b"parley-sig-v1\n" + b"x" * 180
+    public, signature = sig.public_raw(key), sig.b64url(key.sign(message))
+    t0 = time.process_time()
+    for _ in range(2000):
+        assert sig.signature_valid(public, message, signature)
+    verify = (time.process_time() - t0) / 2000
+    unsigned_us, signed_us = cpu[False] / n * 1e6, cpu[True] / n * 1e6
+    print(
+        "store=%s signed%s: %d connections, %d pairs of %d rounds, %d messages each: "
+        "unsigned %.2f µs, signed %.2f µs CPU per message, signed/unsigned %.2f "
+        "(per pair %.2f [%.2f–%.2f]); signature_valid alone %.1f µs"
+        % (
+            store,
+            " (without verify)" if without == "verify" else "",
+            users,
+            len(ratios),
+            block,
+            n,
+            unsigned_us,
+            signed_us,
+            signed_us / unsigned_us,
+            statistics.median(ratios),
+            min(ratios),
+            max(ratios),
+            verify * 1e6,
+        )
+    )
+
+
 if __name__ == "__main__":
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("--store", default="sqlite", choices=("sqlite", "memory"))
     ap.add_argument("--rounds", type=int, default=60)
-    ap.add_argument("--without", choices=("fanout", "client", "append"), default=None)
+    ap.add_argument("--without", choices=("fanout", "client", "append", "verify"), default=None)
     ap.add_argument(
         "--core", action="store_true", help="drive Session through the core's seam, no WebSocket"
     )
@@ -225,5 +424,19 @@ if __name__ == "__main__":
         default=USERS,
         help="connections (even, a multiple of 50); with --rounds 0 only their opening is run",
     )
+    ap.add_argument(
+        "--signed",
+        action="store_true",
+        help="signed against unsigned client events in one run (--rounds of each)",
+    )
+    ap.add_argument(
+        "--block", type=int, default=10, help="--signed: rounds per block (a multiple of it)"
+    )
     args = ap.parse_args()
-    asyncio.run(main(args.store, args.rounds, args.without, args.core, args.users))
+    if args.signed and (args.without not in (None, "verify") or args.rounds < args.block):
+        raise SystemExit("--signed takes --without verify only, and --rounds of at least --block")
+    if args.without == "verify" and not args.signed:
+        raise SystemExit("--without verify goes with --signed")
+    asyncio.run(
+        main(args.store, args.rounds, args.without, args.core, args.users, args.signed, args.block)
+    )

@@ -22,14 +22,16 @@ from parley.backends.keys import KeyDirectoryStore
 from parley.backends.presence import PresenceStore
 from parley.backends.throttle import LoginAttempts
 from parley.backends.users import UserStore
+from parley.backends.webhooks import WebhookQueue
 from parley.core.access import Access
 from parley.core.ids import new_node_id
 from parley.core.keys import KeyDirectory
 from parley.core.node import Node
 from parley.core.outbox import OutboxRelay
 from parley.core.session import Session
+from parley.core.webhooks import Webhooks
 from parley.errors import CannotStart
-from parley.http_api import builtin, keys, ops, pusher
+from parley.http_api import builtin, keys, ops, pusher, webhooks
 from parley.http_api.routes import Router
 from parley.protocol.directory import CHANNEL as KEYS_CHANNEL
 from parley.protocol.directory import EVENT as KEYS_EVENT
@@ -149,6 +151,7 @@ class Stores:
     users: UserStore
     grants: GrantStore
     keys: KeyDirectoryStore
+    webhooks: WebhookQueue
 
 
 def make_stores(db: Database | None) -> Stores:
@@ -158,9 +161,14 @@ def make_stores(db: Database | None) -> Stores:
         from parley.backends.memory.history import MemoryHistoryStore
         from parley.backends.memory.keys import MemoryKeyDirectoryStore
         from parley.backends.memory.users import MemoryUserStore
+        from parley.backends.memory.webhooks import MemoryWebhookQueue
 
         return Stores(
-            MemoryHistoryStore(), MemoryUserStore(), MemoryGrantStore(), MemoryKeyDirectoryStore()
+            MemoryHistoryStore(),
+            MemoryUserStore(),
+            MemoryGrantStore(),
+            MemoryKeyDirectoryStore(),
+            MemoryWebhookQueue(),
         )
     from parley.backends.sqlite.db import SqliteDb
 
@@ -169,12 +177,14 @@ def make_stores(db: Database | None) -> Stores:
         from parley.backends.sqlite.history import SqliteHistoryStore
         from parley.backends.sqlite.keys import SqliteKeyDirectoryStore
         from parley.backends.sqlite.users import SqliteUserStore
+        from parley.backends.sqlite.webhooks import SqliteWebhookQueue
 
         return Stores(
             SqliteHistoryStore(db),
             SqliteUserStore(db),
             SqliteGrantStore(db),
             SqliteKeyDirectoryStore(db),
+            SqliteWebhookQueue(db),
         )
     from parley.backends.postgres.db import PostgresDb
 
@@ -183,12 +193,14 @@ def make_stores(db: Database | None) -> Stores:
         from parley.backends.postgres.history import PostgresHistoryStore
         from parley.backends.postgres.keys import PostgresKeyDirectoryStore
         from parley.backends.postgres.users import PostgresUserStore
+        from parley.backends.postgres.webhooks import PostgresWebhookQueue
 
         return Stores(
             PostgresHistoryStore(db),
             PostgresUserStore(db),
             PostgresGrantStore(db),
             PostgresKeyDirectoryStore(db),
+            PostgresWebhookQueue(db),
         )
     raise TypeError(f"no stores for {db.describe()}")
 
@@ -203,6 +215,7 @@ async def make_node(settings: Settings, db: Database | None) -> Node:
     await stores.users.start()
     await stores.grants.start()
     await stores.keys.start()
+    await stores.webhooks.start()
     node_id = settings.node_id or new_node_id()
     broker = make_broker(settings, node_id)
     node = Node(settings, stores.history, broker, make_presence(settings), node_id)
@@ -214,6 +227,8 @@ async def make_node(settings: Settings, db: Database | None) -> Node:
     await node.access.start()
     node.keys = KeyDirectory(stores.keys, settings.apps, partial(publish_key_entry, node))
     await node.keys.start()
+    node.webhooks = Webhooks(settings, node.events, stores.webhooks)
+    await node.webhooks.start()
     return node
 
 
@@ -238,6 +253,9 @@ async def close_node(node: Node) -> None:
     if node.keys is not None:
         await node.keys.close()
         await node.keys.store.close()
+    if node.webhooks is not None:
+        await node.webhooks.close()
+        await node.webhooks.queue.close()
 
 
 async def start(settings: Settings) -> Running:
@@ -257,6 +275,7 @@ async def _start(settings: Settings, db: Database | None) -> Running:
     pusher.register(router)
     builtin.register(router)
     keys.register(router)
+    webhooks.register(router)
 
     limits = Limits(node.max_message_bytes, node.max_outbound_bytes)
 

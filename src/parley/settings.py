@@ -43,6 +43,42 @@ def parse_networks(raw: str) -> tuple[Network, ...]:
     return tuple(networks)
 
 
+WEBHOOK_EVENTS = (
+    "channel_occupied",
+    "channel_vacated",
+    "member_added",
+    "member_removed",
+    "client_event",
+    "cache_miss",
+    "subscription_count",
+)
+
+
+@dataclass(frozen=True, slots=True)
+class WebhookConfig:
+    """One webhook target of an app: Pusher's webhook POSTs of the `events` named (all when
+    empty) to `url`."""
+
+    url: str
+    events: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if not re.fullmatch(r"https?://[^\s/]+(/\S*)?", self.url):
+            raise ConfigError(f"webhook url must be an http:// or https:// URL, got {self.url!r}")
+        unknown = [e for e in self.events if e not in WEBHOOK_EVENTS]
+        if unknown:
+            raise ConfigError(
+                f"webhook events: unknown {', '.join(unknown)}; known: {', '.join(WEBHOOK_EVENTS)}"
+            )
+
+    def wants(self, name: str) -> bool:
+        return not self.events or name in self.events
+
+
+def _webhook_events(raw: str) -> tuple[str, ...]:
+    return tuple(e.strip() for e in raw.split(",") if e.strip())
+
+
 @dataclass(frozen=True, slots=True)
 class AppConfig:
     """One tenant: its credentials, switches and limits."""
@@ -97,6 +133,11 @@ class AppConfig:
     session_salt: str = "parley-session"
     session_max_age_s: float = 86400.0
     session_introspection_url: str = ""  # or ask the app: POST {cookie} -> {user_id, info}
+    # Pusher webhooks: TOML [[apps.webhooks]] {url, events}; env PARLEY_APP_WEBHOOK_URL and
+    # PARLEY_APP_WEBHOOK_EVENTS (comma-separated) add one for the default app
+    webhooks: tuple[WebhookConfig, ...] = ()
+    webhook_url: str = ""
+    webhook_events: str = ""
 
     def __post_init__(self) -> None:
         for name in ("id", "key", "secret"):
@@ -122,6 +163,11 @@ class AppConfig:
             value = getattr(self, f.name)
             if f.type in ("int", "float") and (isinstance(value, bool) or value < 0):
                 raise ConfigError(f"app {self.id}: {f.name!r} must be a number >= 0")
+        if self.webhook_url:
+            extra = WebhookConfig(self.webhook_url, _webhook_events(self.webhook_events))
+            object.__setattr__(self, "webhooks", (*self.webhooks, extra))
+        elif self.webhook_events:
+            raise ConfigError(f"app {self.id}: 'webhook_events' needs 'webhook_url'")
 
 
 DEFAULT_DATA_DIR = Path("parley-data")
@@ -192,6 +238,13 @@ class Settings:
     # of a cluster at a time, woken by NOTIFY, polling every outbox_poll_s as the fallback.
     outbox: bool = False
     outbox_poll_s: float = 1.0
+    # Webhooks (apps' `webhooks`): retried with backoff for webhook_retry_s, then
+    # dead-lettered; events within webhook_batch_ms of each other go in one POST (0: one
+    # each); channel_vacated and member_removed wait webhook_hold_s, dropped if undone.
+    webhook_retry_s: float = 86400.0
+    webhook_batch_ms: float = 0.0
+    webhook_hold_s: float = 3.0
+    webhook_timeout_s: float = 10.0
     history_max_count: int = 1000
     history_max_age_s: float = 7 * 86400.0
     recovery_limit: int = 1000  # a resume needing more than this answers recovered: false
@@ -287,11 +340,35 @@ def _coerce(kind: Any, value: Any, where: str) -> Any:
         raise ConfigError(f"{where}: cannot read {value!r} as {kind}") from None
 
 
+def _webhooks(raw: Any, where: str) -> tuple[WebhookConfig, ...]:
+    """[[apps.webhooks]] tables: {url, events = [names]}."""
+    if not isinstance(raw, list) or not all(isinstance(w, dict) for w in raw):
+        raise ConfigError(f"{where}: expected [[apps.webhooks]] tables with url and events")
+    out = []
+    for i, table in enumerate(raw):
+        unknown = set(table) - {"url", "events"}
+        if unknown:
+            raise ConfigError(f"{where}[{i}]: unknown key {sorted(unknown)[0]!r} (url, events)")
+        events = table.get("events", [])
+        if not isinstance(events, list) or not all(isinstance(e, str) for e in events):
+            raise ConfigError(f"{where}[{i}].events: expected a list of event names")
+        if not isinstance(table.get("url"), str):
+            raise ConfigError(f"{where}[{i}]: missing 'url'")
+        try:
+            out.append(WebhookConfig(table["url"], tuple(events)))
+        except ConfigError as exc:
+            raise ConfigError(f"{where}[{i}]: {exc}") from None
+    return tuple(out)
+
+
 def _app_from_mapping(raw: Mapping[str, Any], where: str) -> AppConfig:
     values: dict[str, Any] = {}
     for name, value in raw.items():
         if name not in _APP_FIELDS:
             raise ConfigError(f"{where}: unknown app setting {name!r}")
+        if name == "webhooks":
+            values[name] = _webhooks(value, f"{where}.webhooks")
+            continue
         values[name] = _coerce(_APP_FIELDS[name].type, value, f"{where}.{name}")
     for name in ("id", "key", "secret"):
         if name not in values:

@@ -256,6 +256,9 @@ async def test_an_entry_edited_in_the_store_is_detected_by_a_client_that_kept_th
             "UPDATE parley_key_log SET entry = ? WHERE app_id = ? AND seq = 2",
             (json.dumps(swapped), app.app.id),
         )
-    after = [directory.KeyEntry.from_wire(e) for e in (await get(api, app, "/keys/log"))["entries"]]
-    assert after[1].ed25519 == mallory  # served as stored...
-    assert after[-1].hash() != kept["hash"]  # ...and it no longer leads to the head it knew
+    served = (await get(api, app, "/keys/log"))["entries"]
+    assert served[1]["ed25519"] == mallory  # served as stored...
+    with pytest.raises(ValueError, match="kid is not the key id of ed25519"):
+        directory.KeyEntry.from_wire(served[1])  # ...and a client refuses it
+    relabelled = directory.KeyEntry.from_wire(served[1], checked=False)
+    assert relabelled.hash() != kept["hash"]  # nor does it lead to the head the client knew

@@ -55,6 +55,14 @@ def outbox_settings(tmp_path: Path, url: str, poll_s: float = 30.0) -> Any:
     )
 
 
+async def counted(relays: list[Any], count: int) -> None:
+    """Wait (bounded) until the relays have counted `count` rows: a relay counts a row once it
+    has marked it published, after the append that `published` sees."""
+    async with asyncio.timeout(TIMEOUT):
+        while sum(r.published for r in relays) < count:
+            await asyncio.sleep(0.01)
+
+
 async def published(app: InProcessApp, channel: str, count: int) -> list[str]:
     """Read the channel's history (bounded wait) until it holds `count` events; their data."""
     async with asyncio.timeout(TIMEOUT):
@@ -212,16 +220,14 @@ async def test_one_node_publishes_and_another_takes_over_when_it_goes(
             await published(first, channel, 1)
             relays = [a.running.outbox for a in (first, second)]
             assert relays[0] is not None and relays[1] is not None
-            # The relay counts an event once it has marked its row, after the append that
-            # `published` saw: wait for the count too.
-            async with asyncio.timeout(5):
-                while sum(r.published for r in relays) < 1:
-                    await asyncio.sleep(0.01)
+            await counted(relays, 1)
             assert sorted(r.published for r in relays) == [0, 1]  # one node did it
             holder, other = (first, second) if relays[0].published else (second, first)
             await holder.stop()
             await conn.execute(INSERT, other.app.id, channel, "e", "two")
             assert await published(other, channel, 2) == ["one", "two"]
-            assert other.running.outbox is not None and other.running.outbox.published == 1
+            assert other.running.outbox is not None
+            await counted([other.running.outbox], 1)
+            assert other.running.outbox.published == 1
     finally:
         await conn.close()

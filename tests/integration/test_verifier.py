@@ -188,16 +188,21 @@ async def test_a_directory_edited_in_the_store_is_refused_by_the_verifier(
     verifier = Verifier(app.app.key, signed.from_b64url(head["public_key"]))
     verifier.extend_wire((await get(api, app, "/keys/log"))["entries"], head)
 
-    mallory = signed.b64url(signed.public_raw(Ed25519PrivateKey.generate()))
+    # Someone with the database swaps bob's key for theirs, kid and all.
+    raw = signed.public_raw(Ed25519PrivateKey.generate())
+    mallory = {"ed25519": signed.b64url(raw), "kid": signed.key_id(raw)}
     with sqlite3.connect(app.settings.data_dir / "parley.db") as db:
         (text,) = db.execute(
             "SELECT entry FROM parley_key_log WHERE app_id = ? AND seq = 2", (app.app.id,)
         ).fetchone()
         db.execute(
             "UPDATE parley_key_log SET entry = ? WHERE app_id = ? AND seq = 2",
-            (json.dumps({**json.loads(text), "ed25519": mallory}), app.app.id),
+            (json.dumps({**json.loads(text), **mallory}), app.app.id),
         )
     entries = (await get(api, app, "/keys/log"))["entries"]
+    half = [entries[0], {**entries[1], "kid": json.loads(text)["kid"]}]  # the key alone
+    with pytest.raises(DirectoryRewritten, match="kid is not the key id of ed25519"):
+        Verifier(app.app.key, signed.from_b64url(head["public_key"])).extend_wire(half)
     with pytest.raises(DirectoryRewritten, match="entry 2 differs"):
         verifier.extend_wire(entries)
     newcomer = Verifier(app.app.key, signed.from_b64url(head["public_key"]))

@@ -60,6 +60,7 @@ from parley.settings import AppConfig, Settings
 if TYPE_CHECKING:
     from parley.core.access import Access
     from parley.core.keys import KeyDirectory
+    from parley.core.webhooks import Webhooks
 
 
 def refused(session: Session, hub: AppHub, error_frame: bytes) -> None:
@@ -120,6 +121,7 @@ class Node:
         self.access: Access | None = None  # set by the composition root
         self.login_attempts: LoginAttempts | None = None  # set by it too (the built-in login)
         self.keys: KeyDirectory | None = None  # set by it too: the key directory
+        self.webhooks: Webhooks | None = None  # and the webhooks
         self.events = EventBus()
         self.pusher_frames = PusherFrames(self.hubs)
         self.pusher_frames.follow(self.events)

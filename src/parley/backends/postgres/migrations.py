@@ -162,12 +162,46 @@ CREATE TABLE IF NOT EXISTS parley_server_keys (
 );
 """
 
+# 5: the webhook queue (backends.webhooks): jobs waiting to be delivered, and each app's dead
+# letters. An identity never hands out an id twice, so a job's id stays unique in the dead
+# letters too.
+WEBHOOKS = """
+CREATE TABLE IF NOT EXISTS parley_webhooks (
+    id            bigint GENERATED ALWAYS AS IDENTITY PRIMARY KEY,
+    app_id        text NOT NULL,
+    url           text NOT NULL,
+    channel       text NOT NULL,    -- the ordering key; '' when the events have none
+    events        text NOT NULL,    -- JSON array of webhook events
+    created_ms    bigint NOT NULL,  -- milliseconds since the Unix epoch
+    next_ms       bigint NOT NULL,  -- due from then
+    attempts      integer NOT NULL, -- failed deliveries so far
+    last_error    text,
+    claimed_until bigint            -- a dispatcher holds it until then; NULL: nobody
+);
+CREATE INDEX IF NOT EXISTS parley_webhooks_key ON parley_webhooks (app_id, url, channel, id);
+CREATE INDEX IF NOT EXISTS parley_webhooks_due ON parley_webhooks (next_ms);
+CREATE TABLE IF NOT EXISTS parley_webhooks_dead (
+    id         bigint PRIMARY KEY,  -- the job's
+    app_id     text NOT NULL,
+    url        text NOT NULL,
+    channel    text NOT NULL,
+    events     text NOT NULL,
+    created_ms bigint NOT NULL,
+    failed_ms  bigint NOT NULL,     -- when it was buried
+    attempts   integer NOT NULL,
+    error      text NOT NULL        -- the last delivery's
+);
+CREATE INDEX IF NOT EXISTS parley_webhooks_dead_app
+    ON parley_webhooks_dead (app_id, failed_ms, id);
+"""
+
 MIGRATIONS: Sequence[Migration] = check_migrations(
     (
         Migration(1, "users and grants", USERS_AND_GRANTS),
         Migration(2, "history", HISTORY),
         Migration(3, "outbox", OUTBOX),
         Migration(4, "key directory", KEY_DIRECTORY),
+        Migration(5, "webhooks", WEBHOOKS),
     )
 )
 

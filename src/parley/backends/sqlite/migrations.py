@@ -128,11 +128,45 @@ CREATE TABLE IF NOT EXISTS parley_server_keys (
 );
 """
 
+# 4: the webhook queue (backends.webhooks): jobs waiting to be delivered, and each app's dead
+# letters. AUTOINCREMENT: a job's id is never reused, even once the newest is delivered, so
+# it stays unique in the dead letters too and ids keep each key's order.
+WEBHOOKS = """
+CREATE TABLE IF NOT EXISTS parley_webhooks (
+    id            INTEGER PRIMARY KEY AUTOINCREMENT,
+    app_id        TEXT NOT NULL,
+    url           TEXT NOT NULL,
+    channel       TEXT NOT NULL,     -- the ordering key; '' when the events have none
+    events        TEXT NOT NULL,     -- JSON array of webhook events
+    created_ms    INTEGER NOT NULL,  -- milliseconds since the Unix epoch
+    next_ms       INTEGER NOT NULL,  -- due from then
+    attempts      INTEGER NOT NULL,  -- failed deliveries so far
+    last_error    TEXT,
+    claimed_until INTEGER            -- a dispatcher holds it until then; NULL: nobody
+);
+CREATE INDEX IF NOT EXISTS parley_webhooks_key ON parley_webhooks (app_id, url, channel, id);
+CREATE INDEX IF NOT EXISTS parley_webhooks_due ON parley_webhooks (next_ms);
+CREATE TABLE IF NOT EXISTS parley_webhooks_dead (
+    id         INTEGER PRIMARY KEY,  -- the job's
+    app_id     TEXT NOT NULL,
+    url        TEXT NOT NULL,
+    channel    TEXT NOT NULL,
+    events     TEXT NOT NULL,
+    created_ms INTEGER NOT NULL,
+    failed_ms  INTEGER NOT NULL,     -- when it was buried
+    attempts   INTEGER NOT NULL,
+    error      TEXT NOT NULL         -- the last delivery's
+);
+CREATE INDEX IF NOT EXISTS parley_webhooks_dead_app
+    ON parley_webhooks_dead (app_id, failed_ms, id);
+"""
+
 MIGRATIONS: Sequence[Migration] = check_migrations(
     (
         Migration(1, "users and grants", USERS_AND_GRANTS),
         Migration(2, "history", HISTORY),
         Migration(3, "key directory", KEY_DIRECTORY),
+        Migration(4, "webhooks", WEBHOOKS),
     )
 )
 

@@ -1,0 +1,129 @@
+"""`SqliteWebhookQueue`: the webhook queue in `parley_webhooks` of the embedded SQLite file, and
+the dead letters in `parley_webhooks_dead` (migration 4).
+
+Each call is one short transaction on the connection thread of the process's `SqliteDb`. A
+claim picks and marks its jobs in one write transaction, and SQLite takes one writer at a time
+across every process on the file, so two dispatchers never claim the same job.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from functools import partial
+from typing import Any
+
+from parley.backends.sqlite.db import SqliteDb
+from parley.backends.webhooks import DEAD_KEEP_MAX, DeadWebhook, WebhookJob, WebhookQueue
+
+JOB_COLUMNS = "id, app_id, url, channel, events, created_ms, attempts, last_error"
+DEAD_COLUMNS = "id, app_id, url, channel, events, created_ms, failed_ms, attempts, error"
+
+# Due, not held, and the oldest of its key, which no other claim holds either (:now).
+CLAIMABLE = f"""
+SELECT {JOB_COLUMNS} FROM parley_webhooks w
+WHERE w.next_ms <= :now AND (w.claimed_until IS NULL OR w.claimed_until <= :now)
+AND NOT EXISTS (
+    SELECT 1 FROM parley_webhooks o
+    WHERE o.app_id = w.app_id AND o.url = w.url AND o.channel = w.channel
+    AND (o.id < w.id OR o.claimed_until > :now)
+)
+ORDER BY w.id LIMIT :limit
+"""
+
+RETRY = """
+UPDATE parley_webhooks SET next_ms = ?, attempts = attempts + 1, last_error = ?,
+    claimed_until = NULL
+WHERE id = ?
+"""
+
+BURY = f"""
+INSERT INTO parley_webhooks_dead ({DEAD_COLUMNS})
+SELECT id, app_id, url, channel, events, created_ms, ?, attempts + 1, ?
+FROM parley_webhooks WHERE id = ?
+"""
+
+# The app's dead letters after the newest `limit` (-1: all of them).
+OLDER_DEAD = """
+SELECT id FROM parley_webhooks_dead WHERE app_id = ?
+ORDER BY failed_ms DESC, id DESC LIMIT -1 OFFSET ?
+"""
+
+
+class SqliteWebhookQueue(WebhookQueue):
+    def __init__(self, db: SqliteDb, *, clock: Callable[[], float] = time.time) -> None:
+        super().__init__(clock)
+        self.db = db  # opened, migrated and closed by its owner
+
+    @property
+    def _db(self) -> SqliteDb:
+        self.check_running()
+        return self.db
+
+    async def enqueue(self, app_id: str, url: str, channel: str, events: str) -> int:
+        now = self.now_ms()
+        return await self._db.write(partial(_insert, (app_id, url, channel, events, now, now)))
+
+    async def claim(self, limit: int, lease_ms: int) -> list[WebhookJob]:
+        return await self._db.write(partial(_claim, self.now_ms(), limit, lease_ms))
+
+    async def delivered(self, job_id: int) -> None:
+        await self._db.write(partial(_run, "DELETE FROM parley_webhooks WHERE id = ?", (job_id,)))
+
+    async def retry(self, job_id: int, next_ms: int, error: str) -> None:
+        await self._db.write(partial(_run, RETRY, (next_ms, error, job_id)))
+
+    async def bury(self, job_id: int, error: str) -> None:
+        await self._db.write(partial(_bury, job_id, error, self.now_ms()))
+
+    async def dead(self, app_id: str, limit: int) -> list[DeadWebhook]:
+        sql = (
+            f"SELECT {DEAD_COLUMNS} FROM parley_webhooks_dead WHERE app_id = ?"
+            " ORDER BY failed_ms DESC, id DESC LIMIT ?"
+        )
+        rows = await self._db.read(partial(_rows, sql, (app_id, limit)))
+        return [DeadWebhook(*r) for r in rows]
+
+    async def pending(self, app_id: str) -> int:
+        sql = "SELECT count(*) FROM parley_webhooks WHERE app_id = ?"
+        rows = await self._db.read(partial(_rows, sql, (app_id,)))
+        return int(rows[0][0])
+
+
+def _insert(row: tuple[Any, ...], conn: sqlite3.Connection) -> int:
+    cursor = conn.execute(
+        "INSERT INTO parley_webhooks (app_id, url, channel, events, created_ms, next_ms, attempts)"
+        " VALUES (?, ?, ?, ?, ?, ?, 0)",
+        row,
+    )
+    assert cursor.lastrowid is not None
+    return cursor.lastrowid
+
+
+def _claim(now: int, limit: int, lease_ms: int, conn: sqlite3.Connection) -> list[WebhookJob]:
+    jobs = [WebhookJob(*r) for r in conn.execute(CLAIMABLE, {"now": now, "limit": limit})]
+    conn.executemany(
+        "UPDATE parley_webhooks SET claimed_until = ? WHERE id = ?",
+        [(now + lease_ms, job.id) for job in jobs],
+    )
+    return jobs
+
+
+def _bury(job_id: int, error: str, now: int, conn: sqlite3.Connection) -> None:
+    row = conn.execute("SELECT app_id FROM parley_webhooks WHERE id = ?", (job_id,)).fetchone()
+    if row is None:
+        return
+    conn.execute(BURY, (now, error, job_id))
+    conn.execute("DELETE FROM parley_webhooks WHERE id = ?", (job_id,))
+    conn.execute(
+        f"DELETE FROM parley_webhooks_dead WHERE id IN ({OLDER_DEAD})", (row[0], DEAD_KEEP_MAX)
+    )
+
+
+def _rows(sql: str, params: tuple[Any, ...], conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
+    return [tuple(r) for r in conn.execute(sql, params)]
+
+
+def _run(sql: str, params: tuple[Any, ...], conn: sqlite3.Connection) -> None:
+    conn.execute(sql, params)

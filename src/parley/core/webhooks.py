@@ -1,0 +1,337 @@
+"""Pusher webhooks: a consumer of the domain events that queues each webhook in the store, and
+a dispatcher that POSTs them, signed, retrying with backoff until they are delivered or
+dead-lettered.
+
+`Webhooks` turns `ChannelOccupied`, `ChannelVacated`, `MemberAdded`, `MemberRemoved`,
+`ClientEventSent`, `CacheMiss` and `SubscriptionCountChanged` into Pusher's webhook events
+(docs/protocol.md, "Webhooks"). `channel_vacated` and `member_removed` wait `webhook_hold_s`
+and are dropped, with the `channel_occupied` / `member_added` that undoes them, when the
+channel or member comes back meanwhile (a page reload makes no noise). Events are written to
+the `WebhookQueue` in the order they happened, one job per target URL and channel (several
+events in one job with `webhook_batch_ms`). The dispatcher claims due jobs (one at a time per
+URL and channel, so each channel's webhooks arrive in order), POSTs `{time_ms, events}` with
+`X-Pusher-Key` and `X-Pusher-Signature` made at each attempt (a retry carries a fresh
+`time_ms`, as the SDKs' five-minute window needs), and on a failure tries again after an
+exponential backoff with jitter, for `webhook_retry_s`, then buries the job in the dead
+letters. It runs in its own tasks: a slow or dead receiver never slows message delivery.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import aiohttp
+import orjson
+
+from parley import logs
+from parley.backends.webhooks import WebhookJob, WebhookQueue
+from parley.core.events import (
+    CacheMiss,
+    ChannelOccupied,
+    ChannelVacated,
+    ClientEventSent,
+    EventBus,
+    MemberAdded,
+    MemberRemoved,
+    SubscriptionCountChanged,
+)
+from parley.errors import StoreUnavailable
+from parley.settings import AppConfig, Settings
+
+CLAIM_BATCH = 64
+IDLE_POLL_S = 1.0  # the dispatcher looks for due retries at least this often
+BACKOFF_FIRST_S = 1.0
+BACKOFF_MAX_S = 600.0
+USER_AGENT = "parley-webhooks"
+
+Event = dict[str, Any]
+
+
+@dataclass(slots=True)
+class Held:
+    """A vacated or member_removed event waiting out the hold."""
+
+    app_id: str
+    event: Event
+    timer: asyncio.TimerHandle | None = None
+
+
+@dataclass(slots=True)
+class Stats:
+    queued: int = 0
+    delivered: int = 0
+    failed_attempts: int = 0
+    buried: int = 0
+    suppressed: int = 0  # vacated/occupied and removed/added pairs dropped by the hold
+    last_errors: dict[str, str] = field(default_factory=dict)
+
+
+def signature(secret: str, body: bytes) -> str:
+    return hmac.new(secret.encode(), body, hashlib.sha256).hexdigest()
+
+
+class Webhooks:
+    def __init__(
+        self,
+        settings: Settings,
+        events: EventBus,
+        queue: WebhookQueue,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.settings = settings
+        self.apps = {app.id: app for app in settings.apps if app.webhooks}
+        self.events = events
+        self.queue = queue
+        self.clock = clock
+        self.stats = Stats()
+        self._held: dict[tuple[str, str, str], Held] = {}  # (app, kind, key) -> held event
+        self._out: asyncio.Queue[tuple[str, Event]] = asyncio.Queue()
+        self._wake = asyncio.Event()
+        self._tasks: list[asyncio.Task[None]] = []
+        self._closing = False
+        self._http: aiohttp.ClientSession | None = None
+
+    @property
+    def enabled(self) -> bool:
+        return bool(self.apps)
+
+    async def start(self) -> None:
+        if not self.enabled:
+            return
+        bus = self.events
+        bus.subscribe(ChannelOccupied, self._occupied)
+        bus.subscribe(ChannelVacated, self._vacated)
+        bus.subscribe(MemberAdded, self._member_added)
+        bus.subscribe(MemberRemoved, self._member_removed)
+        bus.subscribe(ClientEventSent, self._client_event)
+        bus.subscribe(CacheMiss, self._cache_miss)
+        if any(app.subscription_count for app in self.apps.values()):
+            bus.subscribe(SubscriptionCountChanged, self._subscription_count)
+        timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
+        self._http = aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT})
+        loop = asyncio.get_running_loop()
+        self._tasks = [
+            loop.create_task(self._write_loop(), name="parley-webhooks-write"),
+            loop.create_task(self._dispatch_loop(), name="parley-webhooks-dispatch"),
+        ]
+        logs.info(
+            "webhooks",
+            apps=len(self.apps),
+            targets=sum(len(a.webhooks) for a in self.apps.values()),
+        )
+
+    async def close(self) -> None:
+        """Queue what is held (it happened), write what is waiting, stop."""
+        for held in list(self._held.values()):
+            if held.timer is not None:
+                held.timer.cancel()
+            self._out.put_nowait((held.app_id, held.event))
+        self._held.clear()
+        if self._tasks:
+            try:
+                async with asyncio.timeout(self.settings.shutdown_grace_s):
+                    await self._out.join()
+            except TimeoutError:
+                logs.warning("webhooks not queued at shutdown", events=self._out.qsize())
+            self._closing = True  # the loops stop at their next turn...
+            self._wake.set()
+            for task in self._tasks:
+                task.cancel()  # ...or now, wherever they wait
+            await asyncio.wait(self._tasks, timeout=self.settings.shutdown_grace_s)
+            self._tasks = []
+        if self._http is not None:
+            await self._http.close()
+            self._http = None
+
+    # -- domain events in ----------------------------------------------------------------------
+
+    def _emit(self, app_id: str, event: Event) -> None:
+        if app_id in self.apps:
+            self._out.put_nowait((app_id, event))
+
+    def _hold(self, app_id: str, kind: str, key: str, event: Event) -> None:
+        if app_id not in self.apps:
+            return
+        held = Held(app_id, event)
+        self._held[(app_id, kind, key)] = held
+        loop = asyncio.get_running_loop()
+        held.timer = loop.call_later(
+            self.settings.webhook_hold_s, self._release, (app_id, kind, key), held
+        )
+
+    def _release(self, slot: tuple[str, str, str], held: Held) -> None:
+        if self._held.get(slot) is held:
+            del self._held[slot]
+            self._out.put_nowait((held.app_id, held.event))
+
+    def _undoes(self, app_id: str, kind: str, key: str) -> bool:
+        """Whether a held event of `kind` for `key` is undone: both are dropped."""
+        held = self._held.pop((app_id, kind, key), None)
+        if held is None:
+            return False
+        if held.timer is not None:
+            held.timer.cancel()
+        self.stats.suppressed += 1
+        return True
+
+    def _occupied(self, e: ChannelOccupied) -> None:
+        if not self._undoes(e.app_id, "channel_vacated", e.channel):
+            self._emit(e.app_id, {"name": "channel_occupied", "channel": e.channel})
+
+    def _vacated(self, e: ChannelVacated) -> None:
+        event = {"name": "channel_vacated", "channel": e.channel}
+        self._hold(e.app_id, "channel_vacated", e.channel, event)
+
+    def _member_added(self, e: MemberAdded) -> None:
+        if e.remote:
+            return  # the node the member joined on sends it
+        key = f"{e.channel}\n{e.user_id}"
+        if not self._undoes(e.app_id, "member_removed", key):
+            event = {"name": "member_added", "channel": e.channel, "user_id": e.user_id}
+            self._emit(e.app_id, event)
+
+    def _member_removed(self, e: MemberRemoved) -> None:
+        if e.remote:
+            return
+        event = {"name": "member_removed", "channel": e.channel, "user_id": e.user_id}
+        self._hold(e.app_id, "member_removed", f"{e.channel}\n{e.user_id}", event)
+
+    def _client_event(self, e: ClientEventSent) -> None:
+        p = e.publication
+        event: Event = {
+            "name": "client_event",
+            "channel": p.channel,
+            "event": p.event,
+            "data": p.data,
+            "socket_id": e.socket_id,
+        }
+        if p.channel.startswith("presence-") and p.publisher.user_id is not None:
+            event["user_id"] = p.publisher.user_id
+        self._emit(e.app_id, event)
+
+    def _cache_miss(self, e: CacheMiss) -> None:
+        self._emit(e.app_id, {"name": "cache_miss", "channel": e.channel})
+
+    def _subscription_count(self, e: SubscriptionCountChanged) -> None:
+        app = self.apps.get(e.app_id)
+        if app is None or not app.subscription_count or e.channel.startswith("presence-"):
+            return
+        event = {"name": "subscription_count", "channel": e.channel, "subscription_count": e.count}
+        self._emit(e.app_id, event)
+
+    # -- into the store ------------------------------------------------------------------------
+
+    async def _write_loop(self) -> None:
+        batch_s = self.settings.webhook_batch_ms / 1000
+        while True:
+            first = await self._out.get()
+            taken = [first]
+            if batch_s > 0:
+                deadline = asyncio.get_running_loop().time() + batch_s
+                try:
+                    async with asyncio.timeout_at(deadline):
+                        while True:
+                            taken.append(await self._out.get())
+                except TimeoutError:
+                    pass
+            await self._store(taken)
+            for _ in taken:
+                self._out.task_done()
+            self._wake.set()
+
+    async def _store(self, taken: list[tuple[str, Event]]) -> None:
+        """Queue `taken` (in order), grouped by target and channel; tried until stored."""
+        jobs: dict[tuple[str, str, str], list[Event]] = {}
+        for app_id, event in taken:
+            for target in self.apps[app_id].webhooks:
+                if target.wants(event["name"]):
+                    jobs.setdefault((app_id, target.url, event["channel"]), []).append(event)
+        for (app_id, url, channel), events in jobs.items():
+            while True:
+                failed = False
+                try:
+                    await self.queue.enqueue(app_id, url, channel, orjson.dumps(events).decode())
+                    break
+                except StoreUnavailable as exc:
+                    logs.warning("webhook not queued yet: store unavailable", reason=exc.message)
+                    failed = True
+                except Exception:
+                    logs.error("queueing a webhook failed, trying again")
+                    failed = True
+                if failed:  # waited outside the except blocks
+                    await asyncio.sleep(1.0)
+            self.stats.queued += 1
+
+    # -- out to the receivers ------------------------------------------------------------------
+
+    async def _dispatch_loop(self) -> None:
+        lease_ms = int((self.settings.webhook_timeout_s + 30) * 1000)
+        while not self._closing:
+            try:
+                jobs = await self.queue.claim(CLAIM_BATCH, lease_ms)
+            except StoreUnavailable as exc:
+                logs.warning("webhook queue unavailable", reason=exc.message)
+                jobs = []
+            except Exception:  # a store's fault must not end the dispatcher: next poll
+                logs.error("claiming webhooks failed")
+                jobs = []
+            if jobs:
+                await asyncio.gather(*(self._deliver(job) for job in jobs))
+                continue
+            self._wake.clear()
+            try:  # asyncio.timeout, not wait_for: 3.11's wait_for may swallow a cancellation
+                async with asyncio.timeout(IDLE_POLL_S):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+
+    async def _deliver(self, job: WebhookJob) -> None:
+        app = self.apps.get(job.app_id)
+        error = await self._post(app, job) if app is not None else "the app has no webhooks now"
+        try:
+            if error is None:
+                await self.queue.delivered(job.id)
+                self.stats.delivered += 1
+                return
+            self.stats.failed_attempts += 1
+            self.stats.last_errors[job.url] = error
+            now_ms = int(self.clock() * 1000)
+            if now_ms - job.created_ms >= self.settings.webhook_retry_s * 1000:
+                await self.queue.bury(job.id, error)
+                self.stats.buried += 1
+                logs.warning("webhook dead-lettered", app_id=job.app_id, url=job.url, error=error)
+                return
+            delay = min(BACKOFF_FIRST_S * 2**job.attempts, BACKOFF_MAX_S)
+            delay *= random.uniform(0.5, 1.0)  # jitter: receivers coming back are not stormed
+            await self.queue.retry(job.id, now_ms + int(delay * 1000), error)
+            logs.info(
+                "webhook failed, retrying", url=job.url, attempt=job.attempts + 1, error=error
+            )
+        except StoreUnavailable as exc:  # the lease runs out and the job is claimed again
+            logs.warning("webhook outcome not recorded", reason=exc.message)
+        except Exception:
+            logs.error("recording a webhook's outcome failed", job=job.id)
+
+    async def _post(self, app: AppConfig, job: WebhookJob) -> str | None:
+        """POST the job now, signed now; None when the receiver took it (2xx), else why not."""
+        assert self._http is not None
+        body = b'{"time_ms":%d,"events":%s}' % (int(self.clock() * 1000), job.events.encode())
+        headers = {
+            "Content-Type": "application/json",
+            "X-Pusher-Key": app.key,
+            "X-Pusher-Signature": signature(app.secret, body),
+        }
+        try:
+            async with self._http.post(job.url, data=body, headers=headers) as response:
+                if 200 <= response.status < 300:
+                    return None
+                return f"HTTP {response.status}"
+        except (aiohttp.ClientError, TimeoutError, OSError) as exc:
+            return f"{type(exc).__name__}: {exc}"[:300]

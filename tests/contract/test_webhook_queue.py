@@ -1,0 +1,279 @@
+"""The WebhookQueue contract, on memory, SQLite and PostgreSQL: jobs handed out oldest first and
+one at a time per (app, url, channel), held by one claim until its lease runs out, retried
+later, delivered, or dead-lettered (the newest kept); dispatchers on two processes claiming at
+once never get the same job; a durable queue outlives the process.
+
+Time is the store's clock, a FakeClock moved by the tests. PostgreSQL's queue is shared with
+whatever else uses the database: what a test claims is filtered to its own app."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+import uuid
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+import pytest
+
+from parley.backends.database import Database
+from parley.backends.memory import webhooks as memory_webhooks
+from parley.backends.memory.webhooks import MemoryWebhookQueue
+from parley.backends.sqlite import webhooks as sqlite_webhooks
+from parley.backends.sqlite.db import SqliteDb
+from parley.backends.sqlite.webhooks import SqliteWebhookQueue
+from parley.backends.webhooks import DeadWebhook, WebhookJob, WebhookQueue
+from tests.support.databases import open_database
+from tests.support.stores import FakeClock, backend_lifecycle
+
+ALL = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+DURABLE = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+TABLES = ("parley_webhooks", "parley_webhooks_dead")
+
+URL = "https://hooks.example/parley"
+OTHER_URL = "https://other.example/hook"
+LEASE_MS = 30_000
+EVENTS = '[{"name":"channel_occupied","channel":"room"}]'
+
+
+@dataclass
+class Backend:
+    kind: str
+    target: str
+    app_id: str = field(default_factory=lambda: f"w{uuid.uuid4().hex[:12]}")
+    clock: FakeClock = field(default_factory=lambda: FakeClock(time.time()))
+    opened: list[Any] = field(default_factory=list)
+    apps: list[str] = field(default_factory=list)  # other apps the test used, cleaned up too
+    memory: MemoryWebhookQueue | None = None
+
+    async def open(self) -> WebhookQueue:
+        """A queue; a durable one on a database handle of its own, as another process has."""
+        store: WebhookQueue
+        db: Database | None = None
+        if self.kind == "memory":
+            store = self.memory = self.memory or MemoryWebhookQueue(clock=self.clock)
+        else:
+            db = await open_database(self.kind, self.target)
+            if isinstance(db, SqliteDb):
+                store = SqliteWebhookQueue(db, clock=self.clock)
+            else:
+                from parley.backends.postgres.db import PostgresDb
+                from parley.backends.postgres.webhooks import PostgresWebhookQueue
+
+                assert isinstance(db, PostgresDb)
+                store = PostgresWebhookQueue(db, clock=self.clock)
+        await store.start()
+        self.opened.append(store)
+        if db is not None:
+            self.opened.append(db)
+        return store
+
+    def module(self) -> ModuleType:
+        """The module of this kind's queue (for its DEAD_KEEP_MAX)."""
+        if self.kind == "memory":
+            return memory_webhooks
+        if self.kind == "sqlite":
+            return sqlite_webhooks
+        from parley.backends.postgres import webhooks
+
+        return webhooks
+
+    async def claim(self, store: WebhookQueue, limit: int = 100) -> list[WebhookJob]:
+        """What `store` claims of this test's app (a shared PostgreSQL may hold others')."""
+        return [j for j in await store.claim(limit, LEASE_MS) if j.app_id == self.app_id]
+
+
+async def _backend(kind: str, tmp_path: Path) -> AsyncIterator[Backend]:
+    async for backend in backend_lifecycle(kind, tmp_path, Backend, TABLES):
+        yield backend
+
+
+@pytest.fixture(params=ALL)
+async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    async for b in _backend(request.param, tmp_path):
+        yield b
+
+
+@pytest.fixture(params=DURABLE)
+async def durable(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
+    async for b in _backend(request.param, tmp_path):
+        yield b
+
+
+def ids(jobs: list[WebhookJob]) -> list[int]:
+    return [job.id for job in jobs]
+
+
+async def test_a_queued_job_is_claimed_with_its_fields(backend: Backend) -> None:
+    store, app = await backend.open(), backend.app_id
+    now = store.now_ms()
+    job_id = await store.enqueue(app, URL, "", EVENTS)
+    assert await store.pending(app) == 1
+    assert await backend.claim(store) == [WebhookJob(job_id, app, URL, "", EVENTS, now, 0, None)]
+    assert await store.pending(app) == 1  # claimed is still queued
+    assert await store.pending(f"{app}-other") == 0
+
+
+async def test_a_key_is_delivered_in_order_and_other_keys_meanwhile(backend: Backend) -> None:
+    store, app = await backend.open(), backend.app_id
+    first = await store.enqueue(app, URL, "room", EVENTS)
+    second = await store.enqueue(app, URL, "room", EVENTS)
+    lobby = await store.enqueue(app, URL, "lobby", EVENTS)
+    elsewhere = await store.enqueue(app, OTHER_URL, "room", EVENTS)
+    assert first < second < lobby < elsewhere
+    assert ids(await backend.claim(store)) == [first, lobby, elsewhere]
+    assert await backend.claim(store) == []  # `second` waits for `first`
+    await store.delivered(lobby)
+    third = await store.enqueue(app, URL, "lobby", EVENTS)
+    assert ids(await backend.claim(store)) == [third]
+    await store.delivered(first)
+    assert ids(await backend.claim(store)) == [second]
+
+
+async def test_claim_takes_at_most_its_limit_oldest_first(backend: Backend) -> None:
+    store, app = await backend.open(), backend.app_id
+    queued = [await store.enqueue(app, URL, f"c{i}", EVENTS) for i in range(5)]
+    if backend.kind == "postgres":  # others' jobs may come first: only the order is ours
+        assert ids(await backend.claim(store)) == queued
+        return
+    assert ids(await store.claim(2, LEASE_MS)) == queued[:2]
+    assert ids(await store.claim(10, LEASE_MS)) == queued[2:]
+
+
+async def test_a_claimed_job_is_held_until_its_lease_runs_out(backend: Backend) -> None:
+    store, app = await backend.open(), backend.app_id
+    job_id = await store.enqueue(app, URL, "room", EVENTS)
+    assert ids(await backend.claim(store)) == [job_id]
+    backend.clock.advance(LEASE_MS / 1000 - 0.001)
+    assert await backend.claim(store) == []
+    backend.clock.advance(0.001)  # the dispatcher died: another may take it
+    (again,) = await backend.claim(store)
+    assert (again.id, again.attempts) == (job_id, 0)
+    assert await backend.claim(store) == []  # held again, by the new claim
+
+
+async def test_a_retried_job_is_due_later_with_its_error(backend: Backend) -> None:
+    store, app = await backend.open(), backend.app_id
+    job_id = await store.enqueue(app, URL, "room", EVENTS)
+    younger = await store.enqueue(app, URL, "room", EVENTS)
+    await backend.claim(store)
+    due = store.now_ms() + 10_000
+    await store.retry(job_id, due, "HTTP 500")
+    assert await backend.claim(store) == []  # neither it nor the younger job of its key
+    backend.clock.advance(9.999)
+    assert await backend.claim(store) == []
+    backend.clock.advance(0.001)
+    (job,) = await backend.claim(store)
+    assert (job.id, job.attempts, job.last_error) == (job_id, 1, "HTTP 500")
+    await store.retry(job_id, store.now_ms(), "timed out")
+    (job,) = await backend.claim(store)
+    assert (job.id, job.attempts, job.last_error) == (job_id, 2, "timed out")
+    await store.delivered(job_id)
+    assert ids(await backend.claim(store)) == [younger]
+
+
+async def test_delivered_jobs_leave_the_queue(backend: Backend) -> None:
+    store, app = await backend.open(), backend.app_id
+    queued = [await store.enqueue(app, URL, f"c{i}", EVENTS) for i in range(3)]
+    await backend.claim(store)
+    await store.delivered(queued[1])
+    assert await store.pending(app) == 2
+    await store.delivered(queued[1])  # twice: nothing more
+    await store.delivered(queued[0])
+    await store.delivered(queued[2])
+    assert await store.pending(app) == 0
+    backend.clock.advance(LEASE_MS)
+    assert await backend.claim(store) == []
+    assert await store.dead(app, 10) == []
+
+
+async def test_a_buried_job_is_a_dead_letter_newest_first(backend: Backend) -> None:
+    store, app = await backend.open(), backend.app_id
+    created = store.now_ms()
+    first = await store.enqueue(app, URL, "room", EVENTS)
+    second = await store.enqueue(app, OTHER_URL, "", "[]")
+    younger = await store.enqueue(app, URL, "room", EVENTS)
+    await backend.claim(store)
+    await store.retry(first, store.now_ms(), "HTTP 502")
+    await backend.claim(store)
+    await store.bury(first, "HTTP 503")
+    buried = store.now_ms()
+    backend.clock.advance(1)
+    await store.bury(second, "connection refused")
+    assert await store.dead(app, 10) == [
+        DeadWebhook(
+            second, app, OTHER_URL, "", "[]", created, buried + 1000, 1, "connection refused"
+        ),
+        DeadWebhook(first, app, URL, "room", EVENTS, created, buried, 2, "HTTP 503"),
+    ]
+    assert ids(await backend.claim(store)) == [younger]  # its key goes on
+    assert await store.pending(app) == 1
+    assert [d.id for d in await store.dead(app, 1)] == [second]
+    assert await store.dead(f"{app}-other", 10) == []
+
+
+async def test_dead_letters_keep_the_newest(
+    backend: Backend, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(backend.module(), "DEAD_KEEP_MAX", 3)
+    store, app = await backend.open(), backend.app_id
+    other = f"{app}-other"
+    backend.apps.append(other)
+    kept_elsewhere = await store.enqueue(other, URL, "", EVENTS)
+    await store.bury(kept_elsewhere, "gone")
+    queued = [await store.enqueue(app, URL, f"c{i}", EVENTS) for i in range(5)]
+    for job_id in queued:
+        backend.clock.advance(0.001)
+        await store.bury(job_id, f"failed {job_id}")
+    assert [d.id for d in await store.dead(app, 10)] == queued[:1:-1]
+    assert [d.id for d in await store.dead(other, 10)] == [kept_elsewhere]
+
+
+async def test_two_processes_claiming_at_once_never_share_a_job(durable: Backend) -> None:
+    one, two = await durable.open(), await durable.open()
+    app = durable.app_id
+    queued = [await one.enqueue(app, URL, f"c{i % 8}", EVENTS) for i in range(16)]
+    claims = await asyncio.gather(*(durable.claim(s, 3) for s in (one, two, one, two)))
+    claimed = [job.id for jobs in claims for job in jobs]
+    assert len(claimed) == len(set(claimed))
+    assert set(claimed) <= set(queued[:8])  # the oldest of each channel, never the younger
+    rest = await asyncio.gather(durable.claim(one), durable.claim(two))
+    claimed += [job.id for jobs in rest for job in jobs]
+    assert sorted(claimed) == queued[:8]
+
+
+async def test_a_durable_queue_outlives_the_process(durable: Backend) -> None:
+    store, app = await durable.open(), durable.app_id
+    held = await store.enqueue(app, URL, "room", EVENTS)
+    assert ids(await durable.claim(store)) == [held]
+    waiting = await store.enqueue(app, URL, "lobby", EVENTS)
+    await store.close()
+    await store.db.close()  # type: ignore[attr-defined]
+    again = await durable.open()
+    assert await again.pending(app) == 2
+    assert ids(await durable.claim(again)) == [waiting]  # the lease was kept too
+    await again.delivered(waiting)
+    durable.clock.advance(LEASE_MS / 1000)
+    assert ids(await durable.claim(again)) == [held]
+    assert await again.enqueue(app, URL, "lobby", EVENTS) > waiting  # ids are never reused
+
+
+async def test_a_closed_queue_refuses(backend: Backend) -> None:
+    store, app = await backend.open(), backend.app_id
+    job_id = await store.enqueue(app, URL, "", EVENTS)
+    await store.close()
+    calls = [
+        store.enqueue(app, URL, "", EVENTS),
+        store.claim(1, LEASE_MS),
+        store.delivered(job_id),
+        store.retry(job_id, 0, "x"),
+        store.bury(job_id, "x"),
+        store.dead(app, 1),
+        store.pending(app),
+    ]
+    for call in calls:
+        with pytest.raises(RuntimeError, match="webhook queue is not running"):
+            await call
