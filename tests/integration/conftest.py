@@ -20,9 +20,12 @@ def pytest_asyncio_loop_factories(
 
 
 @pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[InProcessApp]:
-    """The app with the memory store, client events on and their rate limit off."""
-    settings = app_settings(tmp_path, client_events=True, client_event_rate=0)
+async def app(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[InProcessApp]:
+    """The app with the memory store, client events on and their rate limit off; a module's
+    `pytest.mark.app_options(store=..., **app fields)` changes them."""
+    marker = request.node.get_closest_marker("app_options")
+    options = {"client_events": True, "client_event_rate": 0, **(marker.kwargs if marker else {})}
+    settings = app_settings(tmp_path, **options)
     async with serving(settings) as running:
         yield running
 

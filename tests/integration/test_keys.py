@@ -8,7 +8,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -30,35 +29,9 @@ from tests.support.pusher_async import AsyncApi, AsyncClientPool
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.app_options(store="sqlite", signed_channels="private-signed-*"),
     pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning"),
 ]
-
-
-@pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[InProcessApp]:
-    settings = app_settings(
-        tmp_path,
-        store="sqlite",
-        client_events=True,
-        client_event_rate=0,
-        signed_channels="private-signed-*",
-    )
-    async with serving(settings) as running:
-        yield running
-
-
-@pytest.fixture
-async def api(app: InProcessApp) -> AsyncIterator[AsyncApi]:
-    client = AsyncApi(app.http_url, app.app.id, app.app.key, app.app.secret)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def clients(app: InProcessApp) -> AsyncIterator[AsyncClientPool]:
-    pool = AsyncClientPool(app.ws_url)
-    yield pool
-    await pool.close_all()
 
 
 async def test_keys_are_registered_endorsed_revoked_and_the_log_is_chained_and_signed(
@@ -118,6 +91,16 @@ async def test_keys_are_registered_endorsed_revoked_and_the_log_is_chained_and_s
     )
     page = await get(api, app, "/keys/log?after=1&limit=1")
     assert [e["seq"] for e in page["entries"]] == [2]
+    for bad, named in (("limit=0", "'limit'"), ("after=x", "'after'"), ("limit=1001", "'limit'")):
+        refused = await api.request(
+            "GET", f"/apps/{app.app.id}/keys/log?{bad}", headers=bearer(app, "reader")
+        )
+        assert refused.status == 400 and named in refused.json()["error"], refused.body
+    junk = await api.request(
+        "POST", f"/apps/{app.app.id}/keys", body=b'{"device_id": "d", "ed25519": "not-a-key!"}',
+        headers=bearer(app, "alice"),
+    )  # fmt: skip
+    assert junk.status == 400 and "'ed25519'" in junk.json()["error"]
 
 
 async def test_an_app_may_allow_unendorsed_keys_and_they_are_marked(tmp_path: Path) -> None:

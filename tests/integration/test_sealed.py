@@ -10,7 +10,6 @@ import json
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -20,30 +19,18 @@ from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
 from parley.protocol import signed
 from parley.sdk.sealed import CannotOpen, open_sealed, seal, x25519_public
 from parley.sdk.verifier import Verifier
-from tests.support.inproc import InProcessApp, app_settings, serving
+from tests.support.inproc import InProcessApp
 from tests.support.keys import get, joined, register
 from tests.support.pusher_async import AsyncApi, AsyncClientPool
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.app_options(store="sqlite", signed_channels="private-signed-*"),
     pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning"),
 ]
 
 CHANNEL = "private-signed-dm-alice-bob"
 SECRET_TEXT = "meet at the north gate at noon"
-
-
-@pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[InProcessApp]:
-    settings = app_settings(
-        tmp_path,
-        store="sqlite",
-        client_events=True,
-        client_event_rate=0,
-        signed_channels="private-signed-*",
-    )
-    async with serving(settings) as running:
-        yield running
 
 
 class Device:

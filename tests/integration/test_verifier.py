@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
@@ -31,31 +30,11 @@ from tests.support.pusher_async import AsyncApi, AsyncClient, AsyncClientPool
 
 pytestmark = [
     pytest.mark.integration,
+    pytest.mark.app_options(store="sqlite"),
     pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning"),
 ]
 
 ROOM = "private-room"  # not a signed channel: the server passes signatures through
-
-
-@pytest.fixture
-async def app(tmp_path: Path) -> AsyncIterator[InProcessApp]:
-    settings = app_settings(tmp_path, store="sqlite", client_events=True, client_event_rate=0)
-    async with serving(settings) as running:
-        yield running
-
-
-@pytest.fixture
-async def api(app: InProcessApp) -> AsyncIterator[AsyncApi]:
-    client = AsyncApi(app.http_url, app.app.id, app.app.key, app.app.secret)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-async def clients(app: InProcessApp) -> AsyncIterator[AsyncClientPool]:
-    pool = AsyncClientPool(app.ws_url)
-    yield pool
-    await pool.close_all()
 
 
 async def verifier_from_channel(

@@ -12,6 +12,7 @@ from parley.core.keys import KeyDirectory
 from parley.core.node import Node
 from parley.errors import BadRequest
 from parley.http_api.routes import Call, Router
+from parley.protocol.connection import history_query
 from parley.protocol.directory import KeyEntry
 from parley.transport.server import Response
 
@@ -26,15 +27,6 @@ def _optional_str(body: dict[str, Any], name: str) -> str | None:
     if value is not None and not isinstance(value, str):
         raise BadRequest(f"'{name}' must be a string")
     return value
-
-
-def _whole(call: Call, name: str, default: int) -> int:
-    raw = call.params.get(name)
-    if raw is None:
-        return default
-    if not raw.isdigit() or len(raw) > 18:
-        raise BadRequest(f"'{name}' must be a whole number")
-    return int(raw)
 
 
 def _entries(entries: list[KeyEntry]) -> list[dict[str, Any]]:
@@ -84,8 +76,8 @@ def register(router: Router) -> None:
 
     @router.route("GET", "/apps/{app_id}/keys/log", "keys_log", auth="signed_or_bearer")
     async def keys_log(node: Node, call: Call) -> dict[str, Any]:
-        after, limit = _whole(call, "after", 0), _whole(call, "limit", 100)
-        entries = await _directory(node).log(call.app, after, limit)
+        page = history_query(call.params)  # the same after/limit rules as history pages
+        entries = await _directory(node).log(call.app, page.after or 0, page.limit)
         return {"entries": _entries(entries)}
 
     @router.route("GET", "/apps/{app_id}/keys/{user_id}", "keys_of_user", auth="signed_or_bearer")
