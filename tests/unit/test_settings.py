@@ -110,6 +110,26 @@ _REDIS = {
         ("", {**_REDIS, "PARLEY_STORE": "sqlite"}, r"needs store = \"postgres\""),
         ("", {"PARLEY_NODE_ID": "a b"}, "'node_id' must be"),
         ("", {"PARLEY_REDIS_PREFIX": ""}, "'redis_prefix' must be"),
+        (
+            '[[apps]]\nid = "1"\nkey = "a"\nsecret = "s"\n[[apps.webhooks]]\nurl = "ftp://x"\n',
+            {},
+            r"webhooks\[0\]: webhook url must be an http:// or https:// URL",
+        ),
+        (
+            '[[apps]]\nid = "1"\nkey = "a"\nsecret = "s"\n[[apps.webhooks]]\nurl = "http://x/h"\nevents = ["member_joined"]\n',
+            {},
+            "unknown member_joined; known: channel_occupied",
+        ),
+        (
+            "",
+            {
+                "PARLEY_APP_ID": "1",
+                "PARLEY_APP_KEY": "k",
+                "PARLEY_APP_SECRET": "s",
+                "PARLEY_APP_WEBHOOK_EVENTS": "cache_miss",
+            },
+            "'webhook_events' needs 'webhook_url'",
+        ),
     ],
 )
 def test_bad_settings_name_the_key(
@@ -171,3 +191,32 @@ def test_the_start_line_shows_no_secret(tmp_path: Path) -> None:
     assert "hunter2" not in shown and "scrape-me" not in shown
     assert "postgresql://parley:***@db:5432/parley" in shown
     assert settings.apps[0].secret not in shown
+
+
+def test_webhooks_from_the_environment_and_the_file(tmp_path: Path) -> None:
+    env = {
+        "PARLEY_DATA_DIR": str(tmp_path),
+        "PARLEY_APP_ID": "7",
+        "PARLEY_APP_KEY": "k",
+        "PARLEY_APP_SECRET": "s",
+        "PARLEY_APP_WEBHOOK_URL": "https://hooks.example/pusher",
+        "PARLEY_APP_WEBHOOK_EVENTS": "channel_occupied, member_added",
+    }
+    (app,) = load_settings(env=env).apps
+    (hook,) = app.webhooks
+    assert (hook.url, hook.events) == (
+        "https://hooks.example/pusher",
+        ("channel_occupied", "member_added"),
+    )
+    assert hook.wants("member_added") and not hook.wants("client_event")
+    config = tmp_path / "parley.toml"
+    config.write_text(
+        '[[apps]]\nid = "1"\nkey = "a"\nsecret = "s"\n'
+        '[[apps.webhooks]]\nurl = "http://127.0.0.1:9/a"\n'
+        '[[apps.webhooks]]\nurl = "http://127.0.0.1:9/b"\nevents = ["client_event"]\n'
+    )
+    (app,) = load_settings(env={"PARLEY_DATA_DIR": str(tmp_path)}, config_file=config).apps
+    assert [(w.url, w.events) for w in app.webhooks] == [
+        ("http://127.0.0.1:9/a", ()),
+        ("http://127.0.0.1:9/b", ("client_event",)),
+    ]
