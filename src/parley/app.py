@@ -14,7 +14,9 @@ from typing import Any
 import orjson
 
 from parley import __version__, logs, speedups
+from parley.backends.bots import BotStore
 from parley.backends.broker import Broker
+from parley.backends.conversations import ConversationStore
 from parley.backends.database import Database, Migration, MigrationFailed
 from parley.backends.grants import GrantStore
 from parley.backends.history import HistoryStore
@@ -24,6 +26,8 @@ from parley.backends.throttle import LoginAttempts
 from parley.backends.users import UserStore
 from parley.backends.webhooks import WebhookQueue
 from parley.core.access import Access
+from parley.core.bots import Bots
+from parley.core.conversations import Conversations
 from parley.core.ids import new_node_id
 from parley.core.keys import KeyDirectory
 from parley.core.node import Node
@@ -31,7 +35,7 @@ from parley.core.outbox import OutboxRelay
 from parley.core.session import Session
 from parley.core.webhooks import Webhooks
 from parley.errors import CannotStart
-from parley.http_api import builtin, keys, ops, pusher, webhooks
+from parley.http_api import bots, builtin, conversations, keys, ops, pusher, webhooks
 from parley.http_api.routes import Router
 from parley.protocol.directory import CHANNEL as KEYS_CHANNEL
 from parley.protocol.directory import EVENT as KEYS_EVENT
@@ -152,11 +156,15 @@ class Stores:
     grants: GrantStore
     keys: KeyDirectoryStore
     webhooks: WebhookQueue
+    conversations: ConversationStore
+    bots: BotStore
 
 
 def make_stores(db: Database | None) -> Stores:
     """The stores on `db` (from `open_database`), not started: memory ones when it is None."""
     if db is None:
+        from parley.backends.memory.bots import MemoryBotStore
+        from parley.backends.memory.conversations import MemoryConversationStore
         from parley.backends.memory.grants import MemoryGrantStore
         from parley.backends.memory.history import MemoryHistoryStore
         from parley.backends.memory.keys import MemoryKeyDirectoryStore
@@ -169,10 +177,14 @@ def make_stores(db: Database | None) -> Stores:
             MemoryGrantStore(),
             MemoryKeyDirectoryStore(),
             MemoryWebhookQueue(),
+            MemoryConversationStore(),
+            MemoryBotStore(),
         )
     from parley.backends.sqlite.db import SqliteDb
 
     if isinstance(db, SqliteDb):
+        from parley.backends.sqlite.bots import SqliteBotStore
+        from parley.backends.sqlite.conversations import SqliteConversationStore
         from parley.backends.sqlite.grants import SqliteGrantStore
         from parley.backends.sqlite.history import SqliteHistoryStore
         from parley.backends.sqlite.keys import SqliteKeyDirectoryStore
@@ -185,10 +197,14 @@ def make_stores(db: Database | None) -> Stores:
             SqliteGrantStore(db),
             SqliteKeyDirectoryStore(db),
             SqliteWebhookQueue(db),
+            SqliteConversationStore(db),
+            SqliteBotStore(db),
         )
     from parley.backends.postgres.db import PostgresDb
 
     if isinstance(db, PostgresDb):
+        from parley.backends.postgres.bots import PostgresBotStore
+        from parley.backends.postgres.conversations import PostgresConversationStore
         from parley.backends.postgres.grants import PostgresGrantStore
         from parley.backends.postgres.history import PostgresHistoryStore
         from parley.backends.postgres.keys import PostgresKeyDirectoryStore
@@ -201,6 +217,8 @@ def make_stores(db: Database | None) -> Stores:
             PostgresGrantStore(db),
             PostgresKeyDirectoryStore(db),
             PostgresWebhookQueue(db),
+            PostgresConversationStore(db),
+            PostgresBotStore(db),
         )
     raise TypeError(f"no stores for {db.describe()}")
 
@@ -216,6 +234,8 @@ async def make_node(settings: Settings, db: Database | None) -> Node:
     await stores.grants.start()
     await stores.keys.start()
     await stores.webhooks.start()
+    await stores.conversations.start()
+    await stores.bots.start()
     node_id = settings.node_id or new_node_id()
     broker = make_broker(settings, node_id)
     node = Node(settings, stores.history, broker, make_presence(settings), node_id)
@@ -229,7 +249,19 @@ async def make_node(settings: Settings, db: Database | None) -> Node:
     await node.keys.start()
     node.webhooks = Webhooks(settings, node.events, stores.webhooks)
     await node.webhooks.start()
+    node.conversations = Conversations(node, stores.conversations, stores.users)
+    node.conversations.bot_store = stores.bots
+    await node.conversations.start()
+    node.bots = Bots(node, stores.bots, node.conversations, stores.webhooks, node.webhooks.wake)
+    node.webhooks.bot_credentials = partial(bot_credentials, stores.bots)
+    await node.bots.start()
     return node
+
+
+async def bot_credentials(store: BotStore, app_id: str, bot_id: str) -> tuple[str, str] | None:
+    """What a bot's webhooks are signed with: its id and its webhook secret."""
+    bot = await store.get(app_id, bot_id)
+    return (bot.id, bot.secret_hash) if bot is not None else None
 
 
 async def publish_key_entry(node: Node, app: AppConfig, entry: KeyEntry) -> None:
@@ -253,6 +285,12 @@ async def close_node(node: Node) -> None:
     if node.keys is not None:
         await node.keys.close()
         await node.keys.store.close()
+    if node.bots is not None:
+        await node.bots.close()
+        await node.bots.store.close()
+    if node.conversations is not None:
+        await node.conversations.close()
+        await node.conversations.store.close()
     if node.webhooks is not None:
         await node.webhooks.close()
         await node.webhooks.queue.close()
@@ -276,6 +314,8 @@ async def _start(settings: Settings, db: Database | None) -> Running:
     builtin.register(router)
     keys.register(router)
     webhooks.register(router)
+    conversations.register(router)
+    bots.register(router)
 
     limits = Limits(node.max_message_bytes, node.max_outbound_bytes)
 

@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-from parley import __version__, cli_grants, cli_migrate, cli_users, logs, workers
+from parley import __version__, cli_bots, cli_grants, cli_migrate, cli_users, logs, workers
 from parley.errors import CannotStart, ConfigError
 from parley.settings import load_settings, warn_unknown_variables
 
@@ -35,6 +35,7 @@ def _parser() -> argparse.ArgumentParser:
     )
     cli_users.add_parser(sub)
     cli_grants.add_parser(sub)
+    cli_bots.add_parser(sub)
     cli_migrate.add_parser(sub)
     return parser
 
@@ -45,6 +46,8 @@ def main(argv: list[str] | None = None) -> int:
         return cli_users.run(args)
     if args.command == "grants":
         return cli_grants.run(args)
+    if args.command == "bots":
+        return cli_bots.run(args)
     if args.command == "migrate":
         return cli_migrate.run(args)
     if args.command == "serve":

@@ -68,6 +68,13 @@ class Conflict(ParleyError):
     http_status = 409
 
 
+class NotAllowed(ParleyError):
+    """The caller may not do this (not a member, blocked, a bot outside its conversations):
+    403 over HTTP."""
+
+    http_status = 403
+
+
 class UnknownResource(ParleyError):
     """What the request names does not exist (a key id): 404 over HTTP."""
 

@@ -124,6 +124,8 @@ class AppConfig:
     signed_channels: str = ""
     keys_unendorsed: bool = False  # a user's further device keys need no endorsement
     max_keys_per_user: int = 10  # current keys per user in the key directory
+    max_conversation_members: int = 100  # users in one conversation (core.conversations)
+    conversation_request_messages: int = 1  # a requester's messages before acceptance
     encryption_master_key_base64: str = ""  # for the built-in authorizer's shared_secret
     allowed_origins: str = ""  # comma-separated; checked when a session cookie identifies
     # ...and, when on, for every WebSocket handshake and built-in auth call with an Origin

@@ -11,6 +11,7 @@ import uvloop
 
 from tests.support.inproc import InProcessApp, app_settings, serving
 from tests.support.pusher_async import AsyncApi, AsyncClientPool
+from tests.support.receiver import Receiver
 
 
 def pytest_asyncio_loop_factories(
@@ -42,3 +43,12 @@ async def api(app: InProcessApp) -> AsyncIterator[AsyncApi]:
     client = AsyncApi(app.http_url, app.app.id, app.app.key, app.app.secret)
     yield client
     await client.close()
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A webhook endpoint on 127.0.0.1 (tests.support.receiver)."""
+    r = Receiver()
+    await r.start()
+    yield r
+    await r.stop()

@@ -9,85 +9,18 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any
 
 import pytest
-from aiohttp import web
 from pusher import Pusher
 
 from parley.settings import AppConfig, Settings, WebhookConfig
 from tests.support.inproc import app_settings, serving
 from tests.support.pusher_async import AsyncApi, AsyncClientPool
+from tests.support.receiver import Receiver
 
 pytestmark = pytest.mark.integration
-
-
-class Receiver:
-    """A webhook endpoint on 127.0.0.1 that records what it accepts; `status` is what it
-    answers (503 while "down"), `stop()` takes it off the network."""
-
-    def __init__(self) -> None:
-        self.status = 200
-        self.accepted: list[dict[str, Any]] = []
-        self.refused = 0
-        self.arrived = asyncio.Event()
-        self.port = 0
-        self._runner: web.AppRunner | None = None
-
-    async def start(self) -> None:
-        app = web.Application()
-        app.router.add_post("/hook", self._hook)
-        self._runner = web.AppRunner(app)
-        await self._runner.setup()
-        site = web.TCPSite(self._runner, "127.0.0.1", self.port)
-        await site.start()
-        self.port = self._runner.addresses[0][1]
-
-    async def stop(self) -> None:
-        if self._runner is not None:
-            await self._runner.cleanup()
-            self._runner = None
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}/hook"
-
-    async def _hook(self, request: web.Request) -> web.Response:
-        if self.status != 200:
-            self.refused += 1
-            return web.Response(status=self.status)
-        body = await request.read()
-        self.accepted.append(
-            {
-                "content_type": request.headers.get("Content-Type"),
-                "key": request.headers.get("X-Pusher-Key"),
-                "signature": request.headers.get("X-Pusher-Signature"),
-                "body": body,
-            }
-        )
-        self.arrived.set()
-        return web.Response(status=200)
-
-    def events(self) -> list[dict[str, Any]]:
-        return [e for r in self.accepted for e in json.loads(r["body"])["events"]]
-
-    async def wait_for(self, count: int, timeout: float = 10.0) -> list[dict[str, Any]]:
-        """Every event accepted once `count` have arrived (bounded wait)."""
-        async with asyncio.timeout(timeout):
-            while len(self.events()) < count:
-                self.arrived.clear()
-                await self.arrived.wait()
-        return self.events()
-
-
-@pytest.fixture
-async def receiver() -> AsyncIterator[Receiver]:
-    r = Receiver()
-    await r.start()
-    yield r
-    await r.stop()
 
 
 def hooked(tmp_path: Path, receiver: Receiver, **server: Any) -> Settings:

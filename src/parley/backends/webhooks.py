@@ -32,6 +32,7 @@ class WebhookJob:
     created_ms: int
     attempts: int  # failed deliveries so far
     last_error: str | None
+    bot_id: str = ""  # signed by this bot's credentials ("" : the app's)
 
 
 @dataclass(frozen=True, slots=True)
@@ -45,6 +46,7 @@ class DeadWebhook:
     failed_ms: int
     attempts: int
     error: str
+    bot_id: str = ""
 
 
 class WebhookQueue(StoreLifecycle, abc.ABC):
@@ -57,8 +59,11 @@ class WebhookQueue(StoreLifecycle, abc.ABC):
         super().__init__(clock)
 
     @abc.abstractmethod
-    async def enqueue(self, app_id: str, url: str, channel: str, events: str) -> int:
-        """Queue one job, due now; durable when it returns. Its id."""
+    async def enqueue(
+        self, app_id: str, url: str, channel: str, events: str, *, bot_id: str = ""
+    ) -> int:
+        """Queue one job, due now, to be signed as the app or as bot `bot_id`; durable when
+        it returns. Its id."""
 
     @abc.abstractmethod
     async def claim(self, limit: int, lease_ms: int) -> list[WebhookJob]:

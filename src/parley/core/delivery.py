@@ -40,13 +40,14 @@ import asyncio
 import fnmatch
 import logging
 import time
-from collections.abc import Awaitable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from functools import lru_cache
 
 from parley import logs
 from parley.backends.broker import Broker
 from parley.backends.history import Append, HistoryStore, Retention
+from parley.core.conversations import CHANNEL_PREFIX as CONVERSATION_PREFIX
 from parley.core.hub import AppHub, CachedEvent, Channel
 from parley.errors import StoreUnavailable
 from parley.protocol import frames
@@ -134,6 +135,9 @@ class Delivery:
         self._outbox: list[Outgoing] = []
         self._pump: asyncio.Task[None] | None = None
         self._fills: set[asyncio.Task[None]] = set()
+        # told of each stored publication of a conversation channel, on the node that took it
+        # (core.bots: webhooks to the bots there, conversation references)
+        self.on_conversation_event: Callable[[str, Publication], None] | None = None
 
     # -- the sending side --------------------------------------------------------------------
 
@@ -195,6 +199,7 @@ class Delivery:
             _fail(batch, refused)
             return
         publish = self._publish
+        watch = self.on_conversation_event
         try:
             for o in batch:
                 publication = o.publication
@@ -203,6 +208,8 @@ class Delivery:
                     if result.duplicate:  # stored and published before
                         continue
                     publication = result.publication
+                    if watch is not None and publication.channel.startswith(CONVERSATION_PREFIX):
+                        watch(o.hub.app.id, publication)
                 hub = o.hub
                 if o.cache and publication.channel not in hub.channels:
                     cache(hub, publication, encode(publication))  # nobody here

@@ -28,6 +28,7 @@ from parley.backends.throttle import LoginAttempts
 from parley.core.admission import Admission
 from parley.core.authenticate import Authenticator
 from parley.core.cluster import Cluster
+from parley.core.conversations import CHANNEL_PREFIX as CONVERSATION_PREFIX
 from parley.core.delivery import Delivery, caches
 from parley.core.event_counts import count_events, hub_counters, hub_gauges
 from parley.core.events import ClientEventSent, EventBus, UserOffline
@@ -59,6 +60,8 @@ from parley.settings import AppConfig, Settings
 
 if TYPE_CHECKING:
     from parley.core.access import Access
+    from parley.core.bots import Bots
+    from parley.core.conversations import Conversations
     from parley.core.keys import KeyDirectory
     from parley.core.webhooks import Webhooks
 
@@ -122,6 +125,8 @@ class Node:
         self.login_attempts: LoginAttempts | None = None  # set by it too (the built-in login)
         self.keys: KeyDirectory | None = None  # set by it too: the key directory
         self.webhooks: Webhooks | None = None  # and the webhooks
+        self.conversations: Conversations | None = None  # and the conversations
+        self.bots: Bots | None = None  # and the bots
         self.events = EventBus()
         self.pusher_frames = PusherFrames(self.hubs)
         self.pusher_frames.follow(self.events)
@@ -209,11 +214,35 @@ class Node:
             logs.logger.error("background task failed", exc_info=exc)
 
     def _client_event(self, session: Session, hub: AppHub, command: ClientEvent) -> None:
-        if self.access is not None:
+        conversations = self.conversations
+        if conversations is not None and command.channel.startswith(CONVERSATION_PREFIX):
+            # a conversation's members decide, not grants; the cache answers most at once
+            if not conversations.may_write(hub.app, session.user_id, command.channel):
+                self.subscriptions.hold(session, self._conversation_event(session, hub, command))
+                return
+        elif self.access is not None:
             problem = self.access.write_problem(hub.app, session.user_id, command.channel)
             if problem is not None:
                 self._refuse(session, hub, problem, command.channel)
                 return
+        self._send_client_event(session, hub, command)
+
+    async def _conversation_event(
+        self, session: Session, hub: AppHub, command: ClientEvent
+    ) -> None:
+        """A client event on a conversation the cache cannot clear: asked of the store (a
+        pending request's allowance is counted there); the session holds what follows."""
+        assert self.conversations is not None
+        problem = await self.conversations.write_problem(hub.app, session.user_id, command.channel)
+        if session.closing:
+            return
+        if problem is not None:
+            self._refuse(session, hub, problem, command.channel)
+        else:
+            self._send_client_event(session, hub, command)
+
+    def _send_client_event(self, session: Session, hub: AppHub, command: ClientEvent) -> None:
+        """Check the signature (signed channels), stamp the sender, queue the event."""
         user_id = command.user_id
         signature = command.signature
         keys = self.keys
@@ -260,12 +289,16 @@ class Node:
         channels: list[str],
         socket_id: str | None = None,
         idempotency_key: str | None = None,
-    ) -> None:
+        publisher: Publisher | None = None,
+    ) -> list[Publication]:
         """Store, then deliver an API event to each channel: encoded once per channel, cached
-        on cache channels; a repeated idempotency key stores and delivers nothing."""
+        on cache channels; a repeated idempotency key stores and delivers nothing. The
+        publisher is the app's server unless given (a bot); the stored publications are
+        returned with their positions (not those of `#server-to-user-*` channels)."""
         hub = self.hubs[app.id]
         exclude = hub.sessions.get(socket_id) if socket_id else None
-        publisher = Publisher("server", app.id)
+        if publisher is None:
+            publisher = Publisher("server", app.id)
         data_json = orjson.dumps(data)  # once for all the channels
         queued = []
         for name in channels:
@@ -281,7 +314,7 @@ class Node:
                 queued.append(publication)
         self.metrics.api_events[app.id] += 1
         if not queued:
-            return
+            return queued
         # All of one publish join the same batch (nothing yields in between), which is served
         # in order: once the last is delivered, all are; a failed batch fails the last.
         last: asyncio.Future[None] = self.loop.create_future()
@@ -289,6 +322,7 @@ class Node:
             done = last if publication is queued[-1] else None
             self.delivery.fan_out(hub, publication, socket_id or None, done, caches(publication))
         await last
+        return queued
 
     async def read_history(self, app: AppConfig, name: str, query: HistoryQuery) -> dict[str, Any]:
         """A page of history as the API and `parley:history` answer it."""

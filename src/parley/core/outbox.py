@@ -26,6 +26,7 @@ from parley.core.tasks import cancel
 from parley.errors import StoreUnavailable
 from parley.protocol.channels import channel_name_problem
 from parley.protocol.events import event_name_problem
+from parley.publication import Publication
 
 BATCH = 500
 SWEEP_EVERY_S = 3600.0
@@ -80,7 +81,7 @@ class OutboxRelay:
         rows = await self.source.pending(BATCH)
         if not rows:
             return 0
-        publishing: list[tuple[OutboxRow, asyncio.Task[None]]] = []
+        publishing: list[tuple[OutboxRow, asyncio.Task[list[Publication]]]] = []
         for row in rows:
             problem = self._problem(row)
             if problem is not None:
@@ -97,12 +98,14 @@ class OutboxRelay:
             publishing.append((row, task))
         done = await asyncio.gather(*(t for _, t in publishing), return_exceptions=True)
         published = [
-            row.id for (row, _), result in zip(publishing, done, strict=True) if result is None
+            row.id
+            for (row, _), result in zip(publishing, done, strict=True)
+            if not isinstance(result, BaseException)
         ]
         if published:
             await self.source.mark_published(published)
             self.published += len(published)
-        failed = [r for r in done if r is not None]
+        failed = [r for r in done if isinstance(r, BaseException)]
         if failed:  # the history store could not take them: the rows stay, tried again
             raise StoreUnavailable(f"{len(failed)} outbox events not stored: {failed[0]}")
         return len(rows)

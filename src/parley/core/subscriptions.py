@@ -34,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from parley import logs
 from parley.backends.presence import PresenceFull
 from parley.core import eager
+from parley.core.conversations import is_conversation_channel, member_problem
 from parley.core.events import (
     CacheMiss,
     ChannelOccupied,
@@ -67,6 +68,9 @@ class Subscriptions:
         if command.type.is_server_to_user:
             session.send(frames.subscription_succeeded(name))
             return
+        if self.node.conversations is not None and is_conversation_channel(name):
+            self.hold(session, self._join_conversation(session, hub, conn, command))
+            return
         access = self.node.access
         problem = (
             access.subscribe_problem(hub.app, conn.user_id, name, command.type)
@@ -74,16 +78,7 @@ class Subscriptions:
             else None
         )
         if problem is not None:
-            conn.forget(name)
-            self.node.count_error(session, None)
-            logs.info(
-                "subscription refused",
-                app_id=hub.app.id,
-                socket_id=session.socket_id,
-                channel=name,
-                reason=problem,
-            )
-            session.send(frames.error_frame(None, problem, name))
+            self._refuse(session, hub, conn, name, problem)
             return
         member = command.member
         if member is not None:
@@ -94,6 +89,54 @@ class Subscriptions:
             self._joined(session, hub, hub.join(session, name, command.type), None, None)
         else:
             self._hold(session, self._join_confirmed(confirming, session, hub, conn, command))
+
+    def _refuse(
+        self, session: Session, hub: AppHub, conn: PusherConnection, name: str, problem: str
+    ) -> None:
+        conn.forget(name)
+        self.node.count_error(session, None)
+        logs.info(
+            "subscription refused",
+            app_id=hub.app.id,
+            socket_id=session.socket_id,
+            channel=name,
+            reason=problem,
+        )
+        session.send(frames.error_frame(None, problem, name))
+
+    async def _join_conversation(
+        self, session: Session, hub: AppHub, conn: PusherConnection, command: Subscribe
+    ) -> None:
+        """A conversation's channel: its members alone join, and get `parley:welcome` after
+        the subscription's answer."""
+        conversations = self.node.conversations
+        assert conversations is not None
+        name = command.channel
+        problem, conversation = await conversations.subscribe_problem(hub.app, conn.user_id, name)
+        if not _wanted(session, hub, conn, name):
+            return
+        if problem is not None or conversation is None:
+            self._refuse(session, hub, conn, name, problem or "No such conversation")
+            return
+        if name not in hub.channels:
+            confirming = self.node.delivery.occupied(hub, name)
+            if confirming is not None:
+                await asyncio.shield(confirming)
+        welcome = await conversations.welcome(hub.app, conversation)
+        if not _wanted(session, hub, conn, name):
+            if name not in hub.channels:
+                self.node.delivery.vacated(hub, name)
+            return
+        # the newest version: a change may have come while this join waited
+        latest = conversations.cached(hub.app.id, conversation.id) or conversation
+        problem = member_problem(latest, conn.user_id)
+        if problem is not None:
+            self._refuse(session, hub, conn, name, problem)
+            if name not in hub.channels:
+                self.node.delivery.vacated(hub, name)
+            return
+        self._joined(session, hub, hub.join(session, name, command.type), None, None)
+        session.send(frames.frame("parley:welcome", welcome, name))
 
     async def _join_confirmed(
         self,
@@ -240,8 +283,15 @@ class Subscriptions:
             task = eager.start(step)
         else:  # its client needs a task around it from the first call (redis.asyncio does)
             task = asyncio.get_running_loop().create_task(step)
-        if task is None:
-            return
+        if task is not None:
+            self._held_by(session, task)
+
+    def hold(self, session: Session, step: Coroutine[Any, Any, None]) -> None:
+        """Run `step` (one that asks a store) in a task; `session` holds what it receives
+        until the step is over, so its later messages keep their order behind it."""
+        self._held_by(session, asyncio.get_running_loop().create_task(step))
+
+    def _held_by(self, session: Session, task: asyncio.Task[None]) -> None:
         session.hold()
         task.add_done_callback(partial(_step_over, session))
         self.node.track(task)

@@ -23,7 +23,7 @@ import hashlib
 import hmac
 import random
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,7 +43,7 @@ from parley.core.events import (
     SubscriptionCountChanged,
 )
 from parley.errors import StoreUnavailable
-from parley.settings import AppConfig, Settings
+from parley.settings import Settings
 
 CLAIM_BATCH = 64
 IDLE_POLL_S = 1.0  # the dispatcher looks for due retries at least this often
@@ -86,7 +86,10 @@ class Webhooks:
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
-        self.apps = {app.id: app for app in settings.apps if app.webhooks}
+        self.apps = {app.id: app for app in settings.apps if app.webhooks}  # the app's own
+        self.all_apps = {app.id: app for app in settings.apps}
+        # a bot's webhook credentials (key, secret) by app and bot id: set with core.bots
+        self.bot_credentials: Callable[[str, str], Awaitable[tuple[str, str] | None]] | None = None
         self.events = events
         self.queue = queue
         self.clock = clock
@@ -100,9 +103,18 @@ class Webhooks:
 
     @property
     def enabled(self) -> bool:
+        """Are webhooks of the apps' own configured (the dispatcher runs anyway, for bots)?"""
         return bool(self.apps)
 
+    def wake(self) -> None:
+        """Something was queued: the dispatcher looks now."""
+        self._wake.set()
+
     async def start(self) -> None:
+        timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
+        self._http = aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT})
+        loop = asyncio.get_running_loop()
+        self._tasks = [loop.create_task(self._dispatch_loop(), name="parley-webhooks-dispatch")]
         if not self.enabled:
             return
         bus = self.events
@@ -114,13 +126,7 @@ class Webhooks:
         bus.subscribe(CacheMiss, self._cache_miss)
         if any(app.subscription_count for app in self.apps.values()):
             bus.subscribe(SubscriptionCountChanged, self._subscription_count)
-        timeout = aiohttp.ClientTimeout(total=self.settings.webhook_timeout_s)
-        self._http = aiohttp.ClientSession(timeout=timeout, headers={"User-Agent": USER_AGENT})
-        loop = asyncio.get_running_loop()
-        self._tasks = [
-            loop.create_task(self._write_loop(), name="parley-webhooks-write"),
-            loop.create_task(self._dispatch_loop(), name="parley-webhooks-dispatch"),
-        ]
+        self._tasks.append(loop.create_task(self._write_loop(), name="parley-webhooks-write"))
         logs.info(
             "webhooks",
             apps=len(self.apps),
@@ -293,8 +299,8 @@ class Webhooks:
                 pass
 
     async def _deliver(self, job: WebhookJob) -> None:
-        app = self.apps.get(job.app_id)
-        error = await self._post(app, job) if app is not None else "the app has no webhooks now"
+        credentials = await self._credentials(job)
+        error = await self._post(job, *credentials) if credentials else "no credentials to sign"
         try:
             if error is None:
                 await self.queue.delivered(job.id)
@@ -319,14 +325,27 @@ class Webhooks:
         except Exception:
             logs.error("recording a webhook's outcome failed", job=job.id)
 
-    async def _post(self, app: AppConfig, job: WebhookJob) -> str | None:
+    async def _credentials(self, job: WebhookJob) -> tuple[str, str] | None:
+        """The key and secret a job is signed with: its app's, or its bot's."""
+        if job.bot_id:
+            if self.bot_credentials is None:
+                return None
+            try:
+                return await self.bot_credentials(job.app_id, job.bot_id)
+            except Exception:
+                logs.error("reading a bot's credentials failed", bot_id=job.bot_id)
+                return None
+        app = self.all_apps.get(job.app_id)
+        return (app.key, app.secret) if app is not None else None
+
+    async def _post(self, job: WebhookJob, key: str, secret: str) -> str | None:
         """POST the job now, signed now; None when the receiver took it (2xx), else why not."""
         assert self._http is not None
         body = b'{"time_ms":%d,"events":%s}' % (int(self.clock() * 1000), job.events.encode())
         headers = {
             "Content-Type": "application/json",
-            "X-Pusher-Key": app.key,
-            "X-Pusher-Signature": signature(app.secret, body),
+            "X-Pusher-Key": key,
+            "X-Pusher-Signature": signature(secret, body),
         }
         try:
             async with self._http.post(job.url, data=body, headers=headers) as response:

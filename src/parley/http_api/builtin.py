@@ -22,6 +22,7 @@ from parley.auth.origins import origin_problem
 from parley.auth.signatures import channel_auth_string, make_token, user_auth_string
 from parley.auth.tokens import Identity
 from parley.core.access import grant_json
+from parley.core.conversations import is_conversation_channel
 from parley.core.node import Node
 from parley.errors import BadRequest, Forbidden, HttpError, NotFound, Unauthorized
 from parley.http_api.routes import Call, Router
@@ -106,7 +107,7 @@ def register(router: Router) -> None:
         )
 
     @router.route("POST", "/apps/{app_id}/pusher/auth", "pusher_auth", auth="bearer")
-    def pusher_auth(node: Node, call: Call) -> dict[str, Any]:
+    async def pusher_auth(node: Node, call: Call) -> dict[str, Any]:
         _builtin(call)
         assert call.user is not None and node.access is not None
         socket_id = _socket_of(node, call, call.user)
@@ -117,7 +118,12 @@ def register(router: Router) -> None:
         ctype = channel_type(channel)
         if not ctype.needs_auth:
             raise BadRequest(f"{channel} needs no authorization")
-        problem = node.access.subscribe_problem(call.app, call.user.user_id, channel, ctype)
+        if node.conversations is not None and is_conversation_channel(channel):
+            problem, _ = await node.conversations.subscribe_problem(
+                call.app, call.user.user_id, channel
+            )
+        else:
+            problem = node.access.subscribe_problem(call.app, call.user.user_id, channel, ctype)
         if problem:
             raise Forbidden(problem)
         out: dict[str, Any] = {}

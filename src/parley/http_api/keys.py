@@ -37,14 +37,7 @@ def register(router: Router) -> None:
     @router.route("POST", "/apps/{app_id}/keys", "keys_register", auth="bearer")
     async def keys_register(node: Node, call: Call) -> Response:
         assert call.user is not None
-        body = call.json()
-        if not isinstance(body, dict):
-            raise BadRequest(
-                "Body must be {device_id, ed25519, x25519?, endorsed_by?, endorsement?}"
-            )
-        unknown = set(body) - {"device_id", "ed25519", "x25519", "endorsed_by", "endorsement"}
-        if unknown:
-            raise BadRequest(f"Unknown fields: {', '.join(sorted(unknown))}")
+        body = call.json_object({"device_id", "ed25519", "x25519", "endorsed_by", "endorsement"})
         device_id = body.get("device_id")
         if not isinstance(device_id, str):
             raise BadRequest("'device_id' must be a string")

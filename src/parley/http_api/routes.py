@@ -52,6 +52,17 @@ class Call:
         except frames.BadJson as exc:
             raise BadRequest(f"Request body is {exc}") from None
 
+    def json_object(self, allowed: set[str]) -> dict[str, Any]:
+        """The body as a JSON object holding no other fields than `allowed` (400 otherwise,
+        naming the unknown ones)."""
+        body = self.json()
+        if not isinstance(body, dict):
+            raise BadRequest("Request body must be a JSON object")
+        unknown = set(body) - allowed
+        if unknown:
+            raise BadRequest(f"Unknown fields: {', '.join(sorted(unknown))}")
+        return body
+
 
 Handler = Callable[[Node, Call], Awaitable[Any] | Any]
 

@@ -29,10 +29,12 @@ class MemoryWebhookQueue(WebhookQueue):
         self._jobs: dict[int, _Queued] = {}  # by id, so in id order
         self._dead: dict[str, list[DeadWebhook]] = {}  # app id -> dead letters, newest first
 
-    async def enqueue(self, app_id: str, url: str, channel: str, events: str) -> int:
+    async def enqueue(
+        self, app_id: str, url: str, channel: str, events: str, *, bot_id: str = ""
+    ) -> int:
         self.check_running()
         now = self.now_ms()
-        job = WebhookJob(next(self._ids), app_id, url, channel, events, now, 0, None)
+        job = WebhookJob(next(self._ids), app_id, url, channel, events, now, 0, None, bot_id)
         self._jobs[job.id] = _Queued(job, now)
         return job.id
 
@@ -82,6 +84,7 @@ class MemoryWebhookQueue(WebhookQueue):
             self.now_ms(),
             job.attempts + 1,  # the delivery that failed last counts too
             error,
+            job.bot_id,
         )
         letters = self._dead.setdefault(job.app_id, [])
         letters.append(letter)

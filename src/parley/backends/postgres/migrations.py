@@ -195,6 +195,79 @@ CREATE INDEX IF NOT EXISTS parley_webhooks_dead_app
     ON parley_webhooks_dead (app_id, failed_ms, id);
 """
 
+# 6: conversations (backends.conversations) with an index of their members, each user's read
+# offsets and blocks; bots (backends.bots) and their conversation references. `seq` is the
+# order rows were made in: what ties in time are ordered by, as the memory stores do.
+# A job signed as a bot (core.bots) names it; "" is the app.
+WEBHOOKS_BY_BOTS = """
+ALTER TABLE parley_webhooks ADD COLUMN bot_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE parley_webhooks_dead ADD COLUMN bot_id TEXT NOT NULL DEFAULT '';
+"""
+
+CONVERSATIONS_AND_BOTS = """
+CREATE TABLE IF NOT EXISTS parley_conversations (
+    app_id     text NOT NULL,
+    id         text NOT NULL,
+    seq        bigint GENERATED ALWAYS AS IDENTITY,
+    created_at bigint NOT NULL,  -- milliseconds since the Unix epoch
+    version    bigint NOT NULL,  -- the compare-and-set of every change
+    updated_at bigint NOT NULL,
+    record     text NOT NULL,    -- JSON object of the conversation's other fields
+    PRIMARY KEY (app_id, id)
+);
+CREATE INDEX IF NOT EXISTS parley_conversations_updated
+    ON parley_conversations (updated_at, seq);
+CREATE TABLE IF NOT EXISTS parley_conversation_members (
+    app_id          text NOT NULL,
+    kind            text NOT NULL,  -- 'user' or 'bot'
+    member_id       text NOT NULL,
+    conversation_id text NOT NULL,
+    PRIMARY KEY (app_id, kind, member_id, conversation_id)
+);
+CREATE INDEX IF NOT EXISTS parley_conversation_members_conversation
+    ON parley_conversation_members (app_id, conversation_id);
+CREATE TABLE IF NOT EXISTS parley_conversation_reads (
+    app_id          text NOT NULL,
+    user_id         text NOT NULL,
+    conversation_id text NOT NULL,
+    read_offset     bigint NOT NULL,  -- only ever raised
+    PRIMARY KEY (app_id, user_id, conversation_id)
+);
+CREATE TABLE IF NOT EXISTS parley_blocks (
+    app_id     text NOT NULL,
+    blocker    text NOT NULL,
+    blocked    text NOT NULL,
+    seq        bigint GENERATED ALWAYS AS IDENTITY,
+    created_at bigint NOT NULL,
+    PRIMARY KEY (app_id, blocker, blocked)
+);
+CREATE TABLE IF NOT EXISTS parley_bots (
+    app_id      text NOT NULL,
+    id          text NOT NULL,
+    seq         bigint GENERATED ALWAYS AS IDENTITY,
+    name        text NOT NULL,
+    webhook_url text,
+    secret_hash text NOT NULL,  -- lowercase hex SHA-256 of the secret
+    created_at  bigint NOT NULL,
+    disabled    boolean NOT NULL,
+    PRIMARY KEY (app_id, id),
+    UNIQUE (app_id, name)
+);
+CREATE TABLE IF NOT EXISTS parley_bot_references (
+    app_id          text NOT NULL,
+    bot_id          text NOT NULL,
+    user_id         text NOT NULL,
+    conversation_id text NOT NULL,
+    seq             bigint GENERATED ALWAYS AS IDENTITY,
+    channel         text NOT NULL,
+    last_offset     bigint NOT NULL,  -- only ever raised
+    updated_at      bigint NOT NULL,
+    PRIMARY KEY (app_id, bot_id, user_id, conversation_id)
+);
+CREATE INDEX IF NOT EXISTS parley_bot_references_updated
+    ON parley_bot_references (app_id, bot_id, updated_at);
+"""
+
 MIGRATIONS: Sequence[Migration] = check_migrations(
     (
         Migration(1, "users and grants", USERS_AND_GRANTS),
@@ -202,6 +275,8 @@ MIGRATIONS: Sequence[Migration] = check_migrations(
         Migration(3, "outbox", OUTBOX),
         Migration(4, "key directory", KEY_DIRECTORY),
         Migration(5, "webhooks", WEBHOOKS),
+        Migration(6, "conversations and bots", CONVERSATIONS_AND_BOTS),
+        Migration(7, "webhooks signed by bots", WEBHOOKS_BY_BOTS),
     )
 )
 

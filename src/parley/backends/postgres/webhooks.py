@@ -1,5 +1,5 @@
 """`PostgresWebhookQueue`: the webhook queue in `parley_webhooks`, shared by every node of a
-cluster, and the dead letters in `parley_webhooks_dead` (migration 5).
+cluster, and the dead letters in `parley_webhooks_dead` (migrations 5 and 7).
 
 A claim is one statement: it locks the due jobs it picks FOR UPDATE SKIP LOCKED and marks them
 claimed, so dispatchers on many nodes claiming at once never get the same job, and none waits
@@ -20,12 +20,12 @@ from typing import Any
 from parley.backends.postgres.db import PostgresDb
 from parley.backends.webhooks import DEAD_KEEP_MAX, DeadWebhook, WebhookJob, WebhookQueue
 
-DEAD_COLUMNS = "id, app_id, url, channel, events, created_ms, failed_ms, attempts, error"
+DEAD_COLUMNS = "id, app_id, url, channel, events, created_ms, failed_ms, attempts, error, bot_id"
 
-# $1 app id, $2 url, $3 channel, $4 events, $5 now: due at once.
+# $1 app id, $2 url, $3 channel, $4 events, $5 now: due at once, $6 bot id.
 ENQUEUE = """
-INSERT INTO parley_webhooks (app_id, url, channel, events, created_ms, next_ms, attempts)
-VALUES ($1, $2, $3, $4, $5, $5, 0) RETURNING id
+INSERT INTO parley_webhooks (app_id, url, channel, events, created_ms, next_ms, attempts, bot_id)
+VALUES ($1, $2, $3, $4, $5, $5, 0, $6) RETURNING id
 """
 
 # $1 now, $2 limit, $3 lease_ms. Due, not held, and the oldest of its key, which no other
@@ -44,7 +44,8 @@ WITH picked AS (
     FOR UPDATE SKIP LOCKED
 )
 UPDATE parley_webhooks j SET claimed_until = $1 + $3 FROM picked WHERE j.id = picked.id
-RETURNING j.id, j.app_id, j.url, j.channel, j.events, j.created_ms, j.attempts, j.last_error
+RETURNING j.id, j.app_id, j.url, j.channel, j.events, j.created_ms, j.attempts, j.last_error,
+    j.bot_id
 """
 
 RETRY = """
@@ -57,7 +58,7 @@ WHERE id = $1
 BURY = f"""
 WITH gone AS (DELETE FROM parley_webhooks WHERE id = $1 RETURNING *)
 INSERT INTO parley_webhooks_dead ({DEAD_COLUMNS})
-SELECT id, app_id, url, channel, events, created_ms, $2, attempts + 1, $3 FROM gone
+SELECT id, app_id, url, channel, events, created_ms, $2, attempts + 1, $3, bot_id FROM gone
 RETURNING app_id
 """
 
@@ -81,8 +82,10 @@ class PostgresWebhookQueue(WebhookQueue):
         self.check_running()
         return await self.db.fetch(query, *args)
 
-    async def enqueue(self, app_id: str, url: str, channel: str, events: str) -> int:
-        rows = await self._fetch(ENQUEUE, app_id, url, channel, events, self.now_ms())
+    async def enqueue(
+        self, app_id: str, url: str, channel: str, events: str, *, bot_id: str = ""
+    ) -> int:
+        rows = await self._fetch(ENQUEUE, app_id, url, channel, events, self.now_ms(), bot_id)
         return int(rows[0][0])
 
     async def claim(self, limit: int, lease_ms: int) -> list[WebhookJob]:

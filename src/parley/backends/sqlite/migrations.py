@@ -161,12 +161,87 @@ CREATE INDEX IF NOT EXISTS parley_webhooks_dead_app
     ON parley_webhooks_dead (app_id, failed_ms, id);
 """
 
+# 5: conversations (backends.conversations) with an index of their members, each user's read
+# offsets and blocks; bots (backends.bots) and their conversation references. `seq` (the rowid,
+# kept by VACUUM) is the order rows were made in: what ties in time are ordered by, as the
+# memory stores do.
+# A job signed as a bot (core.bots) names it; "" is the app.
+WEBHOOKS_BY_BOTS = """
+ALTER TABLE parley_webhooks ADD COLUMN bot_id TEXT NOT NULL DEFAULT '';
+ALTER TABLE parley_webhooks_dead ADD COLUMN bot_id TEXT NOT NULL DEFAULT '';
+"""
+
+CONVERSATIONS_AND_BOTS = """
+CREATE TABLE IF NOT EXISTS parley_conversations (
+    seq        INTEGER PRIMARY KEY,
+    app_id     TEXT NOT NULL,
+    id         TEXT NOT NULL,
+    created_at INTEGER NOT NULL,  -- milliseconds since the Unix epoch
+    version    INTEGER NOT NULL,  -- the compare-and-set of every change
+    updated_at INTEGER NOT NULL,
+    record     TEXT NOT NULL,     -- JSON object of the conversation's other fields
+    UNIQUE (app_id, id)
+);
+CREATE INDEX IF NOT EXISTS parley_conversations_updated ON parley_conversations (updated_at);
+CREATE TABLE IF NOT EXISTS parley_conversation_members (
+    app_id          TEXT NOT NULL,
+    kind            TEXT NOT NULL,  -- 'user' or 'bot'
+    member_id       TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    PRIMARY KEY (app_id, kind, member_id, conversation_id)
+) WITHOUT ROWID;
+CREATE INDEX IF NOT EXISTS parley_conversation_members_conversation
+    ON parley_conversation_members (app_id, conversation_id);
+CREATE TABLE IF NOT EXISTS parley_conversation_reads (
+    app_id          TEXT NOT NULL,
+    user_id         TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    read_offset     INTEGER NOT NULL,  -- only ever raised
+    PRIMARY KEY (app_id, user_id, conversation_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS parley_blocks (
+    seq        INTEGER PRIMARY KEY,
+    app_id     TEXT NOT NULL,
+    blocker    TEXT NOT NULL,
+    blocked    TEXT NOT NULL,
+    created_at INTEGER NOT NULL,
+    UNIQUE (app_id, blocker, blocked)
+);
+CREATE TABLE IF NOT EXISTS parley_bots (
+    seq         INTEGER PRIMARY KEY,
+    app_id      TEXT NOT NULL,
+    id          TEXT NOT NULL,
+    name        TEXT NOT NULL,
+    webhook_url TEXT,
+    secret_hash TEXT NOT NULL,     -- lowercase hex SHA-256 of the secret
+    created_at  INTEGER NOT NULL,
+    disabled    INTEGER NOT NULL,  -- 0 or 1
+    UNIQUE (app_id, id),
+    UNIQUE (app_id, name)
+);
+CREATE TABLE IF NOT EXISTS parley_bot_references (
+    seq             INTEGER PRIMARY KEY,
+    app_id          TEXT NOT NULL,
+    bot_id          TEXT NOT NULL,
+    user_id         TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    channel         TEXT NOT NULL,
+    last_offset     INTEGER NOT NULL,  -- only ever raised
+    updated_at      INTEGER NOT NULL,
+    UNIQUE (app_id, bot_id, user_id, conversation_id)
+);
+CREATE INDEX IF NOT EXISTS parley_bot_references_updated
+    ON parley_bot_references (app_id, bot_id, updated_at);
+"""
+
 MIGRATIONS: Sequence[Migration] = check_migrations(
     (
         Migration(1, "users and grants", USERS_AND_GRANTS),
         Migration(2, "history", HISTORY),
         Migration(3, "key directory", KEY_DIRECTORY),
         Migration(4, "webhooks", WEBHOOKS),
+        Migration(5, "conversations and bots", CONVERSATIONS_AND_BOTS),
+        Migration(6, "webhooks signed by bots", WEBHOOKS_BY_BOTS),
     )
 )
 

@@ -1,5 +1,5 @@
 """`SqliteWebhookQueue`: the webhook queue in `parley_webhooks` of the embedded SQLite file, and
-the dead letters in `parley_webhooks_dead` (migration 4).
+the dead letters in `parley_webhooks_dead` (migrations 4 and 6).
 
 Each call is one short transaction on the connection thread of the process's `SqliteDb`. A
 claim picks and marks its jobs in one write transaction, and SQLite takes one writer at a time
@@ -17,8 +17,8 @@ from typing import Any
 from parley.backends.sqlite.db import SqliteDb
 from parley.backends.webhooks import DEAD_KEEP_MAX, DeadWebhook, WebhookJob, WebhookQueue
 
-JOB_COLUMNS = "id, app_id, url, channel, events, created_ms, attempts, last_error"
-DEAD_COLUMNS = "id, app_id, url, channel, events, created_ms, failed_ms, attempts, error"
+JOB_COLUMNS = "id, app_id, url, channel, events, created_ms, attempts, last_error, bot_id"
+DEAD_COLUMNS = "id, app_id, url, channel, events, created_ms, failed_ms, attempts, error, bot_id"
 
 # Due, not held, and the oldest of its key, which no other claim holds either (:now).
 CLAIMABLE = f"""
@@ -40,7 +40,7 @@ WHERE id = ?
 
 BURY = f"""
 INSERT INTO parley_webhooks_dead ({DEAD_COLUMNS})
-SELECT id, app_id, url, channel, events, created_ms, ?, attempts + 1, ?
+SELECT id, app_id, url, channel, events, created_ms, ?, attempts + 1, ?, bot_id
 FROM parley_webhooks WHERE id = ?
 """
 
@@ -61,9 +61,12 @@ class SqliteWebhookQueue(WebhookQueue):
         self.check_running()
         return self.db
 
-    async def enqueue(self, app_id: str, url: str, channel: str, events: str) -> int:
+    async def enqueue(
+        self, app_id: str, url: str, channel: str, events: str, *, bot_id: str = ""
+    ) -> int:
         now = self.now_ms()
-        return await self._db.write(partial(_insert, (app_id, url, channel, events, now, now)))
+        row = (app_id, url, channel, events, now, now, bot_id)
+        return await self._db.write(partial(_insert, row))
 
     async def claim(self, limit: int, lease_ms: int) -> list[WebhookJob]:
         return await self._db.write(partial(_claim, self.now_ms(), limit, lease_ms))
@@ -93,8 +96,9 @@ class SqliteWebhookQueue(WebhookQueue):
 
 def _insert(row: tuple[Any, ...], conn: sqlite3.Connection) -> int:
     cursor = conn.execute(
-        "INSERT INTO parley_webhooks (app_id, url, channel, events, created_ms, next_ms, attempts)"
-        " VALUES (?, ?, ?, ?, ?, ?, 0)",
+        "INSERT INTO parley_webhooks"
+        " (app_id, url, channel, events, created_ms, next_ms, bot_id, attempts)"
+        " VALUES (?, ?, ?, ?, ?, ?, ?, 0)",
         row,
     )
     assert cursor.lastrowid is not None
