@@ -254,7 +254,7 @@ async def make_node(settings: Settings, db: Database | None) -> Node:
     await node.conversations.start()
     node.bots = Bots(node, stores.bots, node.conversations, stores.webhooks, node.webhooks.wake)
     node.webhooks.bot_credentials = partial(bot_credentials, stores.bots)
-    await node.bots.start()
+    node.bots.start()
     return node
 
 
@@ -285,12 +285,11 @@ async def close_node(node: Node) -> None:
     if node.keys is not None:
         await node.keys.close()
         await node.keys.store.close()
-    if node.bots is not None:
-        await node.bots.close()
-        await node.bots.store.close()
-    if node.conversations is not None:
+    if node.conversations is not None:  # its last stored events reach the bots
         await node.conversations.close()
         await node.conversations.store.close()
+    if node.bots is not None:
+        await node.bots.store.close()
     if node.webhooks is not None:
         await node.webhooks.close()
         await node.webhooks.queue.close()
@@ -308,6 +307,14 @@ async def start(settings: Settings) -> Running:
 
 async def _start(settings: Settings, db: Database | None) -> Running:
     node = await make_node(settings, db)
+    try:
+        return await _listen(settings, db, node)
+    except BaseException:
+        await close_node(node)  # its tasks (the webhook dispatcher...) stop before the db closes
+        raise
+
+
+async def _listen(settings: Settings, db: Database | None, node: Node) -> Running:
     router = Router(node)
     ops.register(router)
     pusher.register(router)

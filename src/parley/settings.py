@@ -51,6 +51,16 @@ WEBHOOK_EVENTS = (
     "client_event",
     "cache_miss",
     "subscription_count",
+    # Parley's: conversations (core.conversations) and bots (core.bots)
+    "conversation_created",
+    "conversation_requested",
+    "conversation_accepted",
+    "conversation_declined",
+    "conversation_member_added",
+    "conversation_member_removed",
+    "conversation_bot_added",
+    "bot_created",
+    "bot_message",
 )
 
 

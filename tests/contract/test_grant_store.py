@@ -9,25 +9,17 @@ from __future__ import annotations
 
 import re
 import time
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import pytest
 
 from parley.auth.grants import Grant
-from parley.backends.database import Database
 from parley.backends.grants import GrantChange, GrantStore
 from parley.backends.memory.grants import MemoryGrantStore
-from parley.backends.sqlite.db import SqliteDb
 from parley.backends.sqlite.grants import SqliteGrantStore
-from tests.support.databases import open_database
-from tests.support.stores import FakeClock, backend_lifecycle
+from tests.support.stores import DURABLE_KINDS, FakeClock, StoreBackend, StoreKinds, store_fixture
 
-ALL = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-DURABLE = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 HOUR_S = 3600.0
 
 
@@ -36,16 +28,12 @@ def _now_s() -> float:
 
 
 @dataclass
-class Backend:
-    """One storage behind the stores a test opens: reopening reaches the same data."""
-
-    kind: str
-    target: str  # SQLite path or PostgreSQL URL
-    app_id: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:12]}")
+class Backend(StoreBackend[GrantStore]):
+    stores = StoreKinds(
+        MemoryGrantStore, SqliteGrantStore, "parley.backends.postgres.grants:PostgresGrantStore"
+    )
+    tables = ("parley_grants",)
     clock: FakeClock = field(default_factory=lambda: FakeClock(_now_s()))
-    opened: list[GrantStore | Database] = field(default_factory=list)
-    memory: MemoryGrantStore | None = None
-    apps: list[str] = field(default_factory=list)  # extra app ids to clean up
 
     @property
     def now_ms(self) -> int:
@@ -56,44 +44,9 @@ class Backend:
         self.apps.append(app)
         return app
 
-    async def open(self) -> GrantStore:
-        """A store; a durable one on a database handle of its own, as another process has."""
-        store: GrantStore
-        db: Database | None = None
-        if self.kind == "memory":
-            store = self.memory = self.memory or MemoryGrantStore(clock=self.clock)
-        else:
-            db = await open_database(self.kind, self.target)
-            if isinstance(db, SqliteDb):
-                store = SqliteGrantStore(db, clock=self.clock)
-            else:
-                from parley.backends.postgres.db import PostgresDb
-                from parley.backends.postgres.grants import PostgresGrantStore
 
-                assert isinstance(db, PostgresDb)
-                store = PostgresGrantStore(db, clock=self.clock)
-        await store.start()
-        self.opened.append(store)  # closed before its database
-        if db is not None:
-            self.opened.append(db)
-        return store
-
-
-async def _backend(kind: str, tmp_path: Path) -> AsyncIterator[Backend]:
-    async for backend in backend_lifecycle(kind, tmp_path, Backend, ("parley_grants",)):
-        yield backend
-
-
-@pytest.fixture(params=ALL)
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    async for b in _backend(request.param, tmp_path):
-        yield b
-
-
-@pytest.fixture(params=DURABLE)
-async def durable(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    async for b in _backend(request.param, tmp_path):
-        yield b
+backend = store_fixture(Backend)
+durable = store_fixture(Backend, DURABLE_KINDS)
 
 
 @pytest.fixture

@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import signal
 import sys
-import uuid
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,74 +16,38 @@ from typing import Any
 import orjson
 import pytest
 
-from parley.backends.database import Database
 from parley.backends.history import Append, HistoryStore, Retention
 from parley.backends.memory.history import MemoryHistoryStore
-from parley.backends.sqlite.db import SqliteDb
 from parley.backends.sqlite.history import SqliteHistoryStore
 from parley.protocol import frames
 from parley.publication import Publication, Publisher, StreamPosition
-from tests.support.databases import open_database
 from tests.support.server import TIMEOUT
-from tests.support.stores import FakeClock, backend_lifecycle
+from tests.support.stores import (
+    DURABLE_KINDS,
+    FakeClock,
+    StoreBackend,
+    StoreKinds,
+    backend_lifecycle,
+    store_fixture,
+)
 
 T0 = 1_700_000_000.0
 SERVER = Publisher("server", "1")
 
-ALL = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-DURABLE = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-HISTORY_TABLES = ("parley_history_entries", "parley_history_keys", "parley_history_channels")
-
 
 @dataclass
-class Backend:
-    """One storage behind the stores a test opens: reopening reaches the same data."""
-
-    kind: str
-    target: str  # SQLite path or PostgreSQL URL
-    app_id: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:12]}")
+class Backend(StoreBackend[HistoryStore]):
+    stores = StoreKinds(
+        MemoryHistoryStore,
+        SqliteHistoryStore,
+        "parley.backends.postgres.history:PostgresHistoryStore",
+    )
+    tables = ("parley_history_entries", "parley_history_keys", "parley_history_channels")
     clock: FakeClock = field(default_factory=lambda: FakeClock(T0))
-    opened: list[HistoryStore | Database] = field(default_factory=list)
-    memory: MemoryHistoryStore | None = None
-
-    async def open(self) -> HistoryStore:
-        """A store; a durable one on a database handle of its own, as another process has."""
-        store: HistoryStore
-        db: Database | None = None
-        if self.kind == "memory":
-            store = self.memory = self.memory or MemoryHistoryStore(clock=self.clock)
-        else:
-            db = await open_database(self.kind, self.target)
-            if isinstance(db, SqliteDb):
-                store = SqliteHistoryStore(db, clock=self.clock)
-            else:
-                from parley.backends.postgres.db import PostgresDb
-                from parley.backends.postgres.history import PostgresHistoryStore
-
-                assert isinstance(db, PostgresDb)
-                store = PostgresHistoryStore(db, clock=self.clock)
-        await store.start()
-        self.opened.append(store)  # closed before its database
-        if db is not None:
-            self.opened.append(db)
-        return store
 
 
-async def _backend(kind: str, tmp_path: Path) -> AsyncIterator[Backend]:
-    async for backend in backend_lifecycle(kind, tmp_path, Backend, HISTORY_TABLES):
-        yield backend
-
-
-@pytest.fixture(params=ALL)
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    async for b in _backend(request.param, tmp_path):
-        yield b
-
-
-@pytest.fixture(params=DURABLE)
-async def durable(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    async for b in _backend(request.param, tmp_path):
-        yield b
+backend = store_fixture(Backend)
+durable = store_fixture(Backend, DURABLE_KINDS)
 
 
 @pytest.fixture
@@ -532,7 +495,7 @@ async def test_history_survives_close_and_reopen(durable: Backend) -> None:
 async def shared(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
     """Stores that several nodes may share (a SQLite history has one owner process: see
     tests/unit/backends/sqlite/test_history.py)."""
-    async for b in _backend(request.param, tmp_path):
+    async for b in backend_lifecycle(request.param, tmp_path, Backend):
         yield b
 
 

@@ -5,76 +5,31 @@ as they were encoded, and one server key for every process on the same database.
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
 
 import pytest
 
-from parley.backends.database import Database
 from parley.backends.keys import KeyDirectoryStore
 from parley.backends.memory.keys import MemoryKeyDirectoryStore
-from parley.backends.sqlite.db import SqliteDb
 from parley.backends.sqlite.keys import SqliteKeyDirectoryStore
 from parley.protocol import signed
 from parley.protocol.directory import KeyEntry, next_entry
-from tests.support.databases import open_database
-from tests.support.stores import FakeClock, backend_lifecycle
-
-ALL = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-DURABLE = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
+from tests.support.stores import DURABLE_KINDS, StoreBackend, StoreKinds, new_app_id, store_fixture
 
 
 @dataclass
-class Backend:
-    kind: str
-    target: str
-    app_id: str = field(default_factory=lambda: f"k{uuid.uuid4().hex[:12]}")
-    clock: FakeClock = field(default_factory=lambda: FakeClock(time.time()))
-    opened: list[Any] = field(default_factory=list)
-    memory: MemoryKeyDirectoryStore | None = None
-
-    async def open(self) -> KeyDirectoryStore:
-        """A store; a durable one on a database handle of its own, as another process has."""
-        store: KeyDirectoryStore
-        db: Database | None = None
-        if self.kind == "memory":
-            store = self.memory = self.memory or MemoryKeyDirectoryStore(clock=self.clock)
-        else:
-            db = await open_database(self.kind, self.target)
-            if isinstance(db, SqliteDb):
-                store = SqliteKeyDirectoryStore(db, clock=self.clock)
-            else:
-                from parley.backends.postgres.db import PostgresDb
-                from parley.backends.postgres.keys import PostgresKeyDirectoryStore
-
-                assert isinstance(db, PostgresDb)
-                store = PostgresKeyDirectoryStore(db, clock=self.clock)
-        await store.start()
-        self.opened.append(store)
-        if db is not None:
-            self.opened.append(db)
-        return store
+class Backend(StoreBackend[KeyDirectoryStore]):
+    stores = StoreKinds(
+        MemoryKeyDirectoryStore,
+        SqliteKeyDirectoryStore,
+        "parley.backends.postgres.keys:PostgresKeyDirectoryStore",
+    )
+    tables = ("parley_key_log",)
+    app_id: str = field(default_factory=new_app_id("k"))
 
 
-async def _backend(kind: str, tmp_path: Path) -> AsyncIterator[Backend]:
-    async for backend in backend_lifecycle(kind, tmp_path, Backend, ("parley_key_log",)):
-        yield backend
-
-
-@pytest.fixture(params=ALL)
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    async for b in _backend(request.param, tmp_path):
-        yield b
-
-
-@pytest.fixture(params=DURABLE)
-async def durable(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    async for b in _backend(request.param, tmp_path):
-        yield b
+backend = store_fixture(Backend)
+durable = store_fixture(Backend, DURABLE_KINDS)
 
 
 def added(last: KeyEntry | None, user: str, n: int) -> KeyEntry:
@@ -136,10 +91,8 @@ async def test_every_process_on_one_database_gets_the_same_server_key(durable: B
     assert await one.server_key(b"\x03" * 32) == first
 
 
-@pytest.fixture(params=["memory", "sqlite"])  # the shared PostgreSQL keeps earlier runs' key
-async def fresh(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    async for b in _backend(request.param, tmp_path):
-        yield b
+# Not PostgreSQL: the shared database keeps earlier runs' key.
+fresh = store_fixture(Backend, ["memory", "sqlite"])
 
 
 async def test_a_fresh_store_keeps_the_first_candidate(fresh: Backend) -> None:

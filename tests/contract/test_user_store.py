@@ -7,8 +7,6 @@ real ones once.
 
 from __future__ import annotations
 
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
@@ -16,19 +14,20 @@ from typing import Any, Literal
 import pytest
 from argon2 import PasswordHasher
 
-from parley.backends.database import Database
 from parley.backends.memory.users import MemoryUserStore
-from parley.backends.sqlite.db import SqliteDb
 from parley.backends.sqlite.users import SqliteUserStore
 from parley.backends.users import User, UserStore
-from tests.support.databases import open_database
-from tests.support.stores import FakeClock, backend_lifecycle, delete_app_rows
+from tests.support.stores import (
+    DURABLE_KINDS,
+    FakeClock,
+    StoreBackend,
+    StoreKinds,
+    delete_app_rows,
+    store_fixture,
+)
 
 T0 = 1_700_000_000.0
 T0_MS = int(T0 * 1000)
-
-ALL = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-DURABLE = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
 
 
 class CountingHasher(PasswordHasher):
@@ -44,56 +43,22 @@ class CountingHasher(PasswordHasher):
 
 
 @dataclass
-class Backend:
-    """One storage behind the stores a test opens: reopening reaches the same data."""
-
-    kind: str
-    target: str  # SQLite path or PostgreSQL URL
-    app_id: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:12]}")
+class Backend(StoreBackend[UserStore]):
+    stores = StoreKinds(
+        MemoryUserStore, SqliteUserStore, "parley.backends.postgres.users:PostgresUserStore"
+    )
+    tables = ("parley_users",)
     clock: FakeClock = field(default_factory=lambda: FakeClock(T0))
     hasher: CountingHasher = field(default_factory=CountingHasher)
-    opened: list[UserStore | Database] = field(default_factory=list)
-    memory: MemoryUserStore | None = None
 
     async def open(self, hasher: PasswordHasher | None = None) -> UserStore:
-        """A store; a durable one on a database handle of its own, as another process has."""
-        hasher = hasher or self.hasher
-        store: UserStore
-        db: Database | None = None
-        if self.kind == "memory":
-            store = self.memory = self.memory or MemoryUserStore(hasher=hasher, clock=self.clock)
-        else:
-            db = await open_database(self.kind, self.target)
-            if isinstance(db, SqliteDb):
-                store = SqliteUserStore(db, hasher=hasher, clock=self.clock)
-            else:
-                from parley.backends.postgres.db import PostgresDb
-                from parley.backends.postgres.users import PostgresUserStore
-
-                assert isinstance(db, PostgresDb)
-                store = PostgresUserStore(db, hasher=hasher, clock=self.clock)
-        await store.start()
-        self.opened.append(store)  # closed before its database
-        if db is not None:
-            self.opened.append(db)
-        return store
+        """A store hashing with `hasher`, the backend's CountingHasher unless given (a memory
+        store keeps the hasher it was first made with)."""
+        return await self.open_store(hasher=hasher or self.hasher)
 
 
-async def _backend(kind: str, tmp_path: Path) -> AsyncIterator[Backend]:
-    async for backend in backend_lifecycle(kind, tmp_path, Backend, ("parley_users",)):
-        yield backend
-
-
-@pytest.fixture(params=ALL)
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    async for b in _backend(request.param, tmp_path):
-        yield b
-
-
-@pytest.fixture(params=DURABLE)
-async def durable(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    async for b in _backend(request.param, tmp_path):
-        yield b
+backend = store_fixture(Backend)
+durable = store_fixture(Backend, DURABLE_KINDS)
 
 
 @pytest.fixture

@@ -9,29 +9,17 @@ whatever else uses the database: what a test claims is filtered to its own app."
 from __future__ import annotations
 
 import asyncio
-import time
-import uuid
-from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from types import ModuleType
-from typing import Any
 
 import pytest
 
-from parley.backends.database import Database
 from parley.backends.memory import webhooks as memory_webhooks
 from parley.backends.memory.webhooks import MemoryWebhookQueue
 from parley.backends.sqlite import webhooks as sqlite_webhooks
-from parley.backends.sqlite.db import SqliteDb
 from parley.backends.sqlite.webhooks import SqliteWebhookQueue
 from parley.backends.webhooks import DeadWebhook, WebhookJob, WebhookQueue
-from tests.support.databases import open_database
-from tests.support.stores import FakeClock, backend_lifecycle
-
-ALL = ["memory", "sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-DURABLE = ["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)]
-TABLES = ("parley_webhooks", "parley_webhooks_dead")
+from tests.support.stores import DURABLE_KINDS, StoreBackend, StoreKinds, new_app_id, store_fixture
 
 URL = "https://hooks.example/parley"
 OTHER_URL = "https://other.example/hook"
@@ -40,36 +28,14 @@ EVENTS = '[{"name":"channel_occupied","channel":"room"}]'
 
 
 @dataclass
-class Backend:
-    kind: str
-    target: str
-    app_id: str = field(default_factory=lambda: f"w{uuid.uuid4().hex[:12]}")
-    clock: FakeClock = field(default_factory=lambda: FakeClock(time.time()))
-    opened: list[Any] = field(default_factory=list)
-    apps: list[str] = field(default_factory=list)  # other apps the test used, cleaned up too
-    memory: MemoryWebhookQueue | None = None
-
-    async def open(self) -> WebhookQueue:
-        """A queue; a durable one on a database handle of its own, as another process has."""
-        store: WebhookQueue
-        db: Database | None = None
-        if self.kind == "memory":
-            store = self.memory = self.memory or MemoryWebhookQueue(clock=self.clock)
-        else:
-            db = await open_database(self.kind, self.target)
-            if isinstance(db, SqliteDb):
-                store = SqliteWebhookQueue(db, clock=self.clock)
-            else:
-                from parley.backends.postgres.db import PostgresDb
-                from parley.backends.postgres.webhooks import PostgresWebhookQueue
-
-                assert isinstance(db, PostgresDb)
-                store = PostgresWebhookQueue(db, clock=self.clock)
-        await store.start()
-        self.opened.append(store)
-        if db is not None:
-            self.opened.append(db)
-        return store
+class Backend(StoreBackend[WebhookQueue]):
+    stores = StoreKinds(
+        MemoryWebhookQueue,
+        SqliteWebhookQueue,
+        "parley.backends.postgres.webhooks:PostgresWebhookQueue",
+    )
+    tables = ("parley_webhooks", "parley_webhooks_dead")
+    app_id: str = field(default_factory=new_app_id("w"))
 
     def module(self) -> ModuleType:
         """The module of this kind's queue (for its DEAD_KEEP_MAX)."""
@@ -86,21 +52,8 @@ class Backend:
         return [j for j in await store.claim(limit, LEASE_MS) if j.app_id == self.app_id]
 
 
-async def _backend(kind: str, tmp_path: Path) -> AsyncIterator[Backend]:
-    async for backend in backend_lifecycle(kind, tmp_path, Backend, TABLES):
-        yield backend
-
-
-@pytest.fixture(params=ALL)
-async def backend(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    async for b in _backend(request.param, tmp_path):
-        yield b
-
-
-@pytest.fixture(params=DURABLE)
-async def durable(request: pytest.FixtureRequest, tmp_path: Path) -> AsyncIterator[Backend]:
-    async for b in _backend(request.param, tmp_path):
-        yield b
+backend = store_fixture(Backend)
+durable = store_fixture(Backend, DURABLE_KINDS)
 
 
 def ids(jobs: list[WebhookJob]) -> list[int]:

@@ -8,11 +8,18 @@ the server (drain and restart) prints `@@step NAME` and waits for `@@go NAME` on
 
 from __future__ import annotations
 
+import base64
+import hashlib
+import json
+import time
 from collections.abc import Iterator
+from typing import Any
 
+import jwt
 import pytest
 
 from tests.support.node_scenarios import run_scenario
+from tests.support.pusher_raw import ApiResponse, RawClient, http_request
 from tests.support.server import ParleyServer
 
 pytestmark = [pytest.mark.e2e, pytest.mark.node, pytest.mark.usefixtures("node_modules")]
@@ -106,3 +113,133 @@ def test_subscription_count_events(counting_server: ParleyServer) -> None:
 
 def test_laravel_echo_pusher_broadcaster(server: ParleyServer) -> None:
     run_scenario(server, "laravel_echo.mjs")
+
+
+@pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning")  # the test secret
+def test_conversation_between_pusher_js_and_a_python_client(server: ParleyServer) -> None:
+    """docs/protocol.md "Conversations" with two real clients: alice and carol are pusher-js
+    (conversations.mjs, signed in with pusher.signin()), bob is a raw Python client connected
+    with a token; this test plays bob at each step of the scenario."""
+
+    def token(user: str) -> str:
+        claims = {"sub": user, "aud": server.key, "exp": int(time.time()) + 300}
+        return jwt.encode(claims, server.secret, algorithm="HS256")
+
+    def call(user: str, method: str, path: str, body: Any = None) -> ApiResponse:
+        raw = b"" if body is None else json.dumps(body).encode()
+        headers = {"Authorization": f"Bearer {token(user)}"}
+        return http_request(
+            server, method, f"/apps/{server.app_id}{path}", body=raw, headers=headers
+        )
+
+    def direct_id(a: str, b: str) -> str:
+        pair = json.dumps(["parley-direct-v1", *sorted((a, b))], separators=(",", ":"))
+        digest = hashlib.sha256(pair.encode()).digest()
+        return "d_" + base64.urlsafe_b64encode(digest).decode()[:22]
+
+    def data_of(frame: dict[str, Any]) -> Any:
+        data = frame["data"]
+        return json.loads(data) if isinstance(data, str) else data
+
+    def notified(event: str) -> dict[str, Any]:
+        """`event` for bob on both his notification channels; its data."""
+        channels = {"private-user-bob", "#server-to-user-bob"}
+        got: dict[str, Any] = {}
+        while channels - got.keys():
+            frame = bob.expect(event, where=lambda f: f.get("channel") in channels - got.keys())
+            got[frame["channel"]] = data_of(frame)
+        first, second = got.values()
+        assert first == second, got
+        return first  # type: ignore[no-any-return]
+
+    alice_bob = direct_id("alice", "bob")
+    channel = f"private-conv-{alice_bob}"
+
+    def from_carol(frame: dict[str, Any]) -> bool:
+        publisher = (frame.get("parley") or {}).get("publisher") or {}
+        return frame.get("user_id") == "carol" or publisher.get("id") == "carol"
+
+    def bob_accepts() -> None:
+        request = notified("chat-request")
+        assert request == {
+            "conversation_id": alice_bob,
+            "channel": channel,
+            "requester": "alice",
+            "members": ["alice", "bob"],
+        }
+        accepted = call("bob", "POST", f"/conversations/{alice_bob}/accept")
+        assert (accepted.status, accepted.json()["state"]) == (200, "accepted"), accepted.body
+        again = call("bob", "POST", "/conversations", {"members": ["bob", "alice"]})
+        assert again.status == 200, again.body
+        assert (again.json()["id"], again.json()["state"]) == (alice_bob, "accepted")
+
+    def bob_joins() -> None:
+        bob.subscribe(channel, key=server.key, secret=server.secret)
+        welcome = bob.recv()
+        assert (welcome["event"], welcome["channel"]) == ("parley:welcome", channel), welcome
+        spec = ("conversation_id", "members", "bots", "state", "last_offset", "epoch")
+        told = {name: data_of(welcome).get(name) for name in spec}
+        assert told == {
+            "conversation_id": alice_bob,
+            "members": ["alice", "bob"],
+            "bots": [],
+            "state": "accepted",
+            "last_offset": 0,
+            "epoch": told["epoch"],
+        }, welcome
+        assert told["epoch"] is not None, welcome
+        bob.send_event("client-msg", {"text": "hi alice"}, channel)
+
+    def bob_hears() -> None:
+        message = bob.expect("client-msg", channel)
+        assert data_of(message) == {"text": "hi bob"}
+        assert message["user_id"] == "alice"
+        assert message["parley"]["publisher"] == {"type": "user", "id": "alice"}
+
+    def carol_tried() -> None:
+        message = bob.expect("client-msg", channel, forbid=from_carol)
+        assert (data_of(message), message["user_id"]) == ({"text": "after carol"}, "alice")
+        assert not [f for f in bob.seen if from_carol(f)], "bob received something from carol"
+        bob.send_event("client-msg", {"text": "nothing from carol"}, channel)
+
+    def bob_declines() -> None:
+        carol_bob = direct_id("carol", "bob")
+        request = notified("chat-request")
+        assert request == {
+            "conversation_id": carol_bob,
+            "channel": f"private-conv-{carol_bob}",
+            "requester": "carol",
+            "members": ["carol", "bob"],
+        }
+        declined = call("bob", "POST", f"/conversations/{carol_bob}/decline")
+        assert (declined.status, declined.json()["state"]) == (200, "declined"), declined.body
+
+    tokens = json.dumps({user: token(user) for user in ("alice", "carol")})
+    with RawClient(f"{server.ws_url}&token={token('bob')}") as bob:
+        established = json.loads(bob.seen[0]["data"])
+        assert established.get("user_id") == "bob", established
+        bob.subscribe("private-user-bob", key=server.key, secret=server.secret)
+        run_scenario(
+            server,
+            "conversations.mjs",
+            steps={
+                "bob-accepts": bob_accepts,
+                "bob-joins": bob_joins,
+                "bob-hears": bob_hears,
+                "carol-tried": carol_tried,
+                "bob-declines": bob_declines,
+            },
+            env={"PARLEY_E2E_TOKENS": tokens},
+        )
+
+        # bob blocks dave: dave's request is refused, naming the block, and never reaches bob
+        blocked = call("bob", "POST", "/users/dave/block")
+        assert blocked.status == 200, blocked.body
+        assert blocked.json() == {"blocker": "bob", "blocked": "dave"}
+        refused = call("dave", "POST", "/conversations", {"members": ["dave", "bob"]})
+        assert refused.status == 403, refused.body
+        assert refused.json()["error"] == "'bob' has blocked 'dave'", refused.body
+        assert call("bob", "GET", "/blocks").json()["blocked"] == ["dave"]
+        mark = len(bob.seen)
+        bob.ping()
+        assert [f["event"] for f in bob.seen[mark:]] == ["pusher:pong"], bob.seen[mark:]

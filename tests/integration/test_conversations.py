@@ -83,6 +83,7 @@ async def test_a_request_accepted_then_only_the_pair_talks_there(
         "state": "pending",
         "last_offset": 0,
         "epoch": welcome["epoch"],
+        "receipts": {},
     }
     await join(bob, app, channel)
     await bob.send_event("client-msg", {"text": "early"}, channel)

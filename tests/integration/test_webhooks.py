@@ -17,10 +17,14 @@ from pusher import Pusher
 
 from parley.settings import AppConfig, Settings, WebhookConfig
 from tests.support.inproc import app_settings, serving
+from tests.support.keys import token
 from tests.support.pusher_async import AsyncApi, AsyncClientPool
 from tests.support.receiver import Receiver
 
-pytestmark = pytest.mark.integration
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.filterwarnings("ignore::jwt.warnings.InsecureKeyLengthWarning"),
+]
 
 
 def hooked(tmp_path: Path, receiver: Receiver, **server: Any) -> Settings:
@@ -152,3 +156,45 @@ async def test_a_receiver_that_never_comes_back_ends_in_the_dead_letters(
         finally:
             await pool.close_all()
             await api.close()
+
+
+async def test_conversation_and_bot_events_reach_the_app_webhooks_that_ask_for_them(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    settings = hooked(tmp_path, receiver)
+    wanted = ("conversation_created", "conversation_requested", "conversation_accepted")
+    filtered = WebhookConfig(receiver.url, (*wanted, "bot_created", "bot_message"))
+    app_config = dataclasses.replace(settings.apps[0], webhooks=(filtered,))
+    settings = dataclasses.replace(settings, apps=(app_config,))
+    async with serving(settings) as app:
+        api = AsyncApi(app.http_url, app.app.id, app.app.key, app.app.secret)
+        try:
+            alice = {"Authorization": f"Bearer {token(app, 'alice')}"}
+            body = json.dumps({"members": ["alice", "bob"]}).encode()
+            made = await api.request(
+                "POST", f"/apps/{app.app.id}/conversations", body=body, headers=alice
+            )
+            conversation = made.json()
+            bob = {"Authorization": f"Bearer {token(app, 'bob')}"}
+            accepted = await api.request(
+                "POST", f"/apps/{app.app.id}/conversations/{conversation['id']}/accept", headers=bob
+            )
+            assert accepted.status == 200, accepted.body
+            bot = await api.signed("POST", f"/apps/{app.app.id}/bots", body={"name": "echo"})
+            events = await receiver.wait_for(4)
+        finally:
+            await api.close()
+    by_name = {e["name"]: e for e in events}
+    assert [e["name"] for e in events] == [*wanted, "bot_created"]  # no occupancy: filtered
+    assert by_name["conversation_created"] == {
+        "name": "conversation_created",
+        "channel": conversation["channel"],
+        "conversation_id": conversation["id"],
+        "by": "alice",
+    }
+    assert by_name["conversation_requested"]["user_id"] == "bob"
+    assert by_name["conversation_accepted"]["user_id"] == "alice"  # the requester, answered
+    assert by_name["bot_created"]["bot_id"] == bot.json()["id"]
+    client = sdk(app.app)
+    for request in receiver.accepted:
+        assert client.validate_webhook(request["key"], request["signature"], request["body"])

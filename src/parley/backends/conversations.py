@@ -95,6 +95,75 @@ class Conversation:
         }
 
 
+AnnotationKind = Literal["edit", "delete", "react", "unreact"]
+
+
+@dataclass(frozen=True, slots=True)
+class Annotation:
+    """One later event's effect on a message: an edit or delete by its sender, a reaction
+    added or taken back by a member. `at_offset` is the offset of the event that made it."""
+
+    kind: AnnotationKind
+    user_id: str
+    at_offset: int
+    data: Any = None  # edit: the new data
+    reaction: str = ""  # react, unreact
+
+
+@dataclass(frozen=True, slots=True)
+class MessageState:
+    """What later events made of the message at `offset`. Applying an annotation twice, or
+    edits in any order, ends in the same state (the edit of the highest offset wins)."""
+
+    offset: int
+    data: Any = None  # the data of the last edit, when edited_at
+    edited_at: int = 0  # offset of the last edit; 0: never edited
+    deleted_at: int = 0  # offset of the delete; 0: not deleted
+    reactions: tuple[tuple[str, tuple[str, ...]], ...] = ()  # (reaction, users), in order
+
+    def apply(self, a: Annotation) -> MessageState:
+        if a.kind == "edit":
+            if self.deleted_at or a.at_offset <= self.edited_at:
+                return self
+            return replace(self, data=a.data, edited_at=a.at_offset)
+        if a.kind == "delete":
+            if self.deleted_at:
+                return self
+            return replace(self, data=None, deleted_at=a.at_offset)
+        reactions = {name: list(users) for name, users in self.reactions}
+        users = reactions.setdefault(a.reaction, [])
+        if a.kind == "react" and a.user_id not in users:
+            users.append(a.user_id)
+        elif a.kind == "unreact" and a.user_id in users:
+            users.remove(a.user_id)
+        kept = tuple((name, tuple(u)) for name, u in reactions.items() if u)
+        return replace(self, reactions=kept)
+
+    def encoded(self) -> str:
+        return orjson.dumps(
+            {
+                "data": self.data,
+                "edited_at": self.edited_at,
+                "deleted_at": self.deleted_at,
+                "reactions": [[name, list(users)] for name, users in self.reactions],
+            }
+        ).decode()
+
+    @classmethod
+    def decoded(cls, offset: int, text: str | bytes) -> MessageState:
+        raw = orjson.loads(text)
+        reactions = tuple((name, tuple(users)) for name, users in raw["reactions"])
+        return cls(offset, raw["data"], raw["edited_at"], raw["deleted_at"], reactions)
+
+
+@dataclass(frozen=True, slots=True)
+class Receipt:
+    """How far one member of a conversation has had its events delivered and has read."""
+
+    delivered: int
+    read: int
+
+
 # How the durable stores keep a conversation: these fields in columns of their own, the others
 # as one JSON object (`record_of`), read back with `conversation_from_row`.
 COLUMN_FIELDS = ("app_id", "id", "created_at", "version", "updated_at")
@@ -165,6 +234,31 @@ class ConversationStore(StoreLifecycle, abc.ABC):
     @abc.abstractmethod
     async def reads(self, app_id: str, user_id: str) -> dict[str, int]:
         """`user_id`'s read offsets: conversation id -> offset (absent: nothing read)."""
+
+    @abc.abstractmethod
+    async def set_delivered(
+        self, app_id: str, conversation_id: str, user_id: str, offset: int
+    ) -> int:
+        """Raise `user_id`'s delivered offset in the conversation (never lower it); the
+        offset now stored."""
+
+    @abc.abstractmethod
+    async def receipts(self, app_id: str, conversation_id: str) -> dict[str, Receipt]:
+        """Every member's delivered and read offsets that were ever set (0 for the one of
+        the two never set), by user id."""
+
+    @abc.abstractmethod
+    async def annotate(
+        self, app_id: str, conversation_id: str, offset: int, annotation: Annotation
+    ) -> MessageState:
+        """Apply `annotation` to the state of the message at `offset` (a new state when it
+        has none) in one atomic step; the state stored."""
+
+    @abc.abstractmethod
+    async def states(
+        self, app_id: str, conversation_id: str, offsets: list[int]
+    ) -> dict[int, MessageState]:
+        """The states of those of `offsets` that have one."""
 
     @abc.abstractmethod
     async def block(self, app_id: str, blocker: str, blocked: str) -> None:

@@ -19,7 +19,6 @@ restarts; an offline user finds the message in the conversation's history.
 
 from __future__ import annotations
 
-import asyncio
 import hashlib
 import hmac
 import re
@@ -33,8 +32,10 @@ import orjson
 
 from parley import logs
 from parley.backends.bots import Bot, BotExists, BotStore, Reference
+from parley.backends.conversations import Conversation
 from parley.backends.webhooks import WebhookQueue
-from parley.core.conversations import Conversations, is_conversation_channel
+from parley.core.conversations import Conversations
+from parley.core.events import ConversationChanged
 from parley.errors import Conflict, InvalidArgument, NotAllowed, StoreUnavailable
 from parley.publication import Publication, Publisher
 from parley.settings import AppConfig
@@ -115,34 +116,22 @@ class Bots:
         self.webhooks = webhooks
         self.wake_dispatcher = wake_dispatcher
         self._clock = clock
-        self._stored: asyncio.Queue[tuple[str, Publication]] = asyncio.Queue()
-        self._task: asyncio.Task[None] | None = None
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
-    async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._follow())
-        self.node.delivery.on_conversation_event = self.stored
-
-    async def close(self) -> None:
-        """Hand what waits to the webhook queue (bounded by the shutdown grace), then stop."""
-        self.node.delivery.on_conversation_event = None
-        if self._task is None:
-            return
-        try:
-            async with asyncio.timeout(self.node.settings.shutdown_grace_s):
-                await self._stored.join()
-        except TimeoutError:
-            logs.warning("bot webhooks not queued at shutdown", events=self._stored.qsize())
-        self._task.cancel()
-        await asyncio.wait([self._task], timeout=self.node.settings.shutdown_grace_s)
+    def start(self) -> None:
+        """Hear the conversations' stored events (`Conversations.listen`)."""
+        self.conversations.listen(self.heard)
 
     # -- credentials ---------------------------------------------------------------------------
 
     async def add(self, app: AppConfig, name: Any, webhook_url: Any) -> NewBot:
         made = new_bot(app, name, webhook_url, self._now_ms())
         await add_to(self.store, made)
+        self.node.events.emit(
+            ConversationChanged(app.id, "bot_created", "", "", bot_id=made.bot.id)
+        )
         return made
 
     async def authenticate(self, app: AppConfig, bot_id: str, authorization: str) -> Bot:
@@ -194,6 +183,11 @@ class Bots:
         if not stored:
             raise StoreUnavailable("The message was not stored")
         publication = stored[0]
+        self.node.events.emit(
+            ConversationChanged(
+                app.id, "bot_message", conversation.id, conversation.channel, bot_id=bot.id
+            )
+        )
         return Sent(
             conversation.id, conversation.channel, publication.position.offset, publication.id
         )
@@ -203,30 +197,12 @@ class Bots:
 
     # -- hearing -------------------------------------------------------------------------------
 
-    def stored(self, app_id: str, publication: Publication) -> None:
-        """`Delivery`'s word that an event of a conversation channel is stored (this node took
-        it): handled in order by one task."""
-        self._stored.put_nowait((app_id, publication))
-
-    async def _follow(self) -> None:
-        while True:
-            app_id, publication = await self._stored.get()
-            try:
-                await self._heard(app_id, publication)
-            except Exception:
-                logs.error("a conversation event was not handed to its bots", app_id=app_id)
-            finally:
-                self._stored.task_done()
-
-    async def _heard(self, app_id: str, publication: Publication) -> None:
-        """Queue a webhook for each bot of the conversation (but the sender), and keep the
-        references of the bots and users who talked there."""
-        if not is_conversation_channel(publication.channel):
-            return
-        conversation = await self.conversations.load(
-            app_id, publication.channel.removeprefix("private-conv-")
-        )
-        if conversation is None or not conversation.bots:
+    async def heard(
+        self, app_id: str, publication: Publication, conversation: Conversation
+    ) -> None:
+        """An event stored in `conversation`: queue a webhook for each of its bots (but the
+        sender), and keep the references of the bots and users who talked there."""
+        if not conversation.bots:
             return
         sender = publication.publisher
         offset = publication.position.offset

@@ -28,14 +28,21 @@ import secrets
 import time
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import orjson
 
 from parley import logs
-from parley.backends.conversations import Conversation, ConversationStore
+from parley.backends.conversations import (
+    Annotation,
+    Conversation,
+    ConversationStore,
+    MessageState,
+)
+from parley.core.events import ConversationChanged
 from parley.errors import Conflict, InvalidArgument, NotAllowed, UnknownResource
-from parley.publication import StreamPosition
+from parley.publication import Publication, StreamPosition
 from parley.settings import AppConfig
 
 if TYPE_CHECKING:
@@ -109,7 +116,75 @@ def send_problem(conversation: Conversation, user_id: str | None) -> str | None:
     return None
 
 
-Publish = Callable[[AppConfig, str, str, list[str]], Awaitable[None]]
+# Client events that act on an earlier message of the conversation (its offset: `ref`), or
+# say how far a member has received or read (docs/protocol.md, "Messages").
+EDIT, DELETE, REACTION, RECEIPT = (
+    "client-parley-edit",
+    "client-parley-delete",
+    "client-parley-reaction",
+    "client-parley-receipt",
+)
+ACTS = (EDIT, DELETE, REACTION, RECEIPT)
+ACT_PREFIX = "client-parley-"  # every event of ACTS; others with it are refused
+REACTION_MAX = 32
+
+Listener = Callable[[str, Publication, Conversation], Awaitable[None]]
+
+
+@dataclass(frozen=True, slots=True)
+class Act:
+    """A parsed edit, delete, reaction or receipt: what it does and to which offset."""
+
+    kind: str  # edit, delete, react, unreact, delivered, read
+    offset: int  # ref (the message acted on), or the receipt's offset
+    data: Any = None
+    reaction: str = ""
+
+
+def parse_act(event: str, data: Any) -> Act:
+    """The act an event of `ACTS` carries; InvalidArgument naming what is wrong (an unknown
+    event with ACT_PREFIX too: the prefix is kept for Parley's acts)."""
+    if event not in ACTS:
+        raise InvalidArgument(
+            f"{event}: unknown; the events of {ACT_PREFIX}* are {', '.join(ACTS)}"
+        )
+    if isinstance(data, str):
+        try:
+            data = orjson.loads(data)
+        except orjson.JSONDecodeError:
+            data = None
+    if not isinstance(data, dict):
+        raise InvalidArgument(f"{event}: data must be a JSON object")
+
+    def offset(name: str, least: int) -> int:
+        value = data.get(name)
+        if isinstance(value, bool) or not isinstance(value, int) or value < least:
+            raise InvalidArgument(f"{event}: '{name}' must be an offset >= {least}")
+        return value
+
+    if event == RECEIPT:
+        kind = data.get("type")
+        if kind not in ("delivered", "read"):
+            raise InvalidArgument(f"{event}: 'type' must be 'delivered' or 'read'")
+        return Act(kind, offset("offset", 0))
+    ref = offset("ref", 1)
+    if event == EDIT:
+        if "data" not in data:
+            raise InvalidArgument(f"{event}: 'data' (the new content) is missing")
+        return Act("edit", ref, data["data"])
+    if event == DELETE:
+        return Act("delete", ref)
+    reaction = data.get("reaction")
+    if (
+        not isinstance(reaction, str)
+        or not 0 < len(reaction) <= REACTION_MAX
+        or any(ord(c) < 32 for c in reaction)
+    ):
+        raise InvalidArgument(f"{event}: 'reaction' must be 1-{REACTION_MAX} printable characters")
+    remove = data.get("remove", False)
+    if not isinstance(remove, bool):
+        raise InvalidArgument(f"{event}: 'remove' must be true or false")
+    return Act("unreact" if remove else "react", ref, reaction=reaction)
 
 
 class Conversations:
@@ -130,16 +205,40 @@ class Conversations:
         self._cache: OrderedDict[tuple[str, str], Conversation] = OrderedDict()  # (app, id)
         self._task: asyncio.Task[None] | None = None
         self._since_ms = self._now_ms()
+        self._stored: asyncio.Queue[tuple[str, Publication]] = asyncio.Queue()
+        self._stored_task: asyncio.Task[None] | None = None
+        self._listeners: list[Listener] = []
 
     def _now_ms(self) -> int:
         return int(self._clock() * 1000)
 
     async def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._follow())
+        loop = asyncio.get_running_loop()
+        self._task = loop.create_task(self._follow())
+        self._stored_task = loop.create_task(self._follow_stored())
+        self.node.delivery.on_conversation_event = self.stored
+        self.node.recovery.fold = self.fold
+        self.node.recovery.fold_prefix = CHANNEL_PREFIX
+
+    def listen(self, listener: Listener) -> None:
+        """Call `listener` with each event stored in a conversation (on the node that took
+        it), in order, after the event's own effect (an edit, a receipt) is recorded."""
+        self._listeners.append(listener)
 
     async def close(self) -> None:
+        """Finish what stored events wait for (bounded by the shutdown grace), then stop."""
+        self.node.delivery.on_conversation_event = None
         if self._task is not None:
             self._task.cancel()
+        if self._stored_task is None:
+            return
+        try:
+            async with asyncio.timeout(self.node.settings.shutdown_grace_s):
+                await self._stored.join()
+        except TimeoutError:
+            logs.warning("conversation events not handled at shutdown", events=self._stored.qsize())
+        self._stored_task.cancel()
+        await asyncio.wait([self._stored_task], timeout=self.node.settings.shutdown_grace_s)
 
     # -- the cache ---------------------------------------------------------------------------
 
@@ -253,7 +352,100 @@ class Conversations:
             "state": conversation.state,
             "last_offset": position.offset,
             "epoch": position.epoch,
+            "receipts": await self.receipts(app, conversation),
         }
+
+    async def receipts(self, app: AppConfig, conversation: Conversation) -> dict[str, Any]:
+        """Who has received and read up to where: user id -> {delivered, read}."""
+        found = await self.store.receipts(app.id, conversation.id)
+        return {u: {"delivered": r.delivered, "read": r.read} for u, r in found.items()}
+
+    # -- edits, deletes, reactions, receipts ---------------------------------------------------
+
+    async def act_problem(
+        self, app: AppConfig, user_id: str | None, channel: str, event: str, data: Any
+    ) -> str | None:
+        """Why an edit, delete, reaction or receipt from `user_id` is refused, or None: the
+        offset it names must be in the conversation; only a message's sender edits or
+        deletes it; an edit, a delete or another act is no message to act on."""
+        try:
+            act = parse_act(event, data)
+        except InvalidArgument as exc:
+            return exc.message
+        last = (await self.node.history.position(app.id, channel)).offset
+        if act.offset > last:
+            return f"{event}: offset {act.offset} is past the conversation's last ({last})"
+        if act.kind in ("delivered", "read"):
+            return None
+        page = await self.node.history.read(app.id, channel, after=act.offset - 1, limit=1)
+        target = page.publications[0] if page.publications else None
+        if target is None or target.position.offset != act.offset:
+            return f"{event}: no message at offset {act.offset} (no longer kept?)"
+        if target.event in ACTS:
+            return f"{event}: offset {act.offset} is an {target.event}, not a message"
+        if act.kind in ("edit", "delete") and target.publisher.user_id != user_id:
+            return f"{event}: only the sender of the message at offset {act.offset} may do that"
+        states = await self.store.states(app.id, id_of(channel), [act.offset])
+        state = states.get(act.offset)
+        if state is not None and state.deleted_at:
+            return f"{event}: the message at offset {act.offset} was deleted"
+        return None
+
+    async def fold(self, app: AppConfig, channel: str, page: dict[str, Any]) -> None:
+        """Show the current state of each message of a history page: its last edit's data
+        (`parley.edited`), its deletion (`data` null, `parley.deleted`), its reactions."""
+        events = page["events"]
+        offsets = [e["parley"]["offset"] for e in events if e["event"] not in ACTS]
+        if not offsets:
+            return
+        states = await self.store.states(app.id, id_of(channel), offsets)
+        for item in events:
+            state = states.get(item["parley"].get("offset", 0))
+            if state is not None:
+                shown(item, state)
+
+    async def settled(self) -> None:
+        """Return once every conversation event stored so far is followed up (its effect
+        recorded, the bots told)."""
+        await self._stored.join()
+
+    def stored(self, app_id: str, publication: Publication) -> None:
+        """`Delivery`'s word that an event of a conversation channel is stored (this node took
+        it): handled in order by one task."""
+        self._stored.put_nowait((app_id, publication))
+
+    async def _follow_stored(self) -> None:
+        while True:
+            app_id, publication = await self._stored.get()
+            try:
+                await self._after_stored(app_id, publication)
+            except Exception:
+                logs.error("a stored conversation event was not followed up", app_id=app_id)
+            finally:
+                self._stored.task_done()
+
+    async def _after_stored(self, app_id: str, publication: Publication) -> None:
+        conversation = await self.load(app_id, id_of(publication.channel))
+        if conversation is None:
+            return
+        user_id = publication.publisher.user_id
+        if publication.event in ACTS and user_id is not None:
+            act = parse_act(publication.event, publication.data)  # checked before it was sent
+            if act.kind == "delivered":
+                await self.store.set_delivered(app_id, conversation.id, user_id, act.offset)
+            elif act.kind == "read":
+                await self.store.set_read(app_id, conversation.id, user_id, act.offset)
+            else:
+                annotation = Annotation(
+                    act.kind,  # type: ignore[arg-type]  # edit, delete, react or unreact
+                    user_id,
+                    publication.position.offset,
+                    act.data,
+                    act.reaction,
+                )
+                await self.store.annotate(app_id, conversation.id, act.offset, annotation)
+        for listener in self._listeners:
+            await listener(app_id, publication, conversation)
 
     # -- operations (the HTTP API's) ---------------------------------------------------------
 
@@ -282,7 +474,7 @@ class Conversations:
             )
             stored = self._keep(await self.store.create(direct))
             if stored == direct:
-                logs.info("conversation created", app_id=app.id, conversation_id=with_bot, by=by)
+                self._happened(app, "created", stored, by=by)
             return stored, stored == direct
         if len(ids) + len(bot_ids) > 2:
             group_id = new_group_id()
@@ -290,7 +482,7 @@ class Conversations:
                 app.id, group_id, channel_of(group_id), "group", tuple(ids), tuple(bot_ids), by, now
             )
             stored = self._keep(await self.store.create(group))
-            logs.info("conversation created", app_id=app.id, conversation_id=group_id, by=by)
+            self._happened(app, "created", stored, by=by)
             return stored, True
         a, b = ids
         if by is not None:  # a user asking: the other's blocks refuse it, and their own
@@ -313,7 +505,7 @@ class Conversations:
         )
         stored = self._keep(await self.store.create(direct))
         if stored == direct:  # new (a concurrent creation returns the winner's)
-            logs.info("conversation created", app_id=app.id, conversation_id=conversation_id, by=by)
+            self._happened(app, "created", stored, by=by)
             if stored.state == "pending":
                 await self._request(app, stored)
             return stored, True
@@ -344,6 +536,7 @@ class Conversations:
             "requester": requester,
             "members": list(conversation.members),
         }
+        self._happened(app, "requested", conversation, user_id=recipient, by=requester)
         await self._notify(app, recipient, "chat-request", data)
 
     async def answer(
@@ -361,12 +554,7 @@ class Conversations:
 
     async def _settle(self, app: AppConfig, conversation: Conversation, state: str) -> Conversation:
         settled = await self._changed(app, conversation, state=state)
-        logs.info(
-            "conversation request answered",
-            app_id=app.id,
-            conversation_id=conversation.id,
-            state=state,
-        )
+        self._happened(app, state, settled, user_id=conversation.requested_by)
         requester = conversation.requested_by
         if requester is not None:
             event = "chat-accepted" if state == "accepted" else "chat-declined"
@@ -389,7 +577,7 @@ class Conversations:
                 "(max_conversation_members)"
             )
         added = await self._changed(app, conversation, members=(*conversation.members, user_id))
-        logs.info("conversation member added", app_id=app.id, conversation_id=conversation_id)
+        self._happened(app, "member_added", added, user_id=user_id, by=by)
         await self._notify(
             app,
             user_id,
@@ -410,7 +598,7 @@ class Conversations:
             raise UnknownResource(f"{user_id!r} is not a member of conversation {conversation_id}")
         members = tuple(m for m in conversation.members if m != user_id)
         removed = await self._changed(app, conversation, members=members)
-        logs.info("conversation member removed", app_id=app.id, conversation_id=conversation_id)
+        self._happened(app, "member_removed", removed, user_id=user_id, by=by)
         return removed
 
     async def _group(self, app: AppConfig, conversation_id: str, by: str | None) -> Conversation:
@@ -535,8 +723,33 @@ class Conversations:
         if bot_id in conversation.bots:
             return conversation
         added = await self._changed(app, conversation, bots=(*conversation.bots, bot_id))
-        logs.info("conversation bot added", app_id=app.id, conversation_id=conversation_id)
+        self._happened(app, "bot_added", added, by=by, bot_id=bot_id)
         return added
+
+    def _happened(
+        self,
+        app: AppConfig,
+        change: str,
+        conversation: Conversation,
+        *,
+        user_id: str | None = None,
+        by: str | None = None,
+        bot_id: str | None = None,
+    ) -> None:
+        """One log line and one domain event (webhooks follow it) for a change made here."""
+        logs.info(
+            f"conversation {change.replace('_', ' ')}",
+            app_id=app.id,
+            conversation_id=conversation.id,
+            user_id=user_id,
+            by=by,
+            bot_id=bot_id,
+        )
+        self.node.events.emit(
+            ConversationChanged(
+                app.id, change, conversation.id, conversation.channel, user_id, by, bot_id
+            )
+        )
 
     async def _notify(self, app: AppConfig, user_id: str, event: str, data: Any) -> None:
         """An event on `user_id`'s notification channels: `private-user-{id}` (kept in history
@@ -567,3 +780,16 @@ class Conversations:
                 continue
             if known is not None or conversation.channel in self.node.hubs[app.id].channels:
                 self._applied(app, conversation)
+
+
+def shown(item: dict[str, Any], state: MessageState) -> None:
+    """A history item as `state` makes it now."""
+    parley = item["parley"]
+    if state.deleted_at:
+        item["data"] = None
+        parley["deleted"] = {"offset": state.deleted_at}
+    elif state.edited_at:
+        item["data"] = state.data
+        parley["edited"] = {"offset": state.edited_at}
+    if state.reactions:
+        parley["reactions"] = {name: list(users) for name, users in state.reactions}

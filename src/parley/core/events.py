@@ -162,6 +162,40 @@ class ClientEventSent:
 
 
 @dataclass(frozen=True, slots=True, init=False)
+class ConversationChanged:
+    """A conversation or a bot changed (core.conversations, core.bots), on the node that
+    changed it: `change` is created, requested, accepted, declined, member_added,
+    member_removed or bot_added (of `conversation_id`), or bot_created, bot_message (of
+    bot `bot_id`). `user_id` is whom it concerns, `by` who did it (None: the app's backend)."""
+
+    app_id: str
+    change: str
+    conversation_id: str
+    channel: str
+    user_id: str | None
+    by: str | None
+    bot_id: str | None
+
+    def __init__(
+        self,
+        app_id: str,
+        change: str,
+        conversation_id: str,
+        channel: str,
+        user_id: str | None = None,
+        by: str | None = None,
+        bot_id: str | None = None,
+    ) -> None:
+        object.__setattr__(self, "app_id", app_id)
+        object.__setattr__(self, "change", change)
+        object.__setattr__(self, "conversation_id", conversation_id)
+        object.__setattr__(self, "channel", channel)
+        object.__setattr__(self, "user_id", user_id)
+        object.__setattr__(self, "by", by)
+        object.__setattr__(self, "bot_id", bot_id)
+
+
+@dataclass(frozen=True, slots=True, init=False)
 class _UserChange:
     app_id: str
     user_id: str

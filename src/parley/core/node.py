@@ -28,6 +28,7 @@ from parley.backends.throttle import LoginAttempts
 from parley.core.admission import Admission
 from parley.core.authenticate import Authenticator
 from parley.core.cluster import Cluster
+from parley.core.conversations import ACT_PREFIX
 from parley.core.conversations import CHANNEL_PREFIX as CONVERSATION_PREFIX
 from parley.core.delivery import Delivery, caches
 from parley.core.event_counts import count_events, hub_counters, hub_gauges
@@ -217,7 +218,9 @@ class Node:
         conversations = self.conversations
         if conversations is not None and command.channel.startswith(CONVERSATION_PREFIX):
             # a conversation's members decide, not grants; the cache answers most at once
-            if not conversations.may_write(hub.app, session.user_id, command.channel):
+            if command.event.startswith(ACT_PREFIX) or not conversations.may_write(
+                hub.app, session.user_id, command.channel
+            ):
                 self.subscriptions.hold(session, self._conversation_event(session, hub, command))
                 return
         elif self.access is not None:
@@ -230,10 +233,16 @@ class Node:
     async def _conversation_event(
         self, session: Session, hub: AppHub, command: ClientEvent
     ) -> None:
-        """A client event on a conversation the cache cannot clear: asked of the store (a
-        pending request's allowance is counted there); the session holds what follows."""
-        assert self.conversations is not None
-        problem = await self.conversations.write_problem(hub.app, session.user_id, command.channel)
+        """A client event on a conversation the cache cannot clear, or an edit, delete,
+        reaction or receipt: asked of the stores (a pending request's allowance is counted
+        there, an act's target read from history); the session holds what follows."""
+        conversations = self.conversations
+        assert conversations is not None
+        problem = await conversations.write_problem(hub.app, session.user_id, command.channel)
+        if problem is None and command.event.startswith(ACT_PREFIX):
+            problem = await conversations.act_problem(
+                hub.app, session.user_id, command.channel, command.event, command.data
+            )
         if session.closing:
             return
         if problem is not None:

@@ -10,7 +10,7 @@ recover (another epoch, trimmed, over `recovery_limit`), nothing is replayed and
 
 from __future__ import annotations
 
-from collections.abc import Callable, Coroutine
+from collections.abc import Awaitable, Callable, Coroutine
 from typing import Any
 
 from parley import logs
@@ -36,6 +36,9 @@ class Recovery:
         self.retention = retention
         self.recovery_limit = recovery_limit
         self._spawn = spawn  # the node's: its tasks are awaited at shutdown
+        # shows a page of a conversation channel as its messages are now (core.conversations)
+        self.fold: Callable[[AppConfig, str, dict[str, Any]], Awaitable[None]] | None = None
+        self.fold_prefix = ""
 
     def request(self, session: Session, hub: AppHub, command: Resume | HistoryRequest) -> None:
         """A `parley:resume` or `parley:history` from a subscribed session: answered later."""
@@ -119,4 +122,7 @@ class Recovery:
             if publication.user_id is not None:
                 item["user_id"] = publication.user_id
             events.append(item)
-        return {"channel": name, "epoch": page.epoch, "events": events, "next": page.next}
+        answer = {"channel": name, "epoch": page.epoch, "events": events, "next": page.next}
+        if self.fold is not None and name.startswith(self.fold_prefix):
+            await self.fold(app, name, answer)
+        return answer

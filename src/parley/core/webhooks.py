@@ -37,6 +37,7 @@ from parley.core.events import (
     ChannelOccupied,
     ChannelVacated,
     ClientEventSent,
+    ConversationChanged,
     EventBus,
     MemberAdded,
     MemberRemoved,
@@ -124,6 +125,7 @@ class Webhooks:
         bus.subscribe(MemberRemoved, self._member_removed)
         bus.subscribe(ClientEventSent, self._client_event)
         bus.subscribe(CacheMiss, self._cache_miss)
+        bus.subscribe(ConversationChanged, self._conversation_changed)
         if any(app.subscription_count for app in self.apps.values()):
             bus.subscribe(SubscriptionCountChanged, self._subscription_count)
         self._tasks.append(loop.create_task(self._write_loop(), name="parley-webhooks-write"))
@@ -220,6 +222,24 @@ class Webhooks:
         }
         if p.channel.startswith("presence-") and p.publisher.user_id is not None:
             event["user_id"] = p.publisher.user_id
+        self._emit(e.app_id, event)
+
+    def _conversation_changed(self, e: ConversationChanged) -> None:
+        if e.change.startswith("bot_"):
+            event: Event = {"name": e.change, "channel": e.channel, "bot_id": e.bot_id}
+            if e.conversation_id:
+                event["conversation_id"] = e.conversation_id
+        else:
+            event = {
+                "name": f"conversation_{e.change}",
+                "channel": e.channel,
+                "conversation_id": e.conversation_id,
+            }
+            if e.bot_id is not None:
+                event["bot_id"] = e.bot_id
+        if e.user_id is not None:
+            event["user_id"] = e.user_id
+        event["by"] = e.by
         self._emit(e.app_id, event)
 
     def _cache_miss(self, e: CacheMiss) -> None:

@@ -61,8 +61,12 @@ def register(router: Router) -> None:
     )
     async def get(node: Node, call: Call) -> dict[str, Any]:
         (conversation_id,) = call.args
-        conversation = await _conversations(node).get(call.app, conversation_id, _by(call))
-        return conversation.wire()
+        conversations = _conversations(node)
+        conversation = await conversations.get(call.app, conversation_id, _by(call))
+        return {
+            **conversation.wire(),
+            "receipts": await conversations.receipts(call.app, conversation),
+        }
 
     for verb, accept in (("accept", True), ("decline", False)):
 

@@ -6,7 +6,13 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from parley.backends.conversations import Conversation, ConversationStore
+from parley.backends.conversations import (
+    Annotation,
+    Conversation,
+    ConversationStore,
+    MessageState,
+    Receipt,
+)
 
 
 class MemoryConversationStore(ConversationStore):
@@ -15,6 +21,8 @@ class MemoryConversationStore(ConversationStore):
         self._conversations: dict[tuple[str, str], Conversation] = {}
         self._reads: dict[tuple[str, str], dict[str, int]] = {}  # (app, user) -> id -> offset
         self._blocks: dict[tuple[str, str], list[str]] = {}  # (app, blocker) -> blocked
+        self._delivered: dict[tuple[str, str], dict[str, int]] = {}  # (app, conv) -> user
+        self._states: dict[tuple[str, str, int], MessageState] = {}  # (app, conv, offset)
 
     def _all(self) -> dict[tuple[str, str], Conversation]:
         self.check_running()
@@ -55,6 +63,43 @@ class MemoryConversationStore(ConversationStore):
     async def reads(self, app_id: str, user_id: str) -> dict[str, int]:
         self.check_running()
         return dict(self._reads.get((app_id, user_id), {}))
+
+    async def set_delivered(
+        self, app_id: str, conversation_id: str, user_id: str, offset: int
+    ) -> int:
+        self.check_running()
+        delivered = self._delivered.setdefault((app_id, conversation_id), {})
+        delivered[user_id] = max(delivered.get(user_id, 0), offset)
+        return delivered[user_id]
+
+    async def receipts(self, app_id: str, conversation_id: str) -> dict[str, Receipt]:
+        self.check_running()
+        delivered = self._delivered.get((app_id, conversation_id), {})
+        read = {
+            user: reads[conversation_id]
+            for (app, user), reads in self._reads.items()
+            if app == app_id and conversation_id in reads
+        }
+        return {
+            user: Receipt(delivered.get(user, 0), read.get(user, 0))
+            for user in sorted({*delivered, *read})
+        }
+
+    async def annotate(
+        self, app_id: str, conversation_id: str, offset: int, annotation: Annotation
+    ) -> MessageState:
+        self.check_running()
+        key = (app_id, conversation_id, offset)
+        state = self._states.get(key, MessageState(offset)).apply(annotation)
+        self._states[key] = state
+        return state
+
+    async def states(
+        self, app_id: str, conversation_id: str, offsets: list[int]
+    ) -> dict[int, MessageState]:
+        self.check_running()
+        found = (self._states.get((app_id, conversation_id, o)) for o in offsets)
+        return {state.offset: state for state in found if state is not None}
 
     async def block(self, app_id: str, blocker: str, blocked: str) -> None:
         self.check_running()

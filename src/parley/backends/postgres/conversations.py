@@ -1,6 +1,7 @@
 """`PostgresConversationStore`: conversations in `parley_conversations`, shared by every node of
 a cluster, their members indexed in `parley_conversation_members`, read offsets in
-`parley_conversation_reads` and blocks in `parley_blocks` (migration 6).
+`parley_conversation_reads` and blocks in `parley_blocks` (migration 6); delivered offsets
+beside the read offsets and message states in `parley_message_states` (migration 8).
 
 A replace is one transaction: an UPDATE on the stored version, then the members' index. Of two
 nodes replacing one version, the second's UPDATE waits for the first's row lock and then finds
@@ -8,6 +9,11 @@ the version changed: exactly one is stored. A create that finds the id taken rea
 conversation in a statement of its own, which sees a rival's insert once it committed. Every
 call goes through `PostgresDb.fetch` or `transaction` (StoreUnavailable when the database is
 away).
+
+An annotation is one read-modify-write transaction on the message's row: the row is made if
+missing (INSERT ... ON CONFLICT DO NOTHING: a row that does not exist cannot be locked), then
+read FOR UPDATE, then updated. Of two nodes annotating one message, the second waits at its
+SELECT for the first to commit and then applies its annotation to what the first stored.
 """
 
 from __future__ import annotations
@@ -17,8 +23,11 @@ from collections.abc import Callable
 from typing import Any
 
 from parley.backends.conversations import (
+    Annotation,
     Conversation,
     ConversationStore,
+    MessageState,
+    Receipt,
     conversation_from_row,
     record_of,
 )
@@ -72,6 +81,50 @@ DO UPDATE SET read_offset = GREATEST(r.read_offset, EXCLUDED.read_offset)
 RETURNING read_offset
 """
 
+# A row made by a delivery has read_offset -1: nothing read yet (see migration 8), which the
+# first read raises; `reads` skips it and `receipts` shows it as 0.
+SET_DELIVERED = """
+INSERT INTO parley_conversation_reads AS r
+    (app_id, user_id, conversation_id, read_offset, delivered_offset)
+VALUES ($1, $2, $3, -1, GREATEST($4::bigint, 0))
+ON CONFLICT (app_id, user_id, conversation_id)
+DO UPDATE SET delivered_offset = GREATEST(r.delivered_offset, EXCLUDED.delivered_offset)
+RETURNING delivered_offset
+"""
+
+READS = """
+SELECT conversation_id, read_offset FROM parley_conversation_reads
+WHERE app_id = $1 AND user_id = $2 AND read_offset >= 0
+"""
+
+# By user id in code point order (COLLATE "C"), as the memory store sorts them.
+RECEIPTS = """
+SELECT user_id, delivered_offset, GREATEST(read_offset, 0) FROM parley_conversation_reads
+WHERE app_id = $1 AND conversation_id = $2
+ORDER BY user_id COLLATE "C"
+"""
+
+# $1 app id, $2 conversation id, $3 the message's offset, $4 its state.
+NEW_STATE = """
+INSERT INTO parley_message_states (app_id, conversation_id, msg_offset, state)
+VALUES ($1, $2, $3, $4)
+ON CONFLICT (app_id, conversation_id, msg_offset) DO NOTHING
+"""
+LOCK_STATE = """
+SELECT state FROM parley_message_states
+WHERE app_id = $1 AND conversation_id = $2 AND msg_offset = $3
+FOR UPDATE
+"""
+UPDATE_STATE = """
+UPDATE parley_message_states SET state = $4
+WHERE app_id = $1 AND conversation_id = $2 AND msg_offset = $3
+"""
+
+STATES = """
+SELECT msg_offset, state FROM parley_message_states
+WHERE app_id = $1 AND conversation_id = $2 AND msg_offset = ANY($3::bigint[])
+"""
+
 
 class PostgresConversationStore(ConversationStore):
     def __init__(self, db: PostgresDb, *, clock: Callable[[], float] = time.time) -> None:
@@ -115,13 +168,35 @@ class PostgresConversationStore(ConversationStore):
         return int(rows[0][0])
 
     async def reads(self, app_id: str, user_id: str) -> dict[str, int]:
-        rows = await self._fetch(
-            "SELECT conversation_id, read_offset FROM parley_conversation_reads"
-            " WHERE app_id = $1 AND user_id = $2",
-            app_id,
-            user_id,
-        )
+        rows = await self._fetch(READS, app_id, user_id)
         return {r[0]: int(r[1]) for r in rows}
+
+    async def set_delivered(
+        self, app_id: str, conversation_id: str, user_id: str, offset: int
+    ) -> int:
+        rows = await self._fetch(SET_DELIVERED, app_id, user_id, conversation_id, offset)
+        return int(rows[0][0])
+
+    async def receipts(self, app_id: str, conversation_id: str) -> dict[str, Receipt]:
+        rows = await self._fetch(RECEIPTS, app_id, conversation_id)
+        return {r[0]: Receipt(int(r[1]), int(r[2])) for r in rows}
+
+    async def annotate(
+        self, app_id: str, conversation_id: str, offset: int, annotation: Annotation
+    ) -> MessageState:
+        self.check_running()
+        return await self.db.transaction(_annotate, app_id, conversation_id, offset, annotation)
+
+    async def states(
+        self, app_id: str, conversation_id: str, offsets: list[int]
+    ) -> dict[int, MessageState]:
+        if not offsets:
+            self.check_running()
+            return {}
+        rows = await self._fetch(STATES, app_id, conversation_id, offsets)
+        found = {int(r[0]): r[1] for r in rows}
+        # in the order asked, as the memory store gives them
+        return {o: MessageState.decoded(o, found[o]) for o in offsets if o in found}
 
     async def block(self, app_id: str, blocker: str, blocked: str) -> None:
         await self._fetch(
@@ -178,6 +253,19 @@ async def _replace(conn: Any, old: Conversation, new: Conversation) -> bool:
         return False
     await _index_members(conn, old.app_id, old.id, new)
     return True
+
+
+async def _annotate(
+    conn: Any, app_id: str, conversation_id: str, offset: int, annotation: Annotation
+) -> MessageState:
+    """The message's state with `annotation` applied, stored; its row locked from the read
+    to the write."""
+    key = (app_id, conversation_id, offset)
+    await conn.execute(NEW_STATE, *key, MessageState(offset).encoded())
+    stored = await conn.fetchval(LOCK_STATE, *key)
+    state = MessageState.decoded(offset, stored).apply(annotation)
+    await conn.execute(UPDATE_STATE, *key, state.encoded())
+    return state
 
 
 async def _index_members(

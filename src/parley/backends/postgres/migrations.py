@@ -268,6 +268,24 @@ CREATE INDEX IF NOT EXISTS parley_bot_references_updated
     ON parley_bot_references (app_id, bot_id, updated_at);
 """
 
+# 8: what later events made of a message (backends.conversations.MessageState: its edit, its
+# delete, its reactions), one row per message that has one, and each member's delivered offset
+# beside its read offset. A row that only a delivery made has read_offset -1: nothing read (a
+# read is at least 0, and raising the offset with GREATEST replaces the -1), so `reads` skips it.
+MESSAGE_STATES = """
+CREATE TABLE IF NOT EXISTS parley_message_states (
+    app_id          text NOT NULL,
+    conversation_id text NOT NULL,
+    msg_offset      bigint NOT NULL,  -- the message's offset in the conversation's channel
+    state           text NOT NULL,    -- MessageState.encoded()
+    PRIMARY KEY (app_id, conversation_id, msg_offset)
+);
+ALTER TABLE parley_conversation_reads
+    ADD COLUMN IF NOT EXISTS delivered_offset bigint NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS parley_conversation_reads_conversation
+    ON parley_conversation_reads (app_id, conversation_id);
+"""
+
 MIGRATIONS: Sequence[Migration] = check_migrations(
     (
         Migration(1, "users and grants", USERS_AND_GRANTS),
@@ -277,6 +295,7 @@ MIGRATIONS: Sequence[Migration] = check_migrations(
         Migration(5, "webhooks", WEBHOOKS),
         Migration(6, "conversations and bots", CONVERSATIONS_AND_BOTS),
         Migration(7, "webhooks signed by bots", WEBHOOKS_BY_BOTS),
+        Migration(8, "message states and receipts", MESSAGE_STATES),
     )
 )
 

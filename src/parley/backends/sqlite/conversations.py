@@ -1,6 +1,7 @@
 """`SqliteConversationStore`: conversations in `parley_conversations` of the embedded SQLite
 file, their members indexed in `parley_conversation_members`, read offsets in
-`parley_conversation_reads` and blocks in `parley_blocks` (migration 5).
+`parley_conversation_reads` and blocks in `parley_blocks` (migration 5); delivered offsets
+beside the read offsets and message states in `parley_message_states` (migration 7).
 
 Each call is one short transaction on the connection thread of the process's `SqliteDb`. A
 replace is an UPDATE on the stored version and the members' index in one write transaction:
@@ -16,9 +17,14 @@ from collections.abc import Callable
 from functools import partial
 from typing import Any
 
+import orjson
+
 from parley.backends.conversations import (
+    Annotation,
     Conversation,
     ConversationStore,
+    MessageState,
+    Receipt,
     conversation_from_row,
     record_of,
 )
@@ -47,6 +53,46 @@ VALUES (?, ?, ?, max(?, 0))
 ON CONFLICT (app_id, user_id, conversation_id)
 DO UPDATE SET read_offset = max(read_offset, excluded.read_offset)
 RETURNING read_offset
+"""
+
+# A row made by a delivery has read_offset -1: nothing read yet (see migration 7), which the
+# first read raises; `reads` skips it and `receipts` shows it as 0.
+SET_DELIVERED = """
+INSERT INTO parley_conversation_reads
+    (app_id, user_id, conversation_id, read_offset, delivered_offset)
+VALUES (?, ?, ?, -1, max(?, 0))
+ON CONFLICT (app_id, user_id, conversation_id)
+DO UPDATE SET delivered_offset = max(delivered_offset, excluded.delivered_offset)
+RETURNING delivered_offset
+"""
+
+READS = """
+SELECT conversation_id, read_offset FROM parley_conversation_reads
+WHERE app_id = ? AND user_id = ? AND read_offset >= 0
+"""
+
+# By user id in code point order (SQLite's BINARY collation), as the memory store sorts them.
+RECEIPTS = """
+SELECT user_id, delivered_offset, max(read_offset, 0) FROM parley_conversation_reads
+WHERE app_id = ? AND conversation_id = ?
+ORDER BY user_id
+"""
+
+STATE = """
+SELECT state FROM parley_message_states
+WHERE app_id = ? AND conversation_id = ? AND msg_offset = ?
+"""
+
+STORE_STATE = """
+INSERT INTO parley_message_states (app_id, conversation_id, msg_offset, state)
+VALUES (?, ?, ?, ?)
+ON CONFLICT (app_id, conversation_id, msg_offset) DO UPDATE SET state = excluded.state
+"""
+
+# The offsets as one JSON array: no limit on how many, unlike bound parameters.
+STATES = """
+SELECT msg_offset, state FROM parley_message_states
+WHERE app_id = ? AND conversation_id = ? AND msg_offset IN (SELECT value FROM json_each(?))
 """
 
 
@@ -91,12 +137,37 @@ class SqliteConversationStore(ConversationStore):
         return int(rows[0][0])
 
     async def reads(self, app_id: str, user_id: str) -> dict[str, int]:
-        sql = (
-            "SELECT conversation_id, read_offset FROM parley_conversation_reads"
-            " WHERE app_id = ? AND user_id = ?"
-        )
-        rows = await self._db.read(partial(_rows, sql, (app_id, user_id)))
+        rows = await self._db.read(partial(_rows, READS, (app_id, user_id)))
         return {r[0]: int(r[1]) for r in rows}
+
+    async def set_delivered(
+        self, app_id: str, conversation_id: str, user_id: str, offset: int
+    ) -> int:
+        rows = await self._db.write(
+            partial(_rows, SET_DELIVERED, (app_id, user_id, conversation_id, offset))
+        )
+        return int(rows[0][0])
+
+    async def receipts(self, app_id: str, conversation_id: str) -> dict[str, Receipt]:
+        rows = await self._db.read(partial(_rows, RECEIPTS, (app_id, conversation_id)))
+        return {r[0]: Receipt(int(r[1]), int(r[2])) for r in rows}
+
+    async def annotate(
+        self, app_id: str, conversation_id: str, offset: int, annotation: Annotation
+    ) -> MessageState:
+        return await self._db.write(partial(_annotate, app_id, conversation_id, offset, annotation))
+
+    async def states(
+        self, app_id: str, conversation_id: str, offsets: list[int]
+    ) -> dict[int, MessageState]:
+        if not offsets:
+            self.check_running()
+            return {}
+        params = (app_id, conversation_id, orjson.dumps(offsets).decode())
+        rows = await self._db.read(partial(_rows, STATES, params))
+        found = {int(r[0]): r[1] for r in rows}
+        # in the order asked, as the memory store gives them
+        return {o: MessageState.decoded(o, found[o]) for o in offsets if o in found}
 
     async def block(self, app_id: str, blocker: str, blocked: str) -> None:
         sql = (
@@ -187,6 +258,22 @@ def _index_members(
         " VALUES (?, ?, ?, ?)",
         [(*key, kind, member) for kind, member in sorted(wanted - indexed)],
     )
+
+
+def _annotate(
+    app_id: str,
+    conversation_id: str,
+    offset: int,
+    annotation: Annotation,
+    conn: sqlite3.Connection,
+) -> MessageState:
+    """The message's state with `annotation` applied, stored, in the caller's write
+    transaction: nobody changes it between the read and the write."""
+    row = conn.execute(STATE, (app_id, conversation_id, offset)).fetchone()
+    state = MessageState(offset) if row is None else MessageState.decoded(offset, row[0])
+    state = state.apply(annotation)
+    conn.execute(STORE_STATE, (app_id, conversation_id, offset, state.encoded()))
+    return state
 
 
 def _rows(sql: str, params: tuple[Any, ...], conn: sqlite3.Connection) -> list[tuple[Any, ...]]:

@@ -234,6 +234,23 @@ CREATE INDEX IF NOT EXISTS parley_bot_references_updated
     ON parley_bot_references (app_id, bot_id, updated_at);
 """
 
+# 7: what later events made of a message (backends.conversations.MessageState: its edit, its
+# delete, its reactions), one row per message that has one, and each member's delivered offset
+# beside its read offset. A row that only a delivery made has read_offset -1: nothing read (a
+# read is at least 0, and raising the offset with max() replaces the -1), so `reads` skips it.
+MESSAGE_STATES = """
+CREATE TABLE IF NOT EXISTS parley_message_states (
+    app_id          TEXT NOT NULL,
+    conversation_id TEXT NOT NULL,
+    msg_offset      INTEGER NOT NULL,  -- the message's offset in the conversation's channel
+    state           TEXT NOT NULL,     -- MessageState.encoded()
+    PRIMARY KEY (app_id, conversation_id, msg_offset)
+) WITHOUT ROWID;
+ALTER TABLE parley_conversation_reads ADD COLUMN delivered_offset INTEGER NOT NULL DEFAULT 0;
+CREATE INDEX IF NOT EXISTS parley_conversation_reads_conversation
+    ON parley_conversation_reads (app_id, conversation_id);
+"""
+
 MIGRATIONS: Sequence[Migration] = check_migrations(
     (
         Migration(1, "users and grants", USERS_AND_GRANTS),
@@ -242,6 +259,7 @@ MIGRATIONS: Sequence[Migration] = check_migrations(
         Migration(4, "webhooks", WEBHOOKS),
         Migration(5, "conversations and bots", CONVERSATIONS_AND_BOTS),
         Migration(6, "webhooks signed by bots", WEBHOOKS_BY_BOTS),
+        Migration(7, "message states and receipts", MESSAGE_STATES),
     )
 )
 
