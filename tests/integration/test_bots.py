@@ -61,6 +61,13 @@ async def test_a_bot_hears_replies_and_speaks_again_after_a_restart(
             }
             again = await api.signed("POST", f"/apps/{APP_ID}/bots", body={"name": "helper"})
             assert again.status == 409
+            for body, reason in (
+                ({"name": "x", "webhook_url": "ftp://hooks.example/x"}, "http:// or https://"),
+                ({"name": "x y"}, "'name' must be"),
+                ({"name": "x", "secret": "mine"}, "Unknown fields: secret"),
+            ):
+                bad = await api.signed("POST", f"/apps/{APP_ID}/bots", body=body)
+                assert bad.status == 400 and reason in bad.json()["error"], bad.body
             listed = (await api.signed("GET", f"/apps/{APP_ID}/bots")).json()["bots"]
             assert [b["id"] for b in listed] == [bot["id"]] and "secret" not in listed[0]
 

@@ -255,3 +255,42 @@ async def test_bad_conversations_are_refused_naming_the_problem(
     response = await call(api, app, "POST", "/conversations", user, body)
     assert response.status == status, response.body
     assert reason in response.json()["error"]
+
+
+@pytest.mark.app_options(auth="builtin")
+async def test_members_of_a_builtin_app_must_be_its_enabled_users(
+    app: InProcessApp, api: AsyncApi, clients: AsyncClientPool
+) -> None:
+    access = app.running.node.access
+    assert access is not None
+    for name in ("ann", "ben", "gone"):
+        await access.users.add(app.app.id, name, "a password")
+    await access.users.disable(app.app.id, "gone")
+    ghost = await call(api, app, "POST", "/conversations", "ann", {"members": ["ann", "ghost"]})
+    assert (ghost.status, ghost.json()["error"]) == (404, "No user 'ghost'")
+    disabled = await call(api, app, "POST", "/conversations", None, {"members": ["ann", "gone"]})
+    assert (disabled.status, disabled.json()["error"]) == (403, "User 'gone' is disabled")
+    bots = await call(
+        api, app, "POST", "/conversations", "ann", {"members": ["ann"], "bots": ["b_x"]}
+    )
+    assert (bots.status, bots.json()["error"]) == (404, "No bot 'b_x'")
+    made = await call(api, app, "POST", "/conversations", "ann", {"members": ["ann", "ben"]})
+    assert made.status == 201, made.body
+    # the built-in authorizer signs a conversation channel for its members alone, not by grants
+    channel = made.json()["channel"]
+    ann = await clients.connect(f"{app.ws_url}&token={token(app, 'ann')}")
+    form = f"socket_id={ann.socket_id}&channel_name={channel}".encode()
+    headers = {**bearer(app, "ann"), "Content-Type": "application/x-www-form-urlencoded"}
+    signed = await api.request(
+        "POST", f"/apps/{app.app.id}/pusher/auth", body=form, headers=headers
+    )
+    assert signed.status == 200, signed.body
+    ben = await clients.connect(f"{app.ws_url}&token={token(app, 'ben')}")
+    stranger = {**bearer(app, "gone2"), "Content-Type": "application/x-www-form-urlencoded"}
+    form = f"socket_id={ben.socket_id}&channel_name={channel}".encode()
+    other = await api.request(
+        "POST", f"/apps/{app.app.id}/pusher/auth", body=form, headers=stranger
+    )
+    assert other.status in (401, 403), other.body
+    await ann.subscribe(channel, auth=signed.json()["auth"])
+    assert (await ann.expect_next("parley:welcome", channel))["data"]["members"] == ["ann", "ben"]
