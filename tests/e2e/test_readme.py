@@ -149,3 +149,39 @@ def test_the_readmes_sdk_grant_call_works(srv: ParleyServer) -> None:
     grant = scope["grant"]
     assert isinstance(grant, dict)
     assert (grant["subject"], grant["resource"]) == ("alice", "presence-team-*")
+
+
+def test_the_readmes_conversation_call_works(srv: ParleyServer) -> None:
+    env = same_environment(srv)
+    for user in ("alice", "bob"):
+        added = subprocess.run(
+            [sys.executable, "-m", "parley", "users", "add", user, "--password-stdin"],
+            input="s3cret",
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=TIMEOUT * 3,
+            cwd=ROOT,
+        )
+        assert added.returncode == 0, added.stderr
+    login = http_request(
+        srv,
+        "POST",
+        f"/apps/{srv.app_id}/auth/token",
+        body=json.dumps({"username": "alice", "password": "s3cret"}).encode(),
+    )
+    assert login.status == 200, login.body
+    require(shutil.which("curl") is not None, "curl is not installed")
+    done = subprocess.run(
+        ["bash", "-euo", "pipefail", "-c", on_port(readme_block("conversation"), srv.port)],
+        env={**env, "ALICE_JWT": json.loads(login.body)["token"]},
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT * 4,
+        cwd=ROOT,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    conversation = json.loads(done.stdout.strip().splitlines()[-1])
+    assert conversation["channel"] == f"private-conv-{conversation['id']}"
+    assert (conversation["kind"], conversation["state"]) == ("direct", "pending")
+    assert conversation["members"] == ["alice", "bob"]

@@ -27,6 +27,7 @@ from parley.errors import StoreUnavailable
 from parley.protocol.channels import channel_name_problem
 from parley.protocol.events import event_name_problem
 from parley.publication import Publication
+from parley.waiting import wait_set
 
 BATCH = 500
 SWEEP_EVERY_S = 3600.0
@@ -70,10 +71,7 @@ class OutboxRelay:
             except StoreUnavailable as exc:
                 holding = False
                 FAULTS.log("outbox unreachable", reason=exc.message)
-            try:
-                await asyncio.wait_for(self._wake.wait(), self.poll_s)
-            except TimeoutError:
-                pass
+            await wait_set(self._wake, self.poll_s)
             self._wake.clear()
 
     async def relay_once(self) -> int:

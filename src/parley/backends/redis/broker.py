@@ -251,10 +251,9 @@ class RedisBroker:
             return  # sent once Redis is back; stored meanwhile
         future = asyncio.get_running_loop().create_future()
         self._drains.append((target, future))
-        try:
-            await asyncio.wait_for(asyncio.shield(future), DRAIN_TIMEOUT_S)
-        except TimeoutError:
-            raise StoreUnavailable("Redis did not take the events in time") from None
+        done, _ = await asyncio.wait((future,), timeout=DRAIN_TIMEOUT_S)  # never swallows a cancel
+        if not done:
+            raise StoreUnavailable("Redis did not take the events in time")
 
     def seal(self, key: str, payload: bytes) -> bytes:
         """The message as it crosses: its HMAC, then the payload."""

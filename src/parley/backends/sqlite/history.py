@@ -43,7 +43,6 @@ WAL's next sync: the same class of loss). That is the trade the group commit nee
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import fcntl
 import os
 import sqlite3
@@ -80,6 +79,7 @@ from parley.backends.sqlite.history_index import Chunk, Indexed, IndexWriter, It
 from parley.backends.sqlite.history_log import HistoryLog, Op, entry_line, log_dir_for
 from parley.errors import CannotStart, StoreUnavailable
 from parley.publication import Publication, StreamPosition
+from parley.waiting import wait_set
 
 MAX_UNINDEXED = 200_000  # appends wait for the indexer beyond this many logged operations
 MAX_IDLE_CHANNELS = 100_000  # channel states kept in memory with nothing pending
@@ -285,8 +285,7 @@ class SqliteHistoryStore(SweepingHistoryStore):
         while True:
             await self._ops_ready.wait()
             if not self._closing and not self._hurry.is_set():
-                with contextlib.suppress(TimeoutError):  # let a round collect
-                    await asyncio.wait_for(self._hurry.wait(), self._index_interval_s)
+                await wait_set(self._hurry, self._index_interval_s)  # let a round collect
             self._hurry.clear()
             self._ops_ready.clear()
             # The writer thread owns these chunks now: later appends open new ones.
