@@ -9,6 +9,15 @@ queued, and only one claim at a time holds a job (a lease: a dispatcher that die
 be claimed again once the lease runs out). A delivered job is removed; a failed one is put back
 with a later `next_ms`; one that failed for too long moves to the dead letters, which keep
 the events and the last error for the app's operator (`GET /apps/{id}/webhooks/failed`).
+
+Each claim has a token, `WebhookJob.claim`: the `claimed_until` it wrote (ms). Delivering,
+retrying and burying name it and act only while it is still the job's claim, so a dispatcher
+whose lease ran out (a slow receiver, a paused process) cannot undo what the dispatcher that
+claimed the job since does. Another claim writes a larger value: it takes the job only once
+`claimed_until <= now`, and writes `now + lease_ms` with `lease_ms > 0`. The one way a value
+comes back is after `retry` released the claim (`claimed_until` NULL) and a claim in the same
+ms writes the same `now + lease_ms`; the released claim has acted then, and a dispatcher acts
+once per claim. A claim whose lease ran out still acts while no one else has claimed the job.
 """
 
 from __future__ import annotations
@@ -33,6 +42,7 @@ class WebhookJob:
     attempts: int  # failed deliveries so far
     last_error: str | None
     bot_id: str = ""  # signed by this bot's credentials ("" : the app's)
+    claim: int = 0  # the token of the claim that handed it out: its `claimed_until` (ms)
 
 
 @dataclass(frozen=True, slots=True)
@@ -69,20 +79,24 @@ class WebhookQueue(StoreLifecycle, abc.ABC):
     async def claim(self, limit: int, lease_ms: int) -> list[WebhookJob]:
         """Up to `limit` due jobs (`next_ms` <= now), oldest first, each the oldest queued job
         of its (app_id, url, channel) and not claimed by anyone else now; each is claimed
-        until now + `lease_ms`."""
+        until now + `lease_ms` (> 0: ValueError otherwise), that value its `claim` token."""
 
     @abc.abstractmethod
-    async def delivered(self, job_id: int) -> None:
-        """Remove a delivered job."""
+    async def delivered(self, job_id: int, claim: int) -> bool:
+        """Remove a delivered job. Only while `claim` is still its claim: False, and nothing
+        done, when the job is gone or was claimed again since (a lease that ran out)."""
 
     @abc.abstractmethod
-    async def retry(self, job_id: int, next_ms: int, error: str) -> None:
-        """Release a job that failed: due again at `next_ms`, one more attempt counted."""
+    async def retry(self, job_id: int, claim: int, next_ms: int, error: str) -> bool:
+        """Release a job that failed: due again at `next_ms`, one more attempt counted. Only
+        while `claim` is still its claim: False, and nothing done, when the job is gone or
+        was claimed again since."""
 
     @abc.abstractmethod
-    async def bury(self, job_id: int, error: str) -> None:
+    async def bury(self, job_id: int, claim: int, error: str) -> bool:
         """Move a job that failed for too long to the dead letters (the newest
-        `DEAD_KEEP_MAX` per app are kept)."""
+        `DEAD_KEEP_MAX` per app are kept). Only while `claim` is still its claim: False, and
+        nothing done, when the job is gone or was claimed again since."""
 
     @abc.abstractmethod
     async def dead(self, app_id: str, limit: int) -> list[DeadWebhook]:

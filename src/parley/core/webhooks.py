@@ -14,6 +14,8 @@ URL and channel, so each channel's webhooks arrive in order), POSTs `{time_ms, e
 `time_ms`, as the SDKs' five-minute window needs), and on a failure tries again after an
 exponential backoff with jitter, for `webhook_retry_s`, then buries the job in the dead
 letters. It runs in its own tasks: a slow or dead receiver never slows message delivery.
+An outcome is recorded only while the dispatcher's claim holds: a job whose lease ran out
+meanwhile and was claimed again belongs to that claim (`Stats.lost_claims`).
 """
 
 from __future__ import annotations
@@ -71,6 +73,7 @@ class Stats:
     failed_attempts: int = 0
     buried: int = 0
     suppressed: int = 0  # vacated/occupied and removed/added pairs dropped by the hold
+    lost_claims: int = 0  # outcomes not recorded: the job was claimed again after the lease
     last_errors: dict[str, str] = field(default_factory=dict)
 
 
@@ -323,20 +326,26 @@ class Webhooks:
         error = await self._post(job, *credentials) if credentials else "no credentials to sign"
         try:
             if error is None:
-                await self.queue.delivered(job.id)
-                self.stats.delivered += 1
+                if await self.queue.delivered(job.id, job.claim):
+                    self.stats.delivered += 1
+                else:
+                    self._lost_claim(job, "delivered")
                 return
             self.stats.failed_attempts += 1
             self.stats.last_errors[job.url] = error
             now_ms = int(self.clock() * 1000)
             if now_ms - job.created_ms >= self.settings.webhook_retry_s * 1000:
-                await self.queue.bury(job.id, error)
+                if not await self.queue.bury(job.id, job.claim, error):
+                    self._lost_claim(job, "dead-lettered")
+                    return
                 self.stats.buried += 1
                 logs.warning("webhook dead-lettered", app_id=job.app_id, url=job.url, error=error)
                 return
             delay = min(BACKOFF_FIRST_S * 2**job.attempts, BACKOFF_MAX_S)
             delay *= random.uniform(0.5, 1.0)  # jitter: receivers coming back are not stormed
-            await self.queue.retry(job.id, now_ms + int(delay * 1000), error)
+            if not await self.queue.retry(job.id, job.claim, now_ms + int(delay * 1000), error):
+                self._lost_claim(job, "retried")
+                return
             logs.info(
                 "webhook failed, retrying", url=job.url, attempt=job.attempts + 1, error=error
             )
@@ -344,6 +353,16 @@ class Webhooks:
             logs.warning("webhook outcome not recorded", reason=exc.message)
         except Exception:
             logs.error("recording a webhook's outcome failed", job=job.id)
+
+    def _lost_claim(self, job: WebhookJob, outcome: str) -> None:
+        """The job's lease ran out before its outcome was recorded, and another claim has it."""
+        self.stats.lost_claims += 1
+        logs.warning(
+            "webhook outcome not recorded: claimed by another dispatcher after the lease ran out",
+            outcome=outcome,
+            job=job.id,
+            url=job.url,
+        )
 
     async def _credentials(self, job: WebhookJob) -> tuple[str, str] | None:
         """The key and secret a job is signed with: its app's, or its bot's."""

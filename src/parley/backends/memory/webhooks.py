@@ -40,6 +40,8 @@ class MemoryWebhookQueue(WebhookQueue):
 
     async def claim(self, limit: int, lease_ms: int) -> list[WebhookJob]:
         self.check_running()
+        if lease_ms <= 0:
+            raise ValueError(f"a lease of {lease_ms} ms")
         now = self.now_ms()
         seen: set[tuple[str, str, str]] = set()  # keys whose oldest job was looked at
         claimed: list[WebhookJob] = []
@@ -52,27 +54,40 @@ class MemoryWebhookQueue(WebhookQueue):
             held = queued.claimed_until is not None and queued.claimed_until > now
             if queued.next_ms <= now and not held:
                 queued.claimed_until = now + lease_ms
-                claimed.append(queued.job)
+                claimed.append(replace(queued.job, claim=queued.claimed_until))
         return claimed
 
-    async def delivered(self, job_id: int) -> None:
-        self.check_running()
-        self._jobs.pop(job_id, None)
-
-    async def retry(self, job_id: int, next_ms: int, error: str) -> None:
-        self.check_running()
+    def _held_by(self, job_id: int, claim: int) -> _Queued | None:
+        """The job while `claim` is its claim."""
         queued = self._jobs.get(job_id)
-        if queued is not None:
-            attempts = queued.job.attempts + 1
-            queued.job = replace(queued.job, attempts=attempts, last_error=error)
-            queued.next_ms = next_ms
-            queued.claimed_until = None
+        if queued is None or queued.claimed_until != claim:
+            return None
+        return queued
 
-    async def bury(self, job_id: int, error: str) -> None:
+    async def delivered(self, job_id: int, claim: int) -> bool:
         self.check_running()
-        queued = self._jobs.pop(job_id, None)
+        if self._held_by(job_id, claim) is None:
+            return False
+        del self._jobs[job_id]
+        return True
+
+    async def retry(self, job_id: int, claim: int, next_ms: int, error: str) -> bool:
+        self.check_running()
+        queued = self._held_by(job_id, claim)
         if queued is None:
-            return
+            return False
+        attempts = queued.job.attempts + 1
+        queued.job = replace(queued.job, attempts=attempts, last_error=error)
+        queued.next_ms = next_ms
+        queued.claimed_until = None
+        return True
+
+    async def bury(self, job_id: int, claim: int, error: str) -> bool:
+        self.check_running()
+        queued = self._held_by(job_id, claim)
+        if queued is None:
+            return False
+        del self._jobs[job_id]
         job = queued.job
         letter = DeadWebhook(
             job.id,
@@ -90,6 +105,7 @@ class MemoryWebhookQueue(WebhookQueue):
         letters.append(letter)
         letters.sort(key=lambda d: (d.failed_ms, d.id), reverse=True)
         del letters[DEAD_KEEP_MAX:]
+        return True
 
     async def dead(self, app_id: str, limit: int) -> list[DeadWebhook]:
         self.check_running()

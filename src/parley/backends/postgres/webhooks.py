@@ -7,6 +7,9 @@ for another's. A job being claimed elsewhere is skipped, and the younger jobs of
 not claimable while it exists. Its own lease is tested on the locked row itself, so a claim
 that commits while another statement runs is seen by that statement. Burying is one
 transaction: the job moves to the dead letters and the app's oldest beyond `DEAD_KEEP_MAX` go.
+Delivering, retrying and burying are one statement each that tests the claim's token (its
+`claimed_until`) on the row it changes: against a claim that runs at once, the row lock orders
+them, and a statement that waited re-reads the row, so it sees the new claim.
 Every call goes through `PostgresDb.fetch` or `transaction`: a database that is away raises
 StoreUnavailable, which the dispatcher waits out (a claimed job's lease then runs out).
 """
@@ -45,18 +48,23 @@ WITH picked AS (
 )
 UPDATE parley_webhooks j SET claimed_until = $1 + $3 FROM picked WHERE j.id = picked.id
 RETURNING j.id, j.app_id, j.url, j.channel, j.events, j.created_ms, j.attempts, j.last_error,
-    j.bot_id
+    j.bot_id, j.claimed_until
 """
 
+# $1 job id, $2 claim: only while the claim (its claimed_until) is the job's.
+DELIVERED = "DELETE FROM parley_webhooks WHERE id = $1 AND claimed_until = $2 RETURNING id"
+
+# $1 job id, $2 claim, $3 next_ms, $4 error.
 RETRY = """
-UPDATE parley_webhooks SET next_ms = $2, attempts = attempts + 1, last_error = $3,
+UPDATE parley_webhooks SET next_ms = $3, attempts = attempts + 1, last_error = $4,
     claimed_until = NULL
-WHERE id = $1
+WHERE id = $1 AND claimed_until = $2
+RETURNING id
 """
 
-# $1 job id, $2 now, $3 error: the app id when there was such a job.
+# $1 job id, $2 now, $3 error, $4 claim: the app id when there was such a job so claimed.
 BURY = f"""
-WITH gone AS (DELETE FROM parley_webhooks WHERE id = $1 RETURNING *)
+WITH gone AS (DELETE FROM parley_webhooks WHERE id = $1 AND claimed_until = $4 RETURNING *)
 INSERT INTO parley_webhooks_dead ({DEAD_COLUMNS})
 SELECT id, app_id, url, channel, events, created_ms, $2, attempts + 1, $3, bot_id FROM gone
 RETURNING app_id
@@ -89,18 +97,21 @@ class PostgresWebhookQueue(WebhookQueue):
         return int(rows[0][0])
 
     async def claim(self, limit: int, lease_ms: int) -> list[WebhookJob]:
+        self.check_running()
+        if lease_ms <= 0:
+            raise ValueError(f"a lease of {lease_ms} ms")
         rows = await self._fetch(CLAIM, self.now_ms(), limit, lease_ms)
         return sorted((WebhookJob(*r) for r in rows), key=lambda job: job.id)
 
-    async def delivered(self, job_id: int) -> None:
-        await self._fetch("DELETE FROM parley_webhooks WHERE id = $1", job_id)
+    async def delivered(self, job_id: int, claim: int) -> bool:
+        return bool(await self._fetch(DELIVERED, job_id, claim))
 
-    async def retry(self, job_id: int, next_ms: int, error: str) -> None:
-        await self._fetch(RETRY, job_id, next_ms, error)
+    async def retry(self, job_id: int, claim: int, next_ms: int, error: str) -> bool:
+        return bool(await self._fetch(RETRY, job_id, claim, next_ms, error))
 
-    async def bury(self, job_id: int, error: str) -> None:
+    async def bury(self, job_id: int, claim: int, error: str) -> bool:
         self.check_running()
-        await self.db.transaction(_bury, job_id, error, self.now_ms())
+        return await self.db.transaction(_bury, job_id, claim, error, self.now_ms())
 
     async def dead(self, app_id: str, limit: int) -> list[DeadWebhook]:
         rows = await self._fetch(
@@ -116,7 +127,9 @@ class PostgresWebhookQueue(WebhookQueue):
         return int(rows[0][0])
 
 
-async def _bury(conn: Any, job_id: int, error: str, now: int) -> None:
-    app_id = await conn.fetchval(BURY, job_id, now, error)
-    if app_id is not None:
-        await conn.execute(TRIM, app_id, DEAD_KEEP_MAX)
+async def _bury(conn: Any, job_id: int, claim: int, error: str, now: int) -> bool:
+    app_id = await conn.fetchval(BURY, job_id, now, error, claim)
+    if app_id is None:
+        return False
+    await conn.execute(TRIM, app_id, DEAD_KEEP_MAX)
+    return True

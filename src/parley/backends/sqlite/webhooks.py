@@ -3,7 +3,8 @@ the dead letters in `parley_webhooks_dead` (migrations 4 and 6).
 
 Each call is one short transaction on the connection thread of the process's `SqliteDb`. A
 claim picks and marks its jobs in one write transaction, and SQLite takes one writer at a time
-across every process on the file, so two dispatchers never claim the same job.
+across every process on the file, so two dispatchers never claim the same job. Delivering,
+retrying and burying test the claim's token (its `claimed_until`) in the same transaction.
 """
 
 from __future__ import annotations
@@ -11,6 +12,7 @@ from __future__ import annotations
 import sqlite3
 import time
 from collections.abc import Callable
+from dataclasses import replace
 from functools import partial
 from typing import Any
 
@@ -32,10 +34,14 @@ AND NOT EXISTS (
 ORDER BY w.id LIMIT :limit
 """
 
+# Only while the claim (its claimed_until) is the job's: a lease that ran out may have been
+# claimed again since.
+DELIVERED = "DELETE FROM parley_webhooks WHERE id = ? AND claimed_until = ?"
+
 RETRY = """
 UPDATE parley_webhooks SET next_ms = ?, attempts = attempts + 1, last_error = ?,
     claimed_until = NULL
-WHERE id = ?
+WHERE id = ? AND claimed_until = ?
 """
 
 BURY = f"""
@@ -69,16 +75,19 @@ class SqliteWebhookQueue(WebhookQueue):
         return await self._db.write(partial(_insert, row))
 
     async def claim(self, limit: int, lease_ms: int) -> list[WebhookJob]:
-        return await self._db.write(partial(_claim, self.now_ms(), limit, lease_ms))
+        db = self._db
+        if lease_ms <= 0:
+            raise ValueError(f"a lease of {lease_ms} ms")
+        return await db.write(partial(_claim, self.now_ms(), limit, lease_ms))
 
-    async def delivered(self, job_id: int) -> None:
-        await self._db.write(partial(_run, "DELETE FROM parley_webhooks WHERE id = ?", (job_id,)))
+    async def delivered(self, job_id: int, claim: int) -> bool:
+        return await self._db.write(partial(_run, DELIVERED, (job_id, claim)))
 
-    async def retry(self, job_id: int, next_ms: int, error: str) -> None:
-        await self._db.write(partial(_run, RETRY, (next_ms, error, job_id)))
+    async def retry(self, job_id: int, claim: int, next_ms: int, error: str) -> bool:
+        return await self._db.write(partial(_run, RETRY, (next_ms, error, job_id, claim)))
 
-    async def bury(self, job_id: int, error: str) -> None:
-        await self._db.write(partial(_bury, job_id, error, self.now_ms()))
+    async def bury(self, job_id: int, claim: int, error: str) -> bool:
+        return await self._db.write(partial(_bury, job_id, claim, error, self.now_ms()))
 
     async def dead(self, app_id: str, limit: int) -> list[DeadWebhook]:
         sql = (
@@ -106,28 +115,34 @@ def _insert(row: tuple[Any, ...], conn: sqlite3.Connection) -> int:
 
 
 def _claim(now: int, limit: int, lease_ms: int, conn: sqlite3.Connection) -> list[WebhookJob]:
-    jobs = [WebhookJob(*r) for r in conn.execute(CLAIMABLE, {"now": now, "limit": limit})]
+    until = now + lease_ms  # the claim's token
+    rows = conn.execute(CLAIMABLE, {"now": now, "limit": limit})
+    jobs = [replace(WebhookJob(*r), claim=until) for r in rows]
     conn.executemany(
         "UPDATE parley_webhooks SET claimed_until = ? WHERE id = ?",
-        [(now + lease_ms, job.id) for job in jobs],
+        [(until, job.id) for job in jobs],
     )
     return jobs
 
 
-def _bury(job_id: int, error: str, now: int, conn: sqlite3.Connection) -> None:
-    row = conn.execute("SELECT app_id FROM parley_webhooks WHERE id = ?", (job_id,)).fetchone()
+def _bury(job_id: int, claim: int, error: str, now: int, conn: sqlite3.Connection) -> bool:
+    row = conn.execute(
+        "SELECT app_id FROM parley_webhooks WHERE id = ? AND claimed_until = ?", (job_id, claim)
+    ).fetchone()
     if row is None:
-        return
+        return False
     conn.execute(BURY, (now, error, job_id))
     conn.execute("DELETE FROM parley_webhooks WHERE id = ?", (job_id,))
     conn.execute(
         f"DELETE FROM parley_webhooks_dead WHERE id IN ({OLDER_DEAD})", (row[0], DEAD_KEEP_MAX)
     )
+    return True
 
 
 def _rows(sql: str, params: tuple[Any, ...], conn: sqlite3.Connection) -> list[tuple[Any, ...]]:
     return [tuple(r) for r in conn.execute(sql, params)]
 
 
-def _run(sql: str, params: tuple[Any, ...], conn: sqlite3.Connection) -> None:
-    conn.execute(sql, params)
+def _run(sql: str, params: tuple[Any, ...], conn: sqlite3.Connection) -> bool:
+    """Whether the statement changed a row."""
+    return conn.execute(sql, params).rowcount > 0
