@@ -134,6 +134,9 @@ class AppConfig:
     signed_channels: str = ""
     keys_unendorsed: bool = False  # a user's further device keys need no endorsement
     max_keys_per_user: int = 10  # current keys per user in the key directory
+    # POST /apps/{id}/keys/generate: the server makes a device's key pairs and hands the private
+    # halves over once (weaker: the server saw them; docs/protocol.md, "The key directory")
+    server_generated_keys: bool = False
     max_conversation_members: int = 100  # users in one conversation (core.conversations)
     conversation_request_messages: int = 1  # a requester's messages before acceptance
     encryption_master_key_base64: str = ""  # for the built-in authorizer's shared_secret

@@ -6,6 +6,10 @@ store, shared by every node on that store), appends `added` and `revoked` entrie
 read-only `parley-keys` channel, and keeps every app's current keys in memory for the check of
 signed client events. It follows the store every `FOLLOW_INTERVAL_S`, so an entry appended by
 another node (a revocation, say) reaches this node's cache within a second.
+
+An app with `server_generated_keys` may also have the server make a device's pairs
+(`generate`): registered like any key, the private halves returned to the caller once and kept
+nowhere (docs/protocol.md says why that is weaker).
 """
 
 from __future__ import annotations
@@ -19,11 +23,13 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+from cryptography.hazmat.primitives.asymmetric.x25519 import X25519PrivateKey
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from parley import logs
 from parley.backends.keys import LOG_PAGE_MAX, KeyDirectoryStore
 from parley.core.access import channel_patterns
-from parley.errors import Conflict, InvalidArgument, UnknownResource
+from parley.errors import Conflict, InvalidArgument, NotAllowed, UnknownResource
 from parley.protocol.directory import (
     DEVICE_ID_MAX,
     Head,
@@ -72,6 +78,17 @@ class AppKeys:
 
     def of_user(self, user_id: str) -> list[KeyEntry]:
         return [e for e in self.current.values() if e.user_id == user_id]
+
+
+@dataclass(frozen=True, slots=True)
+class GeneratedKeys:
+    """A device's pairs made by the server: the `added` entry of its public halves, and the
+    private halves (base64url raw 32-byte seeds) for the caller alone. Never stored or logged:
+    `repr` leaves the seeds out."""
+
+    entry: KeyEntry
+    ed25519_private: str = field(repr=False)
+    x25519_private: str = field(repr=False)
 
 
 class KeyDirectory:
@@ -138,9 +155,12 @@ class KeyDirectory:
         x25519: str | None,
         endorsed_by: str | None,
         endorsement: str | None,
+        *,
+        generated: bool = False,
     ) -> KeyEntry:
         """Add a device key for `user_id` (the authenticated user). InvalidArgument, or a 409
-        for a key that is already there or a user at the cap."""
+        for a key that is already there or a user at the cap. `generated`: the server made the
+        key (`generate`), which only phrases the refusal of an unendorsed one."""
         if not isinstance(device_id, str) or not DEVICE_ID_RE.fullmatch(device_id):
             raise InvalidArgument(f"'device_id' must be 1-{DEVICE_ID_MAX} of [A-Za-z0-9_.:@-]")
         public = _raw_key(ed25519, "ed25519")
@@ -164,8 +184,15 @@ class KeyDirectory:
             elif held:
                 if not app.keys_unendorsed:
                     raise InvalidArgument(
-                        f"{user_id!r} already holds keys: a new one needs 'endorsed_by' and "
-                        "'endorsement' (the new key signed by one of them)"
+                        f"{user_id!r} already holds keys: "
+                        + (
+                            "a server-generated key cannot be endorsed (an endorsement signs "
+                            "the new key, made only now), so it needs keys_unendorsed; register "
+                            "a key made on the device with an endorsement instead"
+                            if generated
+                            else "a new one needs 'endorsed_by' and 'endorsement' (the new key "
+                            "signed by one of them)"
+                        )
                     )
                 unendorsed = True
             return await self._append(
@@ -180,6 +207,43 @@ class KeyDirectory:
                 endorsement=endorsement,
                 unendorsed=unendorsed,
             )
+
+    @staticmethod
+    def check_generation_allowed(app: AppConfig) -> None:
+        """NotAllowed unless the app opted in to server-generated keys."""
+        if not app.server_generated_keys:
+            raise NotAllowed(
+                f"App {app.id} does not hand out server-generated keys "
+                "(server_generated_keys is off): register a key made on the device"
+            )
+
+    async def generate(
+        self,
+        app: AppConfig,
+        user_id: str,
+        device_id: str,
+    ) -> GeneratedKeys:
+        """Make an Ed25519 and an X25519 pair for `user_id`'s device and `register` their
+        public halves under its rules (device id, cap, `keys_unendorsed`). The private halves
+        are returned, once: the directory keeps only the public ones. No endorsement: it
+        would sign the new key, which exists only now, so a user who already holds keys gets
+        one only where the app accepts unendorsed keys (and it is marked so)."""
+        self.check_generation_allowed(app)
+        signing = Ed25519PrivateKey.generate()
+        sealing = X25519PrivateKey.generate()
+        entry = await self.register(
+            app,
+            user_id,
+            device_id,
+            b64url(public_raw(signing)),
+            b64url(sealing.public_key().public_bytes(Encoding.Raw, PublicFormat.Raw)),
+            None,
+            None,
+            generated=True,
+        )
+        return GeneratedKeys(
+            entry, b64url(signing.private_bytes_raw()), b64url(sealing.private_bytes_raw())
+        )
 
     async def revoke(self, app: AppConfig, kid: str, by_user: str | None) -> KeyEntry:
         """Revoke `kid`: by its owner (`by_user`) or the app's backend (None)."""

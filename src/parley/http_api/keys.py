@@ -1,6 +1,7 @@
 """The key directory over HTTP (docs/protocol.md, "Signed messages"): a signed-in user
-registers and revokes their device keys; anyone holding a user token of the app, or the app's
-backend, reads current keys, the log and the signed head."""
+registers and revokes their device keys (or, where the app opted in, has the server make them);
+anyone holding a user token of the app, or the app's backend, reads current keys, the log and
+the signed head."""
 
 from __future__ import annotations
 
@@ -33,6 +34,17 @@ def _entries(entries: list[KeyEntry]) -> list[dict[str, Any]]:
     return [e.wire() for e in entries]
 
 
+def _registered(entry: KeyEntry) -> dict[str, Any]:
+    """The answer to a registration."""
+    return {
+        "kid": entry.kid,
+        "user_id": entry.user_id,
+        "device_id": entry.device_id,
+        "seq": entry.seq,
+        "unendorsed": entry.unendorsed,
+    }
+
+
 def register(router: Router) -> None:
     @router.route("POST", "/apps/{app_id}/keys", "keys_register", auth="bearer")
     async def keys_register(node: Node, call: Call) -> Response:
@@ -53,14 +65,35 @@ def register(router: Router) -> None:
             _optional_str(body, "endorsed_by"),
             _optional_str(body, "endorsement"),
         )
+        return Response(201, orjson.dumps(_registered(entry)))
+
+    # Before the {user_id} and {kid} routes below (their paths match this one too).
+    @router.route("POST", "/apps/{app_id}/keys/generate", "keys_generate", auth="bearer")
+    async def keys_generate(node: Node, call: Call) -> Response:
+        assert call.user is not None
+        directory = _directory(node)
+        directory.check_generation_allowed(call.app)  # 403 before anything else
+        body = call.json_object({"device_id", "endorsed_by", "endorsement"})
+        device_id = body.get("device_id")
+        if not isinstance(device_id, str):
+            raise BadRequest("'device_id' must be a string")
+        if body.get("endorsed_by") is not None or body.get("endorsement") is not None:
+            raise BadRequest(
+                "'endorsed_by'/'endorsement' cannot vouch for a server-generated key: an "
+                "endorsement signs the new public key, which does not exist before this request"
+            )
+        made = await directory.generate(call.app, call.user.user_id, device_id)
         answer = {
-            "kid": entry.kid,
-            "user_id": entry.user_id,
-            "device_id": entry.device_id,
-            "seq": entry.seq,
-            "unendorsed": entry.unendorsed,
+            **_registered(made.entry),
+            "ed25519": made.entry.ed25519,
+            "x25519": made.entry.x25519,
+            "ed25519_private": made.ed25519_private,
+            "x25519_private": made.x25519_private,
         }
-        return Response(201, orjson.dumps(answer))
+        # The private keys are in this answer only: no cache may keep it.
+        return Response(
+            201, orjson.dumps(answer), headers={"Cache-Control": "no-store", "Pragma": "no-cache"}
+        )
 
     @router.route("GET", "/apps/{app_id}/keys/head", "keys_head", auth="signed_or_bearer")
     def keys_head(node: Node, call: Call) -> dict[str, Any]:
