@@ -229,6 +229,11 @@ async def test_the_list_carries_the_last_event_and_the_unread_count(
     assert too_far.status == 400
     listed = (await call(api, app, "GET", "/conversations", "ben")).json()["conversations"]
     assert listed[0]["unread"] == 1
+    history = f"/apps/{app.app.id}/channels/{talk['channel']}/history"
+    mine = await api.request("GET", history, headers=bearer(app, "ben"))
+    assert [e["data"] for e in mine.json()["events"]] == [{"n": 0}, {"n": 1}, {"n": 2}]
+    theirs = await api.request("GET", history, headers=bearer(app, "eve"))
+    assert theirs.status == 403 and "not a member" in theirs.json()["error"]
     all_read = await call(api, app, "POST", f"/conversations/{talk['id']}/read", "ben", {})
     assert all_read.json()["read_offset"] == 3
     signed = await api.signed("GET", f"/apps/{app.app.id}/conversations", params={"user_id": "ben"})

@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from parley.core.conversations import is_conversation_channel
 from parley.core.node import Node
 from parley.errors import BadRequest, Forbidden, NotFound, PayloadTooLarge
 from parley.http_api.routes import Call, Router
@@ -115,7 +116,13 @@ def _history_channel(node: Node, name: str) -> None:
         raise NotFound(f"Channel {name} keeps no history")
 
 
-def _may_read(node: Node, app: AppConfig, user_id: str, name: str) -> None:
+async def _may_read(node: Node, app: AppConfig, user_id: str, name: str) -> None:
+    if node.conversations is not None and is_conversation_channel(name):
+        # a conversation's members read it, in every app mode: the server knows them
+        problem, _ = await node.conversations.subscribe_problem(app, user_id, name)
+        if problem is not None:
+            raise Forbidden(problem)
+        return
     ctype = channel_type(name)
     if ctype.needs_auth and app.auth != "builtin":
         raise Forbidden(
@@ -241,7 +248,7 @@ def register(router: Router) -> None:
         (name,) = call.args
         _history_channel(node, name)
         if call.user is not None:
-            _may_read(node, call.app, call.user.user_id, name)
+            await _may_read(node, call.app, call.user.user_id, name)
         return await node.read_history(call.app, name, history_query(call.params))
 
     @router.route("DELETE", "/apps/{app_id}/channels/{channel}/history", "history_delete")
