@@ -74,6 +74,25 @@ async def test_changes_through_one_node_reach_the_subscribers_of_the_other(tmp_p
                         body={"members": ["ann", "ben", "cat"]},
                     )
                 ).json()
+                # members added at once through both nodes: neither change undoes the other
+                api_two = AsyncApi(two.http_url, app.id, app.key, app.secret)
+                try:
+                    adds = [
+                        client.signed(
+                            "POST",
+                            f"/apps/{app.id}/conversations/{group['id']}/members",
+                            body={"user_id": user},
+                        )
+                        for user in ("hal", "ida", "jon", "kim")
+                        for client in (api, api_two)
+                    ]
+                    assert {r.status for r in await asyncio.gather(*adds)} == {200}
+                finally:
+                    await api_two.close()
+                shown = await api.signed("GET", f"/apps/{app.id}/conversations/{group['id']}")
+                assert sorted(shown.json()["members"]) == sorted(
+                    ["ann", "ben", "cat", "hal", "ida", "jon", "kim"]
+                )
                 ann = await joined(pool, two, "ann", group["channel"])
                 cat = await joined(pool, two, "cat", group["channel"])
                 await cat.send_event("client-msg", {"n": 1}, group["channel"])

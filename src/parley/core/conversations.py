@@ -264,12 +264,17 @@ class Conversations:
         stored = await self.store.get(app_id, conversation_id)
         return self._keep(stored) if stored is not None else None
 
-    async def _changed(self, app: AppConfig, old: Conversation, **fields: Any) -> Conversation:
-        """Store `old` with `fields` changed (compare-and-set, read again and retried when
-        another change came first: `fields` must not depend on what changed meanwhile beyond
-        what the callers check again); the stored result, applied here."""
+    async def _changed(
+        self, app: AppConfig, old: Conversation, change: Callable[[Conversation], dict[str, Any]]
+    ) -> Conversation:
+        """Store the fields `change` makes of the stored version (compare-and-set: when another
+        change came first, `change` is asked again of the newer version, so nothing it did is
+        undone); the stored result, applied here. An empty change stores nothing."""
         current = old
         for _ in range(CAS_ATTEMPTS):
+            fields = change(current)
+            if not fields:
+                return current
             new = current.changed(self._now_ms(), **fields)
             if await self.store.replace(current, new):
                 self._applied(app, new)
@@ -519,7 +524,9 @@ class Conversations:
         if by is None or (stored.state == "pending" and by != stored.requested_by):
             return await self._settle(app, stored, "accepted")
         if stored.state == "declined" and by == stored.requested_by:
-            asked = await self._changed(app, stored, state="pending", pending_sent=0)
+            asked = await self._changed(
+                app, stored, lambda c: {"state": "pending", "pending_sent": 0}
+            )
             await self._request(app, asked)
             return asked
         if stored.state == "declined":  # the one who declined changes their mind
@@ -553,7 +560,7 @@ class Conversations:
         return await self._settle(app, conversation, "accepted" if accept else "declined")
 
     async def _settle(self, app: AppConfig, conversation: Conversation, state: str) -> Conversation:
-        settled = await self._changed(app, conversation, state=state)
+        settled = await self._changed(app, conversation, lambda c: {"state": state})
         self._happened(app, state, settled, user_id=conversation.requested_by)
         requester = conversation.requested_by
         if requester is not None:
@@ -576,7 +583,11 @@ class Conversations:
                 f"Conversation {conversation_id} has {app.max_conversation_members} members "
                 "(max_conversation_members)"
             )
-        added = await self._changed(app, conversation, members=(*conversation.members, user_id))
+        added = await self._changed(
+            app,
+            conversation,
+            lambda c: {} if user_id in c.members else {"members": (*c.members, user_id)},
+        )
         self._happened(app, "member_added", added, user_id=user_id, by=by)
         await self._notify(
             app,
@@ -596,8 +607,15 @@ class Conversations:
             raise NotAllowed(f"Only {user_id!r} or the conversation's creator may remove them")
         if user_id not in conversation.members:
             raise UnknownResource(f"{user_id!r} is not a member of conversation {conversation_id}")
-        members = tuple(m for m in conversation.members if m != user_id)
-        removed = await self._changed(app, conversation, members=members)
+        removed = await self._changed(
+            app,
+            conversation,
+            lambda c: (
+                {"members": tuple(m for m in c.members if m != user_id)}
+                if user_id in c.members
+                else {}
+            ),
+        )
         self._happened(app, "member_removed", removed, user_id=user_id, by=by)
         return removed
 
@@ -665,17 +683,29 @@ class Conversations:
         await self.store.block(app.id, blocker, blocked)
         logs.info("user blocked", app_id=app.id, user_id=blocker, blocked=blocked)
         direct = await self.store.get(app.id, direct_id(blocker, blocked))
-        if direct is not None and blocker not in direct.blocked_by:
-            blocked_by = (*direct.blocked_by, blocker)
-            direct = await self._changed(app, direct, blocked_by=blocked_by)
+        if direct is not None:
+            await self._changed(
+                app,
+                direct,
+                lambda c: (
+                    {} if blocker in c.blocked_by else {"blocked_by": (*c.blocked_by, blocker)}
+                ),
+            )
 
     async def unblock(self, app: AppConfig, blocker: str, blocked: str) -> bool:
         if not await self.store.unblock(app.id, blocker, blocked):
             return False
         direct = await self.store.get(app.id, direct_id(blocker, blocked))
-        if direct is not None and blocker in direct.blocked_by:
-            blocked_by = tuple(u for u in direct.blocked_by if u != blocker)
-            await self._changed(app, direct, blocked_by=blocked_by)
+        if direct is not None:
+            await self._changed(
+                app,
+                direct,
+                lambda c: (
+                    {"blocked_by": tuple(u for u in c.blocked_by if u != blocker)}
+                    if blocker in c.blocked_by
+                    else {}
+                ),
+            )
         return True
 
     async def _members(self, app: AppConfig, members: Any, at_least: int = 2) -> list[str]:
@@ -722,7 +752,9 @@ class Conversations:
         (bot_id,) = await self._bots(app, [bot_id])
         if bot_id in conversation.bots:
             return conversation
-        added = await self._changed(app, conversation, bots=(*conversation.bots, bot_id))
+        added = await self._changed(
+            app, conversation, lambda c: {} if bot_id in c.bots else {"bots": (*c.bots, bot_id)}
+        )
         self._happened(app, "bot_added", added, by=by, bot_id=bot_id)
         return added
 
