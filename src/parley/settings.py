@@ -139,6 +139,7 @@ class AppConfig:
     server_generated_keys: bool = False
     max_conversation_members: int = 100  # users in one conversation (core.conversations)
     conversation_request_messages: int = 1  # a requester's messages before acceptance
+    max_pending_requests: int = 20  # a user's one-to-one requests not yet answered (429 beyond)
     encryption_master_key_base64: str = ""  # for the built-in authorizer's shared_secret
     allowed_origins: str = ""  # comma-separated; checked when a session cookie identifies
     # ...and, when on, for every WebSocket handshake and built-in auth call with an Origin

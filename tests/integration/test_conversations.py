@@ -299,3 +299,20 @@ async def test_members_of_a_builtin_app_must_be_its_enabled_users(
     assert other.status in (401, 403), other.body
     await ann.subscribe(channel, auth=signed.json()["auth"])
     assert (await ann.expect_next("parley:welcome", channel))["data"]["members"] == ["ann", "ben"]
+
+
+@pytest.mark.app_options(max_pending_requests=2)
+async def test_a_user_waits_on_a_bounded_number_of_answers(
+    app: InProcessApp, api: AsyncApi
+) -> None:
+    for other in ("b1", "b2"):
+        made = await call(api, app, "POST", "/conversations", "spam", {"members": ["spam", other]})
+        assert made.status == 201, made.body
+    again = await call(api, app, "POST", "/conversations", "spam", {"members": ["b2", "spam"]})
+    assert again.status == 200  # the same request again is no new one
+    third = await call(api, app, "POST", "/conversations", "spam", {"members": ["spam", "b3"]})
+    assert third.status == 429 and "max_pending_requests = 2" in third.json()["error"]
+    answered = await call(api, app, "POST", f"/conversations/{made.json()['id']}/decline", "b2")
+    assert answered.status == 200
+    fourth = await call(api, app, "POST", "/conversations", "spam", {"members": ["spam", "b3"]})
+    assert fourth.status == 201, fourth.body

@@ -41,7 +41,7 @@ from parley.backends.conversations import (
     MessageState,
 )
 from parley.core.events import ConversationChanged
-from parley.errors import Conflict, InvalidArgument, NotAllowed, UnknownResource
+from parley.errors import Conflict, InvalidArgument, NotAllowed, RateLimited, UnknownResource
 from parley.publication import Publication, StreamPosition
 from parley.settings import AppConfig
 
@@ -497,6 +497,8 @@ class Conversations:
             if await self.store.is_blocked(app.id, by, other):
                 raise NotAllowed(f"{by!r} has blocked {other!r}: unblock them first")
         conversation_id = direct_id(a, b)
+        if by is not None:
+            await self._may_ask(app, by, conversation_id)
         direct = Conversation.new(
             app.id,
             conversation_id,
@@ -532,6 +534,23 @@ class Conversations:
         if stored.state == "declined":  # the one who declined changes their mind
             return await self._settle(app, stored, "accepted")
         return stored  # the requester again, while pending
+
+    async def _may_ask(self, app: AppConfig, user_id: str, conversation_id: str) -> None:
+        """RateLimited when `user_id` already waits on `max_pending_requests` answers (a new
+        request, or asking again, would notify someone else once more)."""
+        existing = await self.store.get(app.id, conversation_id)
+        if existing is not None and existing.state == "accepted":
+            return  # nothing to ask
+        waiting = sum(
+            1
+            for c in await self.store.of_user(app.id, user_id)
+            if c.state == "pending" and c.requested_by == user_id and c.id != conversation_id
+        )
+        if waiting >= app.max_pending_requests:
+            raise RateLimited(
+                f"{user_id!r} has {waiting} requests waiting for an answer "
+                f"(max_pending_requests = {app.max_pending_requests})"
+            )
 
     async def _request(self, app: AppConfig, conversation: Conversation) -> None:
         requester = conversation.requested_by
