@@ -200,3 +200,38 @@ async def test_conversation_and_bot_events_reach_the_app_webhooks_that_ask_for_t
     client = sdk(app.app)
     for request in receiver.accepted:
         assert client.validate_webhook(request["key"], request["signature"], request["body"])
+
+
+async def test_a_conversation_call_answers_once_its_webhooks_are_stored(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    async with serving(hooked(tmp_path, receiver)) as app:
+        webhooks = app.running.node.webhooks
+        assert webhooks is not None
+        entered, gate = asyncio.Event(), asyncio.Event()
+        real = webhooks.queue.enqueue
+
+        async def slow(*args: Any, **kwargs: Any) -> int:
+            entered.set()
+            await gate.wait()
+            return await real(*args, **kwargs)
+
+        webhooks.queue.enqueue = slow  # type: ignore[method-assign]
+        api = AsyncApi(app.http_url, app.app.id, app.app.key, app.app.secret)
+        try:
+            body = {"members": ["ann", "ben"]}
+            call = asyncio.create_task(
+                api.signed("POST", f"/apps/{app.app.id}/conversations", body=body)
+            )
+            async with asyncio.timeout(5):
+                await entered.wait()
+            healthy = await api.request("GET", "/healthz")  # the server got this far meanwhile
+            assert healthy.status == 200
+            assert not call.done(), "answered before its webhook was stored"
+            gate.set()
+            assert (await call).status == 201
+            (created,) = await receiver.wait_for(1)
+            assert created["name"] == "conversation_created" and created["by"] is None
+        finally:
+            gate.set()
+            await api.close()

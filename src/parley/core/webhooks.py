@@ -100,6 +100,9 @@ class Webhooks:
         self.stats = Stats()
         self._held: dict[tuple[str, str, str], Held] = {}  # (app, kind, key) -> held event
         self._out: asyncio.Queue[tuple[str, Event]] = asyncio.Queue()
+        self._handed = 0  # events handed to the writer so far
+        self._written = 0  # of those, how many are in the store
+        self._writes: list[tuple[int, asyncio.Future[None]]] = []  # waiting in `written`
         self._wake = asyncio.Event()
         self._tasks: list[asyncio.Task[None]] = []
         self._closing = False
@@ -143,7 +146,7 @@ class Webhooks:
         for held in list(self._held.values()):
             if held.timer is not None:
                 held.timer.cancel()
-            self._out.put_nowait((held.app_id, held.event))
+            self._hand(held.app_id, held.event)
         self._held.clear()
         if self._tasks:
             try:
@@ -157,6 +160,10 @@ class Webhooks:
                 task.cancel()  # ...or now, wherever they wait
             await asyncio.wait(self._tasks, timeout=self.settings.shutdown_grace_s)
             self._tasks = []
+        for _, future in self._writes:  # nothing more will be written: let them answer
+            if not future.done():
+                future.set_result(None)
+        self._writes = []
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -165,7 +172,21 @@ class Webhooks:
 
     def _emit(self, app_id: str, event: Event) -> None:
         if app_id in self.apps:
-            self._out.put_nowait((app_id, event))
+            self._hand(app_id, event)
+
+    def _hand(self, app_id: str, event: Event) -> None:
+        self._handed += 1
+        self._out.put_nowait((app_id, event))
+
+    async def written(self) -> None:
+        """Return once every webhook event emitted so far is in the queue's store: an HTTP
+        call whose change emits some awaits this before it answers (a conversation created,
+        a request answered), so a webhook is never lost after its action was acknowledged."""
+        if self._written >= self._handed or not self._tasks:
+            return
+        future = asyncio.get_running_loop().create_future()
+        self._writes.append((self._handed, future))
+        await future
 
     def _hold(self, app_id: str, kind: str, key: str, event: Event) -> None:
         if app_id not in self.apps:
@@ -180,7 +201,7 @@ class Webhooks:
     def _release(self, slot: tuple[str, str, str], held: Held) -> None:
         if self._held.get(slot) is held:
             del self._held[slot]
-            self._out.put_nowait((held.app_id, held.event))
+            self._hand(held.app_id, held.event)
 
     def _undoes(self, app_id: str, kind: str, key: str) -> bool:
         """Whether a held event of `kind` for `key` is undone: both are dropped."""
@@ -271,9 +292,19 @@ class Webhooks:
                 except TimeoutError:
                     pass
             await self._store(taken)
+            self._written += len(taken)
             for _ in taken:
                 self._out.task_done()
             self._wake.set()
+            if self._writes:
+                waiting = []
+                for upto, future in self._writes:
+                    if upto <= self._written:
+                        if not future.done():
+                            future.set_result(None)
+                    else:
+                        waiting.append((upto, future))
+                self._writes = waiting
 
     async def _store(self, taken: list[tuple[str, Event]]) -> None:
         """Queue `taken` (in order), grouped by target and channel; tried until stored."""

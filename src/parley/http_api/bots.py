@@ -11,6 +11,7 @@ from parley.backends.bots import Bot
 from parley.core.bots import Bots
 from parley.core.node import Node
 from parley.http_api.routes import Call, Router
+from parley.http_api.webhooks import acknowledged
 from parley.transport.server import Response
 
 
@@ -31,6 +32,7 @@ def register(router: Router) -> None:
     async def add(node: Node, call: Call) -> Response:
         body = call.json_object({"name", "webhook_url"})
         made = await _bots(node).add(call.app, body.get("name"), body.get("webhook_url"))
+        await acknowledged(node)
         return Response(201, orjson.dumps(made.wire()))
 
     @router.route("GET", "/apps/{app_id}/bots", "bots_list")
@@ -48,6 +50,7 @@ def register(router: Router) -> None:
             body.get("event", "message"),
             body.get("data"),
         )
+        await acknowledged(node)
         return {
             "conversation_id": sent.conversation_id,
             "channel": sent.channel,

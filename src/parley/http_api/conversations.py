@@ -12,6 +12,7 @@ from parley.core.conversations import Conversations
 from parley.core.node import Node
 from parley.errors import BadRequest
 from parley.http_api.routes import Call, Router
+from parley.http_api.webhooks import acknowledged
 from parley.transport.server import Response
 
 
@@ -44,6 +45,7 @@ def register(router: Router) -> None:
         conversation, created = await _conversations(node).create(
             call.app, body.get("members"), _by(call), body.get("bots")
         )
+        await acknowledged(node)
         return Response(201 if created else 200, orjson.dumps(conversation.wire()))
 
     @router.route(
@@ -76,6 +78,7 @@ def register(router: Router) -> None:
             conversation = await _conversations(node).answer(
                 call.app, conversation_id, _by(call), accept
             )
+            await acknowledged(node)
             return conversation.wire()
 
         router.route(
@@ -98,11 +101,13 @@ def register(router: Router) -> None:
         bot_id = body.get("bot_id")
         if isinstance(bot_id, str) and bot_id and "user_id" not in body:
             added = await conversations.add_bot(call.app, conversation_id, bot_id, _by(call))
+            await acknowledged(node)
             return added.wire()
         user_id = body.get("user_id")
         if not isinstance(user_id, str) or not user_id or "bot_id" in body:
             raise BadRequest("Body must be {user_id} or {bot_id}")
         added = await conversations.add_member(call.app, conversation_id, user_id, _by(call))
+        await acknowledged(node)
         return added.wire()
 
     @router.route(
@@ -115,6 +120,7 @@ def register(router: Router) -> None:
         conversation_id, user_id = call.args
         conversations = _conversations(node)
         removed = await conversations.remove_member(call.app, conversation_id, user_id, _by(call))
+        await acknowledged(node)
         return removed.wire()
 
     @router.route(

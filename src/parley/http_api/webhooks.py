@@ -1,4 +1,5 @@
-"""Webhooks over HTTP: the app's dead letters (webhooks that failed for `webhook_retry_s`)."""
+"""Webhooks over HTTP: the app's dead letters (webhooks that failed for `webhook_retry_s`), and
+the wait of the routes whose change emits webhooks (`acknowledged`)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,12 @@ import orjson
 from parley.core.node import Node
 from parley.errors import BadRequest
 from parley.http_api.routes import Call, Router
+
+
+async def acknowledged(node: Node) -> None:
+    """Before a call answers: the webhooks its change emitted are in the store (durable)."""
+    if node.webhooks is not None:
+        await node.webhooks.written()
 
 
 def register(router: Router) -> None:
