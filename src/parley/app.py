@@ -17,6 +17,7 @@ from parley import __version__, logs, speedups
 from parley.backends.bots import BotStore
 from parley.backends.broker import Broker
 from parley.backends.conversations import ConversationStore
+from parley.backends.counts import ChannelCounts
 from parley.backends.database import Database, Migration, MigrationFailed
 from parley.backends.grants import GrantStore
 from parley.backends.history import HistoryStore
@@ -86,6 +87,23 @@ def make_presence(settings: Settings) -> PresenceStore:
         prefix=settings.redis_prefix,
         lease_s=settings.node_lease_s,
         refresh_s=settings.presence_refresh_s,
+    )
+
+
+def make_counts(settings: Settings) -> ChannelCounts:
+    """Subscriptions and connections counted in this process alone, or over the cluster's
+    nodes in Redis (the apps with a connection quota have the others' connections read in
+    every batch)."""
+    if settings.broker == "memory":
+        from parley.backends.memory.counts import MemoryChannelCounts
+
+        return MemoryChannelCounts()
+    from parley.backends.redis.counts import RedisChannelCounts
+
+    return RedisChannelCounts(
+        settings.broker,
+        prefix=settings.redis_prefix,
+        watched=[app.id for app in settings.apps if app.max_connections],
     )
 
 
@@ -238,7 +256,9 @@ async def make_node(settings: Settings, db: Database | None) -> Node:
     await stores.bots.start()
     node_id = settings.node_id or new_node_id()
     broker = make_broker(settings, node_id)
-    node = Node(settings, stores.history, broker, make_presence(settings), node_id)
+    node = Node(
+        settings, stores.history, broker, make_presence(settings), node_id, make_counts(settings)
+    )
     await broker.start(node.cluster)
     await node.cluster.start()
     await node.identities.load_jwks()
@@ -273,6 +293,7 @@ async def publish_key_entry(node: Node, app: AppConfig, entry: KeyEntry) -> None
 async def close_node(node: Node) -> None:
     """Drain the node's connections and close its stores (not the database handle)."""
     await node.shutdown()
+    await node.counts.close()  # this node's numbers leave the cluster's answers
     await node.presence.close()
     close_attempts = getattr(node.login_attempts, "close", None)
     if close_attempts is not None:

@@ -180,6 +180,63 @@ def test_presence_is_one_list_on_every_node_and_a_killed_nodes_members_go(
             client.close()
 
 
+def channel_counts(node: ParleyServer, prefix: str) -> dict[str, Any]:
+    """GET channels on `node`: name -> {subscription_count}."""
+    path = f"/apps/{node.app_id}/channels"
+    params = {"filter_by_prefix": prefix, "info": "subscription_count"}
+    answer = signed_request(node, "GET", path, params=params)
+    assert answer.status == 200, answer.body
+    return dict(answer.json()["channels"])
+
+
+def until_every_node_says(
+    nodes: list[ParleyServer], prefix: str, expected: dict[str, Any], within: float
+) -> float:
+    """Poll GET channels on every node until each answers `expected`; the seconds it took."""
+    began = time.monotonic()
+    while True:
+        answers = [channel_counts(node, prefix) for node in nodes]
+        if all(answer == expected for answer in answers):
+            return time.monotonic() - began
+        assert time.monotonic() - began < within, answers
+        time.sleep(0.05)  # polling the HTTP API, bounded by `within`
+
+
+def test_channel_counts_agree_on_every_node_and_a_killed_nodes_go(
+    cluster: list[ParleyServer],
+) -> None:
+    prefix = unique("counted-")
+    shared, alone = f"{prefix}-shared", f"{prefix}-on-2"
+    clients: list[RawClient] = []
+    try:
+        for node, count in zip(cluster, (1, 2, 3), strict=True):
+            for _ in range(count):
+                client = RawClient(node.ws_url)
+                clients.append(client)
+                client.subscribe(shared)
+        client = RawClient(cluster[1].ws_url)
+        clients.append(client)
+        client.subscribe(alone)
+        until_every_node_says(
+            cluster,
+            prefix,
+            {shared: {"subscription_count": 6}, alone: {"subscription_count": 1}},
+            within=2,
+        )
+        for node in cluster:
+            path = f"/apps/{node.app_id}/channels/{shared}"
+            info = signed_request(node, "GET", path, params={"info": "subscription_count"})
+            assert info.json() == {"occupied": True, "subscription_count": 6}
+        cluster[1].kill()  # its counts go with its lease (2 s here), reaped by a survivor
+        took = until_every_node_says(
+            [cluster[0], cluster[2]], prefix, {shared: {"subscription_count": 4}}, within=10
+        )
+        assert took < 2 + 0.5 + 3, f"the killed node's counts took {took:.1f} s to go"
+    finally:
+        for client in clients:
+            client.close()
+
+
 def signed_in(node: ParleyServer, user_id: str) -> RawClient:
     client = RawClient(node.ws_url)
     user_data = json.dumps({"id": user_id})

@@ -13,6 +13,7 @@ from typing import Any
 import orjson
 
 from parley.backends.broker import Broker
+from parley.backends.counts import ChannelCounts
 from parley.backends.history import HistoryStore
 from parley.backends.memory.broker import MemoryBroker
 from parley.backends.memory.history import MemoryHistoryStore
@@ -32,17 +33,19 @@ def make_node(
     *,
     app: AppConfig = APP,
     presence: PresenceStore | None = None,
+    counts: ChannelCounts | None = None,
     **settings: Any,
 ) -> Node:
     """A node with one app (`APP` unless given), the history `store` (in memory by default),
-    `broker` (the memory broker by default) and `presence` (the memory store by default);
-    nothing started (`await started(node)` starts the store and the broker)."""
+    `broker` (the memory broker by default), `presence` and `counts` (the memory stores by
+    default); nothing started (`await started(node)` starts the store and the broker)."""
     data_dir = Path(tempfile.mkdtemp(prefix="parley-unit-"))
     return Node(
         Settings(data_dir=data_dir, store="memory", apps=(app,), **settings),
         store or MemoryHistoryStore(),
         broker or MemoryBroker(),
         presence or MemoryPresenceStore(),
+        counts=counts,
     )
 
 

@@ -1,11 +1,11 @@
 """Admission: a WebSocket connection from its handshake to `pusher:connection_established`.
 
 It refuses what the handshake cannot have (an unknown or disabled app, a bad protocol, a node
-shutting down, an app over its connection quota, a page from an origin the app does not
-allow), identifies the connection from its token or session cookie (`core.authenticate`),
-asks the user store or the app's introspection URL when one must have the last word, and
-then registers the session with its app's hub and sends `connection_established`. A
-connection that leaves while a check is pending is not admitted.
+shutting down, an app over its connection quota, counted over the cluster's nodes, a page from
+an origin the app does not allow), identifies the connection from its token or session
+cookie (`core.authenticate`), asks the user store or the app's introspection URL when one must
+have the last word, and then registers the session with its app's hub and sends
+`connection_established`. A connection that leaves while a check is pending is not admitted.
 """
 
 from __future__ import annotations
@@ -53,7 +53,12 @@ class Admission:
         if origin_refused is not None:
             raise ConnectionRefused(CloseCode.UNAUTHORIZED, origin_refused)
         hub = node.hubs[app.id]
-        if app.max_connections and len(hub.sessions) >= app.max_connections:
+        # the quota counts the cluster: the other nodes' connections as last read (a batch
+        # interval old at most; 0 with one node), never waited for
+        if (
+            app.max_connections
+            and len(hub.sessions) + node.counts.remote_connections(app.id) >= app.max_connections
+        ):
             raise ConnectionRefused(
                 CloseCode.OVER_CONNECTION_QUOTA,
                 f"Application is over its connection quota of {app.max_connections}",

@@ -22,6 +22,12 @@ connections again (a member that is new again is announced again); the old entri
 come back. Each tick the node also asks to reap: the one elected reaper gets the lapsed
 leases, removes their entries and announces every member who left with them, within
 `node_lease_s` + `presence_refresh_s` of the dead node's last heartbeat.
+
+The channel counts (`backends.counts`) ride on the same lease: a shared store keeps the node's
+numbers under `presence_key`, moves them to the new key when the node registers again
+(`rekey`), and the reaper removes a dead node's numbers with its entries (`remove_node`; one
+that fails is tried again at the next tick), so a dead node's subscriptions and connections
+leave every node's answers within the same bound as its members.
 """
 
 from __future__ import annotations
@@ -46,6 +52,7 @@ class Cluster:
         self.node = node
         self.broker = node.broker
         self.presence = node.presence
+        self.counts = node.counts
         self.events = node.events
         # the broker's handler: publications straight to delivery
         self.on_publication = node.delivery.on_publication
@@ -54,6 +61,7 @@ class Cluster:
         self.presence_key = f"{node.node_id}.1"  # the node in the presence store
         self._registered = False
         self._task: asyncio.Task[None] | None = None
+        self._dead_counts: set[str] = set()  # reaped nodes whose counts are still to remove
 
     def follow(self) -> None:
         self.events.subscribe(MemberAdded, self._member_added)
@@ -113,6 +121,7 @@ class Cluster:
             self._registered = await self.presence.heartbeat(self.presence_key, False)
         except StoreUnavailable as exc:
             FAULTS.log("presence lease not begun", reason=exc.message)
+        await self.counts.start(self.presence_key)
         self._task = asyncio.get_running_loop().create_task(self._keep())
 
     async def stop(self) -> None:
@@ -135,12 +144,16 @@ class Cluster:
             else:
                 self._registered = await self.presence.heartbeat(self.presence_key, False)
         for dead in await self.presence.reap(self.presence_key):
+            self._dead_counts.add(dead)
             gone = await self.presence.remove_node(dead)
             logs.info("node reaped", node=dead, members_gone=len(gone))
             for departure in gone:
                 self.events.emit(
                     MemberRemoved(departure.app_id, departure.channel, departure.user_id, "")
                 )
+        for dead in list(self._dead_counts):
+            await self.counts.remove_node(dead)
+            self._dead_counts.discard(dead)
 
     async def _register_again(self) -> None:
         old = self.presence_key
@@ -178,3 +191,7 @@ class Cluster:
             new=self.presence_key,
             entries=rewritten,
         )
+        try:
+            await self.counts.rekey(self.presence_key)  # the channel counts follow
+        except StoreUnavailable as exc:  # their next batch rewrites them under the new key
+            FAULTS.log("channel counts not moved to the new lease", reason=exc.message)

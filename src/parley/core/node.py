@@ -22,6 +22,7 @@ import orjson
 from parley import logs
 from parley.auth.identity import Identities
 from parley.backends.broker import Broker
+from parley.backends.counts import ChannelCounts
 from parley.backends.history import HistoryStore
 from parley.backends.presence import PresenceStore
 from parley.backends.throttle import LoginAttempts
@@ -30,6 +31,8 @@ from parley.core.authenticate import Authenticator
 from parley.core.cluster import Cluster
 from parley.core.conversations import ACT_PREFIX
 from parley.core.conversations import CHANNEL_PREFIX as CONVERSATION_PREFIX
+from parley.core.counts import HubCounts
+from parley.core.counts import follow as follow_counts
 from parley.core.delivery import Delivery, caches
 from parley.core.event_counts import count_events, hub_counters, hub_gauges
 from parley.core.events import ClientEventSent, EventBus, UserOffline
@@ -42,7 +45,7 @@ from parley.core.session import Session
 from parley.core.subscriptions import Subscriptions
 from parley.metrics import Metrics
 from parley.protocol import frames
-from parley.protocol.channels import server_to_user_id
+from parley.protocol.channels import channel_type, server_to_user_id
 from parley.protocol.codes import CloseCode
 from parley.protocol.connection import (
     ClientEvent,
@@ -82,7 +85,7 @@ def refused(session: Session, hub: AppHub, error_frame: bytes) -> None:
 
 @dataclass(frozen=True, slots=True)
 class ChannelInfo:
-    """A channel on this node, as the HTTP API reports it."""
+    """A channel as the HTTP API reports it: over every live node of the cluster."""
 
     occupied: bool
     subscription_count: int
@@ -97,11 +100,18 @@ class Node:
         broker: Broker,
         presence: PresenceStore,
         node_id: str | None = None,
+        counts: ChannelCounts | None = None,
     ) -> None:
         self.settings = settings
         self.history = history
         self.broker = broker
         self.presence = presence
+        if counts is None:  # this process alone
+            from parley.backends.memory.counts import MemoryChannelCounts
+
+            counts = MemoryChannelCounts()
+        # subscriptions and connections over the cluster's live nodes (the HTTP API, quotas)
+        self.counts = counts
         # names this node in the cluster: its presence entries, its broker messages
         self.node_id = node_id or settings.node_id or new_node_id()
         self.hubs: dict[str, AppHub] = {app.id: AppHub(app) for app in settings.apps}
@@ -132,6 +142,8 @@ class Node:
         self.pusher_frames = PusherFrames(self.hubs)
         self.pusher_frames.follow(self.events)
         count_events(self.events, self.metrics)
+        counts.bind(HubCounts(self.hubs))
+        follow_counts(self.events, counts)  # a shared store is told of changed channels
         self.cluster = Cluster(self)  # the broker's handler
         self.cluster.follow()
         self.subscriptions = Subscriptions(self)
@@ -353,15 +365,22 @@ class Node:
         return cached
 
     async def channel_info(self, app: AppConfig, name: str) -> ChannelInfo:
-        channel = self.hubs[app.id].channels.get(name)
-        if channel is None:
+        """The channel over every live node (`counts`; members from the presence store)."""
+        count = await self.counts.subscriptions(app.id, name)
+        if count == 0:
             return ChannelInfo(False, 0, 0)
-        users = await self.presence.count(app.id, name) if channel.type.is_presence else 0
-        return ChannelInfo(True, len(channel.subscribers), users)
+        users = await self.user_count(app, name) if channel_type(name).is_presence else 0
+        return ChannelInfo(True, count, users)
 
-    def channels(self, app: AppConfig, prefix: str = "") -> list[str]:
-        """The app's occupied channels whose name starts with `prefix`, sorted."""
-        return sorted(name for name in self.hubs[app.id].channels if name.startswith(prefix))
+    async def channels(self, app: AppConfig, prefix: str = "") -> dict[str, int]:
+        """The app's channels with a subscriber on some live node whose name starts with
+        `prefix`, sorted by name: channel -> subscriptions on every live node."""
+        counts = await self.counts.occupied_channels(app.id, prefix)
+        return {name: counts[name] for name in sorted(counts)}
+
+    async def user_count(self, app: AppConfig, name: str) -> int:
+        """How many members (users) a presence channel has, over the cluster."""
+        return await self.presence.count(app.id, name)
 
     async def presence_users(self, app: AppConfig, name: str) -> list[str]:
         """The user ids of a presence channel's members, in the order they joined."""

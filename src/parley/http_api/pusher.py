@@ -196,12 +196,15 @@ def register(router: Router) -> None:
         attrs = _info_attrs(call.params.get("info"), _EVENT_INFO)
         if "user_count" in attrs and not prefix.startswith("presence-"):
             raise BadRequest("info=user_count requires filter_by_prefix=presence-")
-        return {
-            "channels": {
-                name: await _channel_attrs(node, call.app, name, attrs)
-                for name in node.channels(call.app, prefix)
-            }
-        }
+        listed: dict[str, dict[str, int]] = {}
+        for name, count in (await node.channels(call.app, prefix)).items():
+            out = listed[name] = {}
+            for attr in attrs:
+                if attr == "user_count":  # presence- channels alone (checked above)
+                    out["user_count"] = await node.user_count(call.app, name)
+                elif attr == "subscription_count":
+                    out["subscription_count"] = count
+        return {"channels": listed}
 
     @router.route("GET", "/apps/{app_id}/channels/{channel}", "channel")
     async def channel(node: Node, call: Call) -> dict[str, Any]:
