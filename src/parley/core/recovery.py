@@ -44,7 +44,7 @@ class Recovery:
         """A `parley:resume` or `parley:history` from a subscribed session: answered later."""
         channel = command.channel
         if self.retention(channel) is None:
-            session.send(frames.error_frame(None, f"Channel {channel} keeps no history"))
+            session.send(frames.error_frame(None, f"Channel {channel} keeps no history", channel))
         elif isinstance(command, Resume):
             self._spawn(self.resume(session, hub, channel, command.offset, command.epoch))
         else:

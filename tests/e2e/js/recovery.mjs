@@ -69,4 +69,34 @@ run('recovery', async () => {
   await until('a second resume', () => resumed.length === 2);
   equal(resumed[1], { channel: name, recovered: false }, 'stale epoch');
   log('stale epoch answered recovered: false');
+
+  // A client that had received no event at all before its connection dropped recovers too:
+  // the helper asked for the channel's newest offset when it subscribed (its floor).
+  const quiet = unique('quiet-');
+  await sdk.trigger(quiet, 'before', { i: -1 }); // history before the subscription: not replayed
+  const late = client('late');
+  const lateEvents = [];
+  const lateResumed = [];
+  const lateRecovery = new ParleyRecovery(late, {
+    onEvent: (e) => lateEvents.push(e),
+    onResumed: (channel, recovered) => lateResumed.push({ channel, recovered }),
+  });
+  await connected(late);
+  await subscribe(late, quiet);
+  await until('the floor', () => lateRecovery.position(quiet) !== undefined);
+  equal(lateRecovery.position(quiet).offset, 1, 'floor: the newest offset when subscribed');
+  const lateLost = within('the quiet connection to drop', (resolve) => {
+    const h = ({ current }) => current !== 'connected' && resolve();
+    late.connection.bind('state_change', h);
+    return () => late.connection.unbind('state_change', h);
+  });
+  late.connection.connection.transport.socket._stream.destroy();
+  await lateLost;
+  for (let i = 0; i < 5; i += 1) await sdk.trigger(quiet, 'tick', { i });
+  await connected(late);
+  await until('the quiet resume', () => lateResumed.length === 1, 15000);
+  equal(lateResumed[0], { channel: quiet, recovered: true }, 'resumed with no event seen before');
+  await until('5 events', () => lateEvents.length >= 5, 15000);
+  equal(lateEvents.map((e) => e.data.i), [0, 1, 2, 3, 4], 'exactly what was missed, in order');
+  log('a client that had seen no event recovered what it missed');
 });
