@@ -89,6 +89,29 @@ def id_of(channel: str) -> str:
     return channel[len(CHANNEL_PREFIX) :]
 
 
+Change = Callable[[Conversation], dict[str, Any]]
+
+
+def adding(field: str, value: str) -> Change:
+    """A change that appends `value` to the tuple `field` (none when it is there already)."""
+
+    def change(c: Conversation) -> dict[str, Any]:
+        items: tuple[str, ...] = getattr(c, field)
+        return {} if value in items else {field: (*items, value)}
+
+    return change
+
+
+def removing(field: str, value: str) -> Change:
+    """A change that takes `value` out of the tuple `field` (none when it is not there)."""
+
+    def change(c: Conversation) -> dict[str, Any]:
+        items: tuple[str, ...] = getattr(c, field)
+        return {field: tuple(i for i in items if i != value)} if value in items else {}
+
+    return change
+
+
 def member_problem(conversation: Conversation, user_id: str | None) -> str | None:
     """Why `user_id` may not subscribe to the conversation's channel now, or None."""
     if user_id is None:
@@ -264,9 +287,7 @@ class Conversations:
         stored = await self.store.get(app_id, conversation_id)
         return self._keep(stored) if stored is not None else None
 
-    async def _changed(
-        self, app: AppConfig, old: Conversation, change: Callable[[Conversation], dict[str, Any]]
-    ) -> Conversation:
+    async def _changed(self, app: AppConfig, old: Conversation, change: Change) -> Conversation:
         """Store the fields `change` makes of the stored version (compare-and-set: when another
         change came first, `change` is asked again of the newer version, so nothing it did is
         undone); the stored result, applied here. An empty change stores nothing."""
@@ -605,7 +626,7 @@ class Conversations:
         added = await self._changed(
             app,
             conversation,
-            lambda c: {} if user_id in c.members else {"members": (*c.members, user_id)},
+            adding("members", user_id),
         )
         self._happened(app, "member_added", added, user_id=user_id, by=by)
         await self._notify(
@@ -629,11 +650,7 @@ class Conversations:
         removed = await self._changed(
             app,
             conversation,
-            lambda c: (
-                {"members": tuple(m for m in c.members if m != user_id)}
-                if user_id in c.members
-                else {}
-            ),
+            removing("members", user_id),
         )
         self._happened(app, "member_removed", removed, user_id=user_id, by=by)
         return removed
@@ -706,9 +723,7 @@ class Conversations:
             await self._changed(
                 app,
                 direct,
-                lambda c: (
-                    {} if blocker in c.blocked_by else {"blocked_by": (*c.blocked_by, blocker)}
-                ),
+                adding("blocked_by", blocker),
             )
 
     async def unblock(self, app: AppConfig, blocker: str, blocked: str) -> bool:
@@ -719,11 +734,7 @@ class Conversations:
             await self._changed(
                 app,
                 direct,
-                lambda c: (
-                    {"blocked_by": tuple(u for u in c.blocked_by if u != blocker)}
-                    if blocker in c.blocked_by
-                    else {}
-                ),
+                removing("blocked_by", blocker),
             )
         return True
 
@@ -771,9 +782,7 @@ class Conversations:
         (bot_id,) = await self._bots(app, [bot_id])
         if bot_id in conversation.bots:
             return conversation
-        added = await self._changed(
-            app, conversation, lambda c: {} if bot_id in c.bots else {"bots": (*c.bots, bot_id)}
-        )
+        added = await self._changed(app, conversation, adding("bots", bot_id))
         self._happened(app, "bot_added", added, by=by, bot_id=bot_id)
         return added
 
