@@ -22,6 +22,10 @@ All other receivers only count frames, to keep the generator cheap. The result r
 the generator's own CPU use over the measured window (``loadgen_cpu``, 1.0 = one core
 saturated) and the server's (``server_cpu``, from /proc/<pid>/stat) so a reader can
 tell which side was the bottleneck.
+
+A cluster peer (several server processes) is given as ``ports`` (clients spread over them
+round-robin), ``server_pgids`` (its CPU is theirs together) and ``services`` (the shared
+Redis and PostgreSQL processes, measured apart: ``redis_cpu``, ``postgres_cpu``).
 """
 
 from __future__ import annotations
@@ -179,11 +183,11 @@ class PusherConn(Conn):
         self.prefix = b""
 
     @classmethod
-    def url(cls) -> str:
+    def url(cls, port: int | None = None) -> str:
         c = cls.cfg
         return "ws://%s:%d/app/%s?protocol=7&client=parley-bench&version=1.0" % (
             c["host"],
-            c["port"],
+            port or c["port"],
             c["key"],
         )
 
@@ -278,9 +282,9 @@ class SocketIOConn(Conn):
         self.prefix = b""
 
     @classmethod
-    def url(cls) -> str:
+    def url(cls, port: int | None = None) -> str:
         c = cls.cfg
-        return "ws://%s:%d/socket.io/?EIO=4&transport=websocket" % (c["host"], c["port"])
+        return "ws://%s:%d/socket.io/?EIO=4&transport=websocket" % (c["host"], port or c["port"])
 
     def on_ws_frame(self, transport, frame) -> None:
         p = frame.get_payload_as_bytes()
@@ -326,9 +330,9 @@ class RawConn(Conn):
     cfg: dict = {}
 
     @classmethod
-    def url(cls) -> str:
+    def url(cls, port: int | None = None) -> str:
         c = cls.cfg
-        return "ws://%s:%d/" % (c["host"], c["port"])
+        return "ws://%s:%d/" % (c["host"], port or c["port"])
 
     def on_ws_frame(self, transport, frame) -> None:
         p = frame.get_payload_as_bytes()
@@ -469,9 +473,11 @@ class HttpPub(asyncio.Protocol):
 # --------------------------------------------------------------------------- measurement helpers
 
 
-def proc_pids(pgid: int | None) -> list[int]:
+def proc_pids(pgid) -> list[int]:
+    """The processes of a process group, or of several (a cluster peer: one group per node)."""
     if not pgid:
         return []
+    groups = {pgid} if isinstance(pgid, int) else set(pgid)
     out = []
     for d in os.listdir("/proc"):
         if not d.isdigit():
@@ -482,7 +488,7 @@ def proc_pids(pgid: int | None) -> list[int]:
         except OSError:
             continue
         fields = st[st.rfind(b")") + 2 :].split()
-        if int(fields[2]) == pgid:  # field 5 (pgrp)
+        if int(fields[2]) in groups:  # field 5 (pgrp)
             out.append(int(d))
     return out
 
@@ -540,6 +546,35 @@ def server_sleeps(pgid) -> int:
     return tot
 
 
+# Shared services a cluster peer runs on (the runner's ``services``): name -> substrings
+# that are all in the processes' command line, e.g. {"redis": ["redis-server", ":6379"],
+# "postgres": [" parley_bench_1a2b "]} (PostgreSQL titles each backend with its database's
+# name). They are the machine's, not pinned, so their CPU falls on either core: measured
+# apart, and not counted as foreign.
+SERVICES: dict[str, list[str]] = {}
+
+
+def service_ticks(match: list[str]) -> dict[int, int]:
+    """utime+stime (ticks) of every process whose command line contains all of ``match``."""
+    out = {}
+    needles = [m.encode() for m in match]
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            with open("/proc/%s/cmdline" % d, "rb") as f:
+                cmd = f.read().replace(b"\0", b" ")
+            if not all(n in cmd for n in needles):
+                continue
+            with open("/proc/%s/stat" % d, "rb") as f:
+                st = f.read()
+        except OSError:
+            continue
+        fields = st[st.rfind(b")") + 2 :].split()
+        out[int(d)] = int(fields[11]) + int(fields[12])
+    return out
+
+
 def cores_busy(cores=(0, 1)) -> tuple[float, float, float]:
     """Seconds so far of the given CPUs, from /proc/stat: (task time = user+nice+system,
     irq+softirq, steal). Softirq time (much of loopback TCP) is not in any process's
@@ -570,6 +605,7 @@ class Window:
         self.v0 = self_sleeps()
         self.sv0 = server_sleeps(self.pgid)
         self.b0 = cores_busy()
+        self.svc0 = {name: service_ticks(m) for name, m in SERVICES.items()}
         self.d0 = H.delivered
         self.x0 = extra() if extra else 0
         H.measuring = True
@@ -597,8 +633,17 @@ class Window:
         # irq/softirq time is reported apart: it is the network stack working for the run.
         r["softirq_cpu"] = round(irq, 3)
         r["steal_cpu"] = round(steal, 3)
+        services = 0.0
+        for name, m in SERVICES.items():
+            before = self.svc0.get(name, {})
+            # a process born in the window (a new pool connection) counts whole
+            ticks = sum(t - before.get(pid, 0) for pid, t in service_ticks(m).items())
+            r["%s_cpu" % name] = round(ticks / CLK_TCK / dt, 3)
+            services += r["%s_cpu" % name]
         if r["server_cpu"] is not None:
-            r["foreign_cpu"] = round(max(0.0, task - r["server_cpu"] - r["loadgen_cpu"]) + steal, 3)
+            r["foreign_cpu"] = round(
+                max(0.0, task - r["server_cpu"] - r["loadgen_cpu"] - services) + steal, 3
+            )
         if extra:
             r["extra"] = extra() - self.x0
             r["extra_per_s"] = round(r["extra"] / dt, 1)
@@ -665,12 +710,15 @@ async def open_conns(
     ``concurrency`` workers each connect one client at a time: TCP connect, WebSocket
     upgrade (picows ``WSProtocol``, the same object ``picows.ws_connect`` builds, minus
     its URL/proxy/DNS layers), then the protocol's own handshake (``conn.ready``).
-    Gives up on the rest once more than ``max_fail`` failed.
+    Gives up on the rest once more than ``max_fail`` failed. With several server ports
+    (``ports``: the nodes of a cluster peer), client ``idx`` goes to ``ports[idx % len]``:
+    round-robin, so any two consecutive clients are on different nodes.
     Returns (conns, connect_latencies_ns, failures)."""
     loop = asyncio.get_running_loop()
-    parsed = parse_url(cls.url())
-    netloc, path = parsed.netloc, parsed.resource_name
-    addr = (cls.cfg["host"], cls.cfg["port"])
+    targets = []  # (address, netloc, path) per server port
+    for port in cls.cfg.get("ports") or [cls.cfg["port"]]:
+        parsed = parse_url(cls.url(port))
+        targets.append(((cls.cfg["host"], port), parsed.netloc, parsed.resource_name))
     conns: list = []
     lats: list = []
     failures = 0
@@ -678,6 +726,7 @@ async def open_conns(
 
     async def one(it):
         c = cls(*it)
+        addr, netloc, path = targets[it[0] % len(targets)]
         t0 = now_ns()
         local = ("127.0.0.%d" % (1 + it[0] % local_ips), 0) if local_ips > 1 else None
         s = None
@@ -805,8 +854,10 @@ async def sc_fanout(spec, pgid) -> dict:
                 pump()
 
         hs = []
-        for _ in range(spec.get("http_conns", 8)):
-            h = await HttpPub(cfg, on_resp).connect()
+        # the first node's HTTP API, or (``http_spread``) every node's in turn
+        http_ports = cfg["ports"] if spec.get("http_spread") else [cfg["port"]]
+        for i in range(spec.get("http_conns", 8)):
+            h = await HttpPub(dict(cfg, port=http_ports[i % len(http_ports)]), on_resp).connect()
             hs.append(h)
             idle.append(h)
         pub = None
@@ -1017,12 +1068,31 @@ async def sc_chat(spec, pgid) -> dict:
     stop = False
     seq = 0
     sent = 0
+    # Every message must reach its sender's partner exactly once: who sent each seq, and
+    # which seqs arrived (a cluster that delivers twice, or back to the sender, shows here).
+    sender = array("i", [-1])  # sender[seq] = the sender's idx
+    seen = bytearray(1)
+    dups = echoes = 0
 
     def on_data(c, p):
-        nonlocal seq, sent
+        nonlocal seq, sent, seen, dups, echoes
+        j = p.find(b"#")
+        n = int(p[j + 1 : p.find(b"#", j + 1)])
+        if n < len(seen) and seen[n]:
+            dups += 1
+            if dups <= 3:  # a few samples
+                H.error("delivered twice: %r" % p[:400])
+        elif n < len(seen):
+            seen[n] = 1
+        if sender[n] == c.idx:
+            echoes += 1
+            if echoes <= 3:
+                H.error("delivered to its sender: %r" % p[:400])
         if not stop:
             seq += 1
             sent += 1
+            sender.append(c.partner.idx)
+            seen.append(0)
             c.partner.publish(make_payload(seq))  # the partner's credit came back: it sends again
 
     H.on_data = on_data
@@ -1031,6 +1101,8 @@ async def sc_chat(spec, pgid) -> dict:
         for _ in range(inflight):
             seq += 1
             sent += 1
+            sender.append(c.idx)
+            seen.append(0)
             c.publish(make_payload(seq))
     w = Window(pgid)
     await asyncio.sleep(spec["warmup"])
@@ -1051,6 +1123,8 @@ async def sc_chat(spec, pgid) -> dict:
             "latency_ms": percentiles(H.lat),
             "server_us_per_msg": cpu_us_per(r.get("server_cpu"), r["deliveries_per_s"]),
             "missing_deliveries": sent - H.delivered,
+            "duplicate_deliveries": dups,
+            "echoed_to_sender": echoes,
         }
     )
     close_all(conns)
@@ -1139,7 +1213,9 @@ async def amain(spec: dict) -> dict:
     cfg["host"] = cfg["host"] or "127.0.0.1"
     for cls in PROTOS.values():
         cls.cfg = cfg
-    pgid = spec.get("server_pgid")
+    cfg["ports"] = spec.get("ports") or [cfg["port"]]
+    SERVICES.update(spec.get("services") or {})
+    pgid = spec.get("server_pgids") or spec.get("server_pgid")
     t0 = time.monotonic()
     res = await asyncio.wait_for(SCENARIOS[spec["scenario"]](spec, pgid), spec.get("timeout", 120))
     await asyncio.sleep(0.2)  # let close frames go out

@@ -11,6 +11,8 @@ Parley/peer ratio per repeat (median, min-max).
     python bench/run.py --scenario fanout --subscribers 1000 --repeats 3 \
         --peers parley,soketi,socketio,websockets,picows
     python bench/run.py --scenario all --repeats 3
+    python bench/run.py --scenario cluster-fanout,cluster-chat --repeats 3 \
+        --peers parley-cluster,soketi-cluster
 
 See bench/README.md.
 """
@@ -25,6 +27,7 @@ import os
 import platform
 import re
 import resource
+import secrets
 import shutil
 import signal
 import socket
@@ -35,6 +38,7 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlsplit
 
 BENCH = Path(__file__).resolve().parent
 ROOT = BENCH.parent
@@ -44,6 +48,11 @@ SERVER_CORE = os.environ.get("BENCH_SERVER_CORE", "0")
 LOADGEN_CORE = os.environ.get("BENCH_LOADGEN_CORE", "1")
 
 APP_ID, APP_KEY, APP_SECRET = "1", "benchkey", "benchsecret"
+
+# The cluster peers' shared services: the machine's Redis, and a PostgreSQL server on which
+# each run of a Parley cluster peer creates a database of its own (dropped afterwards).
+REDIS_URL = os.environ.get("BENCH_REDIS_URL", "redis://127.0.0.1:6379/0")
+POSTGRES_URL = os.environ.get("BENCH_POSTGRES_URL", "postgresql://postgres@127.0.0.1:5432/test")
 
 # --------------------------------------------------------------------------- peers
 
@@ -59,13 +68,39 @@ class Peer:
     cwd: Path = BENCH
     extra_ports: tuple = ()  # other TCP ports it binds (checked free first)
     only: tuple = ()  # the scenarios it can run, when not all of its protocol's
+    ready_count: int = 1  # how many times ready_line must appear (one per worker process)
+    # A cluster peer: several processes (`nodes`, each a Peer of its own, started in order)
+    # on the shared Redis (and, for Parley, a fresh PostgreSQL database `database`). Cluster
+    # peers run the cluster scenarios only, and the cluster scenarios run only them.
+    nodes: tuple = ()
+    cluster: bool = False
+    database: str = ""
+
+    @property
+    def ports(self) -> list[int]:
+        """The ports clients are spread over (round-robin): every node's, in order."""
+        return [n.port for n in self.nodes] if self.nodes else [self.port]
 
     def available(self) -> str | None:
         """None if it can be started, else why not."""
+        for node in self.nodes:
+            why = node.available()
+            if why:
+                return why
+        if self.cluster:
+            u = urlsplit(REDIS_URL)
+            if not port_open(u.port or 6379, u.hostname or "127.0.0.1"):
+                return "no Redis at %s (BENCH_REDIS_URL)" % REDIS_URL
+        if self.database:
+            u = urlsplit(POSTGRES_URL)
+            if not port_open(u.port or 5432, u.hostname or "127.0.0.1"):
+                return "no PostgreSQL at %s (BENCH_POSTGRES_URL)" % POSTGRES_URL
+        if self.nodes:
+            return None
         exe = self.cmd[0]
         if not (Path(exe).exists() or shutil.which(exe)):
             return "%s not found" % exe
-        if self.name == "soketi" and not (BENCH / "node_modules/@soketi/soketi").exists():
+        if self.name.startswith("soketi") and not (BENCH / "node_modules/@soketi/soketi").exists():
             return "bench/node_modules missing: run `npm ci --prefix bench`"
         if self.name == "parley-base" and not self.env.get("PYTHONPATH"):
             return "give --base-src DIR (the src/ of the Parley tree to compare with)"
@@ -224,8 +259,108 @@ def make_peers(scenario: str) -> dict[str, Peer]:
             ready_line="listening on 127.0.0.1:6231",
             only=("chat",),
         ),
+        *cluster_peers(soketi_env),
     ]
     return {p.name: p for p in peers}
+
+
+def cluster_peers(soketi_env: dict) -> list[Peer]:
+    """Two Parley nodes on Redis + PostgreSQL against two soketi nodes on its Redis adapter
+    (issue 13), and one Parley with one or two worker processes on the same engines. Made
+    afresh for every run: each gets its own Redis prefix, cluster secret and database."""
+    run_id = secrets.token_hex(4)
+    redis = urlsplit(REDIS_URL)
+    database = "parley_bench_%s" % run_id
+    parley_env = {
+        "PARLEY_APP_ID": APP_ID,
+        "PARLEY_APP_KEY": APP_KEY,
+        "PARLEY_APP_SECRET": APP_SECRET,
+        "PARLEY_APP_CLIENT_EVENTS": "true",
+        "PARLEY_APP_CLIENT_EVENT_RATE": "0",
+        "PARLEY_BROKER": REDIS_URL,
+        "PARLEY_CLUSTER_SECRET": secrets.token_hex(32),
+        "PARLEY_REDIS_PREFIX": "parley-bench-%s" % run_id,
+        "PARLEY_STORE": "postgres",
+        "PARLEY_POSTGRES_URL": POSTGRES_URL.rsplit("/", 1)[0] + "/" + database,
+    }
+
+    def parley_node(name: str, port: int, workers: int = 1, node_id: str = "") -> Peer:
+        env = dict(parley_env)
+        if node_id:
+            env["PARLEY_NODE_ID"] = node_id
+        workers_arg = ["--workers", str(workers)] if workers > 1 else []
+        return Peer(
+            name,
+            "pusher",
+            port,
+            [*PARLEY_CMD, *workers_arg, "--host", "127.0.0.1", "--port", str(port)],
+            env,
+            ready_line="listening on 127.0.0.1:%d" % port,
+            ready_count=workers,
+        )
+
+    soketi_ports = ((6141, 9641, 11141), (6142, 9642, 11142))
+
+    def soketi_node(i: int) -> Peer:
+        port, metrics, discovery = soketi_ports[i]
+        env = dict(soketi_env)
+        env.update(
+            {
+                "SOKETI_PORT": str(port),
+                "SOKETI_METRICS_SERVER_PORT": str(metrics),
+                # discovery (node-discover, UDP) on loopback: bound to 127.0.0.1
+                # (peers/soketi.json), unicast to both nodes' discovery ports only
+                "SOKETI_CLUSTER_PORT": str(discovery),
+                "SOKETI_CLUSTER_UNICAST_ADDRESSES": json.dumps(
+                    ["127.0.0.1:%d" % d for _, _, d in soketi_ports]
+                ),
+                "SOKETI_ADAPTER_DRIVER": "redis",
+                "SOKETI_ADAPTER_REDIS_PREFIX": "soketi-bench-%s" % run_id,
+                "SOKETI_DB_REDIS_HOST": redis.hostname or "127.0.0.1",
+                "SOKETI_DB_REDIS_PORT": str(redis.port or 6379),
+                "SOKETI_DB_REDIS_DB": (redis.path or "/0").lstrip("/") or "0",
+            }
+        )
+        return Peer(
+            "soketi-cluster-n%d" % (i + 1),
+            "pusher",
+            port,
+            [
+                "node",
+                str(BENCH / "node_modules/@soketi/soketi/bin/server.js"),
+                "start",
+                "--config=" + str(BENCH / "peers/soketi.json"),
+            ],
+            env,
+            extra_ports=(metrics,),
+        )
+
+    def cluster(name: str, nodes: list[Peer], database: str = "") -> Peer:
+        return Peer(
+            name,
+            "pusher",
+            nodes[0].port,
+            nodes[0].cmd,
+            nodes=tuple(nodes),
+            cluster=True,
+            database=database,
+        )
+
+    return [
+        cluster(
+            "parley-cluster",
+            [
+                parley_node("parley-cluster-n1", 6041, node_id="bench-n1"),
+                parley_node("parley-cluster-n2", 6042, node_id="bench-n2"),
+            ],
+            database,
+        ),
+        cluster("soketi-cluster", [soketi_node(0), soketi_node(1)]),
+        # opt-in: one Parley process on the same engines, and the same with two workers on
+        # its port (SO_REUSEPORT): what a second worker adds to one process
+        cluster("parley-redis", [parley_node("parley-redis", 6051)], database),
+        cluster("parley-workers2", [parley_node("parley-workers2", 6052, workers=2)], database),
+    ]
 
 
 # --------------------------------------------------------------------------- process control
@@ -291,9 +426,9 @@ def port_free(port: int) -> bool:
         s.close()
 
 
-def port_open(port: int) -> bool:
+def port_open(port: int, host: str = "127.0.0.1") -> bool:
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+        with socket.create_connection((host, port), timeout=0.5):
             return True
     except OSError:
         return False
@@ -334,6 +469,7 @@ class Server:
             ).encode()
         )
         self.logf.flush()
+        log_start = self.logf.tell()  # the log is appended to: look at this start's lines only
         self.proc = subprocess.Popen(
             cmd,
             cwd=p.cwd,
@@ -354,8 +490,8 @@ class Server:
                 )
             if p.ready_line:
                 with open(self.log_path, "rb") as f:
-                    f.seek(max(0, os.path.getsize(self.log_path) - 65536))
-                    if p.ready_line.encode() in f.read():
+                    f.seek(max(log_start, os.path.getsize(self.log_path) - 65536))
+                    if f.read().count(p.ready_line.encode()) >= p.ready_count:
                         # the line is printed by the process itself; also make sure the port answers
                         if port_open(p.port):
                             break
@@ -378,6 +514,16 @@ class Server:
     def pgid(self) -> int:
         return self.proc.pid
 
+    @property
+    def pgids(self) -> list[int]:
+        return [self.proc.pid]
+
+    services: dict = {}  # shared processes to measure apart (loadgen.SERVICES)
+
+    @property
+    def codes(self) -> list[str]:
+        return [self.code] if self.code else []
+
     def stop(self) -> None:
         if self.proc is not None:
             kill_group(self.proc.pid)
@@ -386,6 +532,148 @@ class Server:
         if self.tmp:
             shutil.rmtree(self.tmp, ignore_errors=True)
             self.tmp = None
+
+
+DATABASES: set[str] = set()  # fresh PostgreSQL databases of cluster peers not dropped yet
+
+_PG_SCRIPT = """
+import asyncio, sys
+import asyncpg
+async def main():
+    conn = await asyncpg.connect(sys.argv[1], timeout=5)
+    try:
+        await conn.execute(sys.argv[2])
+    finally:
+        await conn.close()
+asyncio.run(main())
+"""
+
+
+def pg_admin(sql: str) -> None:
+    """One statement on the PostgreSQL server (asyncpg: a dependency of Parley's store)."""
+    done = subprocess.run(
+        [PY, "-c", _PG_SCRIPT, POSTGRES_URL, sql], capture_output=True, timeout=60, check=False
+    )
+    if done.returncode:
+        raise RuntimeError("PostgreSQL %r failed: %s" % (sql, done.stderr.decode()[-400:]))
+
+
+def drop_databases() -> None:
+    """At exit (after a signal too): stop what still runs, then drop what is left."""
+    kill_all()
+    for name in list(DATABASES):
+        try:
+            pg_admin('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % name)
+        except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
+            print("# could not drop database %s: %s" % (name, e), file=sys.stderr)
+        DATABASES.discard(name)
+
+
+atexit.register(drop_databases)
+
+
+def _resp(f):
+    """One reply of the Redis protocol (RESP2) from the buffered reader ``f``."""
+    line = f.readline().rstrip(b"\r\n")
+    kind, rest = line[:1], line[1:]
+    if kind == b"-":
+        raise RuntimeError(rest.decode())
+    if kind == b"$":
+        n = int(rest)
+        return None if n < 0 else f.read(n + 2)[:-2]
+    if kind == b"*":
+        n = int(rest)
+        return None if n < 0 else [_resp(f) for _ in range(n)]
+    return rest
+
+
+def redis_forget(prefix: str) -> int:
+    """Delete a run's keys (``prefix:*``) from the shared Redis: a stopped Parley cluster
+    leaves its nodes' lease set behind, with no expiry. Returns how many were deleted."""
+    u = urlsplit(REDIS_URL)
+    deleted = 0
+    with socket.create_connection((u.hostname or "127.0.0.1", u.port or 6379), timeout=5) as s:
+        f = s.makefile("rb")
+
+        def call(*args: str):
+            s.sendall(
+                b"*%d\r\n" % len(args)
+                + b"".join(b"$%d\r\n%s\r\n" % (len(a.encode()), a.encode()) for a in args)
+            )
+            return _resp(f)
+
+        if u.password:
+            call("AUTH", *([u.username] if u.username else []), u.password)
+        db = (u.path or "/0").lstrip("/") or "0"
+        call("SELECT", db)
+        cursor = "0"
+        while True:
+            cursor_b, keys = call("SCAN", cursor, "MATCH", prefix + ":*", "COUNT", "1000")
+            if keys:
+                deleted += int(call("DEL", *(k.decode() for k in keys)))
+            cursor = cursor_b.decode()
+            if cursor == "0":
+                return deleted
+
+
+class Cluster:
+    """A cluster peer: its nodes started in order, each pinned like any server in its own
+    process group, on a fresh PostgreSQL database when it has one; all stopped together."""
+
+    def __init__(self, peer: Peer, logdir: Path):
+        self.peer = peer
+        self.nodes = [Server(n, logdir) for n in peer.nodes]
+        self.log_path = self.nodes[0].log_path
+        self.code = ""
+        u = urlsplit(REDIS_URL)
+        self.services = {"redis": ["redis-server", ":%d" % (u.port or 6379)]}
+        if peer.database:
+            # PostgreSQL titles each backend "postgres: <user> <database> <client> <state>"
+            self.services["postgres"] = [" %s " % peer.database]
+
+    def start(self, timeout: float = 30.0) -> None:
+        try:
+            if self.peer.database:
+                pg_admin('CREATE DATABASE "%s"' % self.peer.database)
+                DATABASES.add(self.peer.database)
+            for node in self.nodes:
+                node.start(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        self.code = " | ".join(self.codes)
+
+    @property
+    def pgid(self) -> int:
+        return self.nodes[0].pgid
+
+    @property
+    def pgids(self) -> list[int]:
+        return [n.pgid for n in self.nodes if n.proc is not None]
+
+    @property
+    def codes(self) -> list[str]:
+        return sorted({n.code for n in self.nodes if n.code})
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
+        prefix = self.peer.nodes[0].env.get("PARLEY_REDIS_PREFIX")
+        if prefix:
+            try:
+                redis_forget(prefix)
+            except (OSError, RuntimeError, ValueError) as e:
+                print("# could not delete Redis keys %s:*: %s" % (prefix, e), flush=True)
+        if self.peer.database in DATABASES:
+            try:
+                pg_admin('DROP DATABASE IF EXISTS "%s" WITH (FORCE)' % self.peer.database)
+                DATABASES.discard(self.peer.database)
+            except (RuntimeError, subprocess.TimeoutExpired, OSError) as e:
+                print("# could not drop database %s: %s" % (self.peer.database, e), flush=True)
+
+
+def make_server(peer: Peer, logdir: Path) -> Server | Cluster:
+    return Cluster(peer, logdir) if peer.nodes else Server(peer, logdir)
 
 
 # --------------------------------------------------------------------------- scenarios
@@ -398,6 +686,7 @@ class Scenario:
     protos: tuple  # which client protocols it applies to
     metrics: list  # (label, path in result, higher_is_better)
     timeout: float = 120.0
+    cluster: bool = False  # for the cluster peers (clients spread over their nodes) only
 
 
 def scenarios(args) -> list[Scenario]:
@@ -525,6 +814,53 @@ def scenarios(args) -> list[Scenario]:
             ],
         )
     )
+    # Cluster peers (issue 13): clients spread round-robin over the nodes' ports.
+    ncl = args.cluster_subscribers or (50 if smoke else 1000)
+    out.append(
+        Scenario(
+            "cluster-fanout-%d" % ncl,
+            {
+                "scenario": "fanout",
+                "subscribers": ncl,
+                "warmup": wu,
+                "duration": d,
+                "publish": "http",  # through the first node's HTTP API
+                "http_conns": 8,
+            },
+            ("pusher",),
+            [
+                ("deliveries/s", "deliveries_per_s", True),
+                ("p50 ms", "latency_ms.p50", False),
+                ("p99 ms", "latency_ms.p99", False),
+            ],
+            cluster=True,
+        )
+    )
+    if args.http_spread:
+        # the same with the HTTP publishers spread over the nodes: publishes enter the
+        # cluster through every node at once
+        spec = dict(out[-1].spec, http_spread=True)
+        out.append(
+            Scenario(
+                "cluster-fanout-spread-%d" % ncl, spec, ("pusher",), out[-1].metrics, cluster=True
+            )
+        )
+    out.append(
+        Scenario(
+            "cluster-chat-%d" % cu,
+            # users 2k and 2k+1 share a channel and are on different nodes: every client
+            # event crosses from one node to the other
+            {"scenario": "chat", "users": cu, "warmup": wu, "duration": d, "inflight": 1},
+            ("pusher",),
+            [
+                ("msgs/s", "messages_per_s", True),
+                ("p50 ms", "latency_ms.p50", False),
+                ("p99 ms", "latency_ms.p99", False),
+                ("server µs/msg", "server_us_per_msg", False),
+            ],
+            cluster=True,
+        )
+    )
     wanted = set(args.scenario.split(","))
     if "all" in wanted:
         return out
@@ -533,24 +869,27 @@ def scenarios(args) -> list[Scenario]:
         for s in out
         if s.name.split("-")[0] in wanted
         or s.name in wanted
-        or ("fanout-http" in wanted and s.name.startswith("fanout-http"))
+        or any(s.name.startswith(w + "-") for w in wanted)
     ]
 
 
 # --------------------------------------------------------------------------- one run
 
 
-def run_loadgen(peer: Peer, server: Server, sc: Scenario) -> dict:
+def run_loadgen(peer: Peer, server: Server | Cluster, sc: Scenario) -> dict:
     spec = dict(sc.spec)
     spec.update(
         {
             "proto": peer.proto,
             "host": "127.0.0.1",
             "port": peer.port,
+            "ports": peer.ports,
             "key": APP_KEY,
             "secret": APP_SECRET,
             "app_id": APP_ID,
             "server_pgid": server.pgid,
+            "server_pgids": server.pgids,
+            "services": server.services,
             "connect_timeout": 10.0,
             "timeout": sc.timeout,
         }
@@ -592,8 +931,14 @@ def problems(res: dict) -> list[str]:
     r = res.get("result", {})
     if res.get("errors"):
         p.append("errors: %s" % "; ".join("%s x%d" % kv for kv in list(res["errors"].items())[:3]))
-    if r.get("missing_deliveries"):
+    if (r.get("missing_deliveries") or 0) > 0:
         p.append("%d deliveries missing" % r["missing_deliveries"])
+    elif (r.get("missing_deliveries") or 0) < 0:
+        p.append("%d deliveries more than were sent" % -r["missing_deliveries"])
+    if r.get("duplicate_deliveries"):
+        p.append("%d messages delivered twice" % r["duplicate_deliveries"])
+    if r.get("echoed_to_sender"):
+        p.append("%d messages delivered back to their sender" % r["echoed_to_sender"])
     if r.get("failed"):
         p.append("%d connections failed" % r["failed"])
     if r.get("echoed_to_publisher"):
@@ -624,13 +969,23 @@ def fmt(v) -> str:
     return "%.2f" % v
 
 
-def summarize(results: dict, scs: list[Scenario], peers: list[str], base: str | None) -> str:
-    """results[scenario][peer] = list of result dicts (one per repeat)."""
+def summarize(results: dict, scs: list[Scenario], all_peers: list[str], baseline: str) -> str:
+    """results[scenario][peer] = list of result dicts (one per repeat). A scenario's columns
+    are the peers that ran it; its ratios are baseline/peer, or, when the baseline did not
+    run it, the first Parley peer that did (parley-cluster in the cluster scenarios)."""
     lines = []
     for sc in scs:
         per = results.get(sc.name, {})
         if not per:
             continue
+        peers = [p for p in all_peers if p in per]
+        base = (
+            baseline
+            if baseline in peers
+            else next((p for p in peers if p.startswith("parley")), None)
+        )
+        if len(peers) < 2:
+            base = None  # nothing to compare with
         lines.append("")
         lines.append("## %s" % sc.name)
         hdr = "| metric | " + " | ".join(peers) + " |"
@@ -687,22 +1042,36 @@ def summarize(results: dict, scs: list[Scenario], peers: list[str], base: str | 
             scpu = [r["server_cpu"] for r in runs if isinstance(r.get("server_cpu"), (int, float))]
             fc = [r["foreign_cpu"] for r in runs if isinstance(r.get("foreign_cpu"), (int, float))]
             sq = [r["softirq_cpu"] for r in runs if isinstance(r.get("softirq_cpu"), (int, float))]
+            svc = []
+            for name in ("redis", "postgres"):
+                v = [
+                    r[name + "_cpu"] for r in runs if isinstance(r.get(name + "_cpu"), (int, float))
+                ]
+                if v:
+                    svc.append("%s %s" % (name, fmt(statistics.median(v))))
             if lc or scpu:
                 cpu.append(
-                    "%s %s / %s / %s%s"
+                    "%s %s / %s / %s%s%s"
                     % (
                         p,
                         fmt(statistics.median(scpu)) if scpu else "-",
                         fmt(statistics.median(lc)) if lc else "-",
                         fmt(statistics.median(sq)) if sq else "-",
+                        " + %s" % ", ".join(svc) if svc else "",
                         " (other %s)" % fmt(max(fc)) if fc and max(fc) > 0.05 else "",
                     )
                 )
         if cpu:
             lines.append("")
             lines.append(
-                "CPU in cores, median, server / loadgen / irq+softirq of both cores"
-                " (other = max used by other processes or stolen): " + "; ".join(cpu)
+                "CPU in cores, median, server (all its processes) / loadgen / irq+softirq of"
+                " both cores%s (other = max used by other processes or stolen): "
+                % (
+                    " + the shared Redis and the PostgreSQL backends of the peer's database"
+                    if sc.cluster
+                    else ""
+                )
+                + "; ".join(cpu)
             )
     return "\n".join(lines)
 
@@ -717,7 +1086,9 @@ def main() -> int:
     ap.add_argument(
         "--scenario",
         default="all",
-        help="comma list of fanout,fanout-http,rate,idle,storm,chat,httpapi or all (default)",
+        help="comma list of fanout,fanout-http,rate,idle,storm,chat,httpapi,cluster-fanout,"
+        "cluster-chat (cluster: both) or all (default; the cluster scenarios run only with the "
+        "cluster peers)",
     )
     ap.add_argument("--peers", default="parley,soketi,socketio,websockets,picows")
     ap.add_argument("--repeats", type=int, default=3)
@@ -730,6 +1101,12 @@ def main() -> int:
     ap.add_argument(
         "--duration", type=float, default=None, help="measured seconds per run (default 10)"
     )
+    ap.add_argument(
+        "--cluster-subscribers",
+        type=int,
+        default=None,
+        help="subscribers of cluster-fanout, spread over the nodes (default 1000)",
+    )
     ap.add_argument("--idle-connections", type=int, default=None, help="default 10000")
     ap.add_argument("--storm-connections", type=int, default=None, help="default 5000")
     ap.add_argument(
@@ -738,7 +1115,15 @@ def main() -> int:
         help="also run fan-out with HTTP API publishing (Pusher peers only)",
     )
     ap.add_argument(
-        "--baseline", default="parley", help="ratios are baseline/peer (default parley)"
+        "--http-spread",
+        action="store_true",
+        help="also run cluster-fanout with the HTTP publishers spread over the nodes",
+    )
+    ap.add_argument(
+        "--baseline",
+        default="parley",
+        help="ratios are baseline/peer (default parley; in a scenario it did not run, the "
+        "first Parley peer that did, e.g. parley-cluster)",
     )
     ap.add_argument(
         "--smoke", action="store_true", help="a few seconds, small counts, Parley only (CI)"
@@ -785,16 +1170,22 @@ def main() -> int:
     if args.serve:
         compile_parley([args.serve])
         peer = make_peers(args.serve_scenario)[args.serve]
-        srv = Server(peer, BENCH / "results" / "logs")
+        srv = make_server(peer, BENCH / "results" / "logs")
         (BENCH / "results" / "logs").mkdir(parents=True, exist_ok=True)
         srv.start()
         print(
-            "%s ready: proto=%s port=%d pgid=%d (Ctrl-C stops it)"
-            % (peer.name, peer.proto, peer.port, srv.pgid),
+            "%s ready: proto=%s port(s)=%s pgid(s)=%s (Ctrl-C stops it)"
+            % (
+                peer.name,
+                peer.proto,
+                ",".join(map(str, peer.ports)),
+                ",".join(map(str, srv.pgids)),
+            ),
             flush=True,
         )
+        servers = srv.nodes if isinstance(srv, Cluster) else [srv]
         try:
-            while srv.proc.poll() is None:
+            while all(s.proc.poll() is None for s in servers):
                 time.sleep(0.5)
         finally:
             srv.stop()
@@ -823,7 +1214,7 @@ def main() -> int:
             return 2
         why = peer.available()
         if why is None:
-            srv = Server(peer, logdir)
+            srv = make_server(peer, logdir)
             try:
                 srv.start()
             except Exception as e:
@@ -843,7 +1234,6 @@ def main() -> int:
         print("no peer could start", file=sys.stderr)
         return 1
 
-    base = args.baseline if args.baseline in peers_ok else None
     results: dict = {}
     failures: list[str] = []
     codes: dict[str, set[str]] = {}  # peer -> the code Parley said it runs, over all runs
@@ -868,20 +1258,22 @@ def main() -> int:
             )  # rotate per repeat
             for name in order:
                 peer = make_peers(sc.spec["scenario"])[name]
-                if peer.proto not in sc.protos or (
-                    peer.only and sc.spec["scenario"] not in peer.only
+                if (
+                    peer.proto not in sc.protos
+                    or (peer.only and sc.spec["scenario"] not in peer.only)
+                    or peer.cluster != sc.cluster
                 ):
                     continue
                 t0 = time.time()
                 best = None
                 for attempt in range(1 + args.retries):
-                    srv = Server(peer, logdir)
+                    srv = make_server(peer, logdir)
                     try:
                         srv.start()
                         res = run_loadgen(peer, srv, sc)
                         if srv.code:
                             res["code"] = srv.code
-                            codes.setdefault(name, set()).add(srv.code)
+                            codes.setdefault(name, set()).update(srv.codes)
                     except Exception as e:
                         res = {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
                     finally:
@@ -954,12 +1346,12 @@ def main() -> int:
                 "%s ran its source, not the compiled build (%s); PARLEY_COMPILED=0 measures "
                 "the source on purpose" % (name, source[0])
             )
-    table = summarize(results, scs, peers_ok, base)
+    table = summarize(results, scs, peers_ok, args.baseline)
     for name, seen in sorted(codes.items()):
         table += "\n%s ran: %s" % (name, " | ".join(sorted(seen)))
     print(
         "\n# Results (median [min–max] over %d repeat(s)%s)"
-        % (args.repeats, "; ratios are %s/peer per repeat" % base if base else "")
+        % (args.repeats, "; ratios baseline/peer per repeat, as each table's header says")
     )
     print(table)
     out_path = (
