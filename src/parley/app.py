@@ -22,6 +22,7 @@ from parley.backends.database import Database, Migration, MigrationFailed
 from parley.backends.grants import GrantStore
 from parley.backends.history import HistoryStore
 from parley.backends.keys import KeyDirectoryStore
+from parley.backends.last_events import CachedEvents
 from parley.backends.presence import PresenceStore
 from parley.backends.throttle import LoginAttempts
 from parley.backends.users import UserStore
@@ -104,6 +105,21 @@ def make_counts(settings: Settings) -> ChannelCounts:
         settings.broker,
         prefix=settings.redis_prefix,
         watched=[app.id for app in settings.apps if app.max_connections],
+    )
+
+
+def make_last_events(settings: Settings) -> CachedEvents:
+    """The cache channels' last events: this process's hubs alone (the memory store, which
+    the node leaves unused), or shared in the cluster's Redis, sealed with the cluster
+    secret."""
+    if settings.broker == "memory":
+        from parley.backends.memory.last_events import MemoryCachedEvents
+
+        return MemoryCachedEvents()
+    from parley.backends.redis.last_events import RedisCachedEvents
+
+    return RedisCachedEvents(
+        settings.broker, prefix=settings.redis_prefix, secret=settings.cluster_secret.encode()
     )
 
 
@@ -257,7 +273,13 @@ async def make_node(settings: Settings, db: Database | None) -> Node:
     node_id = settings.node_id or new_node_id()
     broker = make_broker(settings, node_id)
     node = Node(
-        settings, stores.history, broker, make_presence(settings), node_id, make_counts(settings)
+        settings,
+        stores.history,
+        broker,
+        make_presence(settings),
+        node_id,
+        make_counts(settings),
+        make_last_events(settings),
     )
     await broker.start(node.cluster)
     await node.cluster.start()
@@ -293,6 +315,7 @@ async def publish_key_entry(node: Node, app: AppConfig, entry: KeyEntry) -> None
 async def close_node(node: Node) -> None:
     """Drain the node's connections and close its stores (not the database handle)."""
     await node.shutdown()
+    await node.last_events.close()  # the last events it published are written first (briefly)
     await node.counts.close()  # this node's numbers leave the cluster's answers
     await node.presence.close()
     close_attempts = getattr(node.login_attempts, "close", None)

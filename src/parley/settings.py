@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import fnmatch
+import functools
 import ipaddress
 import os
 import re
@@ -89,6 +91,22 @@ def _webhook_events(raw: str) -> tuple[str, ...]:
     return tuple(e.strip() for e in raw.split(",") if e.strip())
 
 
+@functools.lru_cache(maxsize=64)
+def _patterns(raw: str) -> tuple[str, ...]:
+    """A setting's comma-separated channel patterns (parsed once per value)."""
+    return tuple(p.strip() for p in raw.split(",") if p.strip())
+
+
+PRESENCE_PREFIX = "presence-"
+
+
+def _matches_presence(pattern: str) -> bool:
+    """Can `pattern` (fnmatch style) match some presence channel? Its literal start, up to
+    its first wildcard, must agree with "presence-"."""
+    literal = re.split(r"[*?\[]", pattern, maxsplit=1)[0]
+    return PRESENCE_PREFIX.startswith(literal) or literal.startswith(PRESENCE_PREFIX)
+
+
 @dataclass(frozen=True, slots=True)
 class AppConfig:
     """One tenant: its credentials, switches and limits."""
@@ -101,7 +119,12 @@ class AppConfig:
     client_events: bool = False
     client_event_rate: float = 10.0  # per connection per second; 0 lifts the limit
     max_connections: int = 0  # 0: unlimited
+    # users in one presence channel (Pusher's 100); tested up to 10,000: the subscription's
+    # answer lists them all unless the channel's member events are off (below)
     max_presence_members: int = 100
+    # comma-separated patterns (fnmatch style) of presence channels without member events:
+    # no member_added/member_removed frames nor webhooks; members get parley:member_count
+    presence_events_off: str = ""
     max_presence_user_info_bytes: int = 1024
     max_user_id_length: int = 128
     max_event_bytes: int = 10240
@@ -179,11 +202,23 @@ class AppConfig:
             value = getattr(self, f.name)
             if f.type in ("int", "float") and (isinstance(value, bool) or value < 0):
                 raise ConfigError(f"app {self.id}: {f.name!r} must be a number >= 0")
+        for pattern in _patterns(self.presence_events_off):
+            if not _matches_presence(pattern):
+                raise ConfigError(
+                    f"app {self.id}: 'presence_events_off' pattern {pattern!r} matches no "
+                    f"presence channel (their names start with {PRESENCE_PREFIX!r})"
+                )
         if self.webhook_url:
             extra = WebhookConfig(self.webhook_url, _webhook_events(self.webhook_events))
             object.__setattr__(self, "webhooks", (*self.webhooks, extra))
         elif self.webhook_events:
             raise ConfigError(f"app {self.id}: 'webhook_events' needs 'webhook_url'")
+
+    def member_events_off(self, channel: str) -> bool:
+        """Are member events off on this presence channel (`presence_events_off`)? Then no
+        member_added/member_removed frames or webhooks: its members are told counts."""
+        raw = self.presence_events_off
+        return bool(raw) and any(fnmatch.fnmatchcase(channel, p) for p in _patterns(raw))
 
 
 DEFAULT_DATA_DIR = Path("parley-data")

@@ -191,6 +191,92 @@ async def test_remove_node_drops_its_entries_and_reports_the_users_gone(
     assert await add(store, app, "alice", "1.9", node=N1) is True
 
 
+# -- pages ---------------------------------------------------------------------------------
+
+
+async def all_pages(
+    store: PresenceStore, app: str, limit: int, channel: str = "presence-room"
+) -> list[dict[str, object]]:
+    pages: list[dict[str, object]] = []
+    after = 0
+    while True:
+        page = await store.members_page(app, channel, after=after, limit=limit)
+        pages.append(page.members)
+        if page.next is None:
+            return pages
+        assert page.next > after
+        after = page.next
+
+
+async def test_pages_follow_the_join_order_with_the_infos(store: PresenceStore, app: str) -> None:
+    for i in range(7):
+        await add(store, app, f"u{i}", f"{i}", node=(N1, N2)[i % 2], info={"n": i})
+    await add(store, app, "u3", "3b", info={"n": "again"})  # a member already: no change
+    pages = await all_pages(store, app, limit=3)
+    assert [list(p) for p in pages] == [["u0", "u1", "u2"], ["u3", "u4", "u5"], ["u6"]]
+    assert pages[1]["u3"] == {"n": 3}
+    everything = await store.members_page(app, "presence-room")  # no limit: all, last page
+    assert (everything.members, everything.next) == (
+        await store.members(app, "presence-room"),
+        None,
+    )
+    exact = await store.members_page(app, "presence-room", limit=7)
+    assert (len(exact.members), exact.next) == (7, None)  # no page follows an exact fit
+    empty = await store.members_page(app, "presence-nobody", limit=3)
+    assert (empty.members, empty.next) == ({}, None)
+
+
+async def test_a_page_after_joins_and_leaves_skips_nobody_who_stayed(
+    store: PresenceStore, app: str
+) -> None:
+    for i in range(6):
+        await add(store, app, f"u{i}", f"{i}")
+    first = await store.members_page(app, "presence-room", limit=3)
+    assert list(first.members) == ["u0", "u1", "u2"] and first.next is not None
+    await remove(store, app, "u2", "2")  # the last of the page leaves
+    await remove(store, app, "u4", "4")  # one of the next page leaves
+    await remove(store, app, "u0", "0")  # one already read leaves and comes back: at the end
+    await add(store, app, "u0", "0b")
+    await add(store, app, "u9", "9")  # a new one: at the end
+    rest = await store.members_page(app, "presence-room", after=first.next, limit=10)
+    assert (list(rest.members), rest.next) == (["u3", "u5", "u0", "u9"], None)
+
+
+async def test_positions_grow_across_a_channel_that_emptied(store: PresenceStore, app: str) -> None:
+    for i in range(3):
+        await add(store, app, f"u{i}", f"{i}")
+    first = await store.members_page(app, "presence-room", limit=2)
+    assert first.next is not None
+    for i in range(3):
+        await remove(store, app, f"u{i}", f"{i}")
+    await add(store, app, "v", "9")  # the channel made anew: v comes after any old position
+    later = await store.members_page(app, "presence-room", after=first.next, limit=2)
+    assert (list(later.members), later.next) == (["v"], None)
+
+
+async def test_ten_thousand_members_listed_and_paged(store: PresenceStore, app: str) -> None:
+    """Beyond Pusher's 100: up to the app's max_presence_members (10,000 here); every read
+    holds them all (a Redis script cannot unpack so many values at once: it reads slices)."""
+    n = 10_000
+    for start in range(0, n, 50):
+        await asyncio.gather(
+            *(
+                add(store, app, f"user-{i:05}", f"c{i}", info={"i": i}, limit=n)
+                for i in range(start, start + 50)
+            )
+        )
+    with pytest.raises(PresenceFull):
+        await add(store, app, "one-too-many", "x", limit=n)
+    members = await store.members(app, "presence-room")
+    assert len(members) == n and members["user-09999"] == {"i": 9999}
+    assert await store.count(app, "presence-room") == n
+    pages = await all_pages(store, app, limit=1000)
+    assert [len(p) for p in pages] == [1000] * 10
+    assert [u for p in pages for u in p] == list(members)
+    assert len(await store.remove_node(N1)) == n  # (and Redis keeps nothing of it)
+    assert await store.count(app, "presence-room") == 0
+
+
 # -- leases (Redis) -------------------------------------------------------------------------
 
 

@@ -13,11 +13,13 @@ import hashlib
 import json
 import time
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any
 
 import jwt
 import pytest
 
+import parley
 from tests.support.node_scenarios import run_scenario
 from tests.support.pusher_raw import ApiResponse, RawClient, http_request
 from tests.support.server import ParleyServer
@@ -243,3 +245,13 @@ def test_conversation_between_pusher_js_and_a_python_client(server: ParleyServer
         mark = len(bob.seen)
         bob.ping()
         assert [f["event"] for f in bob.seen[mark:]] == ["pusher:pong"], bob.seen[mark:]
+
+
+def test_presence_with_member_events_off_tells_counts_to_pusher_js() -> None:
+    """presence_events_off: pusher-js subscribes, keeps members.me and members.count, and
+    follows parley:member_count; no member events. "me-only" once the subscription's answer
+    lists the joiner alone (core/subscriptions.py asks Node.presence_answer for it)."""
+    source = Path(parley.__file__).parent / "core" / "subscriptions.py"
+    me_only = ["me-only"] if "presence_answer" in source.read_text() else []
+    with ParleyServer(env={"PARLEY_APP_PRESENCE_EVENTS_OFF": "presence-big-*"}) as srv:
+        run_scenario(srv, "presence_counts.mjs", *me_only)

@@ -7,73 +7,19 @@ counts the connections of both nodes (Pusher's 4004 beyond it)."""
 from __future__ import annotations
 
 import asyncio
-import dataclasses
-import secrets
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
-from contextlib import asynccontextmanager
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from parley.settings import AppConfig, Settings
-from tests.conftest import require
-from tests.support.inproc import InProcessApp, app_settings, serving
+from tests.support.cluster import LEASE_S, REFRESH_S, an_app, apis, two_nodes
+from tests.support.inproc import InProcessApp
 from tests.support.pusher_async import AsyncApi, AsyncClient, AsyncClientPool
 from tests.support.pusher_raw import presence_data, unique
-from tests.support.redis import CLUSTER_SECRET, REDIS_URL, redis_problem, unique_prefix
-from tests.support.stores import PG_URL, postgres_problem
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.postgres]
-
-REFRESH_S = 0.2  # short leases: a node silent for LEASE_S is dead
-LEASE_S = 0.8
-
-
-def an_app(**options: Any) -> AppConfig:
-    return AppConfig(
-        id=str(secrets.randbelow(10**9) + 10**9),  # an app of its own in the shared engines
-        key=f"key-{secrets.token_hex(4)}",
-        secret="test-secret",
-        **options,
-    )
-
-
-@asynccontextmanager
-async def two_nodes(tmp_path: Path, app: AppConfig) -> AsyncIterator[list[InProcessApp]]:
-    for problem in (await redis_problem(), await postgres_problem()):
-        require(problem is None, problem or "")
-    prefix = unique_prefix("counts")
-    base = app_settings(tmp_path)
-
-    def node(name: str) -> Settings:
-        return dataclasses.replace(
-            base,
-            data_dir=tmp_path / name,
-            store="postgres",
-            postgres_url=PG_URL,
-            broker=REDIS_URL,
-            cluster_secret=CLUSTER_SECRET,
-            redis_prefix=prefix,
-            node_id=f"node-{name}",
-            presence_refresh_s=REFRESH_S,
-            node_lease_s=LEASE_S,
-            apps=(app,),
-        )
-
-    async with serving(node("a")) as one, serving(node("b")) as two:
-        yield [one, two]
-
-
-@asynccontextmanager
-async def apis(nodes: list[InProcessApp]) -> AsyncIterator[list[AsyncApi]]:
-    made = [AsyncApi(n.http_url, n.app.id, n.app.key, n.app.secret) for n in nodes]
-    try:
-        yield made
-    finally:
-        for api in made:
-            await api.close()
 
 
 async def get(api: AsyncApi, path: str, **params: str) -> Any:

@@ -8,7 +8,7 @@ import asyncio
 from typing import Any
 
 from parley.backends.memory.presence import MemoryPresenceStore
-from parley.backends.presence import Departure
+from parley.backends.presence import Departure, MembersPage
 
 
 class GatedPresenceStore(MemoryPresenceStore):
@@ -70,6 +70,12 @@ class GatedPresenceStore(MemoryPresenceStore):
     async def members(self, app_id: str, channel: str) -> dict[str, Any]:
         await self._through("members")
         return await super().members(app_id, channel)
+
+    async def members_page(
+        self, app_id: str, channel: str, *, after: int = 0, limit: int | None = None
+    ) -> MembersPage:
+        await self._through("members_page")
+        return await super().members_page(app_id, channel, after=after, limit=limit)
 
     async def count(self, app_id: str, channel: str) -> int:
         await self._through("count")

@@ -15,6 +15,7 @@ import orjson
 from parley.backends.broker import Broker
 from parley.backends.counts import ChannelCounts
 from parley.backends.history import HistoryStore
+from parley.backends.last_events import CachedEvents
 from parley.backends.memory.broker import MemoryBroker
 from parley.backends.memory.history import MemoryHistoryStore
 from parley.backends.memory.presence import MemoryPresenceStore
@@ -34,11 +35,13 @@ def make_node(
     app: AppConfig = APP,
     presence: PresenceStore | None = None,
     counts: ChannelCounts | None = None,
+    last_events: CachedEvents | None = None,
     **settings: Any,
 ) -> Node:
     """A node with one app (`APP` unless given), the history `store` (in memory by default),
-    `broker` (the memory broker by default), `presence` and `counts` (the memory stores by
-    default); nothing started (`await started(node)` starts the store and the broker)."""
+    `broker` (the memory broker by default), `presence`, `counts` and `last_events` (the
+    memory stores by default); nothing started (`await started(node)` starts the store and
+    the broker)."""
     data_dir = Path(tempfile.mkdtemp(prefix="parley-unit-"))
     return Node(
         Settings(data_dir=data_dir, store="memory", apps=(app,), **settings),
@@ -46,6 +49,7 @@ def make_node(
         broker or MemoryBroker(),
         presence or MemoryPresenceStore(),
         counts=counts,
+        last_events=last_events,
     )
 
 

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import pytest
@@ -220,3 +221,28 @@ def test_webhooks_from_the_environment_and_the_file(tmp_path: Path) -> None:
         ("http://127.0.0.1:9/a", ()),
         ("http://127.0.0.1:9/b", ("client_event",)),
     ]
+
+
+def test_presence_events_off_patterns(tmp_path: Path) -> None:
+    env = {
+        "PARLEY_DATA_DIR": str(tmp_path),
+        "PARLEY_APP_ID": "7",
+        "PARLEY_APP_KEY": "k",
+        "PARLEY_APP_SECRET": "s",
+        "PARLEY_APP_PRESENCE_EVENTS_OFF": " presence-big-*, presence-lobby ,*-stadium",
+        "PARLEY_APP_MAX_PRESENCE_MEMBERS": "10000",
+    }
+    (app,) = load_settings(env=env).apps
+    assert app.max_presence_members == 10_000
+    assert app.member_events_off("presence-big-1") and app.member_events_off("presence-lobby")
+    assert app.member_events_off("presence-x-stadium")
+    assert not app.member_events_off("presence-lobby-2") and not app.member_events_off("presence-b")
+    assert (
+        not load_settings(env={**env, "PARLEY_APP_PRESENCE_EVENTS_OFF": ""})
+        .apps[0]
+        .member_events_off("presence-big-1")
+    )
+    for pattern in ("private-*", "presence_big-*", "room"):
+        problem = re.escape(f"'presence_events_off' pattern '{pattern}' matches no presence")
+        with pytest.raises(ConfigError, match=problem):
+            load_settings(env={**env, "PARLEY_APP_PRESENCE_EVENTS_OFF": f"presence-a,{pattern}"})

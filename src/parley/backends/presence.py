@@ -10,6 +10,13 @@ entries of a node that died can be dropped together (`remove_node`). The user's 
 given with its first entry, kept until its last entry goes (as Pusher does). Members are listed
 in the order they became members.
 
+Large channels are read in pages (`members_page`). Each member has a position, a whole number
+given when it became a member; positions only grow (also across a channel that emptied and
+filled again), so a page that asks for the members after the last position of the previous
+page skips no one who stayed and repeats no one, whoever joins or leaves in between: a user
+who joined meanwhile comes at the end, one who left is not listed, one who left and came back
+comes at the end again.
+
 The member limit is checked by `add` in the same atomic step as the addition, so two nodes
 adding two new users to a channel one short of its limit cannot both succeed (a Redis store
 does the check and the write in one script). What a cluster still cannot avoid: the entries of
@@ -31,6 +38,15 @@ class PresenceFull(Exception):
         super().__init__(f"Presence channel {channel} is full: {limit} members")
         self.channel = channel
         self.limit = limit
+
+
+@dataclass(frozen=True, slots=True)
+class MembersPage:
+    """Members of a channel in the order they became members (user id -> info), and the
+    position to read the next page `after`: None when no member follows."""
+
+    members: dict[str, Any]
+    next: int | None
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +102,14 @@ class PresenceStore(abc.ABC):
     async def members(self, app_id: str, channel: str) -> dict[str, Any]:
         """The channel's members: user id -> user info, in the order they became members
         (empty when none). The caller owns the dict."""
+
+    @abc.abstractmethod
+    async def members_page(
+        self, app_id: str, channel: str, *, after: int = 0, limit: int | None = None
+    ) -> MembersPage:
+        """At most `limit` members (all when None) whose position is above `after` (0: from
+        the first), in the order they became members; `next` is the position of the last one
+        given when more follow."""
 
     @abc.abstractmethod
     async def count(self, app_id: str, channel: str) -> int:

@@ -31,7 +31,9 @@ The position (`last_offset`, `epoch`, `gap`) lives on the hub's `Channel`, so it
 the channel's last local subscriber. Each delivered publication is encoded once per node,
 and on a cache channel that frame becomes the cached event (Pusher caches what the HTTP API
 triggers there, not client events, even with nobody subscribed: the publishing node caches
-what its broker will not bring back to it).
+what its broker will not bring back to it). In a cluster the publishing node also puts it in
+the shared `CachedEvents` (backends.last_events: a batch off the message path, which never
+fails the publish), for the nodes that did not receive it (core.subscriptions recalls it).
 """
 
 from __future__ import annotations
@@ -47,6 +49,7 @@ from functools import lru_cache
 from parley import logs
 from parley.backends.broker import Broker
 from parley.backends.history import Append, HistoryStore, Retention
+from parley.backends.last_events import CachedEvents
 from parley.core.conversations import CHANNEL_PREFIX as CONVERSATION_PREFIX
 from parley.core.hub import AppHub, CachedEvent, Channel
 from parley.errors import StoreUnavailable
@@ -124,17 +127,26 @@ class Delivery:
     """The outbox, its pump, and this node's broker handler, for all the node's apps."""
 
     def __init__(
-        self, settings: Settings, hubs: dict[str, AppHub], history: HistoryStore, broker: Broker
+        self,
+        settings: Settings,
+        hubs: dict[str, AppHub],
+        history: HistoryStore,
+        broker: Broker,
+        last_events: CachedEvents | None = None,
     ) -> None:
         self.settings = settings
         self.hubs = hubs
         self.history = history
         self.broker = broker
+        # the cluster's last events of cache channels, when shared (else the hubs' caches are)
+        self.last_events = last_events if last_events is not None and last_events.shared else None
         self._publish = broker.publish  # bound once: no method lookup per publication
         self.retention = lru_cache(maxsize=4096)(self._retention)
         self._outbox: list[Outgoing] = []
         self._pump: asyncio.Task[None] | None = None
         self._fills: set[asyncio.Task[None]] = set()
+        # a channel's position when the broker began delivering it here (`occupied`)
+        self._starts: dict[tuple[str, str], StreamPosition] = {}
         # told of each stored publication of a conversation channel, on the node that took it
         # (core.bots: webhooks to the bots there, conversation references)
         self.on_conversation_event: Callable[[str, Publication], None] | None = None
@@ -200,6 +212,7 @@ class Delivery:
             return
         publish = self._publish
         watch = self.on_conversation_event
+        shared = self.last_events
         try:
             for o in batch:
                 publication = o.publication
@@ -211,8 +224,21 @@ class Delivery:
                     if watch is not None and publication.channel.startswith(CONVERSATION_PREFIX):
                         watch(o.hub.app.id, publication)
                 hub = o.hub
-                if o.cache and publication.channel not in hub.channels:
-                    cache(hub, publication, encode(publication))  # nobody here
+                if o.cache:
+                    frame = None
+                    if publication.channel not in hub.channels:
+                        frame = encode(publication)
+                        cache(hub, publication, frame)  # nobody here
+                    if shared is not None:  # the cluster's last event: written in a batch
+                        position = publication.position
+                        shared.put(
+                            hub.app.id,
+                            publication.channel,
+                            frame if frame is not None else encode(publication),
+                            hub.app.cache_ttl_s,
+                            position.offset,
+                            position.epoch,
+                        )
                 publish(hub.app.id, publication, o.exclude)
             await self.broker.drain()
         except StoreUnavailable as exc:  # the broker's server is away for too long
@@ -259,11 +285,30 @@ class Delivery:
 
     def occupied(self, hub: AppHub, name: str) -> Awaitable[None] | None:
         """The channel is getting its first local subscriber: have its publications
-        delivered here. None when they are; else what to await before telling the client."""
-        return self.broker.subscribe(hub.app.id, name)
+        delivered here. None when they are; else what to await before telling the client.
+
+        A broker that makes the node wait (one shared with other nodes) may bring the other
+        nodes' earlier publications after this node's own later ones: the channel's position
+        is then read from history once the broker delivers here (`_start`), so that what
+        comes after it is delivered in order, gaps filled, and nothing after it is taken for
+        a duplicate."""
+        confirming = self.broker.subscribe(hub.app.id, name)
+        if confirming is None or self.retention(name) is None:
+            return confirming
+        return asyncio.ensure_future(self._start(hub, name, confirming))
+
+    async def _start(self, hub: AppHub, name: str, confirming: Awaitable[None]) -> None:
+        await confirming
+        try:
+            position = await self.history.position(hub.app.id, name)
+        except Exception as exc:  # the first publication sets the position, as without
+            STORE_FAULTS.log("channel position not read", channel=name, reason=repr(exc))
+            return
+        self._starts[(hub.app.id, name)] = position
 
     def vacated(self, hub: AppHub, name: str) -> None:
         """The channel's last local subscriber left."""
+        self._starts.pop((hub.app.id, name), None)
         self.broker.unsubscribe(hub.app.id, name)
 
     def on_reconnected(self) -> None:
@@ -309,6 +354,9 @@ class Delivery:
             channel.epoch = position.epoch
             channel.gap = None  # what waited belongs to the old epoch
             channel.last_offset = offset - 1 if first else 0
+            start = self._starts.pop((hub.app.id, channel.name), None) if first else None
+            if start is not None and start.epoch == position.epoch:
+                channel.last_offset = start.offset  # read when the broker began delivering
         gap: Gap | None = channel.gap
         if gap is not None and len(gap.held) >= GAP_HOLD_LIMIT:
             logs.warning(
@@ -364,8 +412,13 @@ class Delivery:
                 release(hub, channel, gap)
                 return
             held = gap.held
+            # Up to what the broker brought: a later publication read from history may still
+            # be on its way here with its sender to exclude (this node's own client event).
+            limit = max(held) if held else None
             for publication in missed:
                 offset = publication.position.offset
+                if limit is not None and offset > limit:
+                    break
                 if offset > channel.last_offset:
                     channel.last_offset = offset
                     arrival = held.pop(offset, None)

@@ -6,7 +6,8 @@ What happens is emitted as domain events (`core.events`) on `events`, which the 
 It knows sessions only through their small surface (send, close, the protocol machine), the
 wire only through `protocol` (frames, the handshake, the commands of the connection machine),
 and identity only through `core.authenticate` (auth.identity behind it). The HTTP API asks it
-questions through its query methods (`channel_info`, `channels`, `presence_users`, `session`).
+questions through its query methods (`channel_info`, `channels`, `presence_users`,
+`cached_event`, `session`).
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from parley.auth.identity import Identities
 from parley.backends.broker import Broker
 from parley.backends.counts import ChannelCounts
 from parley.backends.history import HistoryStore
-from parley.backends.presence import PresenceStore
+from parley.backends.last_events import CachedEvents
+from parley.backends.presence import MembersPage, PresenceStore
 from parley.backends.throttle import LoginAttempts
 from parley.core.admission import Admission
 from parley.core.authenticate import Authenticator
@@ -52,6 +54,7 @@ from parley.protocol.connection import (
     Close,
     HistoryQuery,
     HistoryRequest,
+    Member,
     Refresh,
     Reply,
     Resume,
@@ -101,6 +104,7 @@ class Node:
         presence: PresenceStore,
         node_id: str | None = None,
         counts: ChannelCounts | None = None,
+        last_events: CachedEvents | None = None,
     ) -> None:
         self.settings = settings
         self.history = history
@@ -112,6 +116,12 @@ class Node:
             counts = MemoryChannelCounts()
         # subscriptions and connections over the cluster's live nodes (the HTTP API, quotas)
         self.counts = counts
+        if last_events is None:  # this process alone: the hubs' caches are the truth
+            from parley.backends.memory.last_events import MemoryCachedEvents
+
+            last_events = MemoryCachedEvents()
+        # the cache channels' last events over the cluster (used only when shared)
+        self.last_events = last_events
         # names this node in the cluster: its presence entries, its broker messages
         self.node_id = node_id or settings.node_id or new_node_id()
         self.hubs: dict[str, AppHub] = {app.id: AppHub(app) for app in settings.apps}
@@ -128,7 +138,7 @@ class Node:
         self.draining = False
         self._loop: asyncio.AbstractEventLoop | None = None
         self._tasks: set[asyncio.Task[Any]] = set()
-        self.delivery = Delivery(settings, self.hubs, history, broker)  # the broker's handler
+        self.delivery = Delivery(settings, self.hubs, history, broker, last_events)
         self.retention = self.delivery.retention
         self.recovery = Recovery(history, self.retention, settings.recovery_limit, self.spawn)
         self.liveness = Liveness(settings, self.hubs, self.identities, self.count_error)
@@ -139,7 +149,7 @@ class Node:
         self.conversations: Conversations | None = None  # and the conversations
         self.bots: Bots | None = None  # and the bots
         self.events = EventBus()
-        self.pusher_frames = PusherFrames(self.hubs)
+        self.pusher_frames = PusherFrames(self.hubs, presence, self.track)
         self.pusher_frames.follow(self.events)
         count_events(self.events, self.metrics)
         counts.bind(HubCounts(self.hubs))
@@ -359,10 +369,25 @@ class Node:
         return max(0, int(cached.expires_at - time.monotonic()))
 
     def cached(self, app: AppConfig, name: str) -> CachedEvent | None:
+        """The cache channel's last event as this node has it (fresh), or None."""
         cached = self.hubs[app.id].cache.get(name)
         if cached is None or cached.expires_at <= time.monotonic():
             return None
         return cached
+
+    async def cached_event(self, app: AppConfig, name: str) -> CachedEvent | None:
+        """The cache channel's last event over the cluster (`info=cache`), or None: this
+        node's own while it receives the channel's publications (it has subscribers of it),
+        else the shared store's (core.subscriptions' rule), or this node's when the store has
+        none. With one node, `cached`. StoreUnavailable when the shared store cannot answer."""
+        cached = self.cached(app, name)
+        shared = self.delivery.last_events
+        if shared is None or (cached is not None and name in self.hubs[app.id].channels):
+            return cached
+        found = await shared.get(app.id, name)
+        if found is None:
+            return cached
+        return CachedEvent(found.frame, found.event, found.data, time.monotonic() + found.ttl_s)
 
     async def channel_info(self, app: AppConfig, name: str) -> ChannelInfo:
         """The channel over every live node (`counts`; members from the presence store)."""
@@ -385,6 +410,26 @@ class Node:
     async def presence_users(self, app: AppConfig, name: str) -> list[str]:
         """The user ids of a presence channel's members, in the order they joined."""
         return list(await self.presence.members(app.id, name))
+
+    async def presence_page(
+        self, app: AppConfig, name: str, after: int, limit: int | None
+    ) -> MembersPage:
+        """A page of a presence channel's members, in the order they joined: at most `limit`
+        after the position `after` (the `next` of the page before; 0 from the first)."""
+        return await self.presence.members_page(app.id, name, after=after, limit=limit)
+
+    async def presence_answer(self, app: AppConfig, name: str, member: Member) -> dict[str, Any]:
+        """The `presence` of the subscription_succeeded answer to `member`'s join (asked once
+        the store added it): every member, `{"ids", "hash", "count"}`. Where the channel's
+        member events are off (`presence_events_off`) the count of members and `member` alone
+        (with its own info): pusher-js then has `members.me` and `members.count`, and no
+        list it could not keep up to date."""
+        if app.presence_events_off and app.member_events_off(name):
+            count = await self.presence.count(app.id, name)
+            me = {member.user_id: member.user_info}
+            return {"ids": [member.user_id], "hash": me, "count": count}
+        members = await self.presence.members(app.id, name)
+        return {"ids": list(members), "hash": members, "count": len(members)}
 
     def session(self, app: AppConfig, socket_id: str) -> Session | None:
         return self.hubs[app.id].sessions.get(socket_id)

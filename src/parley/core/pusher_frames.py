@@ -2,7 +2,11 @@
 connections: one consumer of the events among others (metrics, and webhooks to come).
 
 - `MemberAdded` / `MemberRemoved`: `pusher_internal:member_added` / `member_removed` to the
-  channel's subscribers that are other users, at once (not behind a resume's replay).
+  channel's subscribers that are other users, at once (not behind a resume's replay). On a
+  channel whose member events are off (the app's `presence_events_off` patterns), none:
+  `parley:member_count` {"count": N} to every subscriber instead, N read from the presence
+  store (so the cluster's members, remote events included) once the join's answer is out; at
+  once up to 100 members, above that at most once per 5 s with the count at that time.
 - `SubscriptionCountChanged`: `pusher_internal:subscription_count` to every subscriber of a
   channel that is not presence, when the app counts subscriptions; at once up to 100
   subscribers, above that at most once per 5 s, with the count at that time.
@@ -17,7 +21,12 @@ writes (a member_added before the joiner's subscription_succeeded).
 from __future__ import annotations
 
 import asyncio
+import logging
+from collections.abc import Callable
 
+from parley import logs
+from parley.backends.presence import PresenceStore
+from parley.core import eager
 from parley.core.events import (
     CacheMiss,
     EventBus,
@@ -32,17 +41,38 @@ from parley.protocol import frames
 
 SUBSCRIPTION_COUNT_THROTTLE_S = 5.0
 SUBSCRIPTION_COUNT_AT_ONCE = 100  # up to this many subscribers, every change is sent at once
+MEMBER_COUNT = "parley:member_count"
+FAULTS = logs.Refusals(per_second=1, level=logging.WARNING)
+
+
+class _CountDue:
+    """A channel whose member count is being told: its read from the store is under way, or
+    the throttle's window is open. `again`: the members changed since the count was read."""
+
+    __slots__ = ("again", "channel")
+
+    def __init__(self, channel: Channel) -> None:
+        self.channel = channel
+        self.again = False
 
 
 class PusherFrames:
     """Writes the frames of the events it subscribes to (`follow`)."""
 
-    def __init__(self, hubs: dict[str, AppHub]) -> None:
+    def __init__(
+        self,
+        hubs: dict[str, AppHub],
+        presence: PresenceStore | None = None,
+        track: Callable[[asyncio.Task[None]], None] | None = None,
+    ) -> None:
         self.hubs = hubs
+        self.presence = presence  # member counts, on channels whose member events are off
+        self.track = track  # keeps the tasks that read them (the node's)
         self.count_throttle_s = SUBSCRIPTION_COUNT_THROTTLE_S
         # (app id, channel) -> the channel whose throttled count is due (a channel vacated and
         # made again in the meantime is another Channel, with its own)
         self._counts_due: dict[tuple[str, str], Channel] = {}
+        self._member_counts: dict[tuple[str, str], _CountDue] = {}
 
     def follow(self, events: EventBus) -> None:
         """Subscribe to the events it writes frames for (subscription counts only when an
@@ -56,10 +86,18 @@ class PusherFrames:
         events.subscribe(UserOffline, self.user_offline)
 
     def member_added(self, event: MemberAdded) -> None:
+        hub = self.hubs[event.app_id]
+        if hub.app.presence_events_off and hub.app.member_events_off(event.channel):
+            self._member_count_changed(hub, event.channel)
+            return
         data = frames.member_added(event.channel, event.user_id, event.user_info)
         self._tell_members(event.app_id, event.channel, data, event.user_id)
 
     def member_removed(self, event: MemberRemoved) -> None:
+        hub = self.hubs[event.app_id]
+        if hub.app.presence_events_off and hub.app.member_events_off(event.channel):
+            self._member_count_changed(hub, event.channel)
+            return
         data = frames.member_removed(event.channel, event.user_id)
         self._tell_members(event.app_id, event.channel, data, event.user_id)
 
@@ -100,6 +138,70 @@ class PusherFrames:
         if hub.channels.get(channel.name) is channel and channel.subscribers:
             count = len(channel.subscribers)
             hub.broadcast(channel.name, frames.subscription_count(channel.name, count))
+
+    # -- member counts, where member events are off -------------------------------------------
+
+    def _member_count_changed(self, hub: AppHub, name: str) -> None:
+        """The members of `name` changed: tell its subscribers here the count, unless a count
+        is being told already (it is then read again once that one is out)."""
+        channel = hub.channels.get(name)
+        if channel is None or self.presence is None:
+            return  # nobody here to tell
+        key = (hub.app.id, name)
+        due = self._member_counts.get(key)
+        if due is not None and due.channel is channel:
+            due.again = True
+            return
+        due = self._member_counts[key] = _CountDue(channel)
+        # after the frames of the step that emitted the event (a joiner's answer first)
+        asyncio.get_running_loop().call_soon(self._read_count, hub, due)
+
+    def _read_count(self, hub: AppHub, due: _CountDue) -> None:
+        presence = self.presence
+        assert presence is not None
+        step = self._tell_count(hub, due, presence)
+        task = eager.start(step) if presence.eager else asyncio.get_running_loop().create_task(step)
+        if task is not None and self.track is not None:
+            self.track(task)
+
+    async def _tell_count(self, hub: AppHub, due: _CountDue, presence: PresenceStore) -> None:
+        due.again = False
+        channel = due.channel
+        name = channel.name
+        problem: Exception | None = None
+        count = 0
+        try:
+            count = await presence.count(hub.app.id, name)
+        except Exception as exc:  # the store failed: this count is not told
+            problem = exc
+        if problem is not None:
+            FAULTS.log(
+                "member count not read", app_id=hub.app.id, channel=name, reason=str(problem)
+            )
+            self._count_told(hub, due)
+            return
+        if hub.channels.get(name) is not channel or not channel.subscribers:
+            self._count_told(hub, due)  # vacated here meanwhile
+            return
+        hub.broadcast(name, frames.frame(MEMBER_COUNT, {"count": count}, name))
+        loop = asyncio.get_running_loop()
+        if count > SUBSCRIPTION_COUNT_AT_ONCE:  # the next one after the window, if any
+            loop.call_later(self.count_throttle_s, self._window_over, hub, due)
+        elif due.again:
+            loop.call_soon(self._read_count, hub, due)
+        else:
+            self._count_told(hub, due)
+
+    def _window_over(self, hub: AppHub, due: _CountDue) -> None:
+        if due.again and self._member_counts.get((hub.app.id, due.channel.name)) is due:
+            self._read_count(hub, due)
+        else:
+            self._count_told(hub, due)
+
+    def _count_told(self, hub: AppHub, due: _CountDue) -> None:
+        key = (hub.app.id, due.channel.name)
+        if self._member_counts.get(key) is due:
+            del self._member_counts[key]
 
     def cache_miss(self, event: CacheMiss) -> None:
         session = self.hubs[event.app_id].sessions.get(event.socket_id)

@@ -10,6 +10,14 @@ the store has answered, and then handles them in order: `subscribe presence-x` f
 by a client event or an unsubscribe on presence-x behaves as with the memory store. A presence
 leave is held the same way, so that a subscribe after it cannot overtake its removal.
 
+A cache channel's last event is the hub's (`AppHub.cache`) with one node. In a cluster
+(a shared `backends.last_events.CachedEvents`), a subscribe whose node cannot trust its own
+(it has no subscriber of the channel, so it missed what other nodes published, or it has
+nothing fresh) asks the shared store once the broker delivers the channel here, before the
+answer, and keeps what it found in the hub with its remaining TTL (`_recall`); the session
+holds its later messages meanwhile, as for presence. A store that cannot answer is logged,
+and the subscribe goes on with what the node has (else `cache_miss`).
+
 What each step emits (`core.events`), in order:
 - subscribe: `ChannelOccupied` (first local subscriber), `MemberAdded` (presence, the user's
   first connection), then the `subscription_succeeded` answer and the cached event or
@@ -26,12 +34,14 @@ the other members emitted. The store's `add` enforces the app's `max_presence_me
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import Awaitable, Coroutine
 from functools import partial
 from typing import TYPE_CHECKING, Any
 
 from parley import logs
+from parley.backends.last_events import LastEvent
 from parley.backends.presence import PresenceFull
 from parley.core import eager
 from parley.core.conversations import is_conversation_channel, member_problem
@@ -43,7 +53,7 @@ from parley.core.events import (
     MemberRemoved,
     SubscriptionCountChanged,
 )
-from parley.core.hub import AppHub, Channel
+from parley.core.hub import AppHub, CachedEvent, Channel
 from parley.protocol import frames
 from parley.protocol.codes import CloseCode
 from parley.protocol.connection import Member, PusherConnection, Subscribe
@@ -51,6 +61,9 @@ from parley.protocol.connection import Member, PusherConnection, Subscribe
 if TYPE_CHECKING:
     from parley.core.node import Node
     from parley.core.session import Session
+
+# A shared store that cannot answer: a line a second (its subscribes get cache_miss).
+RECALL_FAULTS = logs.Refusals(per_second=1, level=logging.WARNING)
 
 
 class Subscriptions:
@@ -60,6 +73,8 @@ class Subscriptions:
         self.node = node
         self.events = node.events
         self.presence = node.presence
+        # the cluster's last events of cache channels: None with one node (the hub's cache)
+        self.last_events = node.delivery.last_events
 
     def subscribe(
         self, session: Session, hub: AppHub, conn: PusherConnection, command: Subscribe
@@ -81,12 +96,21 @@ class Subscriptions:
             self._refuse(session, hub, conn, name, problem)
             return
         member = command.member
+        recall = command.type.cache and self.last_events is not None
         if member is not None:
-            self._hold(session, self._join_presence(session, hub, conn, command, member))
+            step = self._join_presence(session, hub, conn, command, member)
+            if recall:  # a shared store's client needs a task around it
+                self.hold(session, step)
+            else:
+                self._hold(session, step)
             return
         confirming = self.node.delivery.occupied(hub, name) if name not in hub.channels else None
-        if confirming is None:
+        if recall and not self._recalls(hub, name):
+            recall = False
+        if confirming is None and not recall:
             self._joined(session, hub, hub.join(session, name, command.type), None, None)
+        elif recall:
+            self.hold(session, self._join_confirmed(confirming, session, hub, conn, command))
         else:
             self._hold(session, self._join_confirmed(confirming, session, hub, conn, command))
 
@@ -140,16 +164,20 @@ class Subscriptions:
 
     async def _join_confirmed(
         self,
-        confirming: Awaitable[None],
+        confirming: Awaitable[None] | None,
         session: Session,
         hub: AppHub,
         conn: PusherConnection,
         command: Subscribe,
     ) -> None:
         """Join once the broker delivers the channel's publications here: a client told it
-        is subscribed misses nothing published after that, on any node."""
-        await asyncio.shield(confirming)  # a future of its own: several joins wait on one
+        is subscribed misses nothing published after that, on any node. A cache channel's
+        last event is recalled from the cluster then, when this node has none it can trust."""
+        if confirming is not None:
+            await asyncio.shield(confirming)  # a future of its own: several joins wait on one
         name = command.channel
+        if command.type.cache and self._recalls(hub, name):
+            await self._recall(hub, name)
         if _wanted(session, hub, conn, name):
             self._joined(session, hub, hub.join(session, name, command.type), None, None)
         elif name not in hub.channels:
@@ -167,6 +195,8 @@ class Subscriptions:
         confirming = self.node.delivery.occupied(hub, name) if name not in hub.channels else None
         if confirming is not None:
             await asyncio.shield(confirming)
+        if command.type.cache and self._recalls(hub, name):
+            await self._recall(hub, name)
         try:
             new = await self.presence.add(
                 app_id,
@@ -182,10 +212,10 @@ class Subscriptions:
                 conn.forget(name)
                 session.send(frames.error_frame(None, str(exc)))
             return
-        members = await self.presence.members(app_id, name)
+        presence = await self.node.presence_answer(hub.app, name, member)
         if _wanted(session, hub, conn, name):
             channel = hub.join(session, name, command.type)
-            self._joined(session, hub, channel, member if new else None, members)
+            self._joined(session, hub, channel, member if new else None, presence)
             return
         last = await self.presence.remove(
             app_id,
@@ -205,7 +235,7 @@ class Subscriptions:
         hub: AppHub,
         channel: Channel,
         added: Member | None,
-        members: dict[str, Any] | None,
+        presence: dict[str, Any] | None,
     ) -> None:
         """`session` is a subscriber of `channel` now: the events and the answer."""
         events, app_id, name = self.events, hub.app.id, channel.name
@@ -216,10 +246,9 @@ class Subscriptions:
             events.emit(
                 MemberAdded(app_id, name, added.user_id, added.user_info, session.socket_id)
             )
-        if members is None:
+        if presence is None:
             session.send(frames.subscription_succeeded(name))
-        else:
-            presence = {"ids": list(members), "hash": members, "count": len(members)}
+        else:  # Node.presence_answer: every member, or the count (member events off)
             session.send(frames.subscription_succeeded(name, presence))
         if channel.type.cache:
             cached = hub.cache.get(name)
@@ -231,6 +260,47 @@ class Subscriptions:
             events.emit(SubscriptionCountChanged(app_id, name, len(channel.subscribers)))
         if logs.LEVEL.debug:
             logs.debug("subscribed", app_id=app_id, socket_id=session.socket_id, channel=name)
+
+    def _recalls(self, hub: AppHub, name: str) -> bool:
+        """Must a subscribe to the cache channel `name` ask the cluster for its last event?
+        Not with one node (no shared store), nor when this node receives the channel's
+        publications (it has subscribers of it) and has a fresh event of it: then that is the
+        last. Otherwise what this node has may be stale, or missing (another node took the
+        event while nobody here subscribed)."""
+        if self.last_events is None:
+            return False
+        if name not in hub.channels:
+            return True
+        cached = hub.cache.get(name)
+        return cached is None or cached.expires_at <= time.monotonic()
+
+    async def _recall(self, hub: AppHub, name: str) -> None:
+        """Ask the cluster for the last event of `name` (this node has its publications from
+        now on: the broker confirmed) and keep it in the hub's cache with its remaining TTL,
+        unless a publication arrived meanwhile (newer). When the cluster has nothing, or
+        cannot answer (logged), what this node has stays, if anything."""
+        shared = self.last_events
+        assert shared is not None
+        before = hub.cache.get(name)
+        found: LastEvent | None = None
+        failure: Exception | None = None
+        try:
+            found = await shared.get(hub.app.id, name)
+        except Exception as exc:
+            failure = exc
+        if failure is not None:
+            RECALL_FAULTS.log(
+                "cached event not recalled from the cluster",
+                app_id=hub.app.id,
+                channel=name,
+                reason=str(failure),
+            )
+            return
+        if found is None or hub.cache.get(name) is not before:
+            return
+        hub.cache[name] = CachedEvent(
+            found.frame, found.event, found.data, time.monotonic() + found.ttl_s
+        )
 
     def leave(self, session: Session, hub: AppHub, name: str, member: Member | None) -> None:
         """`session` no longer subscribes to `name` (an unsubscribe, a close, a revocation)."""

@@ -221,16 +221,21 @@ class Webhooks:
         event = {"name": "channel_vacated", "channel": e.channel}
         self._hold(e.app_id, "channel_vacated", e.channel, event)
 
+    def _members_quiet(self, app_id: str, channel: str) -> bool:
+        """Are member events off on `channel` (the app's `presence_events_off`)?"""
+        app = self.apps.get(app_id)
+        return app is not None and app.member_events_off(channel)
+
     def _member_added(self, e: MemberAdded) -> None:
-        if e.remote:
-            return  # the node the member joined on sends it
+        if e.remote or self._members_quiet(e.app_id, e.channel):
+            return  # the node the member joined on sends it; none where member events are off
         key = f"{e.channel}\n{e.user_id}"
         if not self._undoes(e.app_id, "member_removed", key):
             event = {"name": "member_added", "channel": e.channel, "user_id": e.user_id}
             self._emit(e.app_id, event)
 
     def _member_removed(self, e: MemberRemoved) -> None:
-        if e.remote:
+        if e.remote or self._members_quiet(e.app_id, e.channel):
             return
         event = {"name": "member_removed", "channel": e.channel, "user_id": e.user_id}
         self._hold(e.app_id, "member_removed", f"{e.channel}\n{e.user_id}", event)

@@ -17,6 +17,17 @@ from parley.settings import AppConfig
 
 SOCKET_ID_RE = re.compile(r"\d+\.\d+")
 _EVENT_INFO = {"user_count", "subscription_count"}
+MAX_USERS_PAGE = 1000
+MAX_POSITION = 2**63 - 1
+
+
+def _whole_number(raw: str | None, name: str, low: int, high: int) -> int | None:
+    """A query parameter that must be a whole number in [low, high]; None when absent."""
+    if raw is None or raw == "":
+        return None
+    if not (raw.isascii() and raw.isdigit() and len(raw) <= 19 and low <= int(raw) <= high):
+        raise BadRequest(f"'{name}' must be a whole number from {low} to {high}")
+    return int(raw)
 
 
 def _info_attrs(raw: Any, allowed: set[str]) -> list[str]:
@@ -226,7 +237,7 @@ def register(router: Router) -> None:
             elif attr == "cache":
                 if not ctype.cache:
                     raise BadRequest("info=cache is only available for cache channels")
-                cached = node.cached(call.app, name)
+                cached = await node.cached_event(call.app, name)
                 out["cache"] = (
                     {"event": cached.event, "data": cached.data, "ttl": node.cache_ttl(cached)}
                     if cached
@@ -239,7 +250,13 @@ def register(router: Router) -> None:
         (name,) = call.args
         if channel_type(name).kind is not Kind.PRESENCE:
             raise BadRequest("Users are only available for presence channels")
-        return {"users": [{"id": uid} for uid in await node.presence_users(call.app, name)]}
+        limit = _whole_number(call.params.get("limit"), "limit", 1, MAX_USERS_PAGE)
+        after = _whole_number(call.params.get("after"), "after", 0, MAX_POSITION)
+        if limit is None and after is None:  # Pusher's answer: every member
+            return {"users": [{"id": uid} for uid in await node.presence_users(call.app, name)]}
+        # a page, in the order users joined; `next` is the `after` of the next page
+        page = await node.presence_page(call.app, name, after or 0, limit)
+        return {"users": [{"id": uid} for uid in page.members], "next": page.next}
 
     @router.route(
         "GET", "/apps/{app_id}/channels/{channel}/history", "history", auth="signed_or_bearer"

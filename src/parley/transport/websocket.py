@@ -4,7 +4,9 @@ core's `Session`; the session's `Transport` (core.transport) out.
 Everything picows is here: the RFC 6455 rules picows leaves to its user, the 8 KiB split of
 what is sent (a picows 2.3.1 bug, see `write`), ping/pong and close frames, and
 back-pressure: a client that lets more than `max_outbound_bytes` queue up is closed with
-4100 (`Session.slow_consumer` logs and counts it).
+4100 (`Session.slow_consumer` logs and counts it). A frame larger than that limit by itself
+(the answer to a presence subscribe lists every member: thousands of them) is no sign of a
+slow reader: the limit grows by the size of each such frame until the buffer has drained.
 
 What picows checks itself (each closed with 1002): unmasked client frames, unknown opcodes,
 control frames that are fragmented or over 125 bytes, close frames of one byte or with a
@@ -76,7 +78,7 @@ class WebSocket:
     `Transport`. Its fields are few on purpose: one per connection (bench/README.md, "The
     Transport seam")."""
 
-    __slots__ = ("_fragments", "limits", "paused", "session", "transport")
+    __slots__ = ("_fragments", "_oversize", "limits", "paused", "session", "transport")
 
     transport: WSTransport  # set once connected; the session writes only after that
 
@@ -84,6 +86,7 @@ class WebSocket:
         self.session = session
         self.limits = limits
         self.paused = False  # the socket's buffer is over its high-water mark (64 KiB)
+        self._oversize = 0  # bytes of frames over max_outbound_bytes since the buffer drained
         self._fragments: _Fragments | None = None  # a fragmented message under way
 
     # -- picows callbacks --------------------------------------------------------------------
@@ -179,6 +182,7 @@ class WebSocket:
 
     def resume_writing(self) -> None:
         self.paused = False
+        self._oversize = 0
 
     # -- the session's Transport -------------------------------------------------------------
 
@@ -195,10 +199,12 @@ class WebSocket:
             for start in range(0, len(data), _MAX_FRAME_PAYLOAD):
                 kind = _TEXT if start == 0 else _CONTINUATION
                 transport.send(kind, view[start : start + _MAX_FRAME_PAYLOAD], start >= last)
+            if len(data) > self.limits.max_outbound_bytes:
+                self._oversize += len(data)  # one frame over the limit: not a slow reader
         if (
             self.paused
             and transport.underlying_transport.get_write_buffer_size()
-            > self.limits.max_outbound_bytes
+            > self.limits.max_outbound_bytes + self._oversize
         ):
             # The session writes nothing more from now on; the close is scheduled, so that no
             # subscriber leaves a channel while the hub iterates it (AppHub.broadcast).

@@ -335,3 +335,47 @@ def test_a_slow_consumer_is_closed_with_4100_after_the_write_that_went_over() ->
     assert transport.closes == [(4100, b"Slow consumer: too much buffered")]
     assert transport.disconnects == [True]
     assert ws.session.node.metrics.errors[(APP.id, "4100")] == 1
+
+
+def test_a_frame_larger_than_the_outbound_limit_is_no_slow_consumer() -> None:
+    """The answer to a presence subscribe lists every member (thousands: megabytes): the
+    limit grows by the size of such a frame until the buffer drains, then it is the limit
+    again."""
+
+    async def main() -> tuple[WebSocket, FakeWSTransport, list[str]]:
+        ws, transport = connected(max_outbound_bytes=32768)
+        raw = transport.underlying_transport
+        big = b'{"event":"big","data":"' + b"x" * 100_000 + b'"}'
+        ws.pause_writing()
+        raw.buffered = len(big) + 20_000  # the frame, behind what was waiting already
+        ws.write(big)
+        assert not ws.session.closing
+        raw.buffered += 12_000  # more frames behind it, within the limit: still a reader
+        ws.write(b'{"event":"after"}')
+        assert not ws.session.closing
+        ws.resume_writing()  # drained: the limit alone again
+        ws.pause_writing()
+        raw.buffered = 40_000
+        ws.write(b'{"event":"slow"}')
+        assert ws.session.closing
+        await asyncio.sleep(0)
+        return ws, transport, [m["event"] for m in transport.messages()]
+
+    _, transport, events = asyncio.run(main())
+    assert events == ["big", "after", "slow"]
+    assert transport.closes == [(4100, b"Slow consumer: too much buffered")]
+
+
+def test_frames_over_the_allowance_of_a_large_one_are_a_slow_consumer() -> None:
+    async def main() -> WebSocket:
+        ws, transport = connected(max_outbound_bytes=32768)
+        raw = transport.underlying_transport
+        big = b'{"event":"big","data":"' + b"x" * 100_000 + b'"}'
+        ws.pause_writing()
+        raw.buffered = len(big)
+        ws.write(big)
+        raw.buffered = len(big) + 32768 + 1  # the large frame and more than the limit
+        ws.write(b'{"event":"after"}')
+        return ws
+
+    assert asyncio.run(main()).session.closing

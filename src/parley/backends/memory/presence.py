@@ -3,22 +3,29 @@ tests' two-node cases, which share one instance). Nothing survives the process.
 
 Every method answers without suspending: the node's presence subscribe then completes in the
 same turn of the event loop, as it did before the store existed.
+
+Positions (`members_page`) come from one counter for the whole store, so they only grow. A
+channel's members are a dict in the order they became members, which is also their positions'
+order: a page skips the members up to its `after` (a walk of the dict: a page of a channel of
+10,000 costs well under a millisecond).
 """
 
 from __future__ import annotations
 
+import itertools
 from typing import Any
 
-from parley.backends.presence import Departure, PresenceFull, PresenceStore
+from parley.backends.presence import Departure, MembersPage, PresenceFull, PresenceStore
 
 Entry = tuple[str, str]  # (node id, connection id)
 
 
 class _Member:
-    __slots__ = ("entries", "info")
+    __slots__ = ("entries", "info", "position")
 
-    def __init__(self, info: Any) -> None:
+    def __init__(self, info: Any, position: int) -> None:
         self.info = info
+        self.position = position
         self.entries: set[Entry] = set()
 
 
@@ -28,6 +35,7 @@ class MemoryPresenceStore(PresenceStore):
         self._channels: dict[tuple[str, str], dict[str, _Member]] = {}
         # node id -> (app id, channel, connection id) -> user id: what remove_node drops
         self._nodes: dict[str, dict[tuple[str, str, str], str]] = {}
+        self._positions = itertools.count(1)  # a member's position: the order it came in
 
     async def add(
         self,
@@ -55,7 +63,7 @@ class MemoryPresenceStore(PresenceStore):
             if not members:
                 del self._channels[(app_id, channel)]
             raise PresenceFull(channel, limit)
-        member = members[user_id] = _Member(user_info)
+        member = members[user_id] = _Member(user_info, next(self._positions))
         member.entries.add(entry)
         self._nodes.setdefault(node_id, {})[(app_id, channel, connection_id)] = user_id
         return True
@@ -98,6 +106,23 @@ class MemoryPresenceStore(PresenceStore):
         if members is None:
             return {}
         return {user_id: member.info for user_id, member in members.items()}
+
+    async def members_page(
+        self, app_id: str, channel: str, *, after: int = 0, limit: int | None = None
+    ) -> MembersPage:
+        members = self._channels.get((app_id, channel))
+        page: dict[str, Any] = {}
+        if members is None:
+            return MembersPage(page, None)
+        last = 0
+        for user_id, member in members.items():
+            if member.position <= after:
+                continue
+            if limit is not None and len(page) >= limit:
+                return MembersPage(page, last)
+            page[user_id] = member.info
+            last = member.position
+        return MembersPage(page, None)
 
     async def count(self, app_id: str, channel: str) -> int:
         return len(self._channels.get((app_id, channel), ()))

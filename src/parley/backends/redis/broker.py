@@ -63,6 +63,7 @@ FORMAT: Final = 1  # the header's first field: the message format's version
 MAC_BYTES: Final = 32
 BACKOFF_FIRST_S: Final = 0.1
 BACKOFF_MAX_S: Final = 5.0
+CLOSE_WAIT_S = 2.0  # how long close waits for the reader and the writer to end
 DRAIN_TIMEOUT_S: Final = 5.0  # a connected Redis that takes longer than this is a fault
 
 REFUSED = logs.Refusals(per_second=1, level=logging.WARNING)
@@ -139,11 +140,10 @@ class RedisBroker:
         self._deliver = None
         for task in self._tasks:
             task.cancel()
-        for task in self._tasks:
-            try:
-                await task
-            except (asyncio.CancelledError, Exception):
-                pass
+        if self._tasks:
+            # bounded: redis-py's Pipeline.execute can return normally after its task was
+            # cancelled, and a loop that carries on then waits forever
+            await asyncio.wait(self._tasks, timeout=CLOSE_WAIT_S)
         self._tasks = []
         for _, future in self._drains:
             if not future.done():
@@ -268,7 +268,7 @@ class RedisBroker:
 
     async def _write_out(self) -> None:
         attempt = 0
-        while True:
+        while not self._closed:
             await self._write.wait()
             self._write.clear()
             # while the reader is away (subscriptions not in place), what waits stays queued
@@ -310,14 +310,14 @@ class RedisBroker:
 
     async def _read(self) -> None:
         attempt = 0
-        while True:
+        while not self._closed:
             pubsub = self._client.pubsub()
             self._pubsub = pubsub
             subscribed = set(self._wanted)
             self._changed.clear()
             try:
                 await pubsub.subscribe(self._cluster, *subscribed)
-                while True:
+                while not self._closed:
                     if self._changed.is_set():
                         self._changed.clear()
                         subscribed = await self._sync(pubsub, subscribed)

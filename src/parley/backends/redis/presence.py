@@ -3,12 +3,18 @@ nodes' leases that let a surviving node remove a dead one's members.
 
 Keys, under `{prefix}:p:{app_id}:{channel}:` (channel names hold no ':'):
 - `info` (hash): user id -> the user's info (JSON), from its first entry;
-- `order` (sorted set): user id -> the order it became a member in (`seq`, a counter);
+- `order` (sorted set): user id -> its position, the order it became a member in (`seq`, a
+  counter that a channel made anew starts from Redis' clock in microseconds, so positions
+  only grow, also across a channel that emptied and filled again: a page's `after` from
+  before still skips no one);
 - `entries` (hash): "node|connection" -> user id;
 - `count` (hash): user id -> how many entries it has.
 And `{prefix}:p:node:{node}` (set): "app\\nchannel\\nuser\\nconnection" of every entry of
 that node, for `remove_node`. Each operation is one Lua script: atomic, the member limit
-checked and the entry added in the same step.
+checked and the entry added in the same step. The scripts read infos in slices of 1,000 users
+(`HMGET`): Redis' Lua cannot `unpack` more than about 8,000 values, and a channel may have
+10,000 members or more. `members_page` reads `order` by score (ZRANGEBYSCORE from `(after`),
+so pages keep the join order.
 
 Leases. A node is known by a key `node.generation` (`PresenceStore.register`): its entries
 are written under it, and `{prefix}:p:leases` (sorted set) holds its lease's end in Redis'
@@ -32,18 +38,25 @@ import orjson
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
-from parley.backends.presence import Departure, PresenceFull, PresenceStore
+from parley.backends.presence import Departure, MembersPage, PresenceFull, PresenceStore
 from parley.errors import StoreUnavailable
 
 ADD = """
 local base, entry, user = KEYS[1], ARGV[1], ARGV[2]
+local function next_position()
+  if redis.call('EXISTS', base .. 'seq') == 0 then
+    local t = redis.call('TIME')
+    redis.call('SET', base .. 'seq', t[1] .. string.sub('00000' .. t[2], -6))
+  end
+  return redis.call('INCR', base .. 'seq')
+end
 if redis.call('HEXISTS', base .. 'entries', entry) == 1 then return 0 end
 local count = tonumber(redis.call('HGET', base .. 'count', user) or '0')
 if count == 0 then
   local limit = tonumber(ARGV[4])
   if redis.call('HLEN', base .. 'info') >= limit then return -1 end
   redis.call('HSET', base .. 'info', user, ARGV[3])
-  redis.call('ZADD', base .. 'order', redis.call('INCR', base .. 'seq'), user)
+  redis.call('ZADD', base .. 'order', next_position(), user)
 end
 redis.call('HSET', base .. 'entries', entry, user)
 redis.call('HINCRBY', base .. 'count', user, 1)
@@ -99,17 +112,47 @@ return gone
 """
 )
 
-MEMBERS = """
-local users = redis.call('ZRANGE', KEYS[1] .. 'order', 0, -1)
-if #users == 0 then return {} end
-local infos = redis.call('HMGET', KEYS[1] .. 'info', unpack(users))
-local out = {}
-for i, user in ipairs(users) do
-  table.insert(out, user)
-  table.insert(out, infos[i] or 'null')
+# infos of users[first..last] (at most 1,000: Lua's unpack has a limit), 'null' for none
+INFOS = """
+local function infos(base, users, first, last, each)
+  for from = first, last, 1000 do
+    local upto = math.min(from + 999, last)
+    local got = redis.call('HMGET', base .. 'info', unpack(users, from, upto))
+    for i = from, upto do each(i, got[i - from + 1] or 'null') end
+  end
 end
+"""
+
+MEMBERS = (
+    INFOS
+    + """
+local users = redis.call('ZRANGE', KEYS[1] .. 'order', 0, -1)
+local out = {}
+infos(KEYS[1], users, 1, #users, function(i, info)
+  table.insert(out, users[i])
+  table.insert(out, info)
+end)
 return out
 """
+)
+
+# ARGV: the position to start after, how many at most (-1: all); user, position, info each
+MEMBERS_PAGE = (
+    INFOS
+    + """
+local flat = redis.call('ZRANGEBYSCORE', KEYS[1] .. 'order', '(' .. ARGV[1], '+inf',
+  'WITHSCORES', 'LIMIT', 0, tonumber(ARGV[2]))
+local users = {}
+for i = 1, #flat, 2 do table.insert(users, flat[i]) end
+local out = {}
+infos(KEYS[1], users, 1, #users, function(i, info)
+  table.insert(out, users[i])
+  table.insert(out, flat[2 * i])
+  table.insert(out, info)
+end)
+return out
+"""
+)
 
 # KEYS[1]: the leases; ARGV: the node key, the lease in ms, 1 when it must exist already
 HEARTBEAT = """
@@ -150,6 +193,7 @@ class RedisPresenceStore(PresenceStore):
         self._remove = self._client.register_script(REMOVE)
         self._remove_node = self._client.register_script(REMOVE_NODE)
         self._members = self._client.register_script(MEMBERS)
+        self._members_page = self._client.register_script(MEMBERS_PAGE)
         self._heartbeat = self._client.register_script(HEARTBEAT)
         self._reap = self._client.register_script(REAP)
 
@@ -202,6 +246,24 @@ class RedisPresenceStore(PresenceStore):
     async def members(self, app_id: str, channel: str) -> dict[str, Any]:
         flat = await self._run(self._members, [self._base(app_id, channel)], [])
         return {flat[i].decode(): orjson.loads(flat[i + 1]) for i in range(0, len(flat), 2)}
+
+    async def members_page(
+        self, app_id: str, channel: str, *, after: int = 0, limit: int | None = None
+    ) -> MembersPage:
+        # one more than asked for: whether another page follows
+        flat = await self._run(
+            self._members_page,
+            [self._base(app_id, channel)],
+            [after, -1 if limit is None else limit + 1],
+        )
+        members: dict[str, Any] = {}
+        last = 0
+        for i in range(0, len(flat), 3):
+            if limit is not None and len(members) >= limit:
+                return MembersPage(members, last)
+            members[flat[i].decode()] = orjson.loads(flat[i + 2])
+            last = int(float(flat[i + 1]))  # a score: a whole number below 2**53
+        return MembersPage(members, None)
 
     async def count(self, app_id: str, channel: str) -> int:
         try:
