@@ -25,6 +25,7 @@ from urllib.parse import urlsplit, urlunsplit
 import orjson
 
 from parley.errors import ConfigError
+from parley.redis_url import parse_sentinel
 
 _APP_ID = re.compile(r"[0-9]+")
 
@@ -339,10 +340,21 @@ class Settings:
             raise ConfigError("apps must have distinct ids and keys")
 
     def _check_cluster(self) -> None:
-        if self.broker != "memory" and not self.broker.startswith(("redis://", "rediss://")):
+        if self.broker != "memory" and not self.broker.startswith(
+            ("redis://", "rediss://", "redis+sentinel://", "rediss+sentinel://")
+        ):
             raise ConfigError(
-                f"'broker' must be memory or a redis:// or rediss:// URL, got {self.broker!r}"
+                "'broker' must be memory or a redis://, rediss://, redis+sentinel:// or "
+                f"rediss+sentinel:// URL, got {without_password(self.broker)!r}"
             )
+        if self.broker.startswith(("redis+sentinel://", "rediss+sentinel://")):
+            try:
+                parse_sentinel(self.broker)
+            except ValueError as exc:
+                raise ConfigError(
+                    f"'broker' {without_password(self.broker)!r}: {exc} (the form is "
+                    "redis+sentinel://[:password@]host1:port1[,host2:port2...]/service[/db])"
+                ) from None
         if self.node_id and not _NODE_ID.fullmatch(self.node_id):
             raise ConfigError("'node_id' must be 1 to 64 characters of A-Z a-z 0-9 _ . -")
         if not _NODE_ID.fullmatch(self.redis_prefix):

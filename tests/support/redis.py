@@ -50,9 +50,10 @@ class OwnRedis:
     """A redis-server of the test's own on 127.0.0.1 and a free port (never the machine's),
     keeping nothing on disk; `stop` and `start` again on the same port."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *extra: str) -> None:
         self.port = free_port()
         self.directory = directory
+        self.extra = extra  # more redis-server arguments (--replicaof HOST PORT...)
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -63,35 +64,72 @@ class OwnRedis:
         binary = shutil.which("redis-server")
         assert binary is not None, "redis-server is not installed"
         self.process = subprocess.Popen(
-            [
-                binary,
-                "--bind",
-                "127.0.0.1",
-                "--port",
-                str(self.port),
-                "--save",
-                "",
-                "--appendonly",
-                "no",
-                "--dir",
-                str(self.directory),
-            ],
+            self.command(binary),
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + TIMEOUT
-        while time.monotonic() < deadline:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        return self
-            except OSError:
-                time.sleep(0.02)  # not listening yet: bounded by the deadline
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
+        wait_for_pong(self.port)
+        return self
+
+    def command(self, binary: str) -> list[str]:
+        return [
+            binary,
+            "--bind",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+            "--dir",
+            str(self.directory),
+            *self.extra,
+        ]
 
     def stop(self) -> None:
         if self.process is not None and self.process.poll() is None:
             self.process.terminate()
             self.process.wait(TIMEOUT)
         self.process = None
+
+
+class OwnSentinel(OwnRedis):
+    """A Redis Sentinel of the test's own on 127.0.0.1 and a free port, watching the master
+    at 127.0.0.1:`master_port` as `service` (quorum 1, down after 1 s); its config file (which
+    Sentinel rewrites) is in `directory`."""
+
+    def __init__(self, directory: Path, master_port: int, service: str = "mymaster") -> None:
+        super().__init__(directory)
+        self.master_port = master_port
+        self.service = service
+
+    @property
+    def url(self) -> str:
+        return f"redis+sentinel://127.0.0.1:{self.port}/{self.service}"
+
+    def command(self, binary: str) -> list[str]:
+        conf = self.directory / f"sentinel-{self.port}.conf"
+        conf.write_text(
+            f"port {self.port}\n"
+            "bind 127.0.0.1\n"
+            f"dir {self.directory}\n"
+            f"sentinel monitor {self.service} 127.0.0.1 {self.master_port} 1\n"
+            f"sentinel down-after-milliseconds {self.service} 1000\n"
+            f"sentinel failover-timeout {self.service} 3000\n"
+        )
+        return [binary, str(conf), "--sentinel"]
+
+
+def wait_for_pong(port: int) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while time.monotonic() < deadline:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.2) as conn:
+                conn.sendall(b"PING\r\n")
+                if conn.recv(16).startswith(b"+PONG"):
+                    return
+        except OSError:
+            pass
+        time.sleep(0.02)  # not listening yet: bounded by the deadline
+    raise RuntimeError(f"redis-server did not start on port {port}")

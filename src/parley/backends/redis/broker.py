@@ -48,13 +48,13 @@ from collections.abc import Callable
 from typing import Any, Final
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from parley import logs
 from parley.backends.broker import BrokerHandler
+from parley.backends.redis import connect
 from parley.errors import StoreUnavailable
 from parley.publication import NO_EXTRAS, Publication, Publisher, StreamPosition
 from parley.settings import without_password
@@ -129,9 +129,7 @@ class RedisBroker:
     async def start(self, handler: BrokerHandler) -> None:
         self._handler = handler
         self._deliver = handler.on_publication
-        self._client = aioredis.Redis.from_url(
-            self.url, socket_connect_timeout=2, health_check_interval=10
-        )
+        self._client = connect.client(self.url, socket_connect_timeout=2, health_check_interval=10)
         loop = asyncio.get_running_loop()
         self._tasks = [loop.create_task(self._read()), loop.create_task(self._write_out())]
 

@@ -39,11 +39,11 @@ import logging
 from collections.abc import Iterable, Sequence
 from typing import Any, Final
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from parley import logs
 from parley.backends.counts import ChannelCounts
+from parley.backends.redis import connect
 from parley.errors import StoreUnavailable
 
 CLOSE_WAIT_S = 2.0  # how long close waits for the flush task to end
@@ -187,7 +187,7 @@ class RedisChannelCounts(ChannelCounts):
         self._replace = True  # the next batch replaces everything under the key
         self._lock = asyncio.Lock()
         self._task: asyncio.Task[None] | None = None
-        self._client: Any = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self._client: Any = connect.client(url, socket_connect_timeout=2, socket_timeout=5)
         self._write = self._client.register_script(WRITE)
         self._remove_node = self._client.register_script(REMOVE_NODE)
         self._subscriptions = self._client.register_script(SUBSCRIPTIONS)

@@ -31,11 +31,11 @@ import time
 from dataclasses import dataclass
 from typing import Any, Final
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from parley import logs
 from parley.backends.last_events import CachedEvents, LastEvent, last_event, newer
+from parley.backends.redis import connect
 from parley.errors import StoreUnavailable
 from parley.waiting import wait_set
 
@@ -84,7 +84,7 @@ class RedisCachedEvents(CachedEvents):
         self.base = f"{prefix}:cache:"
         self._secret = secret
         self.max_pending = max_pending
-        self._client: Any = aioredis.Redis.from_url(url, socket_connect_timeout=2, socket_timeout=5)
+        self._client: Any = connect.client(url, socket_connect_timeout=2, socket_timeout=5)
         self._put = self._client.register_script(PUT)
         self._pending: dict[tuple[str, str], _Waiting] = {}
         self._writing: dict[tuple[str, str], _Waiting] = {}  # the batch being sent

@@ -35,10 +35,10 @@ from collections.abc import Sequence
 from typing import Any
 
 import orjson
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from parley.backends.presence import Departure, MembersPage, PresenceFull, PresenceStore
+from parley.backends.redis import connect
 from parley.errors import StoreUnavailable
 
 ADD = """
@@ -188,7 +188,7 @@ class RedisPresenceStore(PresenceStore):
         self.lease_ms = int(lease_s * 1000)
         # the reaper keeps its role while it renews it each refresh; a dead one's goes after two
         self.reaper_term_ms = int(2 * refresh_s * 1000)
-        self._client: Any = aioredis.Redis.from_url(url, socket_connect_timeout=2)
+        self._client: Any = connect.client(url, socket_connect_timeout=2)
         self._add = self._client.register_script(ADD)
         self._remove = self._client.register_script(REMOVE)
         self._remove_node = self._client.register_script(REMOVE_NODE)

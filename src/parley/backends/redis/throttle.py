@@ -11,9 +11,9 @@ from __future__ import annotations
 import uuid
 from typing import Any
 
-import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
+from parley.backends.redis import connect
 from parley.backends.throttle import ADDRESS_LIMIT, USER_LIMIT, WINDOW_S, limit_of
 from parley.errors import StoreUnavailable
 
@@ -55,7 +55,7 @@ class RedisLoginAttempts:
         self.limit = limit
         self.address_limit = address_limit
         self.window_ms = int(window_s * 1000)
-        self._client: Any = aioredis.Redis.from_url(url, socket_connect_timeout=2)
+        self._client: Any = connect.client(url, socket_connect_timeout=2)
         self._attempt = self._client.register_script(ATTEMPT)
 
     async def attempt(self, keys: list[str]) -> tuple[float, str]:
