@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 from pusher import Pusher
 
+from parley.errors import StoreUnavailable
 from tests.support.inproc import APP_ID, app_settings, serving
 from tests.support.keys import bearer, token
 from tests.support.pusher_async import AsyncApi, AsyncClientPool
@@ -179,6 +180,51 @@ async def test_a_bot_hears_replies_and_speaks_again_after_a_restart(
                 "reminder",
                 '{"text":"your order shipped"}',
             )
+        finally:
+            await pool.close_all()
+            await api.close()
+
+
+async def test_a_bot_webhook_waits_out_a_store_that_is_unavailable(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    settings = app_settings(tmp_path, client_events=True, client_event_rate=0)
+    async with serving(settings) as app:
+        bots = app.running.node.bots
+        assert bots is not None
+        api = AsyncApi(app.http_url, app.app.id, app.app.key, app.app.secret)
+        pool = AsyncClientPool(app.ws_url)
+        real = bots.webhooks.enqueue
+        refusals = 0
+
+        async def flaky(*args: Any, **kwargs: Any) -> int:
+            nonlocal refusals
+            if refusals < 2:
+                refusals += 1
+                raise StoreUnavailable("the disk is full")
+            return await real(*args, **kwargs)
+
+        bots.webhooks.enqueue = flaky  # type: ignore[method-assign]
+        try:
+            bot = (
+                await api.signed(
+                    "POST",
+                    f"/apps/{APP_ID}/bots",
+                    body={"name": "patient", "webhook_url": receiver.url},
+                )
+            ).json()
+            made = await api.request(
+                "POST",
+                f"/apps/{APP_ID}/conversations",
+                body=json.dumps({"members": ["ann"], "bots": [bot["id"]]}).encode(),
+                headers=bearer(app, "ann"),
+            )
+            channel = made.json()["channel"]
+            ann = await pool.connect(f"{app.ws_url}&token={token(app, 'ann')}")
+            await ann.subscribe(channel, key=app.app.key, secret=app.app.secret)
+            await ann.send_event("client-msg", {"text": "still there?"}, channel)
+            (heard,) = await receiver.wait_for(1, timeout=10)
+            assert heard["data"] == {"text": "still there?"} and refusals == 2
         finally:
             await pool.close_all()
             await api.close()

@@ -19,6 +19,7 @@ restarts; an offline user finds the message in the conversation's history.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import hmac
 import re
@@ -47,6 +48,7 @@ NAME_RULE = re.compile(r"[A-Za-z0-9_.-]{1,64}")
 URL_RULE = re.compile(r"https?://[^\s/]+(/\S*)?")
 EVENT_RULE = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
 WEBHOOK_EVENT = "conversation_event"
+ENQUEUE_RETRY_S = 1.0
 
 
 def secret_hash(secret: str) -> str:
@@ -197,6 +199,18 @@ class Bots:
 
     # -- hearing -------------------------------------------------------------------------------
 
+    async def _enqueue(self, app_id: str, bot: Bot, channel: str, events: str) -> None:
+        """Queue one webhook for `bot`, tried again every second while the queue's store is
+        unavailable (the conversation's later events wait behind it, in order)."""
+        assert bot.webhook_url is not None
+        while True:
+            try:
+                await self.webhooks.enqueue(app_id, bot.webhook_url, channel, events, bot_id=bot.id)
+                return
+            except StoreUnavailable as exc:
+                logs.warning("bot webhook not queued yet: store unavailable", reason=exc.message)
+            await asyncio.sleep(ENQUEUE_RETRY_S)  # outside the except block
+
     async def heard(
         self, app_id: str, publication: Publication, conversation: Conversation
     ) -> None:
@@ -239,13 +253,7 @@ class Bots:
             bot = await self.store.get(app_id, bot_id)
             if bot is None or bot.disabled or bot.webhook_url is None:
                 continue
-            await self.webhooks.enqueue(
-                app_id,
-                bot.webhook_url,
-                publication.channel,
-                orjson.dumps([event]).decode(),
-                bot_id=bot.id,
-            )
+            await self._enqueue(app_id, bot, publication.channel, orjson.dumps([event]).decode())
             queued = True
         if queued:
             self.wake_dispatcher()
