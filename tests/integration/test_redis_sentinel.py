@@ -20,12 +20,13 @@ from parley.backends.redis.connect import SentinelRedis, client
 from parley.redis_url import parse_sentinel
 from parley.settings import ConfigError, Settings, without_password
 from tests.conftest import require
-from tests.support.cluster import LEASE_S, REFRESH_S, an_app
-from tests.support.inproc import InProcessApp, app_settings, serving
+from tests.support.cluster import an_app
+from tests.support.cluster import two_nodes as cluster_nodes
+from tests.support.inproc import InProcessApp
 from tests.support.pusher_async import AsyncApi, AsyncClient
 from tests.support.pusher_raw import presence_data, unique
-from tests.support.redis import CLUSTER_SECRET, OwnRedis, OwnSentinel, unique_prefix
-from tests.support.stores import PG_URL, postgres_problem
+from tests.support.redis import CLUSTER_SECRET, OwnRedis, OwnSentinel
+from tests.support.stores import postgres_problem
 
 pytestmark = [pytest.mark.integration, pytest.mark.postgres]
 
@@ -90,29 +91,9 @@ async def own_sentinel(tmp_path: Path, *, replica: bool) -> AsyncIterator[dict[s
             server.stop()
 
 
-@asynccontextmanager
-async def two_nodes(tmp_path: Path, broker: str) -> AsyncIterator[list[InProcessApp]]:
-    app = an_app()
-    prefix = unique_prefix("sentinel")
-    base = app_settings(tmp_path)
-
-    def node(name: str) -> Settings:
-        return dataclasses.replace(
-            base,
-            data_dir=tmp_path / name,
-            store="postgres",
-            postgres_url=PG_URL,
-            broker=broker,
-            cluster_secret=CLUSTER_SECRET,
-            redis_prefix=prefix,
-            node_id=f"node-{name}",
-            apps=(app,),
-            presence_refresh_s=REFRESH_S,
-            node_lease_s=LEASE_S,
-        )
-
-    async with serving(node("a")) as one, serving(node("b")) as two:
-        yield [one, two]
+def two_nodes(tmp_path: Path, broker: str) -> Any:
+    """Two nodes of a fresh app on `broker` (tests.support.cluster), with short leases."""
+    return cluster_nodes(tmp_path, an_app(), broker=broker)
 
 
 def api_of(node: InProcessApp) -> AsyncApi:

@@ -32,7 +32,7 @@ def an_app(**options: Any) -> AppConfig:
 
 @asynccontextmanager
 async def two_nodes(
-    tmp_path: Path, app: AppConfig, *, short_leases: bool = True
+    tmp_path: Path, app: AppConfig, *, short_leases: bool = True, broker: str = REDIS_URL
 ) -> AsyncIterator[list[InProcessApp]]:
     """Nodes "a" and "b" serving `app`, one Redis prefix of their own; with `short_leases` a
     node silent for LEASE_S is dead (else the settings' defaults)."""
@@ -48,7 +48,7 @@ async def two_nodes(
             data_dir=tmp_path / name,
             store="postgres",
             postgres_url=PG_URL,
-            broker=REDIS_URL,
+            broker=broker,
             cluster_secret=CLUSTER_SECRET,
             redis_prefix=prefix,
             node_id=f"node-{name}",
