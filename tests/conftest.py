@@ -4,12 +4,25 @@ import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from tests.support import hangs
 from tests.support.server import ROOT, ParleyServer
 
 IN_CI = os.environ.get("CI", "").lower() in ("1", "true", "yes")
+
+
+def pytest_timeout_set_timer(item: pytest.Item, settings: Any) -> bool:
+    """A test past its `timeout` fails with its asyncio tasks' stacks (tests.support.hangs)."""
+    hangs.arm(item, settings.timeout)
+    return True
+
+
+def pytest_timeout_cancel_timer(item: pytest.Item) -> bool:
+    hangs.disarm()
+    return True
 
 
 def require(condition: bool, reason: str) -> None:

@@ -15,10 +15,13 @@ from typing import Any
 import pytest
 from pusher import Pusher
 
+from parley.core import subscriptions
+from parley.errors import StoreUnavailable
 from parley.settings import AppConfig, Settings, WebhookConfig
 from tests.support.inproc import app_settings, serving
 from tests.support.keys import token
 from tests.support.pusher_async import AsyncApi, AsyncClientPool
+from tests.support.pusher_raw import channel_auth
 from tests.support.receiver import Receiver
 
 pytestmark = [
@@ -234,4 +237,116 @@ async def test_a_conversation_call_answers_once_its_webhooks_are_stored(
             assert created["name"] == "conversation_created" and created["by"] is None
         finally:
             gate.set()
+            await api.close()
+
+
+class GatedQueue:
+    """The webhook queue's writes held at a gate (`entered` once one waits there); or
+    refused while `refusing`."""
+
+    def __init__(self, webhooks: Any) -> None:
+        self.entered, self.gate = asyncio.Event(), asyncio.Event()
+        self.refusing = False
+        self.real = webhooks.queue.enqueue
+        webhooks.queue.enqueue = self.enqueue
+
+    async def enqueue(self, *args: Any, **kwargs: Any) -> int:
+        self.entered.set()
+        if self.refusing:
+            raise StoreUnavailable("the test's store is down")
+        await self.gate.wait()
+        result: int = await self.real(*args, **kwargs)
+        return result
+
+
+async def test_a_subscription_is_answered_once_its_webhooks_are_stored(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """The joiner's output (the answer, then what was published meanwhile, in order) waits
+    for the channel_occupied and member_added webhooks to be in the store."""
+    async with serving(hooked(tmp_path, receiver)) as app:
+        assert app.running.node.webhooks is not None
+        queue = GatedQueue(app.running.node.webhooks)
+        pool = AsyncClientPool(app.ws_url)
+        api = AsyncApi(app.http_url, app.app.id, app.app.key, app.app.secret)
+        try:
+            ann = await pool.connect()
+            data = json.dumps({"user_id": "ann"})
+            auth = channel_auth(app.app.key, app.app.secret, ann.socket_id, "presence-r", data)
+            await ann.send(
+                {
+                    "event": "pusher:subscribe",
+                    "data": {"channel": "presence-r", "auth": auth, "channel_data": data},
+                }
+            )
+            async with asyncio.timeout(5):
+                await queue.entered.wait()
+            said = await api.trigger("presence-r", "said", {"n": 1})  # while held
+            assert said.status == 200
+            with pytest.raises(AssertionError, match="no frame within"):
+                await ann.recv(timeout=0.5)  # (a frame sent before the store would be here)
+            queue.gate.set()
+            answer = await ann.expect("pusher_internal:subscription_succeeded", "presence-r")
+            assert json.loads(answer["data"])["presence"]["ids"] == ["ann"]
+            await ann.expect_next("said", "presence-r")  # after the answer, not lost
+            events = await receiver.wait_for(2)
+            assert [e["name"] for e in events] == ["channel_occupied", "member_added"]
+            # a channel already occupied makes no webhook: answered at once
+            await (await pool.connect()).subscribe(
+                "presence-r",
+                key=app.app.key,
+                secret=app.app.secret,
+                channel_data=json.dumps({"user_id": "ann"}),
+            )
+        finally:
+            queue.gate.set()
+            await pool.close_all()
+            await api.close()
+
+
+async def test_a_subscription_whose_webhooks_cannot_be_stored_is_closed_with_4100(
+    tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(subscriptions, "WEBHOOK_STORE_WAIT_S", 0.5)
+    async with serving(hooked(tmp_path, receiver)) as app:
+        assert app.running.node.webhooks is not None
+        queue = GatedQueue(app.running.node.webhooks)
+        queue.refusing = True
+        pool = AsyncClientPool(app.ws_url)
+        try:
+            ann = await pool.connect()
+            await ann.send({"event": "pusher:subscribe", "data": {"channel": "news"}})
+            code, _ = await ann.expect_close()
+            assert code == 4100
+            assert not [f for f in ann.seen if f.get("channel") == "news"], ann.seen
+            queue.refusing = False  # the store is back: the webhook, kept, is stored and sent
+            queue.gate.set()
+            events = await receiver.wait_for(1)
+            assert events[0] == {"name": "channel_occupied", "channel": "news"}
+        finally:
+            queue.gate.set()
+            await pool.close_all()
+
+
+async def test_a_corked_subscriber_sent_too_much_meanwhile_is_closed_as_a_slow_reader(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    async with serving(hooked(tmp_path, receiver, max_outbound_bytes=64 * 1024)) as app:
+        assert app.running.node.webhooks is not None
+        queue = GatedQueue(app.running.node.webhooks)
+        pool = AsyncClientPool(app.ws_url)
+        api = AsyncApi(app.http_url, app.app.id, app.app.key, app.app.secret)
+        try:
+            ann = await pool.connect()
+            await ann.send({"event": "pusher:subscribe", "data": {"channel": "news"}})
+            async with asyncio.timeout(5):
+                await queue.entered.wait()
+            for n in range(8):
+                answer = await api.trigger("news", "said", {"n": n, "pad": "x" * 9000})
+                assert answer.status == 200
+            code, _ = await ann.expect_close()
+            assert code == 4100
+        finally:
+            queue.gate.set()
+            await pool.close_all()
             await api.close()

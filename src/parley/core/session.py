@@ -67,6 +67,37 @@ class _Closed:
 _CLOSED = _Closed()
 
 
+class _Corked:
+    """The transport of a session whose output waits (`Session.cork`): what is written is
+    kept, in order, for the real transport; more than `limit` bytes of it closes the
+    session as a slow consumer would be."""
+
+    __slots__ = ("limit", "real", "session", "size", "waiting")
+
+    def __init__(self, session: Session, real: Transport, limit: int) -> None:
+        self.session = session
+        self.real = real
+        self.limit = limit
+        self.waiting: list[bytes] = []
+        self.size = 0
+
+    def write(self, data: bytes) -> None:
+        self.waiting.append(data)
+        self.size += len(data)
+        if self.size > self.limit:
+            self.waiting = []
+            self.session.slow_consumer(self.size)
+            self.session.close(CloseCode.OVER_CAPACITY, "Over capacity")
+
+    def write_many(self, datas: Iterable[bytes]) -> None:
+        for data in datas:
+            self.write(data)
+
+    def close(self, code: int, reason: str) -> None:
+        self.waiting = []
+        self.real.close(code, reason)
+
+
 @dataclass(frozen=True, slots=True)
 class Received:
     """A message received while the session was holding, and when (`last_seen` then)."""
@@ -86,6 +117,7 @@ class Session:
         "_opened",
         "closing",
         "conn",
+        "corks",
         "headers",
         "held",
         "holds",
@@ -122,6 +154,7 @@ class Session:
         # the publisher of its client events (with its JSON), made at its first one
         self.publisher: Publisher | None = None
         self.holds = 0  # presence steps waiting for the store
+        self.corks = 0  # steps the output waits for (`cork`)
         self.held: list[Received] | None = None  # what was received meanwhile, in order
 
     @property
@@ -238,6 +271,29 @@ class Session:
         self.node.close_session(self)
 
     # -- output ------------------------------------------------------------------------------
+
+    def cork(self) -> None:
+        """Keep what is sent from now on (the fan-out's writes too), in order, until as many
+        `uncork`s: a subscription's answer waits for its webhooks to be stored. Bounded by
+        the app's `max_outbound_bytes`, as a slow reader is."""
+        transport = self.transport
+        if transport is None or self.closing:
+            return
+        self.corks += 1
+        if not isinstance(transport, _Corked):
+            self.transport = _Corked(self, transport, self.node.settings.max_outbound_bytes)
+
+    def uncork(self) -> None:
+        """A step the output waited for is over: after the last, what was kept is written."""
+        if self.corks == 0:
+            return
+        self.corks -= 1
+        corked = self.transport
+        if self.corks > 0 or not isinstance(corked, _Corked):
+            return  # still waiting, or closed meanwhile (nothing to write)
+        self.transport = corked.real
+        if corked.waiting:
+            corked.real.write_many(corked.waiting)
 
     def send(self, data: bytes) -> None:
         transport = self.transport

@@ -21,7 +21,10 @@ and the subscribe goes on with what the node has (else `cache_miss`).
 What each step emits (`core.events`), in order:
 - subscribe: `ChannelOccupied` (first local subscriber), `MemberAdded` (presence, the user's
   first connection), then the `subscription_succeeded` answer and the cached event or
-  `CacheMiss` (cache channels), then `SubscriptionCountChanged`.
+  `CacheMiss` (cache channels), then `SubscriptionCountChanged`. When the app has webhooks,
+  the joiner's output is corked meanwhile (`Session.cork`), and if those events made any, it
+  stays corked until the webhook queue has stored them: the client is told it is subscribed
+  only once the subscription's webhooks would survive a crash.
 - leave: `ChannelVacated` (last local subscriber), `SubscriptionCountChanged`, then
   `MemberRemoved` once the store says it was the user's last connection. A leaving connection
   stops receiving at once; a joining one starts once the store has admitted it.
@@ -61,9 +64,13 @@ from parley.protocol.connection import Member, PusherConnection, Subscribe
 if TYPE_CHECKING:
     from parley.core.node import Node
     from parley.core.session import Session
+    from parley.core.webhooks import Webhooks
 
 # A shared store that cannot answer: a line a second (its subscribes get cache_miss).
 RECALL_FAULTS = logs.Refusals(per_second=1, level=logging.WARNING)
+# How long a subscription's answer waits for its webhooks to be stored (then: closed, 4100).
+WEBHOOK_STORE_WAIT_S = 5.0
+STORE_FAULTS = logs.Refusals(per_second=1, level=logging.WARNING)
 
 
 class Subscriptions:
@@ -237,8 +244,17 @@ class Subscriptions:
         added: Member | None,
         presence: dict[str, Any] | None,
     ) -> None:
-        """`session` is a subscriber of `channel` now: the events and the answer."""
+        """`session` is a subscriber of `channel` now: the events and the answer. When the
+        events made webhooks, the session's output waits until they are stored (`_stored`):
+        no subscription is answered before its webhooks are in the store."""
         events, app_id, name = self.events, hub.app.id, channel.name
+        webhooks = self.node.webhooks
+        if webhooks is not None and app_id not in webhooks.apps:
+            webhooks = None  # the app has none of its own
+        handed = 0
+        if webhooks is not None:
+            handed = webhooks.handed
+            session.cork()
         if len(channel.subscribers) == 1:
             self.node.delivery.occupied(hub, name)  # (done already, unless it was vacated)
             events.emit(ChannelOccupied(app_id, name))
@@ -258,8 +274,29 @@ class Subscriptions:
                 events.emit(CacheMiss(app_id, name, session.socket_id))
         if SubscriptionCountChanged in events.handlers:  # every subscribe: built when wanted
             events.emit(SubscriptionCountChanged(app_id, name, len(channel.subscribers)))
+        if webhooks is not None:
+            if webhooks.handed > handed:
+                task = asyncio.get_running_loop().create_task(self._stored(session, webhooks))
+                self.node.track(task)
+            else:
+                session.uncork()
         if logs.LEVEL.debug:
             logs.debug("subscribed", app_id=app_id, socket_id=session.socket_id, channel=name)
+
+    async def _stored(self, session: Session, webhooks: Webhooks) -> None:
+        """The session's output goes on once the webhooks emitted so far are stored; if the
+        store cannot take them within WEBHOOK_STORE_WAIT_S, the session is closed with 4100
+        (the client reconnects after a backoff): never an answer ahead of its webhooks."""
+        stored = await webhooks.stored_within(WEBHOOK_STORE_WAIT_S)
+        if stored:
+            session.uncork()
+            return
+        STORE_FAULTS.log(
+            "subscription not answered: its webhooks are not stored",
+            app_id=session.hub.app.id if session.hub is not None else None,
+            socket_id=session.socket_id,
+        )
+        session.close(CloseCode.OVER_CAPACITY, "Webhook store unavailable: try again later")
 
     def _recalls(self, hub: AppHub, name: str) -> bool:
         """Must a subscribe to the cache channel `name` ask the cluster for its last event?

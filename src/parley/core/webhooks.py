@@ -171,7 +171,8 @@ class Webhooks:
     # -- domain events in ----------------------------------------------------------------------
 
     def _emit(self, app_id: str, event: Event) -> None:
-        if app_id in self.apps:
+        app = self.apps.get(app_id)
+        if app is not None and any(t.wants(event["name"]) for t in app.webhooks):
             self._hand(app_id, event)
 
     def _hand(self, app_id: str, event: Event) -> None:
@@ -187,6 +188,21 @@ class Webhooks:
         future = asyncio.get_running_loop().create_future()
         self._writes.append((self._handed, future))
         await future
+
+    @property
+    def handed(self) -> int:
+        """How many webhook events were emitted so far (`stored_within` waits for them)."""
+        return self._handed
+
+    async def stored_within(self, timeout_s: float) -> bool:
+        """`written`, for at most `timeout_s`: whether every event emitted so far is stored
+        (a subscription's answer waits for this: core.subscriptions)."""
+        try:
+            async with asyncio.timeout(timeout_s):
+                await self.written()
+        except TimeoutError:
+            return False
+        return True
 
     def _hold(self, app_id: str, kind: str, key: str, event: Event) -> None:
         if app_id not in self.apps:
