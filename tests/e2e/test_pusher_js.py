@@ -198,6 +198,13 @@ def test_conversation_between_pusher_js_and_a_python_client(server: ParleyServer
         assert message["user_id"] == "alice"
         assert message["parley"]["publisher"] == {"type": "user", "id": "alice"}
 
+    def bob_edits() -> None:
+        """alice's refused edit reached nobody; her reaction names bob's message; bob edits it."""
+        reaction = bob.expect("client-parley-reaction", channel)
+        assert not [f for f in bob.seen if f.get("event") == "client-parley-edit"], bob.seen
+        assert (data_of(reaction), reaction["user_id"]) == ({"ref": 1, "reaction": "+1"}, "alice")
+        bob.send_event("client-parley-edit", {"ref": 1, "data": {"text": "hi alice!"}}, channel)
+
     def carol_tried() -> None:
         message = bob.expect("client-msg", channel, forbid=from_carol)
         assert (data_of(message), message["user_id"]) == ({"text": "after carol"}, "alice")
@@ -228,11 +235,24 @@ def test_conversation_between_pusher_js_and_a_python_client(server: ParleyServer
                 "bob-accepts": bob_accepts,
                 "bob-joins": bob_joins,
                 "bob-hears": bob_hears,
+                "bob-edits": bob_edits,
                 "carol-tried": carol_tried,
                 "bob-declines": bob_declines,
             },
             env={"PARLEY_E2E_TOKENS": tokens},
         )
+
+        # history shows bob's first message as it is now: edited, with alice's reaction
+        deadline = time.monotonic() + 10
+        while True:
+            page = call("bob", "GET", f"/channels/{channel}/history?limit=1")
+            assert page.status == 200, page.body
+            first = page.json()["events"][0]
+            if "edited" in first["parley"] or time.monotonic() > deadline:
+                break
+            time.sleep(0.05)  # the acts' effects are recorded by a follow-up task
+        assert first["data"] == {"text": "hi alice!"}, first
+        assert first["parley"]["reactions"] == {"+1": ["alice"]}, first
 
         # bob blocks dave: dave's request is refused, naming the block, and never reaches bob
         blocked = call("bob", "POST", "/users/dave/block")

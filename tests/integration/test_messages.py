@@ -5,11 +5,14 @@ and the welcome who has read up to where. Each bad act is refused to its sender 
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.support.inproc import InProcessApp
+from parley.settings import HistoryRule
+from tests.support.inproc import InProcessApp, app_settings, serving
 from tests.support.keys import token
 from tests.support.pusher_async import AsyncApi, AsyncClient, AsyncClientPool
 
@@ -109,3 +112,35 @@ async def test_edits_deletes_reactions_and_receipts_are_what_a_late_joiner_sees(
     assert listed.json()["conversations"][0]["read_offset"] == 7
     shown = await api.signed("GET", f"/apps/{app.app.id}/conversations/{made.json()['id']}")
     assert shown.json()["receipts"] == {"ben": {"delivered": 8, "read": 7}}
+
+
+async def test_a_rule_turning_history_off_leaves_conversations_their_history(
+    tmp_path: Path,
+) -> None:
+    """`[[history]] pattern = "private-*", enabled = false` keeps other private channels out
+    of history; a conversation's channel keeps its own, so its acts still find their message."""
+    base = app_settings(tmp_path, client_events=True, client_event_rate=0)
+    settings = dataclasses.replace(base, history=(HistoryRule("private-*", enabled=False),))
+    async with serving(settings) as app:
+        api = AsyncApi(app.http_url, app.app.id, app.app.key, app.app.secret)
+        clients = AsyncClientPool(app.ws_url)
+        try:
+            made = await api.signed(
+                "POST", f"/apps/{app.app.id}/conversations", body={"members": ["ann", "ben", "cat"]}
+            )
+            channel = made.json()["channel"]
+            ann, _ = await member(clients, app, "ann", channel)
+            ben, _ = await member(clients, app, "ben", channel)
+            await ann.send_event("client-msg", {"text": "helo"}, channel)
+            assert (await ben.expect("client-msg", channel))["parley"]["offset"] == 1
+            await acted(ann, ben, channel, "client-parley-edit", {"ref": 1, "data": "hello"})
+            other = await api.trigger("private-elsewhere", "said", {"n": 1})
+            assert other.status == 200
+            kept = await api.signed("GET", f"/apps/{app.app.id}/channels/{channel}/history")
+            assert kept.json()["events"][0]["data"] == "hello"
+            elsewhere = f"/apps/{app.app.id}/channels/private-elsewhere/history"
+            refused = await api.signed("GET", elsewhere)
+            assert refused.status == 404 and "keeps no history" in refused.json()["error"]
+        finally:
+            await clients.close_all()
+            await api.close()

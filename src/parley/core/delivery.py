@@ -259,7 +259,8 @@ class Delivery:
                 done.set_result(None)
 
     def _retention(self, name: str) -> Retention | None:
-        """How long `name` keeps history, or None when it keeps none."""
+        """How long `name` keeps history, or None when it keeps none. A conversation's
+        channel always keeps some: a rule can set its retention, not turn it off."""
         if server_to_user_id(name) is not None:
             return None
         if name == KEYS_CHANNEL:  # its history is the key directory's log: all of it
@@ -267,6 +268,8 @@ class Delivery:
         for rule in self.settings.history:
             if fnmatch.fnmatchcase(name, rule.pattern):
                 if not rule.enabled:
+                    if name.startswith(CONVERSATION_PREFIX):
+                        continue  # always kept: acts, unread counts and bots read it
                     return None
                 return Retention(rule.max_count, rule.max_age_s)
         return Retention(self.settings.history_max_count, self.settings.history_max_age_s)

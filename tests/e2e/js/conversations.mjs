@@ -6,7 +6,8 @@
 // alice asks bob for a direct conversation over HTTP (Bearer JWT), bob accepts, both join its
 // `private-conv-{id}` channel (alice gets `parley:welcome`) and talk both ways. carol, another
 // signed-in pusher-js client with a perfectly good channel signature, is refused there and
-// reaches nobody. carol's own request to bob is declined and she hears `chat-declined`.
+// reaches nobody. alice reacts to bob's message and may not edit it; bob edits it and alice
+// hears. carol's own request to bob is declined and she hears `chat-declined`.
 // Bearer tokens come from the test (PARLEY_E2E_TOKENS: {"alice": jwt, "carol": jwt}).
 import crypto from 'node:crypto';
 import {
@@ -157,6 +158,21 @@ run('conversations', async () => {
   check(convA.trigger('client-msg', { text: 'hi bob' }), 'alice sends client-msg');
   await step('bob-hears');
   log('alice and bob talked both ways');
+
+  // 4b. Acts on a message name its offset (from the raw frame): alice may react to bob's
+  // message but not edit it; bob edits his own, and alice's handler gets the edit.
+  const bobOffset = raw.parley?.offset;
+  check(Number.isInteger(bobOffset), 'bob\'s message carries its offset', raw.parley);
+  const eSince = a.frames.length;
+  check(convA.trigger('client-parley-edit', { ref: bobOffset, data: { text: 'forged' } }), 'alice tries to edit bob\'s message');
+  const editRefusal = await frame(a, (m) => m.event === 'pusher:error', 'alice: refusal of her edit', eSince);
+  check(editRefusal.data.message.includes('only the sender'), 'an edit by another is refused', editRefusal.data);
+  check(convA.trigger('client-parley-reaction', { ref: bobOffset, reaction: '+1' }), 'alice reacts');
+  const edited = onceArgs(convA, 'client-parley-edit', 'alice: bob\'s edit');
+  await step('bob-edits');
+  const [edit] = await edited;
+  equal(edit, { ref: bobOffset, data: { text: 'hi alice!' } }, 'bob\'s edit, to alice\'s handler');
+  log('alice reacted, bob edited');
 
   // 5. carol, signed in and with a valid channel signature, is refused there.
   const cSince = c.frames.length;
