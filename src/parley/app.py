@@ -281,6 +281,9 @@ async def make_node(settings: Settings, db: Database | None) -> Node:
         make_counts(settings),
         make_last_events(settings),
     )
+    # webhooks first: the lease's start may find channels a previous process left occupied
+    node.webhooks = Webhooks(settings, node.events, stores.webhooks, node.counts)
+    await node.webhooks.start()
     await broker.start(node.cluster)
     await node.cluster.start()
     await node.identities.load_jwks()
@@ -289,8 +292,6 @@ async def make_node(settings: Settings, db: Database | None) -> Node:
     await node.access.start()
     node.keys = KeyDirectory(stores.keys, settings.apps, partial(publish_key_entry, node))
     await node.keys.start()
-    node.webhooks = Webhooks(settings, node.events, stores.webhooks)
-    await node.webhooks.start()
     node.conversations = Conversations(node, stores.conversations, stores.users)
     node.conversations.bot_store = stores.bots
     await node.conversations.start()
@@ -315,6 +316,8 @@ async def publish_key_entry(node: Node, app: AppConfig, entry: KeyEntry) -> None
 async def close_node(node: Node) -> None:
     """Drain the node's connections and close its stores (not the database handle)."""
     await node.shutdown()
+    if node.webhooks is not None:  # what the drain made is queued (it asks the counts)
+        await node.webhooks.close()
     await node.last_events.close()  # the last events it published are written first (briefly)
     await node.counts.close()  # this node's numbers leave the cluster's answers
     await node.presence.close()
@@ -335,7 +338,6 @@ async def close_node(node: Node) -> None:
     if node.bots is not None:
         await node.bots.store.close()
     if node.webhooks is not None:
-        await node.webhooks.close()
         await node.webhooks.queue.close()
 
 

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import pytest
 
-from parley.backends.counts import ChannelCounts
+from parley.backends.counts import ChannelCounts, Vacancy
 from parley.backends.memory.counts import MemoryChannelCounts
 from parley.backends.redis.counts import CHUNK, RedisChannelCounts
 from parley.errors import StoreUnavailable
@@ -356,3 +356,64 @@ async def test_writes_lost_while_redis_was_away_are_made_good(tmp_path: Path, ap
     finally:
         await cluster.close()
         own.stop()
+
+
+# -- occupancy (the channel_occupied / channel_vacated webhooks) ------------------------------
+
+
+async def test_a_store_of_one_process_says_yes_to_every_transition(app: str) -> None:
+    """(core.webhooks decides a node's own transitions itself, with its own hold.)"""
+    memory = Cluster("memory")
+    one = await memory.node()
+    assert not one.counts.shared
+    assert await one.counts.occupy(app, "room")
+    assert await one.counts.vacate(app, "room", 3.0)
+    assert await one.counts.settle(app, "room")
+    assert await one.counts.remove_node("n9.1") == []
+
+
+async def test_occupancy_is_the_clusters(redis: Cluster, app: str) -> None:
+    """One node's first subscriber occupies the channel; another node's does not; it is
+    empty once the last node's last one left, and a vacated is due after the hold."""
+    one, two = await redis.node("n1.1"), await redis.node("n2.1")
+    assert one.counts.shared
+    assert await one.counts.occupy(app, "room")
+    assert not await two.counts.occupy(app, "room")
+    assert not await one.counts.vacate(app, "room", 0.2)  # node 2 still has one
+    assert await two.counts.vacate(app, "room", 0.2)  # empty everywhere: the hold begins
+    assert not await two.counts.settle(app, "room")  # the hold is not over
+    await asyncio.sleep(0.25)  # (a hold is a time: this waits it out)
+    assert await two.counts.settle(app, "room")
+    assert not await one.counts.settle(app, "room")  # taken once
+
+
+async def test_a_return_within_the_hold_on_another_node_makes_no_noise(
+    redis: Cluster, app: str
+) -> None:
+    one, two = await redis.node("n1.1"), await redis.node("n2.1")
+    assert await one.counts.occupy(app, "room")
+    assert await one.counts.vacate(app, "room", 5.0)
+    assert not await two.counts.occupy(app, "room")  # back, elsewhere: no occupied...
+    assert not await one.counts.settle(app, "room", now=True)  # ...and no vacated
+    assert await two.counts.vacate(app, "room", 5.0)  # gone again: a hold of its own
+    assert await two.counts.settle(app, "room", now=True)
+
+
+async def test_a_dead_nodes_channels_are_vacated_once_and_a_rekey_keeps_them(
+    redis: Cluster, app: str
+) -> None:
+    one, two = await redis.node("n1.1"), await redis.node("n2.1")
+    assert await two.counts.occupy(app, "alone")
+    assert await two.counts.occupy(app, "shared")
+    assert not await one.counts.occupy(app, "shared")
+    await two.counts.rekey("n2.2")  # its lease lapsed: the channels move to the new key
+    assert await one.counts.remove_node("n2.1") == []
+    gone = await one.counts.remove_node("n2.2")  # the reaper
+    assert gone == [Vacancy(app, "alone")]
+    assert await one.counts.remove_node("n2.2") == []
+    assert await one.counts.occupy(app, "alone")  # empty: a new subscriber occupies it
+    # node 1's process, started again under its key: what the old one held is empty now
+    again = Node(redis.store())
+    redis.nodes.append(again)
+    assert set(await again.counts.start("n1.1")) == {Vacancy(app, "alone"), Vacancy(app, "shared")}
+    assert await again.counts.occupy(app, "shared")

@@ -32,10 +32,15 @@ def an_app(**options: Any) -> AppConfig:
 
 @asynccontextmanager
 async def two_nodes(
-    tmp_path: Path, app: AppConfig, *, short_leases: bool = True, broker: str = REDIS_URL
+    tmp_path: Path,
+    app: AppConfig,
+    *,
+    short_leases: bool = True,
+    broker: str = REDIS_URL,
+    **server: Any,
 ) -> AsyncIterator[list[InProcessApp]]:
     """Nodes "a" and "b" serving `app`, one Redis prefix of their own; with `short_leases` a
-    node silent for LEASE_S is dead (else the settings' defaults)."""
+    node silent for LEASE_S is dead (else the settings' defaults); `server`: more Settings."""
     for problem in (await redis_problem(), await postgres_problem()):
         require(problem is None, problem or "")
     prefix = unique_prefix("cluster")
@@ -53,7 +58,7 @@ async def two_nodes(
             redis_prefix=prefix,
             node_id=f"node-{name}",
             apps=(app,),
-            **leases,  # type: ignore[arg-type]
+            **{**leases, **server},
         )
 
     async with serving(node("a")) as one, serving(node("b")) as two:

@@ -18,13 +18,32 @@ nodes' as they last wrote them: a node's changes reach the others within one flu
 
 Channels with no subscriber anywhere are absent: `subscriptions` answers 0 and
 `occupied_channels` leaves them out; "occupied" means a subscription count above 0.
+
+Occupancy, for the `channel_occupied` / `channel_vacated` webhooks (core.webhooks), is kept
+apart from the batched numbers: each change is decided at once and atomically, so that one
+node, and one only, sends each webhook. `occupy` (this node's first subscriber) says whether
+the channel was empty on every node; `vacate` (this node's last left) starts the hold when it
+is empty everywhere now; `settle`, once the hold is over, says whether it stayed so (nobody
+came back on any node meanwhile: a page reload that lands on another node makes no noise
+either). A dead node's channels go with it (`remove_node` answers those that are empty
+everywhere now). A store of one process says yes to all three: the node's own transitions
+are the cluster's, and core.webhooks holds them itself.
 """
 
 from __future__ import annotations
 
 import abc
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class Vacancy:
+    """A channel with no subscriber left on any node."""
+
+    app_id: str
+    channel: str
 
 
 class LocalCounts(Protocol):
@@ -49,7 +68,7 @@ class ChannelCounts(abc.ABC):
 
     `bind` is called once by the node as it is made; `start`, `rekey` and `remove_node` by
     the node's lease (core.cluster); `changed` by a consumer of the domain events, only when
-    `tracks` is True. Queries may be called concurrently from many tasks.
+    `tracks` is True; `occupy`, `vacate` and `settle` by core.webhooks. Queries may be called concurrently from many tasks.
     Implementations: `memory.counts.MemoryChannelCounts`, `redis.counts.RedisChannelCounts`.
     One contract suite (tests/contract/test_channel_counts.py) runs against each.
     """
@@ -71,16 +90,41 @@ class ChannelCounts(abc.ABC):
         read from `local` when it is written). Never blocks: a store that writes elsewhere
         batches the writes."""
 
-    async def start(self, node_key: str) -> None:  # noqa: B027
+    async def start(self, node_key: str) -> list[Vacancy]:
         """Begin keeping this node's numbers under `node_key` (its lease's key); what an
-        earlier process left under that key is replaced."""
+        earlier process left under that key is replaced. Returns the channels that process
+        left occupied and that are empty everywhere now."""
+        return []
 
     async def rekey(self, node_key: str) -> None:  # noqa: B027
         """The node's lease ended and it took a new one: its numbers move to `node_key` (the
         old key's go at once)."""
 
-    async def remove_node(self, node_key: str) -> None:  # noqa: B027
-        """Drop the numbers of the node `node_key` (its lease ended: the reaper calls this)."""
+    async def remove_node(self, node_key: str) -> list[Vacancy]:
+        """Drop the numbers and the occupancy of the node `node_key` (its lease ended: the
+        reaper calls this). Returns the channels it leaves empty everywhere."""
+        return []
+
+    @property
+    def shared(self) -> bool:
+        """Is occupancy decided across nodes (`occupy`, `vacate` and `settle` ask others)?"""
+        return self.tracks
+
+    async def occupy(self, app_id: str, channel: str) -> bool:
+        """`channel` got its first subscriber on this node: was it empty on every node (and
+        not vacated within a hold that is still running)?"""
+        return True
+
+    async def vacate(self, app_id: str, channel: str, hold_s: float) -> bool:
+        """`channel` lost its last subscriber on this node: is it empty everywhere now? Then
+        a hold of `hold_s` starts, which `settle` ends."""
+        return True
+
+    async def settle(self, app_id: str, channel: str, *, now: bool = False) -> bool:
+        """The hold of a `vacate` that said yes is over (or, with `now`, cut short at
+        shutdown): True when the channel stayed empty everywhere and no other node's
+        `settle` took it first."""
+        return True
 
     async def flush(self) -> None:  # noqa: B027
         """Write what changed on this node now, not at the next interval."""

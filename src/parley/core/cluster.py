@@ -27,7 +27,8 @@ The channel counts (`backends.counts`) ride on the same lease: a shared store ke
 numbers under `presence_key`, moves them to the new key when the node registers again
 (`rekey`), and the reaper removes a dead node's numbers with its entries (`remove_node`; one
 that fails is tried again at the next tick), so a dead node's subscriptions and connections
-leave every node's answers within the same bound as its members.
+leave every node's answers within the same bound as its members. The channels it leaves
+empty on every node are emitted as `ClusterVacated` (the `channel_vacated` webhook).
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from parley import logs
-from parley.core.events import MemberAdded, MemberRemoved
+from parley.backends.counts import Vacancy
+from parley.core.events import ClusterVacated, MemberAdded, MemberRemoved
 from parley.core.tasks import cancel
 from parley.errors import StoreUnavailable
 
@@ -121,7 +123,7 @@ class Cluster:
             self._registered = await self.presence.heartbeat(self.presence_key, False)
         except StoreUnavailable as exc:
             FAULTS.log("presence lease not begun", reason=exc.message)
-        await self.counts.start(self.presence_key)
+        self._vacated(await self.counts.start(self.presence_key))
         self._task = asyncio.get_running_loop().create_task(self._keep())
 
     async def stop(self) -> None:
@@ -152,8 +154,13 @@ class Cluster:
                     MemberRemoved(departure.app_id, departure.channel, departure.user_id, "")
                 )
         for dead in list(self._dead_counts):
-            await self.counts.remove_node(dead)
+            self._vacated(await self.counts.remove_node(dead))
             self._dead_counts.discard(dead)
+
+    def _vacated(self, left: list[Vacancy]) -> None:
+        """The channels a dead node (or this node's previous process) left empty."""
+        for vacancy in left:
+            self.events.emit(ClusterVacated(vacancy.app_id, vacancy.channel))
 
     async def _register_again(self) -> None:
         old = self.presence_key

@@ -25,8 +25,10 @@ client event) and `SubscriptionCountChanged` (every subscribe and leave), tested
 lookup.
 
 Scope. Every event describes this node. "Occupied" means the channel has a subscriber on this
-node, not in the cluster; member events come from the presence store's answers, which are
-cluster-wide once that store is (docs/architecture.md, "Domain events").
+node, not in the cluster (`ClusterVacated` is the exception: the reaper's finding); member
+events come from the presence store's answers, which are cluster-wide once that store is
+(docs/architecture.md, "Domain events"). Cluster-wide occupancy is the channel counts'
+(`backends.counts`): core.webhooks asks them.
 """
 
 from __future__ import annotations
@@ -57,6 +59,13 @@ class ChannelOccupied(_ChannelChange):
 
 class ChannelVacated(_ChannelChange):
     """`channel` lost its last subscriber on this node."""
+
+    __slots__ = ()
+
+
+class ClusterVacated(_ChannelChange):
+    """`channel` has no subscriber on any node any more: its last ones went with a node
+    that died (the reaper found it, core.cluster). Emitted on the reaper's node alone."""
 
     __slots__ = ()
 

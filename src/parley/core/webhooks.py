@@ -6,7 +6,14 @@ dead-lettered.
 `ClientEventSent`, `CacheMiss` and `SubscriptionCountChanged` into Pusher's webhook events
 (docs/protocol.md, "Webhooks"). `channel_vacated` and `member_removed` wait `webhook_hold_s`
 and are dropped, with the `channel_occupied` / `member_added` that undoes them, when the
-channel or member comes back meanwhile (a page reload makes no noise). Events are written to
+channel or member comes back meanwhile (a page reload makes no noise). In a cluster (channel
+counts that are `shared`), occupancy is the cluster's: the writer asks the counts, in order,
+whether a node's first subscriber occupied the channel everywhere (`occupy`), whether its
+last one left it empty everywhere (`vacate`, which begins a hold there), and, once the hold
+is over, whether it stayed so (`settle`), so that one node sends each webhook and a reload
+onto another node makes no noise either; `ClusterVacated` (a dead node's channels) is sent
+at once. A counts store that cannot answer is logged and the webhook sent anyway: a
+duplicate rather than a loss. Events are written to
 the `WebhookQueue` in the order they happened, one job per target URL and channel (several
 events in one job with `webhook_batch_ms`). The dispatcher claims due jobs (one at a time per
 URL and channel, so each channel's webhooks arrive in order), POSTs `{time_ms, events}` with
@@ -27,18 +34,21 @@ import random
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 import aiohttp
 import orjson
 
 from parley import logs
+from parley.backends.counts import ChannelCounts
 from parley.backends.webhooks import WebhookJob, WebhookQueue
 from parley.core.events import (
     CacheMiss,
     ChannelOccupied,
     ChannelVacated,
     ClientEventSent,
+    ClusterVacated,
     ConversationChanged,
     EventBus,
     MemberAdded,
@@ -55,6 +65,17 @@ BACKOFF_MAX_S = 600.0
 USER_AGENT = "parley-webhooks"
 
 Event = dict[str, Any]
+# What the writer awaits before it stores an event (or instead of one): keep it?
+Check = Callable[[], Awaitable[bool]]
+
+
+@dataclass(slots=True)
+class Handed:
+    """One item for the writer: `event` to store, when `check` (if any) says so."""
+
+    app_id: str
+    event: Event | None
+    check: Check | None = None
 
 
 @dataclass(slots=True)
@@ -87,6 +108,7 @@ class Webhooks:
         settings: Settings,
         events: EventBus,
         queue: WebhookQueue,
+        counts: ChannelCounts | None = None,
         clock: Callable[[], float] = time.time,
     ) -> None:
         self.settings = settings
@@ -99,7 +121,11 @@ class Webhooks:
         self.clock = clock
         self.stats = Stats()
         self._held: dict[tuple[str, str, str], Held] = {}  # (app, kind, key) -> held event
-        self._out: asyncio.Queue[tuple[str, Event]] = asyncio.Queue()
+        # occupancy decided by the cluster's counts (else by this node, with `_held`)
+        self.counts = counts if counts is not None and counts.shared else None
+        # the cluster's holds running here: their timers, and what ends one at once
+        self._settles: dict[object, tuple[asyncio.TimerHandle, Callable[[bool], None]]] = {}
+        self._out: asyncio.Queue[Handed] = asyncio.Queue()
         self._handed = 0  # events handed to the writer so far
         self._written = 0  # of those, how many are in the store
         self._writes: list[tuple[int, asyncio.Future[None]]] = []  # waiting in `written`
@@ -127,6 +153,7 @@ class Webhooks:
         bus = self.events
         bus.subscribe(ChannelOccupied, self._occupied)
         bus.subscribe(ChannelVacated, self._vacated)
+        bus.subscribe(ClusterVacated, self._cluster_vacated)
         bus.subscribe(MemberAdded, self._member_added)
         bus.subscribe(MemberRemoved, self._member_removed)
         bus.subscribe(ClientEventSent, self._client_event)
@@ -149,11 +176,12 @@ class Webhooks:
             self._hand(held.app_id, held.event)
         self._held.clear()
         if self._tasks:
-            try:
-                async with asyncio.timeout(self.settings.shutdown_grace_s):
-                    await self._out.join()
-            except TimeoutError:
-                logs.warning("webhooks not queued at shutdown", events=self._out.qsize())
+            await self._drained()
+            if self._settles:  # the cluster's holds begun here end now
+                for timer, settle in list(self._settles.values()):
+                    timer.cancel()
+                    settle(True)
+                await self._drained()
             self._closing = True  # the loops stop at their next turn...
             self._wake.set()
             for task in self._tasks:
@@ -168,16 +196,26 @@ class Webhooks:
             await self._http.close()
             self._http = None
 
+    async def _drained(self) -> None:
+        try:
+            async with asyncio.timeout(self.settings.shutdown_grace_s):
+                await self._out.join()
+        except TimeoutError:
+            logs.warning("webhooks not queued at shutdown", events=self._out.qsize())
+
     # -- domain events in ----------------------------------------------------------------------
 
-    def _emit(self, app_id: str, event: Event) -> None:
+    def _wants(self, app_id: str, name: str) -> bool:
         app = self.apps.get(app_id)
-        if app is not None and any(t.wants(event["name"]) for t in app.webhooks):
+        return app is not None and any(t.wants(name) for t in app.webhooks)
+
+    def _emit(self, app_id: str, event: Event) -> None:
+        if self._wants(app_id, event["name"]):
             self._hand(app_id, event)
 
-    def _hand(self, app_id: str, event: Event) -> None:
+    def _hand(self, app_id: str, event: Event | None, check: Check | None = None) -> None:
         self._handed += 1
-        self._out.put_nowait((app_id, event))
+        self._out.put_nowait(Handed(app_id, event, check))
 
     async def written(self) -> None:
         """Return once every webhook event emitted so far is in the queue's store: an HTTP
@@ -230,12 +268,52 @@ class Webhooks:
         return True
 
     def _occupied(self, e: ChannelOccupied) -> None:
-        if not self._undoes(e.app_id, "channel_vacated", e.channel):
+        counts = self.counts
+        if counts is not None:  # the cluster's: the writer asks
+            if e.app_id in self.apps:
+                event = {"name": "channel_occupied", "channel": e.channel}
+                wanted = event if self._wants(e.app_id, "channel_occupied") else None
+                self._hand(e.app_id, wanted, partial(counts.occupy, e.app_id, e.channel))
+        elif not self._undoes(e.app_id, "channel_vacated", e.channel):
             self._emit(e.app_id, {"name": "channel_occupied", "channel": e.channel})
 
     def _vacated(self, e: ChannelVacated) -> None:
+        if self.counts is not None:
+            if e.app_id in self.apps:
+                self._hand(e.app_id, None, partial(self._vacate, e.app_id, e.channel))
+            return
         event = {"name": "channel_vacated", "channel": e.channel}
         self._hold(e.app_id, "channel_vacated", e.channel, event)
+
+    async def _vacate(self, app_id: str, channel: str) -> bool:
+        """The writer's step for this node's last leave in a cluster: if the channel is empty
+        everywhere now, a hold begins, at whose end `settle` decides. Nothing to store now."""
+        assert self.counts is not None
+        try:
+            empty = await self.counts.vacate(app_id, channel, self.settings.webhook_hold_s)
+        except StoreUnavailable as exc:
+            logs.warning("channel occupancy not asked: vacated sent", reason=exc.message)
+            self._emit(app_id, {"name": "channel_vacated", "channel": channel})
+            return False
+        if empty:
+            key = object()
+
+            def settle(now: bool = False) -> None:
+                if self._settles.pop(key, None) is not None:
+                    self._settle(app_id, channel, now=now)
+
+            timer = asyncio.get_running_loop().call_later(self.settings.webhook_hold_s, settle)
+            self._settles[key] = (timer, settle)
+        return False
+
+    def _settle(self, app_id: str, channel: str, *, now: bool) -> None:
+        assert self.counts is not None
+        if self._wants(app_id, "channel_vacated"):
+            event = {"name": "channel_vacated", "channel": channel}
+            self._hand(app_id, event, partial(self.counts.settle, app_id, channel, now=now))
+
+    def _cluster_vacated(self, e: ClusterVacated) -> None:
+        self._emit(e.app_id, {"name": "channel_vacated", "channel": e.channel})
 
     def _members_quiet(self, app_id: str, channel: str) -> bool:
         """Are member events off on `channel` (the app's `presence_events_off`)?"""
@@ -312,7 +390,7 @@ class Webhooks:
                             taken.append(await self._out.get())
                 except TimeoutError:
                     pass
-            await self._store(taken)
+            await self._store(await self._checked(taken))
             self._written += len(taken)
             for _ in taken:
                 self._out.task_done()
@@ -326,6 +404,21 @@ class Webhooks:
                     else:
                         waiting.append((upto, future))
                 self._writes = waiting
+
+    async def _checked(self, taken: list[Handed]) -> list[tuple[str, Event]]:
+        """The events to store, in order: each with a check, only if it says so (a check
+        that fails is logged and its event kept)."""
+        kept: list[tuple[str, Event]] = []
+        for item in taken:
+            keep = True
+            if item.check is not None:
+                try:
+                    keep = await item.check()
+                except StoreUnavailable as exc:
+                    logs.warning("channel occupancy not asked: webhook sent", reason=exc.message)
+            if keep and item.event is not None:
+                kept.append((item.app_id, item.event))
+        return kept
 
     async def _store(self, taken: list[tuple[str, Event]]) -> None:
         """Queue `taken` (in order), grouped by target and channel; tried until stored."""

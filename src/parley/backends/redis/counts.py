@@ -29,6 +29,15 @@ lease rather than a TTL of the keys' own: a node that was paused past its lease 
 everything under a new key anyway (it learns it from the heartbeat), and one mechanism then
 answers for members and counts alike, with the same bound.
 
+Occupancy (`occupy`, `vacate`, `settle`: backends.counts), one script call each, at once:
+- `o:{app}:{channel}` (set): the node keys with a subscriber of the channel;
+- `m:{node}` (set): `app` + newline + `channel` for each of those, for `remove_node`/`rekey`;
+- `l:{app}:{channel}` (string): the channel is empty everywhere and on hold: the time (Redis
+  `TIME`, ms) the hold ends. `occupy` deletes it (someone came back: no webhook either way);
+  `settle` takes it once that time has come (the node whose hold ends last takes it: a
+  vacate after another's starts a new hold). It expires `hold + LEFT_KEEP_S` after it was
+  set, so a node that died holding one leaves nothing behind (its vacated webhook is lost).
+
 A Redis Cluster is not supported: the scripts touch keys they learn as they go.
 """
 
@@ -42,7 +51,7 @@ from typing import Any, Final
 from redis.exceptions import RedisError
 
 from parley import logs
-from parley.backends.counts import ChannelCounts
+from parley.backends.counts import ChannelCounts, Vacancy
 from parley.backends.redis import connect
 from parley.errors import StoreUnavailable
 
@@ -120,6 +129,94 @@ return 1
 """
 )
 
+LEFT_KEEP_S: Final = 60.0  # how long an `l:` marker outlives its hold
+
+NOW_MS = """
+local function now_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+"""
+
+# ARGV: base, node, app, channel. 1: the channel was empty everywhere, and not on hold.
+OCCUPY = """
+local base, node, app, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local key = base .. 'o:' .. app .. ':' .. channel
+redis.call('SADD', base .. 'm:' .. node, app .. '\\n' .. channel)
+if redis.call('SADD', key, node) == 1 and redis.call('SCARD', key) == 1 then
+  if redis.call('DEL', base .. 'l:' .. app .. ':' .. channel) == 1 then return 0 end
+  return 1
+end
+return 0
+"""
+
+# ARGV: base, node, app, channel, hold ms, keep ms. 1: empty everywhere now (hold begun).
+VACATE = (
+    NOW_MS
+    + """
+local base, node, app, channel = ARGV[1], ARGV[2], ARGV[3], ARGV[4]
+local key = base .. 'o:' .. app .. ':' .. channel
+redis.call('SREM', base .. 'm:' .. node, app .. '\\n' .. channel)
+if redis.call('SREM', key, node) == 1 and redis.call('SCARD', key) == 0 then
+  local hold = tonumber(ARGV[5])
+  redis.call('SET', base .. 'l:' .. app .. ':' .. channel, now_ms() + hold, 'PX', hold + tonumber(ARGV[6]))
+  return 1
+end
+return 0
+"""
+)
+
+# ARGV: base, app, channel, now ('1': at shutdown, whatever the time). 1: a vacated is due.
+SETTLE = (
+    NOW_MS
+    + """
+local base, app, channel = ARGV[1], ARGV[2], ARGV[3]
+local marker = base .. 'l:' .. app .. ':' .. channel
+local due = redis.call('GET', marker)
+if not due then return 0 end
+if redis.call('SCARD', base .. 'o:' .. app .. ':' .. channel) > 0 then
+  redis.call('DEL', marker)
+  return 0
+end
+if ARGV[4] ~= '1' and now_ms() < tonumber(due) then return 0 end
+redis.call('DEL', marker)
+return 1
+"""
+)
+
+# ARGV: base, node. The node's occupancy goes; returns app, channel, ... left empty.
+DROP_OCCUPANCY = """
+local base, node = ARGV[1], ARGV[2]
+local set = base .. 'm:' .. node
+local out = {}
+for _, member in ipairs(redis.call('SMEMBERS', set)) do
+  local cut = string.find(member, '\\n', 1, true)
+  local app, channel = string.sub(member, 1, cut - 1), string.sub(member, cut + 1)
+  local key = base .. 'o:' .. app .. ':' .. channel
+  if redis.call('SREM', key, node) == 1 and redis.call('SCARD', key) == 0 then
+    table.insert(out, app)
+    table.insert(out, channel)
+  end
+end
+redis.call('DEL', set)
+return out
+"""
+
+# ARGV: base, old node, new node. The old key's occupancy moves to the new one.
+MOVE_OCCUPANCY = """
+local base, old, new = ARGV[1], ARGV[2], ARGV[3]
+local set = base .. 'm:' .. old
+for _, member in ipairs(redis.call('SMEMBERS', set)) do
+  local cut = string.find(member, '\\n', 1, true)
+  local key = base .. 'o:' .. string.sub(member, 1, cut - 1) .. ':' .. string.sub(member, cut + 1)
+  redis.call('SREM', key, old)
+  redis.call('SADD', key, new)
+  redis.call('SADD', base .. 'm:' .. new, member)
+end
+redis.call('DEL', set)
+return 1
+"""
+
 # ARGV: base, app, this node (left out), channel
 SUBSCRIPTIONS = """
 local base = ARGV[1] .. 'a:' .. ARGV[2] .. ':'
@@ -192,20 +289,28 @@ class RedisChannelCounts(ChannelCounts):
         self._remove_node = self._client.register_script(REMOVE_NODE)
         self._subscriptions = self._client.register_script(SUBSCRIPTIONS)
         self._occupied = self._client.register_script(OCCUPIED)
+        self._occupy = self._client.register_script(OCCUPY)
+        self._vacate = self._client.register_script(VACATE)
+        self._settle = self._client.register_script(SETTLE)
+        self._drop_occupancy = self._client.register_script(DROP_OCCUPANCY)
+        self._move_occupancy = self._client.register_script(MOVE_OCCUPANCY)
 
     # -- this node's numbers -----------------------------------------------------------------
 
     def changed(self, app_id: str, channel: str) -> None:
         self._dirty.add((app_id, channel))
 
-    async def start(self, node_key: str) -> None:
+    async def start(self, node_key: str) -> list[Vacancy]:
         self.node_key = node_key
         self._replace = True
+        left: list[Vacancy] = []
         try:
+            left = await self._drop(node_key)  # an earlier process's, under the same key
             await self.flush()
         except StoreUnavailable as exc:
             FAULTS.log("channel counts not written", reason=exc.message)
         self._task = asyncio.get_running_loop().create_task(self._keep())
+        return left
 
     async def rekey(self, node_key: str) -> None:
         async with self._lock:
@@ -213,10 +318,36 @@ class RedisChannelCounts(ChannelCounts):
             self._replace = True
             if old and old != node_key:
                 await self._run(self._remove_node, [self.base, old])
+                await self._run(self._move_occupancy, [self.base, old, node_key])
             await self._flush()
 
-    async def remove_node(self, node_key: str) -> None:
+    async def remove_node(self, node_key: str) -> list[Vacancy]:
         await self._run(self._remove_node, [self.base, node_key])
+        return await self._drop(node_key)
+
+    async def _drop(self, node_key: str) -> list[Vacancy]:
+        flat = await self._run(self._drop_occupancy, [self.base, node_key])
+        return [Vacancy(flat[i].decode(), flat[i + 1].decode()) for i in range(0, len(flat), 2)]
+
+    # -- occupancy ---------------------------------------------------------------------------
+
+    async def occupy(self, app_id: str, channel: str) -> bool:
+        async with self._lock:  # not while `rekey` moves the node's entries
+            if not self.node_key:
+                return True
+            return bool(await self._run(self._occupy, [self.base, self.node_key, app_id, channel]))
+
+    async def vacate(self, app_id: str, channel: str, hold_s: float) -> bool:
+        async with self._lock:
+            if not self.node_key:
+                return True
+            hold_ms, keep_ms = int(hold_s * 1000), int(LEFT_KEEP_S * 1000)
+            args: list[Any] = [self.base, self.node_key, app_id, channel, hold_ms, keep_ms]
+            return bool(await self._run(self._vacate, args))
+
+    async def settle(self, app_id: str, channel: str, *, now: bool = False) -> bool:
+        args = [self.base, app_id, channel, "1" if now else "0"]
+        return bool(await self._run(self._settle, args))
 
     async def flush(self) -> None:
         async with self._lock:
