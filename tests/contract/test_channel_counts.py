@@ -417,3 +417,17 @@ async def test_a_dead_nodes_channels_are_vacated_once_and_a_rekey_keeps_them(
     redis.nodes.append(again)
     assert set(await again.counts.start("n1.1")) == {Vacancy(app, "alone"), Vacancy(app, "shared")}
     assert await again.counts.occupy(app, "shared")
+
+
+async def test_a_members_hold_ends_with_a_return_or_a_settle(redis: Cluster, app: str) -> None:
+    one, two = await redis.node("n1.1"), await redis.node("n2.1")
+    member = "presence-room\nann"
+    assert await one.counts.hold(app, member, 5.0)
+    assert await two.counts.returned(app, member)  # back, on another node: no webhooks
+    assert not await one.counts.settle(app, member, now=True)
+    assert not await two.counts.returned(app, member)  # no hold: a new member
+    assert await one.counts.hold(app, member, 0.2)
+    assert not await two.counts.settle(app, member)  # not over
+    await asyncio.sleep(0.25)  # (a hold is a time: this waits it out)
+    assert await two.counts.settle(app, member)
+    assert not await one.counts.settle(app, member)

@@ -15,7 +15,7 @@ import pytest
 from parley.settings import WebhookConfig
 from tests.support.cluster import LEASE_S, REFRESH_S, an_app, apis, two_nodes
 from tests.support.pusher_async import AsyncApi, AsyncClientPool
-from tests.support.pusher_raw import unique
+from tests.support.pusher_raw import presence_data, unique
 from tests.support.receiver import Receiver
 
 pytestmark = [pytest.mark.integration, pytest.mark.redis, pytest.mark.postgres]
@@ -45,7 +45,7 @@ def of(receiver: Receiver, channel: str) -> list[str]:
 
 async def test_occupancy_webhooks_describe_the_cluster(tmp_path: Path, receiver: Receiver) -> None:
     app = an_app(webhooks=(WebhookConfig(receiver.url),))
-    room, reload = unique("room-"), unique("reload-")
+    room, reload, members = unique("room-"), unique("reload-"), unique("presence-")
     async with (
         two_nodes(tmp_path, app, webhook_hold_s=HOLD_S) as nodes,
         apis(nodes) as (api_a, _),
@@ -69,9 +69,36 @@ async def test_occupancy_webhooks_describe_the_cluster(tmp_path: Path, receiver:
             await back.subscribe(reload)
             await back.close()  # and for good: one vacated, after the hold
             await eventually(lambda: _has(receiver, reload, "channel_vacated"), HOLD_S + 10)
+
+            # a member's reload, from node a to node b within the hold: no removed/added pair
+            stays = await pool_b.connect()  # (the channel stays occupied throughout)
+            await stays.subscribe(
+                members, key=app.key, secret=app.secret, channel_data=presence_data("watcher")
+            )
+            ann = await pool_a.connect()
+            await ann.subscribe(
+                members, key=app.key, secret=app.secret, channel_data=presence_data("ann")
+            )
+            await ann.close()
+            # (a reload takes longer than node a's steps: its member leaves the presence store,
+            # then its hold begins; a return on node b in between would not be seen as one)
+            await stays.expect("pusher_internal:member_removed", members)  # node a told it...
+            await nodes[0].running.node.webhooks.written()  # type: ignore[union-attr]  # ...and held
+            ann = await pool_b.connect()
+            await ann.subscribe(
+                members, key=app.key, secret=app.secret, channel_data=presence_data("ann")
+            )
+            await ann.close()  # and for good: one member_removed, after the hold
+            await eventually(lambda: _has(receiver, members, "member_removed"), HOLD_S + 10)
             await all_sent(api_a)
             assert of(receiver, room) == ["channel_occupied", "channel_vacated"]
             assert of(receiver, reload) == ["channel_occupied", "channel_vacated"]
+            ann_events = [
+                e["name"]
+                for e in receiver.events()
+                if e["channel"] == members and e.get("user_id") == "ann"
+            ]
+            assert ann_events == ["member_added", "member_removed"]
         finally:
             await pool_a.close_all()
             await pool_b.close_all()

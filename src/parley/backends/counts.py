@@ -25,7 +25,8 @@ node, and one only, sends each webhook. `occupy` (this node's first subscriber) 
 the channel was empty on every node; `vacate` (this node's last left) starts the hold when it
 is empty everywhere now; `settle`, once the hold is over, says whether it stayed so (nobody
 came back on any node meanwhile: a page reload that lands on another node makes no noise
-either). A dead node's channels go with it (`remove_node` answers those that are empty
+either). A presence member's departure, which the presence store decides, is held the same
+way (`hold`, then `returned` when the user is back, or `settle`). A dead node's channels go with it (`remove_node` answers those that are empty
 everywhere now). A store of one process says yes to all three: the node's own transitions
 are the cluster's, and core.webhooks holds them itself.
 """
@@ -120,10 +121,20 @@ class ChannelCounts(abc.ABC):
         a hold of `hold_s` starts, which `settle` ends."""
         return True
 
-    async def settle(self, app_id: str, channel: str, *, now: bool = False) -> bool:
-        """The hold of a `vacate` that said yes is over (or, with `now`, cut short at
-        shutdown): True when the channel stayed empty everywhere and no other node's
-        `settle` took it first."""
+    async def hold(self, app_id: str, key: str, hold_s: float) -> bool:
+        """Begin a hold of `hold_s` for `key` (not a channel: a presence member,
+        "channel\nuser"), whose departure the presence store already decided; True."""
+        return True
+
+    async def returned(self, app_id: str, key: str) -> bool:
+        """`key` (a channel or a member) is back: was it on hold (then the hold is over,
+        and neither the departure nor the return is told)?"""
+        return False
+
+    async def settle(self, app_id: str, key: str, *, now: bool = False) -> bool:
+        """The hold of a `vacate` (or `hold`) that said yes is over (or, with `now`, cut
+        short at shutdown): True when `key` stayed empty everywhere, nobody returned, and
+        no other node's `settle` took it first."""
         return True
 
     async def flush(self) -> None:  # noqa: B027

@@ -278,39 +278,46 @@ class Webhooks:
             self._emit(e.app_id, {"name": "channel_occupied", "channel": e.channel})
 
     def _vacated(self, e: ChannelVacated) -> None:
-        if self.counts is not None:
-            if e.app_id in self.apps:
-                self._hand(e.app_id, None, partial(self._vacate, e.app_id, e.channel))
-            return
         event = {"name": "channel_vacated", "channel": e.channel}
-        self._hold(e.app_id, "channel_vacated", e.channel, event)
+        counts = self.counts
+        if counts is None:
+            self._hold(e.app_id, "channel_vacated", e.channel, event)
+        elif e.app_id in self.apps:  # the cluster's: the writer asks, then holds
+            hold_s = self.settings.webhook_hold_s
+            empty = partial(counts.vacate, e.app_id, e.channel, hold_s)
+            self._hand(
+                e.app_id, None, partial(self._cluster_hold, e.app_id, e.channel, event, empty)
+            )
 
-    async def _vacate(self, app_id: str, channel: str) -> bool:
-        """The writer's step for this node's last leave in a cluster: if the channel is empty
-        everywhere now, a hold begins, at whose end `settle` decides. Nothing to store now."""
-        assert self.counts is not None
+    async def _cluster_hold(
+        self, app_id: str, key: str, event: Event, begun: Callable[[], Awaitable[bool]]
+    ) -> bool:
+        """The writer's step for a departure in a cluster (a channel empty here, a member
+        gone): `begun` says whether a hold began in the counts (the channel is empty
+        everywhere; a member's hold always begins); at its end `settle` decides whether
+        `event` is sent. Nothing is stored now. A counts store that cannot answer: `event`
+        is sent at once."""
         try:
-            empty = await self.counts.vacate(app_id, channel, self.settings.webhook_hold_s)
+            held = await begun()
         except StoreUnavailable as exc:
-            logs.warning("channel occupancy not asked: vacated sent", reason=exc.message)
-            self._emit(app_id, {"name": "channel_vacated", "channel": channel})
+            logs.warning("webhook hold not begun in the cluster: sent", reason=exc.message)
+            self._emit(app_id, event)
             return False
-        if empty:
-            key = object()
+        if held:
+            slot = object()
 
             def settle(now: bool = False) -> None:
-                if self._settles.pop(key, None) is not None:
-                    self._settle(app_id, channel, now=now)
+                if self._settles.pop(slot, None) is not None:
+                    self._settle(app_id, key, event, now=now)
 
             timer = asyncio.get_running_loop().call_later(self.settings.webhook_hold_s, settle)
-            self._settles[key] = (timer, settle)
+            self._settles[slot] = (timer, settle)
         return False
 
-    def _settle(self, app_id: str, channel: str, *, now: bool) -> None:
+    def _settle(self, app_id: str, key: str, event: Event, *, now: bool) -> None:
         assert self.counts is not None
-        if self._wants(app_id, "channel_vacated"):
-            event = {"name": "channel_vacated", "channel": channel}
-            self._hand(app_id, event, partial(self.counts.settle, app_id, channel, now=now))
+        if self._wants(app_id, event["name"]):
+            self._hand(app_id, event, partial(self.counts.settle, app_id, key, now=now))
 
     def _cluster_vacated(self, e: ClusterVacated) -> None:
         self._emit(e.app_id, {"name": "channel_vacated", "channel": e.channel})
@@ -324,15 +331,26 @@ class Webhooks:
         if e.remote or self._members_quiet(e.app_id, e.channel):
             return  # the node the member joined on sends it; none where member events are off
         key = f"{e.channel}\n{e.user_id}"
-        if not self._undoes(e.app_id, "member_removed", key):
-            event = {"name": "member_added", "channel": e.channel, "user_id": e.user_id}
+        event = {"name": "member_added", "channel": e.channel, "user_id": e.user_id}
+        counts = self.counts
+        if counts is not None:  # back within a hold begun on any node: neither is sent
+            if e.app_id in self.apps:
+                wanted = event if self._wants(e.app_id, "member_added") else None
+                self._hand(e.app_id, wanted, partial(_not, counts.returned, e.app_id, key))
+        elif not self._undoes(e.app_id, "member_removed", key):
             self._emit(e.app_id, event)
 
     def _member_removed(self, e: MemberRemoved) -> None:
         if e.remote or self._members_quiet(e.app_id, e.channel):
             return
+        key = f"{e.channel}\n{e.user_id}"
         event = {"name": "member_removed", "channel": e.channel, "user_id": e.user_id}
-        self._hold(e.app_id, "member_removed", f"{e.channel}\n{e.user_id}", event)
+        counts = self.counts
+        if counts is None:
+            self._hold(e.app_id, "member_removed", key, event)
+        elif e.app_id in self.apps:
+            begun = partial(counts.hold, e.app_id, key, self.settings.webhook_hold_s)
+            self._hand(e.app_id, None, partial(self._cluster_hold, e.app_id, key, event, begun))
 
     def _client_event(self, e: ClientEventSent) -> None:
         p = e.publication
@@ -538,3 +556,7 @@ class Webhooks:
                 return f"HTTP {response.status}"
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
             return f"{type(exc).__name__}: {exc}"[:300]
+
+
+async def _not(check: Callable[[str, str], Awaitable[bool]], app_id: str, key: str) -> bool:
+    return not await check(app_id, key)

@@ -32,7 +32,8 @@ answers for members and counts alike, with the same bound.
 Occupancy (`occupy`, `vacate`, `settle`: backends.counts), one script call each, at once:
 - `o:{app}:{channel}` (set): the node keys with a subscriber of the channel;
 - `m:{node}` (set): `app` + newline + `channel` for each of those, for `remove_node`/`rekey`;
-- `l:{app}:{channel}` (string): the channel is empty everywhere and on hold: the time (Redis
+- `l:{app}:{channel}` (string): the channel is empty everywhere and on hold (or, with
+  `hold`/`returned`, a presence member `{channel}\n{user}` is gone and on hold): the time (Redis
   `TIME`, ms) the hold ends. `occupy` deletes it (someone came back: no webhook either way);
   `settle` takes it once that time has come (the node whose hold ends last takes it: a
   vacate after another's starts a new hold). It expires `hold + LEFT_KEEP_S` after it was
@@ -166,6 +167,16 @@ return 0
 """
 )
 
+# ARGV: base, app, key, hold ms, keep ms. A hold begins for a key that is not a channel.
+HOLD = (
+    NOW_MS
+    + """
+local hold = tonumber(ARGV[4])
+redis.call('SET', ARGV[1] .. 'l:' .. ARGV[2] .. ':' .. ARGV[3], now_ms() + hold, 'PX', hold + tonumber(ARGV[5]))
+return 1
+"""
+)
+
 # ARGV: base, app, channel, now ('1': at shutdown, whatever the time). 1: a vacated is due.
 SETTLE = (
     NOW_MS
@@ -292,6 +303,7 @@ class RedisChannelCounts(ChannelCounts):
         self._occupy = self._client.register_script(OCCUPY)
         self._vacate = self._client.register_script(VACATE)
         self._settle = self._client.register_script(SETTLE)
+        self._hold = self._client.register_script(HOLD)
         self._drop_occupancy = self._client.register_script(DROP_OCCUPANCY)
         self._move_occupancy = self._client.register_script(MOVE_OCCUPANCY)
 
@@ -345,8 +357,19 @@ class RedisChannelCounts(ChannelCounts):
             args: list[Any] = [self.base, self.node_key, app_id, channel, hold_ms, keep_ms]
             return bool(await self._run(self._vacate, args))
 
-    async def settle(self, app_id: str, channel: str, *, now: bool = False) -> bool:
-        args = [self.base, app_id, channel, "1" if now else "0"]
+    async def hold(self, app_id: str, key: str, hold_s: float) -> bool:
+        hold_ms, keep_ms = int(hold_s * 1000), int(LEFT_KEEP_S * 1000)
+        await self._run(self._hold, [self.base, app_id, key, hold_ms, keep_ms])
+        return True
+
+    async def returned(self, app_id: str, key: str) -> bool:
+        try:
+            return bool(await self._client.delete(f"{self.base}l:{app_id}:{key}"))
+        except (RedisError, OSError) as exc:
+            raise StoreUnavailable(f"channel counts: Redis: {exc}") from exc
+
+    async def settle(self, app_id: str, key: str, *, now: bool = False) -> bool:
+        args = [self.base, app_id, key, "1" if now else "0"]
         return bool(await self._run(self._settle, args))
 
     async def flush(self) -> None:
