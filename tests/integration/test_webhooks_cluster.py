@@ -7,8 +7,10 @@ node's channels are vacated by the reaper's node."""
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -130,6 +132,46 @@ async def test_a_dead_nodes_channels_are_vacated_by_the_reaper(
             await all_sent(api_a)
             assert of(receiver, lonely) == ["channel_occupied", "channel_vacated"]
             assert of(receiver, shared) == ["channel_occupied"]  # node a still has one
+        finally:
+            await pool_a.close_all()
+            await pool_b.close_all()
+
+
+async def test_subscription_counts_are_the_clusters(tmp_path: Path, receiver: Receiver) -> None:
+    """`pusher_internal:subscription_count` frames and the subscription_count webhook carry
+    the count over both nodes: a subscriber on node b changes what node a's subscribers hear."""
+    hook = WebhookConfig(receiver.url, events=("subscription_count",))
+    app = an_app(subscription_count=True, webhooks=(hook,))
+    room = unique("room-")
+    async with two_nodes(tmp_path, app) as nodes:
+        pool_a, pool_b = AsyncClientPool(nodes[0].ws_url), AsyncClientPool(nodes[1].ws_url)
+
+        async def heard(client: Any, count: int) -> None:
+            frame = await client.expect(
+                "pusher_internal:subscription_count",
+                room,
+                where=lambda f: json.loads(f["data"])["subscription_count"] == count,
+            )
+            assert frame["channel"] == room
+
+        try:
+            ann = await pool_a.connect()
+            await ann.subscribe(room)
+            await heard(ann, 1)
+            bob = await pool_b.connect()
+            await bob.subscribe(room)
+            await heard(bob, 2)  # node b's own subscriber hears the cluster's count...
+            await heard(ann, 2)  # ...and so does node a's, told by node b
+            cat = await pool_a.connect()
+            await cat.subscribe(room)
+            await heard(bob, 3)
+            await bob.close()
+            await heard(ann, 2)
+            await heard(cat, 2)
+            # one webhook per change, each with the cluster's count (the two nodes' webhooks
+            # may arrive in either order)
+            counts = [e["subscription_count"] for e in await receiver.wait_for(4)]
+            assert sorted(counts) == [1, 2, 2, 3], counts
         finally:
             await pool_a.close_all()
             await pool_b.close_all()

@@ -1,7 +1,8 @@
 """The cluster: what a node tells the others besides publications, and its presence lease.
 
 Besides presence, a node tells the others what must act on every node: a `#server-to-user-*`
-event (which keeps no history: it crosses as its frame) and `terminate_connections`. Grant
+event (which keeps no history: it crosses as its frame), `terminate_connections`, and that a
+channel's subscription count changed (their subscribers are told the cluster's new count). Grant
 revocations and disabled users need nothing here: every node follows the shared store.
 
 It is the broker's handler (`BrokerHandler`): publications and the end of an outage go to
@@ -91,10 +92,22 @@ class Cluster:
         """Close the user's connections on the other nodes (terminate_connections)."""
         self.broker.broadcast("terminate", app_id, {"user_id": user_id})
 
+    def count_changed(self, app_id: str, channel: str) -> None:
+        """This node's subscription count of `channel` changed and is written: the other
+        nodes tell their subscribers the cluster's new count (core.pusher_frames)."""
+        self.broker.broadcast("subscription_count", app_id, {"channel": channel})
+
     def on_cluster_message(self, kind: str, app_id: str, body: dict[str, Any]) -> None:
         hub = self.node.hubs.get(app_id)
+        if hub is None:
+            return
+        if kind == "subscription_count":
+            channel = body.get("channel")
+            if isinstance(channel, str):
+                self.node.pusher_frames.count_changed_elsewhere(app_id, channel)
+            return
         user_id = body.get("user_id")
-        if hub is None or not isinstance(user_id, str):
+        if not isinstance(user_id, str):
             return
         if kind == "send_to_user":
             frame = body.get("frame")

@@ -149,13 +149,14 @@ class Node:
         self.conversations: Conversations | None = None  # and the conversations
         self.bots: Bots | None = None  # and the bots
         self.events = EventBus()
-        self.pusher_frames = PusherFrames(self.hubs, presence, self.track)
+        self.pusher_frames = PusherFrames(self.hubs, presence, self.track, counts)
         self.pusher_frames.follow(self.events)
         count_events(self.events, self.metrics)
         counts.bind(HubCounts(self.hubs))
         follow_counts(self.events, counts)  # a shared store is told of changed channels
         self.cluster = Cluster(self)  # the broker's handler
         self.cluster.follow()
+        self.pusher_frames.tell_others = self.cluster.count_changed
         self.subscriptions = Subscriptions(self)
         self.admission = Admission(self)
 

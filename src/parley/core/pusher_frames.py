@@ -9,7 +9,11 @@ connections: one consumer of the events among others (metrics, and webhooks to c
   once up to 100 members, above that at most once per 5 s with the count at that time.
 - `SubscriptionCountChanged`: `pusher_internal:subscription_count` to every subscriber of a
   channel that is not presence, when the app counts subscriptions; at once up to 100
-  subscribers, above that at most once per 5 s, with the count at that time.
+  subscribers, above that at most once per 5 s, with the count at that time. In a cluster
+  (shared channel counts) the count is the cluster's, read from the counts (one read at a
+  time per channel, as for member counts), and the other nodes are told of this node's
+  change once it is written (`tell_others`: core.cluster broadcasts it), so that their
+  subscribers hear the new total too.
 - `CacheMiss`: `pusher:cache_miss` to the connection that subscribed.
 - `UserOnline` / `UserOffline`: `pusher_internal:watchlist_events` to the connections
   watching the user.
@@ -25,6 +29,7 @@ import logging
 from collections.abc import Callable
 
 from parley import logs
+from parley.backends.counts import ChannelCounts
 from parley.backends.presence import PresenceStore
 from parley.core import eager
 from parley.core.events import (
@@ -46,13 +51,15 @@ FAULTS = logs.Refusals(per_second=1, level=logging.WARNING)
 
 
 class _CountDue:
-    """A channel whose member count is being told: its read from the store is under way, or
-    the throttle's window is open. `again`: the members changed since the count was read."""
+    """A channel whose member count (`members`), or cluster-wide subscription count, is being
+    told: its read from the store is under way, or the throttle's window is open. `again`:
+    the count changed since it was read."""
 
-    __slots__ = ("again", "channel")
+    __slots__ = ("again", "channel", "members")
 
-    def __init__(self, channel: Channel) -> None:
+    def __init__(self, channel: Channel, members: bool) -> None:
         self.channel = channel
+        self.members = members
         self.again = False
 
 
@@ -64,10 +71,18 @@ class PusherFrames:
         hubs: dict[str, AppHub],
         presence: PresenceStore | None = None,
         track: Callable[[asyncio.Task[None]], None] | None = None,
+        counts: ChannelCounts | None = None,
     ) -> None:
         self.hubs = hubs
         self.presence = presence  # member counts, on channels whose member events are off
         self.track = track  # keeps the tasks that read them (the node's)
+        # a cluster's counts (shared): subscription counts are read from them, and the other
+        # nodes are told of this node's changes (`tell_others`, set by the node: core.cluster)
+        self.counts = counts if counts is not None and counts.shared else None
+        self.tell_others: Callable[[str, str], None] | None = None
+        self._to_tell: set[tuple[str, str]] = set()
+        self._telling: asyncio.Task[None] | None = None
+        self._cluster_counts: dict[tuple[str, str], _CountDue] = {}
         self.count_throttle_s = SUBSCRIPTION_COUNT_THROTTLE_S
         # (app id, channel) -> the channel whose throttled count is due (a channel vacated and
         # made again in the meantime is another Channel, with its own)
@@ -116,7 +131,14 @@ class PusherFrames:
     def subscription_count(self, event: SubscriptionCountChanged) -> None:
         hub = self.hubs[event.app_id]
         count = event.count
-        if not hub.app.subscription_count or count == 0:
+        if not hub.app.subscription_count:
+            return
+        if self.counts is not None:  # the cluster's count: read, and the others told
+            if not event.channel.startswith("presence-"):
+                self._tell_soon(event.app_id, event.channel)
+                self.count_changed_elsewhere(event.app_id, event.channel)
+            return
+        if count == 0:
             return
         channel = hub.channels.get(event.channel)
         if channel is None or channel.type.is_presence:
@@ -139,51 +161,99 @@ class PusherFrames:
             count = len(channel.subscribers)
             hub.broadcast(channel.name, frames.subscription_count(channel.name, count))
 
-    # -- member counts, where member events are off -------------------------------------------
+    def count_changed_elsewhere(self, app_id: str, name: str) -> None:
+        """The cluster's subscription count of `name` changed (on another node, or here):
+        tell this node's subscribers the count, read from the counts."""
+        hub = self.hubs.get(app_id)
+        if hub is not None and hub.app.subscription_count:
+            self._count_changed(hub, name, members=False)
+
+    def _tell_soon(self, app_id: str, name: str) -> None:
+        """Tell the other nodes that this node's count of `name` changed, once it is written
+        to the counts (one flush for all the channels that changed meanwhile)."""
+        self._to_tell.add((app_id, name))
+        if self._telling is None and self.tell_others is not None:
+            self._telling = asyncio.get_running_loop().create_task(self._tell_others())
+            if self.track is not None:
+                self.track(self._telling)
+
+    async def _tell_others(self) -> None:
+        counts, tell = self.counts, self.tell_others
+        assert counts is not None and tell is not None
+        while self._to_tell:
+            changed, self._to_tell = self._to_tell, set()
+            problem: Exception | None = None
+            try:
+                await counts.flush()
+            except Exception as exc:  # their next batch writes it: the others read it then
+                problem = exc
+            if problem is not None:
+                FAULTS.log("subscription counts not written", reason=str(problem))
+            for app_id, name in changed:
+                tell(app_id, name)
+        self._telling = None
+
+    # -- counts read from a store: members where member events are off, subscriptions in a
+    # -- cluster
 
     def _member_count_changed(self, hub: AppHub, name: str) -> None:
-        """The members of `name` changed: tell its subscribers here the count, unless a count
-        is being told already (it is then read again once that one is out)."""
+        if self.presence is not None:
+            self._count_changed(hub, name, members=True)
+
+    def _count_changed(self, hub: AppHub, name: str, *, members: bool) -> None:
+        """The members (or subscriptions) of `name` changed: tell its subscribers here the
+        count, unless a count is being told already (it is then read again once that one is
+        out)."""
         channel = hub.channels.get(name)
-        if channel is None or self.presence is None:
+        if channel is None or (not members and channel.type.is_presence):
             return  # nobody here to tell
         key = (hub.app.id, name)
-        due = self._member_counts.get(key)
+        dues = self._member_counts if members else self._cluster_counts
+        due = dues.get(key)
         if due is not None and due.channel is channel:
             due.again = True
             return
-        due = self._member_counts[key] = _CountDue(channel)
+        due = dues[key] = _CountDue(channel, members)
         # after the frames of the step that emitted the event (a joiner's answer first)
         asyncio.get_running_loop().call_soon(self._read_count, hub, due)
 
     def _read_count(self, hub: AppHub, due: _CountDue) -> None:
+        step = self._tell_count(hub, due)
         presence = self.presence
-        assert presence is not None
-        step = self._tell_count(hub, due, presence)
-        task = eager.start(step) if presence.eager else asyncio.get_running_loop().create_task(step)
+        eager_store = due.members and presence is not None and presence.eager
+        task = eager.start(step) if eager_store else asyncio.get_running_loop().create_task(step)
         if task is not None and self.track is not None:
             self.track(task)
 
-    async def _tell_count(self, hub: AppHub, due: _CountDue, presence: PresenceStore) -> None:
+    async def _read(self, hub: AppHub, due: _CountDue) -> int:
+        if due.members:
+            assert self.presence is not None
+            return await self.presence.count(hub.app.id, due.channel.name)
+        assert self.counts is not None
+        return await self.counts.subscriptions(hub.app.id, due.channel.name)
+
+    async def _tell_count(self, hub: AppHub, due: _CountDue) -> None:
         due.again = False
         channel = due.channel
         name = channel.name
         problem: Exception | None = None
         count = 0
         try:
-            count = await presence.count(hub.app.id, name)
+            count = await self._read(hub, due)
         except Exception as exc:  # the store failed: this count is not told
             problem = exc
         if problem is not None:
-            FAULTS.log(
-                "member count not read", app_id=hub.app.id, channel=name, reason=str(problem)
-            )
+            what = "member count not read" if due.members else "subscription count not read"
+            FAULTS.log(what, app_id=hub.app.id, channel=name, reason=str(problem))
             self._count_told(hub, due)
             return
         if hub.channels.get(name) is not channel or not channel.subscribers:
             self._count_told(hub, due)  # vacated here meanwhile
             return
-        hub.broadcast(name, frames.frame(MEMBER_COUNT, {"count": count}, name))
+        if due.members:
+            hub.broadcast(name, frames.frame(MEMBER_COUNT, {"count": count}, name))
+        else:
+            hub.broadcast(name, frames.subscription_count(name, count))
         loop = asyncio.get_running_loop()
         if count > SUBSCRIPTION_COUNT_AT_ONCE:  # the next one after the window, if any
             loop.call_later(self.count_throttle_s, self._window_over, hub, due)
@@ -193,15 +263,17 @@ class PusherFrames:
             self._count_told(hub, due)
 
     def _window_over(self, hub: AppHub, due: _CountDue) -> None:
-        if due.again and self._member_counts.get((hub.app.id, due.channel.name)) is due:
+        dues = self._member_counts if due.members else self._cluster_counts
+        if due.again and dues.get((hub.app.id, due.channel.name)) is due:
             self._read_count(hub, due)
         else:
             self._count_told(hub, due)
 
     def _count_told(self, hub: AppHub, due: _CountDue) -> None:
         key = (hub.app.id, due.channel.name)
-        if self._member_counts.get(key) is due:
-            del self._member_counts[key]
+        dues = self._member_counts if due.members else self._cluster_counts
+        if dues.get(key) is due:
+            del dues[key]
 
     def cache_miss(self, event: CacheMiss) -> None:
         session = self.hubs[event.app_id].sessions.get(event.socket_id)

@@ -391,7 +391,11 @@ class Webhooks:
         if app is None or not app.subscription_count or e.channel.startswith("presence-"):
             return
         event = {"name": "subscription_count", "channel": e.channel, "subscription_count": e.count}
-        self._emit(e.app_id, event)
+        counts = self.counts
+        if counts is None:
+            self._emit(e.app_id, event)
+        elif self._wants(e.app_id, "subscription_count"):  # the cluster's count, read
+            self._hand(e.app_id, event, partial(_cluster_count, counts, e.app_id, event))
 
     # -- into the store ------------------------------------------------------------------------
 
@@ -560,3 +564,9 @@ class Webhooks:
 
 async def _not(check: Callable[[str, str], Awaitable[bool]], app_id: str, key: str) -> bool:
     return not await check(app_id, key)
+
+
+async def _cluster_count(counts: ChannelCounts, app_id: str, event: Event) -> bool:
+    """A subscription_count webhook's count, read from the cluster's counts."""
+    event["subscription_count"] = await counts.subscriptions(app_id, event["channel"])
+    return True
