@@ -332,9 +332,9 @@ def test_redis_stopped_and_started_nodes_keep_serving_and_deliver_what_was_accep
         drop_database(name)
 
 
-def wait_for_status(node: ParleyServer, path: str, status: int) -> Any:
-    """The node's answer to GET `path` once it is `status` (bounded)."""
-    deadline = time.monotonic() + TIMEOUT
+def wait_for_status(node: ParleyServer, path: str, status: int, within: float = TIMEOUT) -> Any:
+    """The node's answer to GET `path` once it is `status` (bounded by `within` seconds)."""
+    deadline = time.monotonic() + within
     while True:
         answer = signed_request(node, "GET", path)
         if answer.status == status or time.monotonic() > deadline:

@@ -29,6 +29,7 @@ class ParleyServer:
     host: str = "127.0.0.1"
     port: int = 0
     data_dir: Path | None = None
+    wrapper: list[str] = field(default_factory=list)  # a command prefix (`ip netns exec NS`)
     process: subprocess.Popen[str] | None = None
     stdout_lines: list[str] = field(default_factory=list)
     stderr_lines: list[str] = field(default_factory=list)
@@ -46,7 +47,11 @@ class ParleyServer:
         )
         env.update(self.env)
         self.process = subprocess.Popen(
-            [sys.executable, "-m", "parley", "serve", "--port", str(self.port), *self.args],
+            [
+                *self.wrapper,
+                sys.executable,
+                *("-m", "parley", "serve", "--port", str(self.port), *self.args),
+            ],
             env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,

@@ -27,7 +27,9 @@ node. While Redis is unreachable it returns None: the node's subscribers get its
 publications at once and the others' after the outage (below).
 
 Outages. The reader and the writer reconnect with exponential back-off and jitter (0.1 s up to
-5 s). The loss is logged once and the recovery once; `check` fails meanwhile (/readyz says
+5 s). A network cut resets nothing: the reader pings Redis on its connection after
+`PING_EVERY_S` of silence and takes the link as lost when no answer comes within
+`PONG_TIMEOUT_S`; a drain that Redis does not answer within `DRAIN_TIMEOUT_S` does the same. The loss is logged once and the recovery once; `check` fails meanwhile (/readyz says
 503 naming the broker) and `stats()["connected"]` is 0. What is published meanwhile waits in
 order, up to `max_waiting` publications, and is sent once Redis is back; `drain` does not wait
 for Redis while it is away (the publications are stored: history has them), and raises
@@ -65,6 +67,12 @@ BACKOFF_FIRST_S: Final = 0.1
 BACKOFF_MAX_S: Final = 5.0
 CLOSE_WAIT_S = 2.0  # how long close waits for the reader and the writer to end
 DRAIN_TIMEOUT_S: Final = 5.0  # a connected Redis that takes longer than this is a fault
+# The reader pings Redis on its subscription connection this often while nothing else comes,
+# and takes a link that answers nothing for PONG_TIMEOUT_S as lost: a network cut drops
+# packets without resetting anything, and pub/sub alone would wait for ever.
+PING_EVERY_S = 2.0
+PONG_TIMEOUT_S = 3.0
+CHECK_TIMEOUT_S = 2.0  # /readyz's ping
 
 REFUSED = logs.Refusals(per_second=1, level=logging.WARNING)
 LINK_ERRORS = (RedisConnectionError, RedisTimeoutError, OSError)
@@ -123,6 +131,7 @@ class RedisBroker:
         self._ever_connected = False
         self._unreachable_logged = False  # the current outage is logged
         self._write_failing = False
+        self._stale = False  # the link is taken as lost: the reader connects anew
 
     # -- lifecycle ---------------------------------------------------------------------------
 
@@ -167,7 +176,13 @@ class RedisBroker:
             raise RuntimeError("not running")
         if not self.connected:
             raise RuntimeError(f"Redis at {without_password(self.url)} is unreachable")
-        await self._client.ping()
+        try:
+            async with asyncio.timeout(CHECK_TIMEOUT_S):
+                await self._client.ping()
+        except TimeoutError:
+            raise RuntimeError(
+                f"Redis at {without_password(self.url)} did not answer within {CHECK_TIMEOUT_S} s"
+            ) from None
 
     def stats(self) -> dict[str, int]:
         return {
@@ -250,8 +265,15 @@ class RedisBroker:
         future = asyncio.get_running_loop().create_future()
         self._drains.append((target, future))
         done, _ = await asyncio.wait((future,), timeout=DRAIN_TIMEOUT_S)  # never swallows a cancel
-        if not done:
-            raise StoreUnavailable("Redis did not take the events in time")
+        if not done:  # a link that takes nothing (a network cut): lost, as an outage is
+            self._lose(RedisTimeoutError(f"Redis took nothing for {DRAIN_TIMEOUT_S} s"))
+            await self.drain()  # as while Redis is away: queued, or refused beyond max_waiting
+
+    def _lose(self, exc: BaseException) -> None:
+        """Take the link as lost though no call failed: the reader connects anew."""
+        if self.connected:
+            self._link_lost(exc)
+        self._stale = True
 
     def seal(self, key: str, payload: bytes) -> bytes:
         """The message as it crosses: its HMAC, then the payload."""
@@ -313,16 +335,29 @@ class RedisBroker:
             self._pubsub = pubsub
             subscribed = set(self._wanted)
             self._changed.clear()
+            self._stale = False
+            loop = asyncio.get_running_loop()
             try:
                 await pubsub.subscribe(self._cluster, *subscribed)
+                heard = loop.time()  # the last time the link brought anything
+                pinged: float | None = None  # an unanswered ping's time
                 while not self._closed:
                     if self._changed.is_set():
                         self._changed.clear()
                         subscribed = await self._sync(pubsub, subscribed)
                     message = await pubsub.get_message(timeout=0.05)
+                    now = loop.time()
                     if message is not None:
                         attempt = 0
+                        heard, pinged = now, None
                         self._on_message(message)
+                    elif pinged is not None and now - pinged > PONG_TIMEOUT_S:
+                        raise RedisTimeoutError(f"no answer to a ping for {PONG_TIMEOUT_S} s")
+                    elif pinged is None and now - heard > PING_EVERY_S:
+                        pinged = now
+                        await pubsub.ping()
+                    if self._stale:
+                        raise RedisTimeoutError(f"Redis took nothing for {DRAIN_TIMEOUT_S} s")
             except (*LINK_ERRORS, RedisError) as exc:
                 self._link_lost(exc)
             finally:
