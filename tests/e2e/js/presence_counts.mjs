@@ -60,8 +60,10 @@ run('presence_counts', async () => {
   await connected(c);
   const toA3 = countIs(roomA, 3, 'alice after carol joined');
   const toB3 = countIs(roomB, 3, 'bob after carol joined');
-  const roomC = await subscribe(c, room);
-  await Promise.all([toA3, toB3]);
+  const roomC = c.subscribe(room);
+  const toC3 = countIs(roomC, 3, 'carol after joining'); // (before carol's own count arrives)
+  await subscribe(c, room);
+  await Promise.all([toA3, toB3, toC3]);
   equal(roomC.members.count, 3, 'carol members.count');
   const toA2again = countIs(roomA, 2, 'alice after bob left');
   const toC2 = countIs(roomC, 2, 'carol after bob left');
