@@ -22,6 +22,7 @@ class GatedPresenceStore(MemoryPresenceStore):
         if open_:
             self._gate.set()
         self.fail = False
+        self.failure: Exception = ConnectionError("the presence store is unreachable")
         self.calls: list[str] = []
 
     def open(self) -> None:
@@ -35,7 +36,7 @@ class GatedPresenceStore(MemoryPresenceStore):
         await asyncio.sleep(0)  # suspends even when the gate is open
         await self._gate.wait()
         if self.fail:
-            raise ConnectionError("the presence store is unreachable")
+            raise self.failure
 
     async def add(
         self,

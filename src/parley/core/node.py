@@ -13,6 +13,7 @@ questions through its query methods (`channel_info`, `channels`, `presence_users
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from dataclasses import dataclass
 from functools import partial
@@ -45,6 +46,7 @@ from parley.core.pusher_frames import PusherFrames
 from parley.core.recovery import Recovery
 from parley.core.session import Session
 from parley.core.subscriptions import Subscriptions
+from parley.errors import StoreUnavailable
 from parley.metrics import Metrics
 from parley.protocol import frames
 from parley.protocol.channels import channel_type, server_to_user_id
@@ -71,6 +73,11 @@ if TYPE_CHECKING:
     from parley.core.conversations import Conversations
     from parley.core.keys import KeyDirectory
     from parley.core.webhooks import Webhooks
+
+
+# A step that failed because a store is away (its client reconnects): a line a second, no
+# traceback (a store's outage is not a bug).
+STEP_FAULTS = logs.Refusals(per_second=1, level=logging.WARNING)
 
 
 def refused(session: Session, hub: AppHub, error_frame: bytes) -> None:
@@ -235,7 +242,10 @@ class Node:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             exc = task.exception()
-            logs.logger.error("background task failed", exc_info=exc)
+            if isinstance(exc, StoreUnavailable):
+                STEP_FAULTS.log("step failed: a store is unavailable", reason=exc.message)
+            else:
+                logs.logger.error("background task failed", exc_info=exc)
 
     def _client_event(self, session: Session, hub: AppHub, command: ClientEvent) -> None:
         conversations = self.conversations

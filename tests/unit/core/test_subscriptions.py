@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -27,6 +28,7 @@ from parley.core.events import (
 )
 from parley.core.node import ChannelInfo, Node
 from parley.core.session import Session
+from parley.errors import StoreUnavailable
 from parley.protocol.codes import CloseCode
 from parley.publication import Publisher
 from tests.support.presence import GatedPresenceStore, settle
@@ -436,16 +438,29 @@ async def test_other_connections_are_not_held_by_one_that_waits() -> None:
     await settle()
 
 
-async def test_a_store_that_fails_closes_the_connection_with_1011() -> None:
+@pytest.mark.parametrize("away", [False, True])
+async def test_a_store_that_fails_closes_the_connection_with_1011(
+    away: bool, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A store that is away (StoreUnavailable) is a warning without a traceback; any other
+    failure is an error with one."""
     store = GatedPresenceStore(open_=True)
     store.fail = True
+    if away:
+        store.failure = StoreUnavailable("presence: Redis: Connection refused")
     world = World(presence=store)
     alice = world.connect("alice")
-    alice.join(ROOM, "alice")
-    alice.send("pusher:ping")
-    await settle()
+    with caplog.at_level(logging.WARNING, logger="parley"):
+        alice.join(ROOM, "alice")
+        alice.send("pusher:ping")
+        await settle()
     assert alice.transport.closes == [(CloseCode.INTERNAL_ERROR, "Internal server error")]
     assert world.wire.of("alice") == ["pusher:connection_established"]
+    lines = [(r.levelno, r.getMessage(), r.exc_info is not None) for r in caplog.records]
+    if away:  # (at most one a second: an earlier test's may have taken this second's)
+        assert set(lines) <= {(logging.WARNING, "step failed: a store is unavailable", False)}
+    else:
+        assert lines == [(logging.ERROR, "background task failed", True)]
 
 
 @pytest.mark.parametrize("gated", [False, True])
