@@ -12,8 +12,8 @@ whether a node's first subscriber occupied the channel everywhere (`occupy`), wh
 last one left it empty everywhere (`vacate`, which begins a hold there), and, once the hold
 is over, whether it stayed so (`settle`), so that one node sends each webhook and a reload
 onto another node makes no noise either; `ClusterVacated` (a dead node's channels) is sent
-at once. A counts store that cannot answer is logged and the webhook sent anyway: a
-duplicate rather than a loss. Events are written to
+at once. A counts store that cannot answer within ASK_TIMEOUT_S is logged and the webhook
+sent anyway: a duplicate rather than a loss, and a Redis outage stalls no subscription. Events are written to
 the `WebhookQueue` in the order they happened, one job per target URL and channel (several
 events in one job with `webhook_batch_ms`). The dispatcher claims due jobs (one at a time per
 URL and channel, so each channel's webhooks arrive in order), POSTs `{time_ms, events}` with
@@ -63,6 +63,9 @@ IDLE_POLL_S = 1.0  # the dispatcher looks for due retries at least this often
 BACKOFF_FIRST_S = 1.0
 BACKOFF_MAX_S = 600.0
 USER_AGENT = "parley-webhooks"
+# How long the writer waits for the cluster's counts (occupancy, holds, subscription counts)
+# before it takes them as away: a subscription's answer waits behind the writer.
+ASK_TIMEOUT_S = 1.0
 
 Event = dict[str, Any]
 # What the writer awaits before it stores an event (or instead of one): keep it?
@@ -273,7 +276,8 @@ class Webhooks:
             if e.app_id in self.apps:
                 event = {"name": "channel_occupied", "channel": e.channel}
                 wanted = event if self._wants(e.app_id, "channel_occupied") else None
-                self._hand(e.app_id, wanted, partial(counts.occupy, e.app_id, e.channel))
+                occupy = partial(counts.occupy, e.app_id, e.channel)
+                self._hand(e.app_id, wanted, partial(_asked, occupy))
         elif not self._undoes(e.app_id, "channel_vacated", e.channel):
             self._emit(e.app_id, {"name": "channel_occupied", "channel": e.channel})
 
@@ -298,7 +302,7 @@ class Webhooks:
         `event` is sent. Nothing is stored now. A counts store that cannot answer: `event`
         is sent at once."""
         try:
-            held = await begun()
+            held = await _asked(begun)
         except StoreUnavailable as exc:
             logs.warning("webhook hold not begun in the cluster: sent", reason=exc.message)
             self._emit(app_id, event)
@@ -317,7 +321,8 @@ class Webhooks:
     def _settle(self, app_id: str, key: str, event: Event, *, now: bool) -> None:
         assert self.counts is not None
         if self._wants(app_id, event["name"]):
-            self._hand(app_id, event, partial(self.counts.settle, app_id, key, now=now))
+            settle = partial(self.counts.settle, app_id, key, now=now)
+            self._hand(app_id, event, partial(_asked, settle))
 
     def _cluster_vacated(self, e: ClusterVacated) -> None:
         self._emit(e.app_id, {"name": "channel_vacated", "channel": e.channel})
@@ -336,7 +341,8 @@ class Webhooks:
         if counts is not None:  # back within a hold begun on any node: neither is sent
             if e.app_id in self.apps:
                 wanted = event if self._wants(e.app_id, "member_added") else None
-                self._hand(e.app_id, wanted, partial(_not, counts.returned, e.app_id, key))
+                back = partial(_not, counts.returned, e.app_id, key)
+                self._hand(e.app_id, wanted, partial(_asked, back))
         elif not self._undoes(e.app_id, "member_removed", key):
             self._emit(e.app_id, event)
 
@@ -395,7 +401,8 @@ class Webhooks:
         if counts is None:
             self._emit(e.app_id, event)
         elif self._wants(e.app_id, "subscription_count"):  # the cluster's count, read
-            self._hand(e.app_id, event, partial(_cluster_count, counts, e.app_id, event))
+            count = partial(_cluster_count, counts, e.app_id, event)
+            self._hand(e.app_id, event, partial(_asked, count))
 
     # -- into the store ------------------------------------------------------------------------
 
@@ -570,3 +577,13 @@ async def _cluster_count(counts: ChannelCounts, app_id: str, event: Event) -> bo
     """A subscription_count webhook's count, read from the cluster's counts."""
     event["subscription_count"] = await counts.subscriptions(app_id, event["channel"])
     return True
+
+
+async def _asked(call: Check) -> bool:
+    """A question to the cluster's counts, bounded by ASK_TIMEOUT_S (StoreUnavailable past
+    it, as when Redis refuses): an unreachable Redis must not stall the writer."""
+    try:
+        async with asyncio.timeout(ASK_TIMEOUT_S):
+            return await call()
+    except TimeoutError:
+        raise StoreUnavailable(f"the channel counts did not answer in {ASK_TIMEOUT_S} s") from None
