@@ -38,13 +38,14 @@ def test_a_node_cut_off_from_redis_keeps_its_clients_and_comes_back(tmp_path: Pa
     require(netns_problem() is None, netns_problem() or "")
     require(shutil.which("redis-server") is not None, "redis-server is not installed")
     require(asyncio.run(postgres_problem()) is None, "PostgreSQL is not reachable")
-    ns = Namespace.make()
+    ns: Namespace | None = None
     own: OwnRedis | None = None
     forwarder: Forwarder | None = None
     nodes: list[ParleyServer] = []
     clients: list[RawClient] = []
     url, name = fresh_database()
     try:
+        ns = Namespace.make()
         own = OwnRedis(
             tmp_path, "--bind", "127.0.0.1", ns.redis_root, "--protected-mode", "no"
         ).start()
@@ -117,4 +118,5 @@ def test_a_node_cut_off_from_redis_keeps_its_clients_and_comes_back(tmp_path: Pa
         if own is not None:
             own.stop()
         drop_database(name)
-        ns.remove()
+        if ns is not None:
+            ns.remove()
