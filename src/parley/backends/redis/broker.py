@@ -339,23 +339,28 @@ class RedisBroker:
             loop = asyncio.get_running_loop()
             try:
                 await pubsub.subscribe(self._cluster, *subscribed)
-                heard = loop.time()  # the last time the link brought anything
+                # the clock is read only when a poll comes back empty, not per message
+                heard = loop.time()  # the last empty poll after the link brought something
+                fresh = False  # something came since `heard` was set
                 pinged: float | None = None  # an unanswered ping's time
                 while not self._closed:
                     if self._changed.is_set():
                         self._changed.clear()
                         subscribed = await self._sync(pubsub, subscribed)
                     message = await pubsub.get_message(timeout=0.05)
-                    now = loop.time()
                     if message is not None:
                         attempt = 0
-                        heard, pinged = now, None
+                        fresh, pinged = True, None
                         self._on_message(message)
-                    elif pinged is not None and now - pinged > PONG_TIMEOUT_S:
-                        raise RedisTimeoutError(f"no answer to a ping for {PONG_TIMEOUT_S} s")
-                    elif pinged is None and now - heard > PING_EVERY_S:
-                        pinged = now
-                        await pubsub.ping()
+                    else:
+                        now = loop.time()
+                        if fresh:
+                            heard, fresh = now, False
+                        elif pinged is not None and now - pinged > PONG_TIMEOUT_S:
+                            raise RedisTimeoutError(f"no answer to a ping for {PONG_TIMEOUT_S} s")
+                        elif pinged is None and now - heard > PING_EVERY_S:
+                            pinged = now
+                            await pubsub.ping()
                     if self._stale:
                         raise RedisTimeoutError(f"Redis took nothing for {DRAIN_TIMEOUT_S} s")
             except (*LINK_ERRORS, RedisError) as exc:

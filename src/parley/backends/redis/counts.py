@@ -46,7 +46,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Awaitable, Iterable, Sequence
 from typing import Any, Final
 
 from redis.exceptions import RedisError
@@ -363,10 +363,7 @@ class RedisChannelCounts(ChannelCounts):
         return True
 
     async def returned(self, app_id: str, key: str) -> bool:
-        try:
-            return bool(await self._client.delete(f"{self.base}l:{app_id}:{key}"))
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"channel counts: Redis: {exc}") from exc
+        return bool(await self._guarded(self._client.delete(f"{self.base}l:{app_id}:{key}")))
 
     async def settle(self, app_id: str, key: str, *, now: bool = False) -> bool:
         args = [self.base, app_id, key, "1" if now else "0"]
@@ -467,10 +464,7 @@ class RedisChannelCounts(ChannelCounts):
         return counts
 
     async def connections(self, app_id: str) -> int:
-        try:
-            nodes = await self._client.hgetall(f"{self.base}a:{app_id}:nodes")
-        except (RedisError, OSError) as exc:
-            raise StoreUnavailable(f"channel counts: Redis: {exc}") from exc
+        nodes = await self._guarded(self._client.hgetall(f"{self.base}a:{app_id}:nodes"))
         others = sum(int(n) for key, n in nodes.items() if key.decode() != self.node_key)
         return self.local.connections(app_id) + others
 
@@ -492,7 +486,11 @@ class RedisChannelCounts(ChannelCounts):
         await self._client.aclose()
 
     async def _run(self, script: Any, args: Sequence[Any]) -> Any:
+        return await self._guarded(script(keys=[], args=args))
+
+    async def _guarded(self, call: Awaitable[Any]) -> Any:
+        """`call`'s answer; StoreUnavailable when Redis fails it."""
         try:
-            return await script(keys=[], args=args)
+            return await call
         except (RedisError, OSError) as exc:
             raise StoreUnavailable(f"channel counts: Redis: {exc}") from exc
