@@ -17,8 +17,8 @@ import pytest
 
 from parley.backends.redis.broker import BACKOFF_MAX_S, PING_EVERY_S, PONG_TIMEOUT_S
 from tests.conftest import require
-from tests.e2e.test_cluster import cluster_env, drop_database, fresh_database, wait_for_status
 from tests.support.netns import Forwarder, Namespace, netns_problem
+from tests.support.nodes import cluster_env, drop_database, fresh_database, wait_for_status
 from tests.support.pusher_raw import RawClient, presence_data, signed_request, unique
 from tests.support.redis import OwnRedis, unique_prefix
 from tests.support.server import ParleyServer

@@ -9,6 +9,8 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import json
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from pusher import Pusher
 from parley.core import subscriptions
 from parley.errors import StoreUnavailable
 from parley.settings import AppConfig, Settings, WebhookConfig
-from tests.support.inproc import app_settings, serving
+from tests.support.inproc import InProcessApp, app_settings, serving
 from tests.support.keys import token
 from tests.support.pusher_async import AsyncApi, AsyncClientPool
 from tests.support.pusher_raw import channel_auth
@@ -259,94 +261,86 @@ class GatedQueue:
         return result
 
 
-async def test_a_subscription_is_answered_once_its_webhooks_are_stored(
-    tmp_path: Path, receiver: Receiver
-) -> None:
-    """The joiner's output (the answer, then what was published meanwhile, in order) waits
-    for the channel_occupied and member_added webhooks to be in the store."""
-    async with serving(hooked(tmp_path, receiver)) as app:
+@asynccontextmanager
+async def gated(
+    settings: Settings,
+) -> AsyncIterator[tuple[InProcessApp, GatedQueue, AsyncClientPool, AsyncApi]]:
+    """The app serving `settings` with its webhook queue gated, a client pool and an API
+    client."""
+    async with serving(settings) as app:
         assert app.running.node.webhooks is not None
         queue = GatedQueue(app.running.node.webhooks)
         pool = AsyncClientPool(app.ws_url)
         api = AsyncApi(app.http_url, app.app.id, app.app.key, app.app.secret)
         try:
-            ann = await pool.connect()
-            data = json.dumps({"user_id": "ann"})
-            auth = channel_auth(app.app.key, app.app.secret, ann.socket_id, "presence-r", data)
-            await ann.send(
-                {
-                    "event": "pusher:subscribe",
-                    "data": {"channel": "presence-r", "auth": auth, "channel_data": data},
-                }
-            )
-            async with asyncio.timeout(5):
-                await queue.entered.wait()
-            said = await api.trigger("presence-r", "said", {"n": 1})  # while held
-            assert said.status == 200
-            with pytest.raises(AssertionError, match="no frame within"):
-                await ann.recv(timeout=0.5)  # (a frame sent before the store would be here)
-            queue.gate.set()
-            answer = await ann.expect("pusher_internal:subscription_succeeded", "presence-r")
-            assert json.loads(answer["data"])["presence"]["ids"] == ["ann"]
-            await ann.expect_next("said", "presence-r")  # after the answer, not lost
-            events = await receiver.wait_for(2)
-            assert [e["name"] for e in events] == ["channel_occupied", "member_added"]
-            # a channel already occupied makes no webhook: answered at once
-            await (await pool.connect()).subscribe(
-                "presence-r",
-                key=app.app.key,
-                secret=app.app.secret,
-                channel_data=json.dumps({"user_id": "ann"}),
-            )
+            yield app, queue, pool, api
         finally:
             queue.gate.set()
             await pool.close_all()
             await api.close()
+
+
+async def test_a_subscription_is_answered_once_its_webhooks_are_stored(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    """The joiner's output (the answer, then what was published meanwhile, in order) waits
+    for the channel_occupied and member_added webhooks to be in the store."""
+    async with gated(hooked(tmp_path, receiver)) as (app, queue, pool, api):
+        ann = await pool.connect()
+        data = json.dumps({"user_id": "ann"})
+        auth = channel_auth(app.app.key, app.app.secret, ann.socket_id, "presence-r", data)
+        await ann.send(
+            {
+                "event": "pusher:subscribe",
+                "data": {"channel": "presence-r", "auth": auth, "channel_data": data},
+            }
+        )
+        async with asyncio.timeout(5):
+            await queue.entered.wait()
+        said = await api.trigger("presence-r", "said", {"n": 1})  # while held
+        assert said.status == 200
+        with pytest.raises(AssertionError, match="no frame within"):
+            await ann.recv(timeout=0.5)  # (a frame sent before the store would be here)
+        queue.gate.set()
+        answer = await ann.expect("pusher_internal:subscription_succeeded", "presence-r")
+        assert json.loads(answer["data"])["presence"]["ids"] == ["ann"]
+        await ann.expect_next("said", "presence-r")  # after the answer, not lost
+        events = await receiver.wait_for(2)
+        assert [e["name"] for e in events] == ["channel_occupied", "member_added"]
+        # a channel already occupied makes no webhook: answered at once
+        await (await pool.connect()).subscribe(
+            "presence-r", key=app.app.key, secret=app.app.secret, channel_data=data
+        )
 
 
 async def test_a_subscription_whose_webhooks_cannot_be_stored_is_closed_with_4100(
     tmp_path: Path, receiver: Receiver, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setattr(subscriptions, "WEBHOOK_STORE_WAIT_S", 0.5)
-    async with serving(hooked(tmp_path, receiver)) as app:
-        assert app.running.node.webhooks is not None
-        queue = GatedQueue(app.running.node.webhooks)
+    async with gated(hooked(tmp_path, receiver)) as (_, queue, pool, _api):
         queue.refusing = True
-        pool = AsyncClientPool(app.ws_url)
-        try:
-            ann = await pool.connect()
-            await ann.send({"event": "pusher:subscribe", "data": {"channel": "news"}})
-            code, _ = await ann.expect_close()
-            assert code == 4100
-            assert not [f for f in ann.seen if f.get("channel") == "news"], ann.seen
-            queue.refusing = False  # the store is back: the webhook, kept, is stored and sent
-            queue.gate.set()
-            events = await receiver.wait_for(1)
-            assert events[0] == {"name": "channel_occupied", "channel": "news"}
-        finally:
-            queue.gate.set()
-            await pool.close_all()
+        ann = await pool.connect()
+        await ann.send({"event": "pusher:subscribe", "data": {"channel": "news"}})
+        code, _ = await ann.expect_close()
+        assert code == 4100
+        assert not [f for f in ann.seen if f.get("channel") == "news"], ann.seen
+        queue.refusing = False  # the store is back: the webhook, kept, is stored and sent
+        queue.gate.set()
+        events = await receiver.wait_for(1)
+        assert events[0] == {"name": "channel_occupied", "channel": "news"}
 
 
 async def test_a_corked_subscriber_sent_too_much_meanwhile_is_closed_as_a_slow_reader(
     tmp_path: Path, receiver: Receiver
 ) -> None:
-    async with serving(hooked(tmp_path, receiver, max_outbound_bytes=64 * 1024)) as app:
-        assert app.running.node.webhooks is not None
-        queue = GatedQueue(app.running.node.webhooks)
-        pool = AsyncClientPool(app.ws_url)
-        api = AsyncApi(app.http_url, app.app.id, app.app.key, app.app.secret)
-        try:
-            ann = await pool.connect()
-            await ann.send({"event": "pusher:subscribe", "data": {"channel": "news"}})
-            async with asyncio.timeout(5):
-                await queue.entered.wait()
-            for n in range(8):
-                answer = await api.trigger("news", "said", {"n": n, "pad": "x" * 9000})
-                assert answer.status == 200
-            code, _ = await ann.expect_close()
-            assert code == 4100
-        finally:
-            queue.gate.set()
-            await pool.close_all()
-            await api.close()
+    settings = hooked(tmp_path, receiver, max_outbound_bytes=64 * 1024)
+    async with gated(settings) as (_, queue, pool, api):
+        ann = await pool.connect()
+        await ann.send({"event": "pusher:subscribe", "data": {"channel": "news"}})
+        async with asyncio.timeout(5):
+            await queue.entered.wait()
+        for n in range(8):
+            answer = await api.trigger("news", "said", {"n": n, "pad": "x" * 9000})
+            assert answer.status == 200
+        code, _ = await ann.expect_close()
+        assert code == 4100
