@@ -67,6 +67,27 @@ def test_pusher_js_over_three_nodes_gets_every_event_once_in_one_order(
         assert any(f"node-{i} of the cluster on {REDIS_URL}" in line for line in node.stdout_lines)
 
 
+@pytest.mark.node
+def test_pusher_js_hears_the_clusters_subscription_count(node_modules: Path) -> None:
+    """subscription_count.mjs with its three clients on three nodes: every
+    pusher:subscription_count is the count over the cluster."""
+    require(asyncio.run(redis_problem()) is None, "Redis is not reachable")
+    require(asyncio.run(postgres_problem()) is None, "PostgreSQL is not reachable")
+    url, name = fresh_database()
+    prefix = unique_prefix("counted")
+    nodes: list[ParleyServer] = []
+    try:
+        for i in range(1, 4):
+            env = {**cluster_env(url, prefix, i), "PARLEY_APP_SUBSCRIPTION_COUNT": "true"}
+            nodes.append(ParleyServer(env=env).start())
+        ports = ",".join(str(n.port) for n in nodes)
+        run_scenario(nodes[0], "subscription_count.mjs", env={"PARLEY_E2E_PORTS": ports})
+    finally:
+        for node in nodes:
+            node.cleanup()
+        drop_database(name)
+
+
 def members(frame: dict[str, Any]) -> dict[str, Any]:
     return dict(json.loads(frame["data"])["presence"]["hash"])
 

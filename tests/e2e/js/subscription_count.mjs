@@ -1,8 +1,14 @@
 // subscription_count (app option on): pusher-js emits pusher:subscription_count with the
 // number of connections on the channel, every time it changes; never on presence channels.
+// With PARLEY_E2E_PORTS (three nodes of a cluster), clients a, b and c each talk to another
+// node, and every count is the cluster's.
 import {
   authServer, channelInfo, client, connected, equal, log, once, run, serverSdk, subscribe, unique,
 } from './lib.mjs';
+
+const PORTS = (process.env.PARLEY_E2E_PORTS || '').split(',').filter(Boolean).map(Number);
+/** The connection options of the i-th client: its own node in a cluster. */
+const at = (i) => (PORTS.length ? { wsPort: PORTS[i % PORTS.length], wssPort: PORTS[i % PORTS.length] } : {});
 
 function counts(channel) {
   const seen = [];
@@ -20,7 +26,7 @@ function countIs(channel, n, who) {
 }
 
 async function countPart(sdk, name, options) {
-  const [a, b, c] = ['a', 'b', 'c'].map((l) => client(`${l} on ${name}`, options));
+  const [a, b, c] = ['a', 'b', 'c'].map((l, i) => client(`${l} on ${name}`, { ...options, ...at(i) }));
   await Promise.all([a, b, c].map(connected));
 
   const chA = a.subscribe(name);
